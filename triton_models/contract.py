@@ -1,0 +1,117 @@
+"""The engine tensor contract: the TensorRT-LLM backend's tensors that the façade uses.
+
+One module, imported by both sides: the façade (which builds requests and reads responses) and
+the CPU reference engine (which implements the same tensors), so the façade cannot tell a
+`tensorrtllm` engine from the CPU reference one.
+
+Source of the names, dtypes and dims: TensorRT-LLM 1.2.1,
+`triton_backend/all_models/inflight_batcher_llm/tensorrt_llm/config.pbtxt` (the last release that
+serves TensorRT engines through Triton's `tensorrtllm` backend). Dims exclude the batch dimension
+(`max_batch_size > 0`), so on the wire every tensor has a leading batch dim of 1 per request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    name: str
+    data_type: str  # Triton ModelConfig DataType name, e.g. "TYPE_INT32"
+    dims: tuple[int, ...]  # without the batch dim
+    optional: bool = False
+
+    @property
+    def wire_dtype(self) -> str:
+        """Datatype string used by the KServe v2 / Triton gRPC protocol ("INT32", "BOOL", …)."""
+        return self.data_type.removeprefix("TYPE_").replace("STRING", "BYTES")
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return np.dtype(_NUMPY[self.data_type])
+
+
+_NUMPY = {
+    "TYPE_INT32": np.int32,
+    "TYPE_UINT64": np.uint64,
+    "TYPE_FP32": np.float32,
+    "TYPE_BOOL": np.bool_,
+}
+
+# Request tensors, in the order the façade sends them.
+INPUT_IDS = TensorSpec("input_ids", "TYPE_INT32", (-1,), optional=True)  # [batch, tokens]
+INPUT_LENGTHS = TensorSpec("input_lengths", "TYPE_INT32", (1,))  # [batch, 1]
+REQUEST_OUTPUT_LEN = TensorSpec("request_output_len", "TYPE_INT32", (1,))  # [batch, 1]
+END_ID = TensorSpec("end_id", "TYPE_INT32", (1,), optional=True)
+PAD_ID = TensorSpec("pad_id", "TYPE_INT32", (1,), optional=True)
+STREAMING = TensorSpec("streaming", "TYPE_BOOL", (1,), optional=True)
+EXCLUDE_INPUT_IN_OUTPUT = TensorSpec("exclude_input_in_output", "TYPE_BOOL", (1,), optional=True)
+TEMPERATURE = TensorSpec("temperature", "TYPE_FP32", (1,), optional=True)
+RUNTIME_TOP_K = TensorSpec("runtime_top_k", "TYPE_INT32", (1,), optional=True)
+RUNTIME_TOP_P = TensorSpec("runtime_top_p", "TYPE_FP32", (1,), optional=True)
+SEED = TensorSpec("seed", "TYPE_UINT64", (1,), optional=True)  # there is no `random_seed` in 1.2
+REPETITION_PENALTY = TensorSpec("repetition_penalty", "TYPE_FP32", (1,), optional=True)
+# [batch, 2, n]: row 0 the flattened token ids of all stop words, row 1 their end offsets
+# into row 0, padded with -1 (TensorRT-LLM's `to_word_list_format`).
+STOP_WORDS_LIST = TensorSpec("stop_words_list", "TYPE_INT32", (2, -1), optional=True)
+
+INPUTS: tuple[TensorSpec, ...] = (
+    INPUT_IDS,
+    INPUT_LENGTHS,
+    REQUEST_OUTPUT_LEN,
+    END_ID,
+    PAD_ID,
+    STREAMING,
+    EXCLUDE_INPUT_IN_OUTPUT,
+    TEMPERATURE,
+    RUNTIME_TOP_K,
+    RUNTIME_TOP_P,
+    SEED,
+    REPETITION_PENALTY,
+    STOP_WORDS_LIST,
+)
+
+# Response tensors.
+OUTPUT_IDS = TensorSpec("output_ids", "TYPE_INT32", (-1, -1))  # [batch, beam, tokens]
+SEQUENCE_LENGTH = TensorSpec("sequence_length", "TYPE_INT32", (-1,))  # [batch, beam]
+
+OUTPUTS: tuple[TensorSpec, ...] = (OUTPUT_IDS, SEQUENCE_LENGTH)
+
+INPUTS_BY_NAME = {t.name: t for t in INPUTS}
+OUTPUTS_BY_NAME = {t.name: t for t in OUTPUTS}
+
+
+def to_stop_words_list(words: list[list[int]]) -> np.ndarray:
+    """Encode stop words (each a token-id sequence) as TensorRT-LLM's [2, n] word list.
+
+    Mirrors `to_word_list_format` in TensorRT-LLM's preprocessing model: row 0 concatenates the
+    ids, row 1 holds the cumulative end offset of each word, both padded with -1 to equal length.
+    """
+    flat: list[int] = []
+    offsets: list[int] = []
+    for word in words:
+        if not word:
+            continue
+        flat.extend(word)
+        offsets.append(len(flat))
+    width = max(len(flat), len(offsets), 1)
+    out = np.full((2, width), -1, dtype=np.int32)
+    out[0, : len(flat)] = flat
+    out[1, : len(offsets)] = offsets
+    return out
+
+
+def from_stop_words_list(arr: np.ndarray) -> list[list[int]]:
+    """Decode a [2, n] word list back into token-id sequences (inverse of to_stop_words_list)."""
+    ids, offsets = arr[0], arr[1]
+    words: list[list[int]] = []
+    start = 0
+    for end in offsets:
+        if end < 0:
+            break
+        words.append([int(t) for t in ids[start:end]])
+        start = int(end)
+    return words

@@ -1,0 +1,1 @@
+"""Pure logic of the CPU reference engine (no Triton imports)."""

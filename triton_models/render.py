@@ -1,0 +1,54 @@
+"""Strict rendering of Triton model configs, validated with Triton's own ModelConfig proto.
+
+`string.Template.substitute` raises on any missing key (tensorrtllm_backend's fill_template.py
+uses `safe_substitute`, which silently leaves `${x}` in the config); the rendered text is then
+parsed into `inference.ModelConfig` (tritonclient's `model_config_pb2`, generated from Triton's
+model_config.proto), so an unknown field or a malformed value fails here, not in Triton.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+TEMPLATES = Path(str(resources.files(__package__) / "templates"))
+
+
+class TemplateError(ValueError):
+    """A template could not be rendered or does not give a valid Triton model config."""
+
+
+def render_text(template: str, values: Mapping[str, object], *, source: str = "template") -> str:
+    """Substitute every `${name}`; a missing value or a leftover placeholder is an error."""
+    try:
+        text = string.Template(template).substitute({k: str(v) for k, v in values.items()})
+    except KeyError as exc:
+        raise TemplateError(f"{source}: no value for placeholder ${{{exc.args[0]}}}") from None
+    except ValueError as exc:
+        raise TemplateError(f"{source}: {exc}") from None
+    leftover = re.search(r"\$\{[^}]*\}", text)
+    if leftover:
+        raise TemplateError(f"{source}: placeholder {leftover.group(0)} left after rendering")
+    return text
+
+
+def parse_model_config(text: str, *, source: str = "config.pbtxt") -> model_config_pb2.ModelConfig:
+    """Parse config.pbtxt text with Triton's ModelConfig proto (raises TemplateError)."""
+    config = model_config_pb2.ModelConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as exc:
+        raise TemplateError(f"{source}: not a valid Triton ModelConfig: {exc}") from None
+    return config
+
+
+def render_config(template_path: Path, values: Mapping[str, object]) -> tuple[str, model_config_pb2.ModelConfig]:
+    """Render a config.pbtxt template strictly and validate it; returns (text, parsed)."""
+    text = render_text(template_path.read_text(), values, source=str(template_path))
+    return text, parse_model_config(text, source=str(template_path))
