@@ -7,6 +7,7 @@ by git, never edited by hand). They are regenerated on every build, editable ins
 from __future__ import annotations
 
 import pathlib
+from typing import ClassVar
 
 from setuptools import Command, setup
 from setuptools.command.build_py import build_py
@@ -17,8 +18,8 @@ PROTO_ROOT = ROOT / "proto"
 
 
 def generate_stubs() -> None:
-    from grpc_tools import protoc  # available in the isolated build env (pyproject requires)
     import grpc_tools
+    from grpc_tools import protoc  # available in the isolated build env (pyproject requires)
 
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
     include = pathlib.Path(grpc_tools.__file__).parent / "_proto"
@@ -37,7 +38,7 @@ def generate_stubs() -> None:
 
 class GenerateStubs(Command):
     description = "generate gRPC stubs from proto/"
-    user_options: list = []
+    user_options: ClassVar[list] = []
 
     def initialize_options(self) -> None: ...
 
@@ -59,4 +60,6 @@ class EditableWheel(editable_wheel):
         super().run()
 
 
-setup(cmdclass={"build_py": BuildPy, "editable_wheel": EditableWheel, "generate_stubs": GenerateStubs})
+setup(
+    cmdclass={"build_py": BuildPy, "editable_wheel": EditableWheel, "generate_stubs": GenerateStubs}
+)

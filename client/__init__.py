@@ -1,1 +1,57 @@
-"""client."""
+"""Typed Python client of the Open-AutoGLM API (`autoglm.v1.TextGeneration`).
+
+    from autoglm.client import Client
+
+    with Client.from_config() as client:          # profile file + AUTOGLM_* environment
+        print(client.generate("The capital of France is", max_tokens=8).text)
+        for delta in client.generate_stream(messages=[("user", "Hi!")]):
+            print(delta.text, end="", flush=True)
+
+`AsyncClient` offers the same methods for asyncio. Errors are `AutoGLMError` subclasses, one
+per status code of the contract; results are plain frozen dataclasses.
+"""
+
+from autoglm.client._async_client import AsyncClient
+from autoglm.client._client import Client
+from autoglm.client._config import ClientConfig
+from autoglm.client._exceptions import (
+    AuthenticationError,
+    AutoGLMError,
+    CancelledError,
+    ConfigError,
+    DeadlineExceededError,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    UnavailableError,
+    map_exceptions,
+)
+from autoglm.client._requests import MessageLike
+from autoglm.client._types import Completion, Delta, ModelInfo, TokenCount
+from autoglm.client._version import __version__
+
+__all__ = [
+    "AsyncClient",
+    "AuthenticationError",
+    "AutoGLMError",
+    "CancelledError",
+    "Client",
+    "ClientConfig",
+    "Completion",
+    "ConfigError",
+    "DeadlineExceededError",
+    "Delta",
+    "InternalError",
+    "InvalidArgumentError",
+    "MessageLike",
+    "ModelInfo",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "ResourceExhaustedError",
+    "TokenCount",
+    "UnavailableError",
+    "__version__",
+    "map_exceptions",
+]

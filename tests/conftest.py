@@ -1,4 +1,4 @@
-"""Shared fixtures. The real model folder is prepared by `make model` (or `autoglm model prepare`)."""
+"""Shared fixtures. The real model folder is prepared by `make model` (`autoglm model prepare`)."""
 
 from __future__ import annotations
 

@@ -48,7 +48,9 @@ def parse_model_config(text: str, *, source: str = "config.pbtxt") -> model_conf
     return config
 
 
-def render_config(template_path: Path, values: Mapping[str, object]) -> tuple[str, model_config_pb2.ModelConfig]:
+def render_config(
+    template_path: Path, values: Mapping[str, object]
+) -> tuple[str, model_config_pb2.ModelConfig]:
     """Render a config.pbtxt template strictly and validate it; returns (text, parsed)."""
     text = render_text(template_path.read_text(), values, source=str(template_path))
     return text, parse_model_config(text, source=str(template_path))

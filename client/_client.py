@@ -1,0 +1,200 @@
+"""The synchronous client: one grpc channel, four RPCs, typed results and typed errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from autoglm.client._channel import call_metadata, create_channel
+from autoglm.client._config import ClientConfig
+from autoglm.client._exceptions import map_exceptions
+from autoglm.client._requests import (
+    MessageLike,
+    Sampling,
+    build_count_tokens_request,
+    build_generate_request,
+    completion_from_response,
+    delta_from_response,
+    model_info_from_proto,
+    only_model,
+    token_count_from_response,
+)
+from autoglm.client._types import Completion, Delta, ModelInfo, TokenCount
+from autoglm.v1 import text_generation_pb2 as pb
+from autoglm.v1 import text_generation_pb2_grpc as pb_grpc
+
+__all__ = ["Client"]
+
+
+class Client:
+    """Blocking client of `autoglm.v1.TextGeneration`. Use as a context manager to close it.
+
+    The model of a call is its `model` argument, else `config.model`, else the server's only
+    model (looked up once with ListModels and remembered); with several models and none chosen,
+    calls raise `ConfigError`. Every call's deadline is its `timeout`, else `config.timeout`.
+    """
+
+    def __init__(self, config: ClientConfig) -> None:
+        self._config = config
+        self._channel = create_channel(config)
+        self._stub = pb_grpc.TextGenerationStub(self._channel)
+        self._metadata = call_metadata(config)
+        self._discovered_model: str | None = None
+
+    @classmethod
+    def from_config(cls, path: str | Path | None = None, **overrides: Any) -> Self:
+        """A client from `ClientConfig.load(path, **overrides)`."""
+        return cls(ClientConfig.load(path, **overrides))
+
+    @property
+    def config(self) -> ClientConfig:
+        return self._config
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        return timeout if timeout is not None else self._config.timeout
+
+    def _model(self, model: str | None) -> str:
+        if model:
+            return model
+        if self._config.model:
+            return self._config.model
+        if self._discovered_model is None:
+            self._discovered_model = only_model(self.list_models())
+        return self._discovered_model
+
+    def generate(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: Iterable[MessageLike] | None = None,
+        model: str | None = None,
+        max_tokens: int = 0,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] | str = (),
+        repetition_penalty: float | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Completion:
+        """Generate a completion and return it whole. Exactly one of prompt/messages."""
+        request = build_generate_request(
+            prompt,
+            messages=messages,
+            sampling=Sampling(
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                seed=seed,
+                stop=stop,
+                repetition_penalty=repetition_penalty,
+            ),
+            request_id=request_id,
+        )
+        request.model = self._model(model)
+        with map_exceptions():
+            # A future rather than the blocking call, so that an interrupt (Ctrl-C) while
+            # waiting cancels the RPC, and with it the engine request, instead of orphaning it.
+            future = self._stub.Generate.future(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
+            )
+            try:
+                response = future.result()
+            except BaseException:
+                future.cancel()
+                raise
+        return completion_from_response(response)
+
+    def generate_stream(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: Iterable[MessageLike] | None = None,
+        model: str | None = None,
+        max_tokens: int = 0,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] | str = (),
+        repetition_penalty: float | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[Delta]:
+        """Generate a completion as a stream of deltas.
+
+        The arguments are checked (and the model chosen) now; the RPC starts on the first
+        `next()`. Closing the iterator, or leaving a `for` loop over it early, cancels the RPC;
+        use `contextlib.closing` when the iterator might outlive the loop.
+        """
+        request = build_generate_request(
+            prompt,
+            messages=messages,
+            sampling=Sampling(
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                seed=seed,
+                stop=stop,
+                repetition_penalty=repetition_penalty,
+            ),
+            request_id=request_id,
+        )
+        request.model = self._model(model)
+        return self._stream(request, self._deadline(timeout))
+
+    def _stream(self, request: pb.GenerateRequest, timeout: float | None) -> Iterator[Delta]:
+        call = self._stub.GenerateStream(request, timeout=timeout, metadata=self._metadata)
+        try:
+            while True:
+                with map_exceptions():
+                    response = next(call, None)
+                if response is None:
+                    return
+                yield delta_from_response(response)
+        finally:
+            call.cancel()  # no-op once the stream has ended; stops the engine otherwise
+
+    def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        """The models this server can generate with."""
+        with map_exceptions():
+            response = self._stub.ListModels(
+                pb.ListModelsRequest(), timeout=self._deadline(timeout), metadata=self._metadata
+            )
+        return [model_info_from_proto(m) for m in response.models]
+
+    def count_tokens(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: Iterable[MessageLike] | None = None,
+        model: str | None = None,
+        timeout: float | None = None,
+    ) -> TokenCount:
+        """The prompt tokens a request would use, with the model's tokenizer and chat template."""
+        request = build_count_tokens_request(prompt, messages=messages)
+        request.model = self._model(model)
+        with map_exceptions():
+            response = self._stub.CountTokens(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
+            )
+        return token_count_from_response(response)

@@ -1,0 +1,63 @@
+"""Plain result types. Callers get frozen dataclasses, never protobuf messages, so that code
+using the client does not depend on the generated stubs (and cannot mutate shared results)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Completion", "Delta", "ModelInfo", "TokenCount"]
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A whole completion (Generate).
+
+    finish_reason: "stop" (end of sequence or a stop string), "length" (max_tokens reached),
+    "cancelled", or "unspecified" if the server did not say.
+    token_ids include the ids of text cut by a stop string (see the proto).
+    """
+
+    request_id: str
+    model: str
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Delta:
+    """One streamed piece (GenerateStream): the new text and the token ids that produced it.
+
+    `text` may be empty while the server holds back an incomplete UTF-8 character or a possible
+    stop string. `finish_reason` and the usage counts are set on the last delta only.
+    """
+
+    request_id: str
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model the server can generate with (ListModels)."""
+
+    name: str
+    engine: str
+    max_context_tokens: int
+    max_output_tokens: int
+    default_max_tokens: int
+    has_chat_template: bool
+
+
+@dataclass(frozen=True)
+class TokenCount:
+    """The prompt tokens a request would use (CountTokens)."""
+
+    model: str
+    prompt_tokens: int
+    token_ids: tuple[int, ...]

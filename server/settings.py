@@ -1,0 +1,84 @@
+"""The one settings object of the façade, built at the edge (CLI/env) and passed down frozen."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from autoglm.server.models import ModelSpec
+
+
+class SettingsError(ValueError):
+    """Settings that cannot work; the message names the setting."""
+
+
+def autoglm_home() -> Path:
+    """Where models, dev PKI, tokens and run state live (AUTOGLM_HOME, else ~/.cache/autoglm)."""
+    return Path(os.environ.get("AUTOGLM_HOME", Path.home() / ".cache" / "autoglm"))
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise SettingsError(f"listen: {address!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    cert: Path
+    key: Path
+    client_ca: Path | None  # None = no client certificates (TLS only); refused unless allowed
+    require_client_cert: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    listen: str  # host:port; port 0 picks a free one (the bound port is returned by start)
+    triton_target: str  # host:port of Triton's gRPC endpoint
+    models: tuple[ModelSpec, ...]
+    tls: TlsSettings | None = None
+    token_store: Path | None = None
+    # Plaintext without tokens: only on loopback, only when asked for by name.
+    insecure_dev: bool = False
+    grace_period_s: float = 10.0
+    health_interval_s: float = 2.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        host, _ = split_host_port(self.listen)
+        if not self.models:
+            raise SettingsError("models: at least one model must be configured")
+        if self.insecure_dev:
+            if not is_loopback(host):
+                raise SettingsError(
+                    "insecure_dev: plaintext without tokens is only allowed on loopback,"
+                    f" not {host!r}"
+                )
+            return
+        if self.tls is None:
+            raise SettingsError(
+                "tls: a server certificate and key are required (or --insecure-dev on loopback)"
+            )
+        if self.tls.require_client_cert and self.tls.client_ca is None:
+            raise SettingsError("tls.client_ca: required to verify client certificates")
+        if self.token_store is None:
+            raise SettingsError("token_store: required (tokens authorize every call)")
+        for name, path in (
+            ("tls.cert", self.tls.cert),
+            ("tls.key", self.tls.key),
+            ("tls.client_ca", self.tls.client_ca),
+        ):
+            if path is not None and not path.is_file():
+                raise SettingsError(f"{name}: {path} does not exist")

@@ -1,0 +1,94 @@
+"""Prompt encoding owned by the façade: HF `tokenizers` plus the model's own chat template.
+
+The chat template is rendered the way transformers' `apply_chat_template` does (a sandboxed
+Jinja2 environment with trim_blocks/lstrip_blocks, `raise_exception`, `tojson`), without
+importing transformers into the façade.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from jinja2.exceptions import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer
+
+
+class ChatTemplateError(ValueError):
+    """The conversation cannot be rendered with the model's chat template."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str
+    content: str
+
+
+def _raise(message: str) -> None:
+    raise ChatTemplateError(message)
+
+
+def load_chat_template(model_dir: Path) -> str | None:
+    """The chat template of an HF folder: chat_template.jinja, else tokenizer_config.json."""
+    jinja = model_dir / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text()
+    cfg = model_dir / "tokenizer_config.json"
+    if cfg.is_file():
+        template = json.loads(cfg.read_text()).get("chat_template")
+        if isinstance(template, str):
+            return template
+    return None
+
+
+class PromptEncoder:
+    """Turns a prompt or a conversation into token ids, and ids back into nothing else."""
+
+    def __init__(
+        self, tokenizer: Tokenizer, chat_template: str | None, *, bos: str = "", eos: str = ""
+    ) -> None:
+        self.tokenizer = tokenizer
+        self._bos, self._eos = bos, eos
+        self._template = None
+        if chat_template is not None:
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            env.globals["raise_exception"] = _raise
+            env.filters["tojson"] = lambda v, indent=None: json.dumps(
+                v, ensure_ascii=False, indent=indent
+            )
+            self._template = env.from_string(chat_template)
+
+    @classmethod
+    def from_model_dir(cls, model_dir: Path) -> PromptEncoder:
+        tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        return cls(tok, load_chat_template(model_dir))
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self._template is not None
+
+    def encode_prompt(self, text: str) -> list[int]:
+        # add_special_tokens=True applies the tokenizer's own post-processor (BOS where the
+        # model wants one), as transformers' tokenizer(text) does.
+        return self.tokenizer.encode(text, add_special_tokens=True).ids
+
+    def render_chat(self, messages: Sequence[Message]) -> str:
+        if self._template is None:
+            raise ChatTemplateError("this model has no chat template; send `prompt` instead")
+        try:
+            return self._template.render(
+                messages=[{"role": m.role, "content": m.content} for m in messages],
+                add_generation_prompt=True,
+                bos_token=self._bos,
+                eos_token=self._eos,
+            )
+        except TemplateError as exc:
+            raise ChatTemplateError(f"chat template failed: {exc}") from None
+
+    def encode_chat(self, messages: Sequence[Message]) -> list[int]:
+        # The template already holds every special token: encoding must not add more
+        # (transformers' apply_chat_template(tokenize=True) does the same).
+        return self.tokenizer.encode(self.render_chat(messages), add_special_tokens=False).ids

@@ -1,0 +1,207 @@
+"""Run the real Triton Inference Server binary shipped in the `nvidia-pytriton` wheel.
+
+The wheel carries tritonserver 2.51.0 (r24.10). Three things make its python backend work from
+a virtualenv (facts.md, each seen to fail without it):
+  1. the python backend stub for this Python version is copied into backends/python/;
+  2. the venv's bin/ comes first on PATH (the stub finds its interpreter as `python3`);
+  3. LD_LIBRARY_PATH holds the venv interpreter's LIBDIR so the stub links the same libpython.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+
+class TritonStartError(RuntimeError):
+    """Triton exited or did not become ready; the message carries the tail of its log."""
+
+
+def pytriton_root() -> Path:
+    import pytriton
+
+    return Path(pytriton.__file__).parent / "tritonserver"
+
+
+def prepare_python_backend(root: Path | None = None) -> Path:
+    """Install the python-backend stub for this interpreter (idempotent); returns backends dir."""
+    root = root or pytriton_root()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise TritonStartError(f"nvidia-pytriton ships no python backend stub for Python {version}")
+    target = root / "backends" / "python" / "triton_python_backend_stub"
+    if not target.is_file() or target.stat().st_size != stub.stat().st_size:
+        tmp = target.with_suffix(".tmp")
+        shutil.copyfile(stub, tmp)
+        tmp.chmod(0o755)
+        tmp.replace(target)
+    return root / "backends"
+
+
+def triton_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment in which the python backend stub runs this venv's interpreter."""
+    env = dict(os.environ if base is None else base)
+    venv_bin = str(Path(sys.executable).parent)  # not resolved: the venv's bin, not the base's
+    env["PATH"] = os.pathsep.join([venv_bin, env.get("PATH", "")])
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH")) if p)
+    return env
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS considers free now. Triton cannot bind port 0 and report it back."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True, slots=True)
+class TritonOptions:
+    model_repository: Path
+    models: tuple[str, ...]
+    host: str = "127.0.0.1"
+    grpc_port: int = 0  # 0 = choose a free port
+    http_port: int = 0
+    metrics_port: int = 0
+    log_file: Path | None = None
+    log_verbose: int = 0
+    # A stream a client leaves open holds SIGTERM shutdown for this long (default 30 s).
+    exit_timeout_s: int = 10
+    startup_timeout_s: float = 180.0
+    extra_args: tuple[str, ...] = field(default=())
+
+
+class TritonProcess:
+    """A tritonserver child process; `start()` returns once every model is ready."""
+
+    def __init__(self, options: TritonOptions) -> None:
+        self.options = options
+        self.grpc_port = options.grpc_port or free_port(options.host)
+        self.http_port = options.http_port or free_port(options.host)
+        self.metrics_port = options.metrics_port or free_port(options.host)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_path = options.log_file or options.model_repository.parent / "triton.log"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{self.options.host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.options.host}:{self.metrics_port}/metrics"
+
+    @property
+    def log_path(self) -> Path:
+        return self._log_path
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def command(self) -> list[str]:
+        root = pytriton_root()
+        o = self.options
+        cmd = [
+            str(root / "bin" / "tritonserver"),
+            f"--model-repository={o.model_repository}",
+            f"--backend-directory={root / 'backends'}",
+            f"--cache-directory={root / 'caches'}",
+            "--model-control-mode=explicit",
+            *[f"--load-model={m}" for m in o.models],
+            f"--grpc-address={o.host}",
+            f"--grpc-port={self.grpc_port}",
+            f"--http-address={o.host}",
+            f"--http-port={self.http_port}",
+            f"--metrics-address={o.host}",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-gpu-metrics=false",
+            "--allow-cpu-metrics=true",
+            f"--exit-timeout-secs={o.exit_timeout_s}",
+            f"--log-verbose={o.log_verbose}",
+            *o.extra_args,
+        ]
+        return cmd
+
+    def start(self) -> None:
+        prepare_python_backend()
+        self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self._log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=triton_env(),
+                start_new_session=True,  # our Ctrl-C is handled by us, then we stop Triton
+            )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.options.startup_timeout_s
+        with grpc.insecure_channel(self.grpc_target) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            while time.monotonic() < deadline:
+                if self._proc is None or self._proc.poll() is not None:
+                    raise TritonStartError(
+                        f"tritonserver exited during start-up:\n{self.log_tail()}"
+                    )
+                with contextlib.suppress(grpc.RpcError):
+                    if stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=1).ready and all(
+                        stub.ModelReady(service_pb2.ModelReadyRequest(name=m), timeout=1).ready
+                        for m in self.options.models
+                    ):
+                        return
+                time.sleep(0.1)
+        raise TritonStartError(
+            f"tritonserver not ready after {self.options.startup_timeout_s:.0f} s:\n"
+            + self.log_tail()
+        )
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout: float | None = None) -> int | None:
+        """SIGTERM, wait (exit timeout + margin), then SIGKILL. Returns the exit code."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout if timeout is not None else self.options.exit_timeout_s + 5)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        return proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (tests of engine failure)."""
+        if self._proc and self._proc.poll() is None:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait()
+
+    def __enter__(self) -> TritonProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

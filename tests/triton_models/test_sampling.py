@@ -1,0 +1,283 @@
+"""Sampler: TensorRT-LLM sampling semantics, determinism and per-request RNG isolation."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import Counter
+
+import pytest
+import torch
+
+from autoglm.triton_models.cpu_engine.sampling import Sampler, SamplingConfig, torch_seed
+
+VOCAB = 49152
+NO_HISTORY = torch.empty(0, dtype=torch.int64)
+
+
+def random_logits(seed: int, vocab: int = VOCAB) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(vocab, generator=gen, dtype=torch.float32) * 3  # [vocab]
+
+
+def logits_from_probs(probs: list[float], vocab: int = 64) -> torch.Tensor:
+    """[vocab] logits whose softmax puts ``probs`` on the first ids and ~0 elsewhere."""
+    logits = torch.full((vocab,), -1e4, dtype=torch.float32)
+    logits[: len(probs)] = torch.log(torch.tensor(probs, dtype=torch.float32))
+    return logits
+
+
+def draw(config: SamplingConfig, logits: torch.Tensor, n: int, previous=NO_HISTORY) -> Counter:
+    sampler = Sampler(config)
+    return Counter(sampler(logits, previous) for _ in range(n))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("temperature", -0.1),
+        ("temperature", math.nan),
+        ("temperature", math.inf),
+        ("top_k", -1),
+        ("top_k", 2.5),
+        ("top_k", True),
+        ("top_p", -0.01),
+        ("top_p", 1.01),
+        ("top_p", math.nan),
+        ("repetition_penalty", 0.0),
+        ("repetition_penalty", -1.0),
+        ("repetition_penalty", math.nan),
+        ("seed", -1),
+        ("seed", 2**64),
+        ("seed", 1.5),
+    ],
+)
+def test_validate_names_the_field(field: str, value: object) -> None:
+    config = SamplingConfig(**{field: value})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=field):
+        config.validate()
+    with pytest.raises(ValueError, match=field):
+        Sampler(config)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        SamplingConfig(),
+        SamplingConfig(temperature=0.0, top_k=0, top_p=0.0, repetition_penalty=0.5, seed=0),
+        SamplingConfig(temperature=2.0, top_k=1024, top_p=1.0, seed=2**64 - 1),
+    ],
+)
+def test_validate_accepts_range_bounds(config: SamplingConfig) -> None:
+    config.validate()
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        SamplingConfig(temperature=0.0, seed=1),
+        SamplingConfig(temperature=0.0, top_k=50, top_p=0.9, seed=1),
+        SamplingConfig(top_k=0, top_p=0.0, seed=1),  # TensorRT-LLM: topK=0 and topP=0 is greedy
+        SamplingConfig(top_k=1, temperature=1.0, seed=1),
+        SamplingConfig(top_k=1, temperature=100.0, seed=1),
+        SamplingConfig(top_k=1, temperature=1e-3, top_p=0.5, seed=1),
+    ],
+)
+def test_greedy_equals_argmax(config: SamplingConfig) -> None:
+    sampler = Sampler(config)
+    for step in range(20):
+        logits = random_logits(step)
+        assert sampler(logits, NO_HISTORY) == int(torch.argmax(logits))
+
+
+def test_does_not_modify_callers_logits() -> None:
+    logits = random_logits(0)
+    before = logits.clone()
+    history = torch.arange(100, dtype=torch.int64)
+    Sampler(SamplingConfig(temperature=0.7, top_k=20, repetition_penalty=1.3, seed=3))(
+        logits, history
+    )
+    Sampler(SamplingConfig(temperature=0.7, top_p=0.9, repetition_penalty=1.3, seed=3))(
+        logits, history
+    )
+    assert torch.equal(logits, before)
+
+
+SAMPLING_CONFIGS = [
+    SamplingConfig(seed=1234),
+    SamplingConfig(temperature=0.8, top_k=40, seed=1234),
+    SamplingConfig(temperature=1.2, top_p=0.9, seed=1234),
+    SamplingConfig(temperature=0.9, top_k=50, top_p=0.95, repetition_penalty=1.1, seed=1234),
+]
+
+
+@pytest.mark.parametrize("config", SAMPLING_CONFIGS)
+def test_same_seed_same_tokens(config: SamplingConfig) -> None:
+    first, second = Sampler(config), Sampler(config)
+    history = torch.tensor([5, 6, 7], dtype=torch.int64)
+    tokens_a = [first(random_logits(step) / 3, history) for step in range(50)]
+    torch.manual_seed(999)  # the global RNG must not matter
+    torch.rand(10)
+    tokens_b = [second(random_logits(step) / 3, history) for step in range(50)]
+    assert tokens_a == tokens_b
+    assert len(set(tokens_a)) > 1  # it really sampled
+
+
+def test_determinism_is_independent_of_other_threads() -> None:
+    """Each request owns its generator: concurrent samplers do not perturb each other."""
+    steps = 200
+    flat = torch.zeros(1000, dtype=torch.float32)
+    configs = [SamplingConfig(top_k=100, seed=seed) for seed in range(8)]
+    expected: list[list[int]] = []
+    for config in configs:
+        sampler = Sampler(config)
+        expected.append([sampler(flat, NO_HISTORY) for _ in range(steps)])
+
+    results: list[list[int]] = [[] for _ in configs]
+    barrier = threading.Barrier(len(configs))
+
+    def worker(index: int) -> None:
+        sampler = Sampler(configs[index])
+        barrier.wait()
+        for _ in range(steps):
+            results[index].append(sampler(flat, NO_HISTORY))
+            torch.rand(3)  # noise on the global RNG
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(configs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == expected
+
+
+def test_different_seeds_differ_on_a_flat_distribution() -> None:
+    flat = torch.zeros(VOCAB, dtype=torch.float32)
+
+    def tokens(seed: int) -> list[int]:
+        sampler = Sampler(SamplingConfig(seed=seed))
+        return [sampler(flat, NO_HISTORY) for _ in range(20)]
+
+    assert tokens(1) != tokens(2)
+    # torch's CPU generator only uses the low 32 bits of a seed; the high bits must still count.
+    assert tokens(1) != tokens(1 + 2**32)
+    assert tokens(2**63) != tokens(0)
+
+
+def test_unseeded_samplers_are_random() -> None:
+    flat = torch.zeros(VOCAB, dtype=torch.float32)
+    runs = set()
+    for _ in range(3):
+        sampler = Sampler(SamplingConfig())
+        runs.add(tuple(sampler(flat, NO_HISTORY) for _ in range(10)))
+    assert len(runs) == 3
+
+
+def test_torch_seed_reduction() -> None:
+    for seed in (0, 1, 42, 2**32 - 1):
+        assert torch_seed(seed) == seed  # small seeds keep their usual meaning
+    for seed in (2**32, 2**64 - 1, 1 + 2**40, 0xDEADBEEF_CAFEBABE):
+        assert 0 <= torch_seed(seed) < 2**32
+    assert torch_seed(1) != torch_seed(1 + 2**32)
+    assert torch_seed(2**64 - 1) == torch_seed(2**64 - 1)
+
+
+def test_top_k_restricts_to_the_k_best() -> None:
+    logits = random_logits(7)
+    best = set(torch.topk(logits, 5).indices.tolist())
+    # A high temperature flattens the five survivors so each shows up.
+    counts = draw(SamplingConfig(temperature=20.0, top_k=5, seed=11), logits, 2000)
+    assert set(counts) == best
+
+
+def test_top_k_with_top_p_zero_is_top_k_sampling() -> None:
+    """TensorRT-LLM: "topK > 0 and topP = 0.0f" is TopK sampling, not greedy."""
+    counts = draw(SamplingConfig(top_k=3, top_p=0.0, seed=5), torch.zeros(64), 500)
+    assert len(counts) == 3
+
+
+def test_top_p_restricts_to_the_nucleus() -> None:
+    logits = logits_from_probs([0.5, 0.3, 0.1, 0.05, 0.05])
+    # Mass before id 1 is 0.5 < 0.7, before id 2 it is 0.8: the nucleus is {0, 1}.
+    counts = draw(SamplingConfig(top_p=0.7, seed=3), logits, 2000)
+    assert set(counts) == {0, 1}
+    assert 0.55 < counts[0] / 2000 < 0.70  # 0.5 / 0.8 = 0.625 after renormalisation
+
+
+@pytest.mark.parametrize(
+    ("scale", "shortcut"), [(0.5, False), (1.0, True)], ids=["flat: full sort", "peaked: top-k"]
+)
+def test_top_p_nucleus_on_a_full_vocabulary(scale: float, shortcut: bool) -> None:
+    """Both ways of finding the nucleus (full sort, or a top-256 that already holds it) agree."""
+    logits = random_logits(21) * scale
+    probs, order = torch.sort(torch.softmax(logits, dim=-1), descending=True)
+    assert (float(probs[:256].sum()) >= 0.6) == shortcut  # which path the sampler takes
+    mass_before = torch.cumsum(probs, dim=-1) - probs
+    nucleus = set(order[mass_before < 0.6].tolist())
+    counts = draw(SamplingConfig(top_p=0.6, seed=17), logits, 60)
+    assert set(counts) <= nucleus
+    assert len(counts) > 1
+
+
+def test_top_p_keeps_at_least_one_token() -> None:
+    logits = logits_from_probs([0.4, 0.35, 0.25])
+    assert set(draw(SamplingConfig(top_p=1e-6, seed=3), logits, 200)) == {0}
+
+
+def test_top_p_one_keeps_everything() -> None:
+    counts = draw(SamplingConfig(top_p=1.0, seed=4), logits_from_probs([0.25] * 4), 2000)
+    assert set(counts) == {0, 1, 2, 3}
+
+
+def test_top_p_applies_to_the_renormalised_top_k() -> None:
+    """TensorRT-LLM TopKTopP: the k survivors are renormalised before the nucleus cut."""
+    logits = logits_from_probs([0.4, 0.3, 0.2, 0.1])
+    # Over the full distribution top_p=0.5 keeps {0, 1} (mass before id 1 is 0.4).
+    assert set(draw(SamplingConfig(top_p=0.5, seed=9), logits, 500)) == {0, 1}
+    # Within top_k=2 the masses are 4/7 and 3/7: mass before id 1 is 0.57 >= 0.5, so only id 0.
+    assert set(draw(SamplingConfig(top_k=2, top_p=0.5, seed=9), logits, 500)) == {0}
+
+
+def test_temperature_sharpens_and_flattens() -> None:
+    logits = logits_from_probs([0.6, 0.4])
+    cold = draw(SamplingConfig(temperature=0.2, seed=8), logits, 2000)
+    hot = draw(SamplingConfig(temperature=5.0, seed=8), logits, 2000)
+    assert cold[0] / 2000 > 0.85  # 0.6^5 / (0.6^5 + 0.4^5) = 0.88
+    assert 0.45 < hot[0] / 2000 < 0.58  # 0.6^0.2 / (...) = 0.52
+
+
+def test_repetition_penalty_lowers_a_repeated_token() -> None:
+    logits = torch.zeros(4, dtype=torch.float32)
+    logits[:2] = 1.0
+    history = torch.tensor([0, 0, 0], dtype=torch.int64)
+    plain = draw(SamplingConfig(top_k=2, seed=6), logits, 2000, history)
+    penalised = draw(SamplingConfig(top_k=2, repetition_penalty=2.0, seed=6), logits, 2000, history)
+    assert 0.45 < plain[0] / 2000 < 0.55
+    # exp(0.5) / (exp(0.5) + exp(1)) = 0.38
+    assert 0.33 < penalised[0] / 2000 < 0.43
+
+
+@pytest.mark.parametrize(
+    ("logits", "history", "penalty", "expected"),
+    [
+        ([2.0, 1.5], [0], 2.0, 1),  # positive logit divided: 1.0 < 1.5
+        ([-1.0, -1.5], [0], 2.0, 1),  # negative logit multiplied: -2.0 < -1.5
+        ([1.5, 2.0], [0], 0.5, 0),  # penalty < 1 encourages: 3.0 > 2.0
+        ([2.0, 0.9], [0, 0, 0], 2.0, 0),  # a set: repeats do not compound (1.0 > 0.9)
+        ([2.0, 1.5], [], 2.0, 0),  # no history, no penalty
+    ],
+)
+def test_repetition_penalty_math(
+    logits: list[float], history: list[int], penalty: float, expected: int
+) -> None:
+    sampler = Sampler(SamplingConfig(temperature=0.0, repetition_penalty=penalty))
+    result = sampler(torch.tensor(logits), torch.tensor(history, dtype=torch.int64))
+    assert result == expected
+
+
+def test_repetition_penalty_comes_before_top_k() -> None:
+    """The penalty changes which tokens survive top-k (penalties first, as in TensorRT-LLM)."""
+    logits = torch.tensor([3.0, 2.0, 1.0, 0.0])
+    history = torch.tensor([0, 1], dtype=torch.int64)
+    counts = draw(SamplingConfig(top_k=2, repetition_penalty=4.0, seed=2), logits, 300, history)
+    assert set(counts) == {0, 2}  # 3/4 = 0.75 and 1.0 survive; 2/4 = 0.5 does not

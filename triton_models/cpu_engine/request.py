@@ -1,0 +1,99 @@
+"""Parse one engine request from its tensors (the TensorRT-LLM contract) into plain values.
+
+Pure: takes numpy arrays by tensor name, so it is tested without Triton. Defaults follow the
+TensorRT-LLM backend's behaviour when an optional tensor is absent (see contract.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from autoglm.triton_models import contract
+from autoglm.triton_models.cpu_engine.sampling import SamplingConfig
+
+
+class RequestError(ValueError):
+    """A request tensor is missing or malformed; the message names the tensor."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineRequest:
+    input_ids: tuple[int, ...]
+    max_new_tokens: int
+    end_id: int | None
+    streaming: bool
+    exclude_input_in_output: bool
+    sampling: SamplingConfig
+    stop_words: tuple[tuple[int, ...], ...] = field(default=())
+
+
+def _scalar(
+    tensors: Mapping[str, np.ndarray], spec: contract.TensorSpec, default: object
+) -> object:
+    arr = tensors.get(spec.name)
+    if arr is None:
+        if not spec.optional:
+            raise RequestError(f"missing required input tensor '{spec.name}'")
+        return default
+    if arr.size != 1:
+        raise RequestError(
+            f"input tensor '{spec.name}' must hold one value per request, got shape {arr.shape}"
+        )
+    return arr.reshape(-1)[0].item()
+
+
+def parse_request(tensors: Mapping[str, np.ndarray], *, vocab_size: int) -> EngineRequest:
+    """Validate the tensors of one request (batch size 1) and return an EngineRequest."""
+    ids_arr = tensors.get(contract.INPUT_IDS.name)
+    if ids_arr is None:
+        raise RequestError("missing input tensor 'input_ids' (input embeddings are not supported)")
+    if ids_arr.ndim != 2 or ids_arr.shape[0] != 1:
+        raise RequestError(
+            f"input tensor 'input_ids' must be [1, tokens], got shape {ids_arr.shape}"
+        )
+    length = int(_scalar(tensors, contract.INPUT_LENGTHS, 0))  # type: ignore[arg-type]
+    if not 0 < length <= ids_arr.shape[1]:
+        raise RequestError(
+            f"input tensor 'input_lengths' = {length} does not fit input_ids of {ids_arr.shape[1]}"
+        )
+    ids = tuple(int(t) for t in ids_arr[0, :length])
+    if any(t < 0 or t >= vocab_size for t in ids):
+        raise RequestError(
+            f"input tensor 'input_ids' holds ids outside the vocabulary [0, {vocab_size})"
+        )
+    max_new = int(_scalar(tensors, contract.REQUEST_OUTPUT_LEN, 0))  # type: ignore[arg-type]
+    if max_new < 1:
+        raise RequestError(f"input tensor 'request_output_len' must be >= 1, got {max_new}")
+    end_id = _scalar(tensors, contract.END_ID, None)
+    seed = _scalar(tensors, contract.SEED, None)
+    sampling = SamplingConfig(
+        temperature=float(_scalar(tensors, contract.TEMPERATURE, 1.0)),  # type: ignore[arg-type]
+        top_k=int(_scalar(tensors, contract.RUNTIME_TOP_K, 0)),  # type: ignore[arg-type]
+        top_p=float(_scalar(tensors, contract.RUNTIME_TOP_P, 1.0)),  # type: ignore[arg-type]
+        repetition_penalty=float(_scalar(tensors, contract.REPETITION_PENALTY, 1.0)),  # type: ignore[arg-type]
+        seed=None if seed is None else int(seed),  # type: ignore[call-overload]
+    )
+    try:
+        sampling.validate()
+    except ValueError as exc:
+        raise RequestError(f"sampling tensors: {exc}") from None
+    stop_words: tuple[tuple[int, ...], ...] = ()
+    words_arr = tensors.get(contract.STOP_WORDS_LIST.name)
+    if words_arr is not None:
+        if words_arr.ndim != 3 or words_arr.shape[:2] != (1, 2):
+            raise RequestError(
+                f"input tensor 'stop_words_list' must be [1, 2, n], got shape {words_arr.shape}"
+            )
+        stop_words = tuple(tuple(w) for w in contract.from_stop_words_list(words_arr[0]) if w)
+    return EngineRequest(
+        input_ids=ids,
+        max_new_tokens=max_new,
+        end_id=None if end_id is None else int(end_id),  # type: ignore[call-overload]
+        streaming=bool(_scalar(tensors, contract.STREAMING, False)),
+        exclude_input_in_output=bool(_scalar(tensors, contract.EXCLUDE_INPUT_IN_OUTPUT, False)),
+        sampling=sampling,
+        stop_words=stop_words,
+    )

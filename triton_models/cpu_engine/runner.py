@@ -1,0 +1,67 @@
+"""Autoregressive generation with a Hugging Face causal LM on CPU (the reference engine's core).
+
+No Triton imports: the Triton adapter (model.py) feeds EngineRequests in and sends the yielded
+token ids out, so this loop is tested directly. The KV cache is reused between steps, so each
+step costs one token's forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+from autoglm.triton_models.cpu_engine.request import EngineRequest
+from autoglm.triton_models.cpu_engine.sampling import Sampler
+
+
+class CausalLMRunner:
+    """Loads one HF model folder once and runs any number of generations (thread-safe)."""
+
+    def __init__(self, model_dir: Path, *, torch_threads: int = 1) -> None:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        # One intra-op thread per generation: concurrency comes from running several requests in
+        # parallel threads (torch releases the GIL inside kernels), which uses the cores better
+        # for a small model than splitting every tiny matmul across them.
+        torch.set_num_threads(torch_threads)
+        self.config = AutoConfig.from_pretrained(model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        self.model.eval()
+        self.vocab_size = int(self.config.vocab_size)
+
+    def generate(
+        self, request: EngineRequest, *, is_cancelled: Callable[[], bool]
+    ) -> Iterator[int]:
+        """Yield generated token ids one at a time.
+
+        Ends when `end_id` is produced (not yielded, as TensorRT-LLM excludes it from the
+        sequence length), when a stop word's ids complete (yielded, as TensorRT-LLM keeps stop
+        words in the output), after `max_new_tokens`, or as soon as `is_cancelled()` is true.
+        """
+        sampler = Sampler(request.sampling)
+        history = torch.tensor(request.input_ids, dtype=torch.long)
+        generated: list[int] = []
+        input_ids = history.unsqueeze(0)  # [1, prompt_tokens]
+        past = None
+        with torch.inference_mode():
+            for _ in range(request.max_new_tokens):
+                if is_cancelled():
+                    return
+                out = self.model(input_ids=input_ids, past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                logits = out.logits[0, -1].float()  # [vocab]
+                token = sampler(logits, history)
+                if token == request.end_id:
+                    return
+                generated.append(token)
+                yield token
+                if _ends_with_stop_word(generated, request.stop_words):
+                    return
+                history = torch.cat([history, torch.tensor([token], dtype=torch.long)])
+                input_ids = torch.tensor([[token]], dtype=torch.long)  # [1, 1]
+
+
+def _ends_with_stop_word(generated: list[int], stop_words: tuple[tuple[int, ...], ...]) -> bool:
+    return any(len(w) <= len(generated) and tuple(generated[-len(w) :]) == w for w in stop_words)

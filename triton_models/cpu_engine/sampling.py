@@ -1,0 +1,164 @@
+"""Next-token selection for the CPU reference engine, with TensorRT-LLM's sampling semantics.
+
+The CPU engine stands in for a `tensorrtllm` engine behind the same tensor contract, so the same
+`runtime_top_k` / `runtime_top_p` / `temperature` / `repetition_penalty` / `random_seed` inputs
+must mean the same thing. Source: TensorRT-LLM `docs/source/advanced/gpt-runtime.md`, section
+"Sampling Parameters" (and its table "greedy decoding: beamWidth == 1 and topK=0 and topP=0.0f"):
+
+* repetitionPenalty: "multiplicative, irrespective of appearances count", range [0, +inf), 1.0 =
+  no effect, and "the tokens of input prompt are included". Applied HF/CTRL style (divide a
+  positive logit, multiply a negative one) before anything else.
+* temperature: range [0, +inf), 1.0 = no modulation; 0 selects greedy here, as in TensorRT-LLM's
+  LLM API ("temperature=0" is its greedy example, `examples/llm-api/llm_sampling.py`).
+* topK in [0, 1024], 0 = off; topP in [0, 1]. "If setting topK = 0 and topP = 0.0f, greedy
+  search is performed"; "topK > 0 and topP = 0.0f" is plain TopK sampling (so topP = 0 means
+  *off* when topK is set); with both set, the topK tokens are renormalised and then
+  nucleus-filtered ("TopKTopP sampling"). topP = 1.0 keeps everything, i.e. is also off.
+* randomSeed: Int64 in [0, 2^64 - 1].
+
+Pure logic (torch only, no Triton), so it is tested on its own.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Sampler", "SamplingConfig", "torch_seed"]
+
+_SEED_LIMIT = 2**64  # TensorRT-LLM randomSeed range is [0, 2^64 - 1]
+_MASK_32 = 0xFFFF_FFFF
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Per-request sampling parameters, with TensorRT-LLM's defaults meaning "no effect"."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first out-of-range field (for an INVALID_ARGUMENT)."""
+        # `not (x >= 0)` rather than `x < 0` so that NaN is rejected too.
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if not _is_int(self.top_k) or self.top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0, got {self.top_k!r}")
+        if not (0.0 <= self.top_p <= 1.0):
+            raise ValueError(f"top_p must be in [0, 1], got {self.top_p}")
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
+            raise ValueError(
+                f"repetition_penalty must be a finite number > 0, got {self.repetition_penalty}"
+            )
+        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < _SEED_LIMIT):
+            raise ValueError(f"seed must be an integer in [0, 2**64), got {self.seed!r}")
+
+    @property
+    def is_greedy(self) -> bool:
+        """Argmax selection: top_k == 1, temperature == 0, or (top_k == 0 and top_p == 0)."""
+        return self.top_k == 1 or self.temperature == 0 or (self.top_k == 0 and self.top_p == 0)
+
+
+def _is_int(value: object) -> bool:
+    # bool is an int subclass; True as a top_k or seed is a caller bug, not 1.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def torch_seed(seed: int) -> int:
+    """Reduces a 64-bit request seed to the 32 bits that torch's CPU generator really uses.
+
+    `torch.Generator.manual_seed` accepts 64-bit values, but the CPU generator's mt19937 is
+    initialised from `seed & 0xffffffff` only (aten `mt19937_engine::init_with_uint32`), so seeds
+    differing only in their high 32 bits would give identical streams. Folding the high half into
+    the low half keeps every seed < 2**32 unchanged and lets the high bits matter.
+    """
+    return (seed ^ (seed >> 32)) & _MASK_32
+
+
+class Sampler:
+    """Selects tokens for one request; owns its RNG so requests never perturb each other.
+
+    One Sampler per request, called from one thread at a time: its generator is state.
+    """
+
+    def __init__(self, config: SamplingConfig) -> None:
+        config.validate()
+        self.config = config
+        # A private generator: the global torch RNG is shared by every thread, so drawing from it
+        # would make a seeded request depend on what other requests sampled meanwhile.
+        self._gen = torch.Generator(device="cpu")
+        seed = config.seed if config.seed is not None else secrets.randbits(64)
+        self._gen.manual_seed(torch_seed(seed))
+
+    def __call__(self, logits: torch.Tensor, previous_ids: torch.Tensor) -> int:
+        """Returns the next token id.
+
+        logits: [vocab] float32, the last position's logits. previous_ids: [n] int64, the prompt
+        plus the tokens generated so far (the repetition penalty covers both).
+        """
+        config = self.config
+        if config.repetition_penalty != 1.0 and previous_ids.numel() > 0:
+            logits = _apply_repetition_penalty(logits, previous_ids, config.repetition_penalty)
+        if config.is_greedy:
+            return int(torch.argmax(logits))
+        logits = logits / config.temperature  # a new tensor: the caller's logits stay intact
+        # TensorRT-LLM: topP == 0 with topK > 0 is plain TopK sampling; topP == 1 keeps everything.
+        use_top_p = 0.0 < config.top_p < 1.0
+        if 0 < config.top_k < logits.numel():
+            # [k] each, in descending order: no full sort of the vocabulary. TopKTopP applies the
+            # nucleus to the k survivors renormalised, hence the softmax over the k values only.
+            values, indices = torch.topk(logits, config.top_k)
+            probs = torch.softmax(values, dim=-1)  # [k]
+        elif use_top_p:
+            probs, indices = _top_p_candidates(torch.softmax(logits, dim=-1), config.top_p)
+        else:
+            probs = torch.softmax(logits, dim=-1)  # [vocab]
+            return int(torch.multinomial(probs, 1, generator=self._gen))
+        if use_top_p:
+            probs = _nucleus(probs, config.top_p)
+        choice = torch.multinomial(probs, 1, generator=self._gen)
+        return int(indices[choice])
+
+
+# Top-p alone needs the tokens in probability order only until their mass reaches top_p, which
+# for a trained model is usually a few dozen tokens: a top-k of this size (~0.4 ms on a 49k vocab)
+# replaces the full sort (~5 ms) unless the distribution is very flat.
+_TOP_P_CANDIDATES = 256
+
+
+def _top_p_candidates(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Descending (probs, ids) long enough to hold the whole nucleus of ``probs`` [vocab]."""
+    if probs.numel() > _TOP_P_CANDIDATES:
+        values, indices = torch.topk(probs, _TOP_P_CANDIDATES)  # [c] each
+        # The nucleus is a prefix of the descending order: it fits if these reach top_p.
+        if float(values.sum()) >= top_p:
+            return values, indices
+    return torch.sort(probs, descending=True)  # [vocab] each
+
+
+def _apply_repetition_penalty(
+    logits: torch.Tensor, previous_ids: torch.Tensor, penalty: float
+) -> torch.Tensor:
+    """CTRL/HF repetition penalty over the *set* of previous ids (count does not matter)."""
+    ids = torch.unique(previous_ids)  # [u]
+    selected = logits[ids]  # [u]
+    penalised = torch.where(selected > 0, selected / penalty, selected * penalty)
+    logits = logits.clone()
+    logits[ids] = penalised
+    return logits
+
+
+def _nucleus(sorted_probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Zeroes the tail beyond the smallest prefix whose mass reaches ``top_p``.
+
+    ``sorted_probs`` is descending. A token is kept when the mass *before* it is still below
+    top_p, so the most likely token is always kept (0 < top_p). multinomial renormalises.
+    """
+    mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+    return torch.where(mass_before < top_p, sorted_probs, torch.zeros_like(sorted_probs))

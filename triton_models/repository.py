@@ -1,0 +1,69 @@
+"""Render a Triton model repository for the CPU reference engine.
+
+The layout Triton expects: `<repo>/<model>/config.pbtxt` and `<repo>/<model>/<version>/model.py`.
+Configs are rendered strictly and validated (render.py); the model code is copied, not linked,
+so a running Triton never sees a half-updated file.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from tritonclient.grpc import model_config_pb2
+
+from autoglm.triton_models.render import TEMPLATES, render_config
+
+
+@dataclass(frozen=True, slots=True)
+class CpuEngineConfig:
+    """Everything the CPU reference engine's config.pbtxt needs."""
+
+    model_name: str
+    hf_model_dir: Path
+    instance_count: int = 1
+    max_concurrency: int = 4
+    torch_threads: int = 1
+    max_batch_size: int = 8
+    version: int = 1
+
+    def validate(self) -> None:
+        if not self.model_name or "/" in self.model_name:
+            raise ValueError(f"model_name: {self.model_name!r} is not a valid Triton model name")
+        for name in (
+            "instance_count",
+            "max_concurrency",
+            "torch_threads",
+            "max_batch_size",
+            "version",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if not (self.hf_model_dir / "config.json").is_file():
+            raise ValueError(f"hf_model_dir: {self.hf_model_dir} holds no config.json")
+
+
+def render_cpu_model(repo: Path, cfg: CpuEngineConfig) -> model_config_pb2.ModelConfig:
+    """Write `<repo>/<model_name>/` for the CPU reference engine; returns the parsed config."""
+    cfg.validate()
+    src = TEMPLATES / "cpu_reference"
+    text, parsed = render_config(
+        src / "config.pbtxt",
+        {
+            "model_name": cfg.model_name,
+            "max_batch_size": cfg.max_batch_size,
+            "instance_count": cfg.instance_count,
+            "hf_model_dir": cfg.hf_model_dir.resolve(),
+            "max_concurrency": cfg.max_concurrency,
+            "torch_threads": cfg.torch_threads,
+        },
+    )
+    model_root = repo / cfg.model_name
+    version_dir = model_root / str(cfg.version)
+    version_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src / "1" / "model.py", version_dir / "model.py")
+    tmp = model_root / "config.pbtxt.tmp"
+    tmp.write_text(text)
+    tmp.replace(model_root / "config.pbtxt")
+    return parsed
