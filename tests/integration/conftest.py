@@ -1,0 +1,150 @@
+"""Session fixtures: the real Triton with the real model, and the real façade (mTLS + token).
+
+Triton is the `tritonserver` binary from nvidia-pytriton hosting the CPU reference engine with
+SmolLM2-135M-Instruct. The façade runs in its own thread with its own event loop, so the sync
+client and async tests can both call it; it binds port 0 and the bound port is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from autoglm.client import AsyncClient, Client, ClientConfig
+from autoglm.server.app import RunningServer, start_server
+from autoglm.server.models import ModelSpec
+from autoglm.server.pki import DevPki, ensure_dev_pki
+from autoglm.server.settings import Settings, TlsSettings
+from autoglm.server.tokens import TokenStore
+from autoglm.server.triton_process import TritonOptions, TritonProcess
+from autoglm.triton_models.repository import CpuEngineConfig, render_cpu_model
+
+MODEL = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
+    return ensure_dev_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def token_store(tmp_path_factory: pytest.TempPathFactory) -> TokenStore:
+    return TokenStore(tmp_path_factory.mktemp("tokens") / "tokens.json")
+
+
+@pytest.fixture(scope="session")
+def token(token_store: TokenStore) -> str:
+    secret, _ = token_store.create("integration-tests", ["generate", "models:read"])
+    return secret
+
+
+@pytest.fixture(scope="session")
+def triton(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[TritonProcess]:
+    repo = tmp_path_factory.mktemp("triton") / "model_repository"
+    render_cpu_model(
+        repo, CpuEngineConfig(model_name=MODEL, hf_model_dir=model_dir, max_concurrency=4)
+    )
+    proc = TritonProcess(TritonOptions(model_repository=repo, models=(MODEL,), exit_timeout_s=5))
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+class FacadeThread:
+    """The façade on its own event loop in a background thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.running: RunningServer = self.run(start_server(settings))
+
+    def run(self, coro):  # noqa: ANN001, ANN201 - any coroutine
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=60)
+
+    @property
+    def port(self) -> int:
+        return self.running.port
+
+    def stop(self) -> None:
+        self.run(self.running.stop(1.0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+@dataclass(frozen=True)
+class Facade:
+    port: int
+    endpoint: str
+    thread: FacadeThread
+
+
+@pytest.fixture(scope="session")
+def facade(
+    triton: TritonProcess, pki: DevPki, token_store: TokenStore, token: str, model_dir: Path
+) -> Iterator[Facade]:
+    settings = Settings(
+        listen="127.0.0.1:0",
+        triton_target=triton.grpc_target,
+        models=(ModelSpec(name=MODEL, triton_model=MODEL, tokenizer_dir=model_dir),),
+        tls=TlsSettings(cert=pki.server_cert, key=pki.server_key, client_ca=pki.ca_cert),
+        token_store=token_store.path,
+        health_interval_s=0.5,
+    )
+    thread = FacadeThread(settings)
+    try:
+        yield Facade(thread.port, f"127.0.0.1:{thread.port}", thread)
+    finally:
+        thread.stop()
+
+
+@pytest.fixture(scope="session")
+def client_config(facade: Facade, pki: DevPki, token: str) -> ClientConfig:
+    return ClientConfig(
+        endpoint=facade.endpoint,
+        ca_cert=pki.ca_cert,
+        client_cert=pki.client_cert,
+        client_key=pki.client_key,
+        token=token,
+        model=MODEL,
+    )
+
+
+@pytest.fixture(scope="session")
+def client(client_config: ClientConfig) -> Iterator[Client]:
+    with Client(client_config) as c:
+        yield c
+
+
+@pytest.fixture
+async def aclient(client_config: ClientConfig):  # noqa: ANN201 - async generator fixture
+    async with AsyncClient(client_config) as c:
+        yield c
+
+
+def engine_metric(triton: TritonProcess, name: str, **labels: str) -> float:
+    """Sum of a counter in Triton's own /metrics endpoint (the engine model's custom metrics)."""
+    import urllib.request
+
+    with urllib.request.urlopen(triton.metrics_url, timeout=5) as resp:  # noqa: S310 - loopback
+        text = resp.read().decode()
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def secure_channel(endpoint: str, pki: DevPki, *, with_cert: bool = True) -> grpc.Channel:
+    key = pki.client_key.read_bytes() if with_cert else None
+    chain = pki.client_cert.read_bytes() if with_cert else None
+    creds = grpc.ssl_channel_credentials(pki.ca_cert.read_bytes(), key, chain)
+    return grpc.secure_channel(endpoint, creds)
