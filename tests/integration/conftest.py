@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 import pytest
@@ -27,6 +28,7 @@ from autoglm.server.triton_process import TritonOptions, TritonProcess
 from autoglm.triton_models.repository import CpuEngineConfig, render_cpu_model
 
 MODEL = "smollm2-135m-instruct"
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +68,7 @@ class FacadeThread:
         self._thread.start()
         self.running: RunningServer = self.run(start_server(settings))
 
-    def run(self, coro):  # noqa: ANN001, ANN201 - any coroutine
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=60)
 
     @property
@@ -124,7 +126,7 @@ def client(client_config: ClientConfig) -> Iterator[Client]:
 
 
 @pytest.fixture
-async def aclient(client_config: ClientConfig):  # noqa: ANN201 - async generator fixture
+async def aclient(client_config: ClientConfig) -> AsyncIterator[AsyncClient]:
     async with AsyncClient(client_config) as c:
         yield c
 
@@ -133,7 +135,7 @@ def engine_metric(triton: TritonProcess, name: str, **labels: str) -> float:
     """Sum of a counter in Triton's own /metrics endpoint (the engine model's custom metrics)."""
     import urllib.request
 
-    with urllib.request.urlopen(triton.metrics_url, timeout=5) as resp:  # noqa: S310 - loopback
+    with urllib.request.urlopen(triton.metrics_url, timeout=5) as resp:
         text = resp.read().decode()
     total = 0.0
     for family in text_string_to_metric_families(text):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import pytest
 
 from autoglm.client import (
     AsyncClient,
     Client,
+    ClientConfig,
     Completion,
     DeadlineExceededError,
     Delta,
@@ -112,7 +114,7 @@ def test_end_of_sequence_finishes_with_stop(client: Client) -> None:
     assert "<|im_end|>" not in out.text
 
 
-def test_concurrent_streams_match_sequential(client: Client, client_config) -> None:  # noqa: ANN001
+def test_concurrent_streams_match_sequential(client: Client, client_config: ClientConfig) -> None:
     prompts = [f"Write a sentence about the number {n}." for n in range(4)]
     sequential = [client.generate(p, max_tokens=12, seed=n) for n, p in enumerate(prompts)]
 
@@ -129,7 +131,7 @@ def test_concurrent_streams_match_sequential(client: Client, client_config) -> N
         assert_same(stream, unary)
 
 
-def _wait_for(predicate, timeout: float = 15.0) -> bool:  # noqa: ANN001
+def _wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
