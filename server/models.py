@@ -41,7 +41,7 @@ def load_model(spec: ModelSpec) -> ServedModel:
             )
     end_id = ids.get("eos_token_id")
     if isinstance(end_id, list):  # some models list several; the engine takes one end_id
-        end_id = end_id[0]
+        end_id = end_id[0] if end_id else None
     if not isinstance(end_id, int):
         raise ValueError(
             f"{spec.tokenizer_dir}: no eos_token_id in config.json/generation_config.json"

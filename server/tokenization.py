@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
-from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
@@ -25,6 +25,19 @@ class ChatTemplateError(ValueError):
 class Message:
     role: str
     content: str
+
+
+def _tojson(
+    value: object,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
+    # The keywords of transformers' chat-template tojson filter.
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
 
 
 def _raise(message: str) -> None:
@@ -44,6 +57,19 @@ def load_chat_template(model_dir: Path) -> str | None:
     return None
 
 
+def _special_tokens(model_dir: Path) -> tuple[str, str]:
+    """bos/eos token strings from tokenizer_config.json (plain or AddedToken-style dicts)."""
+    cfg_path = model_dir / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+
+    def text(value: object) -> str:
+        if isinstance(value, dict):
+            value = value.get("content")
+        return value if isinstance(value, str) else ""
+
+    return text(cfg.get("bos_token")), text(cfg.get("eos_token"))
+
+
 class PromptEncoder:
     """Turns a prompt or a conversation into token ids, and ids back into nothing else."""
 
@@ -54,17 +80,21 @@ class PromptEncoder:
         self._bos, self._eos = bos, eos
         self._template = None
         if chat_template is not None:
-            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-            env.globals["raise_exception"] = _raise
-            env.filters["tojson"] = lambda v, indent=None: json.dumps(
-                v, ensure_ascii=False, indent=indent
+            # As transformers' chat-template environment: loop controls, raise_exception,
+            # strftime_now (Llama 3.x templates call it) and a tojson that keeps non-ASCII.
+            env = ImmutableSandboxedEnvironment(
+                trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
             )
+            env.globals["raise_exception"] = _raise
+            env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+            env.filters["tojson"] = _tojson
             self._template = env.from_string(chat_template)
 
     @classmethod
     def from_model_dir(cls, model_dir: Path) -> PromptEncoder:
         tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        return cls(tok, load_chat_template(model_dir))
+        bos, eos = _special_tokens(model_dir)
+        return cls(tok, load_chat_template(model_dir), bos=bos, eos=eos)
 
     @property
     def has_chat_template(self) -> bool:
@@ -85,7 +115,9 @@ class PromptEncoder:
                 bos_token=self._bos,
                 eos_token=self._eos,
             )
-        except TemplateError as exc:
+        except ChatTemplateError:
+            raise
+        except Exception as exc:  # any error inside the template is the conversation's problem
             raise ChatTemplateError(f"chat template failed: {exc}") from None
 
     def encode_chat(self, messages: Sequence[Message]) -> list[int]:

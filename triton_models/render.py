@@ -20,6 +20,25 @@ from tritonclient.grpc import model_config_pb2
 TEMPLATES = Path(str(resources.files(__package__) / "templates"))
 
 
+# Triton model names are directory names in the model repository; keep them path- and quote-safe
+# (".." or "." would write outside or over the repository).
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# Characters that would break out of a pbtxt string literal (or make it multi-line).
+_UNSAFE_IN_STRING = re.compile(r'["\\\n\r]')
+
+
+def check_model_name(value: object, field: str = "model_name") -> None:
+    """ValueError naming `field` unless value is a safe Triton model (directory) name."""
+    if not isinstance(value, str) or not _MODEL_NAME.fullmatch(value) or set(value) <= {"."}:
+        raise ValueError(f"{field}: {value!r} is not a valid Triton model name")
+
+
+def check_config_string(field: str, value: str) -> None:
+    """ValueError naming `field` unless value can sit inside a pbtxt string literal."""
+    if not value or _UNSAFE_IN_STRING.search(value):
+        raise ValueError(f"{field}: {value!r} must be non-empty and free of quotes/newlines")
+
+
 class TemplateError(ValueError):
     """A template could not be rendered or does not give a valid Triton model config."""
 

@@ -13,7 +13,12 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2
 
-from autoglm.triton_models.render import TEMPLATES, render_config
+from autoglm.triton_models.render import (
+    TEMPLATES,
+    check_config_string,
+    check_model_name,
+    render_config,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,8 +34,8 @@ class CpuEngineConfig:
     version: int = 1
 
     def validate(self) -> None:
-        if not self.model_name or "/" in self.model_name:
-            raise ValueError(f"model_name: {self.model_name!r} is not a valid Triton model name")
+        check_model_name(self.model_name)
+        check_config_string("hf_model_dir", str(self.hf_model_dir))
         for name in (
             "instance_count",
             "max_concurrency",

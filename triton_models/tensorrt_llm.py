@@ -13,13 +13,17 @@ ModelInstanceState constructor) and `src/model_state.cc` (GetParameter, gpu_devi
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2
 
-from autoglm.triton_models.render import TEMPLATES, render_config
+from autoglm.triton_models.render import (
+    TEMPLATES,
+    check_config_string,
+    check_model_name,
+    render_config,
+)
 
 TEMPLATE: Path = TEMPLATES / "tensorrt_llm" / "config.pbtxt"
 
@@ -35,11 +39,6 @@ BATCH_SCHEDULER_POLICIES: frozenset[str] = frozenset({"max_utilization", "guaran
 DATA_TYPES: frozenset[str] = frozenset(
     name for name in model_config_pb2.DataType.DESCRIPTOR.values_by_name if name != "TYPE_INVALID"
 )
-
-# Triton model names are directory names in the model repository; keep them path- and quote-safe.
-_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-# Characters that would break out of a pbtxt string literal (or make it multi-line).
-_UNSAFE_IN_STRING = re.compile(r'["\\\n\r]')
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +90,8 @@ class TensorRTLLMConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first field with a bad value."""
-        _check_model_name(self.model_name)
-        _check_path_string("engine_dir", str(self.engine_dir))
+        check_model_name(self.model_name)
+        check_config_string("engine_dir", str(self.engine_dir))
         _check_int("triton_max_batch_size", self.triton_max_batch_size, minimum=1)
         _check_int("max_queue_delay_microseconds", self.max_queue_delay_microseconds, minimum=0)
         _check_int("max_queue_size", self.max_queue_size, minimum=0)
@@ -155,16 +154,6 @@ def _pbtxt_bool(value: bool) -> str:
     # Lower case: valid for protobuf text format (decoupled) and for the backend's
     # GetParameter<bool>, which accepts True/true/TRUE/1 and False/false/FALSE/0.
     return "true" if value else "false"
-
-
-def _check_model_name(value: object) -> None:
-    if not isinstance(value, str) or not _MODEL_NAME.fullmatch(value):
-        raise ValueError(f"model_name: {value!r} is not a valid Triton model name")
-
-
-def _check_path_string(name: str, value: str) -> None:
-    if not value or _UNSAFE_IN_STRING.search(value):
-        raise ValueError(f"{name}: {value!r} must be non-empty and free of quotes/newlines")
 
 
 def _check_int(name: str, value: object, *, minimum: int) -> None:

@@ -28,6 +28,8 @@ from autoglm.server.triton_process import TritonOptions, TritonProcess
 from autoglm.triton_models.repository import CpuEngineConfig, render_cpu_model
 
 MODEL = "smollm2-135m-instruct"
+# Sampled with seed 1, the model goes on for hundreds of tokens after this.
+LONG_PROMPT = "Once upon a time, in a land far away,"
 T = TypeVar("T")
 
 

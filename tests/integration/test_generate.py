@@ -20,12 +20,9 @@ from autoglm.client import (
 )
 from autoglm.server.triton_process import TritonProcess
 
-from .conftest import MODEL, engine_metric
+from .conftest import LONG_PROMPT, MODEL, engine_metric
 
 pytestmark = pytest.mark.integration
-
-# Sampled with seed 1, the model goes on for hundreds of tokens after this.
-LONG_PROMPT = "Once upon a time, in a land far away,"
 
 
 def collect(deltas: list[Delta]) -> tuple[str, list[int], Delta]:

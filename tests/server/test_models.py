@@ -115,11 +115,6 @@ def test_non_integer_eos_is_a_value_error(model_dir: Path, tmp_path: Path, eos: 
         load_model(spec(folder_with(model_dir, tmp_path / "m", cfg)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an empty eos_token_id list raises IndexError (models.py:44 end_id[0]), not the"
-    " ValueError naming the folder",
-)
 def test_empty_eos_list_is_a_value_error(model_dir: Path, tmp_path: Path) -> None:
     cfg = real_config(model_dir, eos_token_id=[])
     with pytest.raises(ValueError, match="eos_token_id"):

@@ -259,11 +259,6 @@ def ours_and_hf(
     return PromptEncoder.from_model_dir(folder).render_chat(messages), expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: PromptEncoder.from_model_dir never passes bos/eos: templates using bos_token /"
-    " eos_token (Llama, Mistral, Gemma…) render them as '' unlike transformers",
-)
 def test_bos_and_eos_tokens_are_rendered(
     model_dir: Path, tmp_path: Path, hf_tokenizer: Any
 ) -> None:
@@ -275,11 +270,6 @@ def test_bos_and_eos_tokens_are_rendered(
     assert got == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the Jinja environment lacks jinja2.ext.loopcontrols, which transformers enables:"
-    " a template with {% break %}/{% continue %} fails to load (TemplateSyntaxError)",
-)
 def test_loop_controls_are_supported(model_dir: Path, tmp_path: Path, hf_tokenizer: Any) -> None:
     template = (
         "{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}"
@@ -290,11 +280,15 @@ def test_loop_controls_are_supported(model_dir: Path, tmp_path: Path, hf_tokeniz
     assert got == expected == "a"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: no strftime_now global (transformers defines it; Llama 3.x templates call it)",
-)
 def test_strftime_now_is_available(model_dir: Path, tmp_path: Path, hf_tokenizer: Any) -> None:
     template = "{{ strftime_now('%Y') | length }}"
     got, expected = ours_and_hf(model_dir, tmp_path, hf_tokenizer, template, [Message("user", "a")])
     assert got == expected == "4"
+
+
+def test_tojson_accepts_transformers_keywords(reference: Tokenizer, hf_tokenizer: Any) -> None:
+    template = "{{ messages[0] | tojson(sort_keys=True, separators=(',', ':')) }}"
+    messages = [Message("user", "é")]
+    expected = hf_render(hf_tokenizer, template, messages)
+    assert expected == '{"content":"é","role":"user"}'
+    assert PromptEncoder(reference, template).render_chat(messages) == expected

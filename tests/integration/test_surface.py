@@ -1,0 +1,125 @@
+"""The façade's surroundings: security defaults, health, reflection, graceful shutdown."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from autoglm.client import AuthenticationError, Client, ClientConfig, UnavailableError
+from autoglm.server.pki import DevPki
+from autoglm.server.tokens import TokenStore
+from autoglm.server.triton_process import TritonProcess
+
+from .conftest import MODEL, Facade, secure_channel
+
+pytestmark = pytest.mark.integration
+
+
+def test_call_without_token_is_unauthenticated(client_config: ClientConfig) -> None:
+    with (
+        Client(dataclasses.replace(client_config, token=None)) as anonymous,
+        pytest.raises(AuthenticationError, match="missing bearer token"),
+    ):
+        anonymous.generate("hi", max_tokens=1)
+    with (
+        Client(dataclasses.replace(client_config, token="agm_000000000000_bogus")) as bogus,
+        pytest.raises(AuthenticationError),
+    ):
+        list(bogus.generate_stream("hi", max_tokens=1))
+
+
+def test_call_without_client_certificate_is_refused(client_config: ClientConfig) -> None:
+    no_cert = dataclasses.replace(client_config, client_cert=None, client_key=None)
+    with Client(no_cert) as c, pytest.raises(UnavailableError):
+        c.generate("hi", max_tokens=1, timeout=5)
+
+
+def test_plaintext_is_refused(facade: Facade) -> None:
+    with grpc.insecure_channel(facade.endpoint) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_health_is_open_and_serving(facade: Facade, pki: DevPki) -> None:
+    with secure_channel(facade.endpoint, pki) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "autoglm.v1.TextGeneration"):
+            resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_the_api_with_a_token(facade: Facade, pki: DevPki, token: str) -> None:
+    with secure_channel(facade.endpoint, pki) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        responses = stub.ServerReflectionInfo(
+            iter([request]), metadata=[("authorization", f"Bearer {token}")], timeout=5
+        )
+        names = {s.name for r in responses for s in r.list_services_response.service}
+    assert {"autoglm.v1.TextGeneration", "grpc.health.v1.Health"} <= names
+
+
+def test_sigterm_drains_in_flight_streams(
+    triton: TritonProcess,
+    pki: DevPki,
+    token_store: TokenStore,
+    client_config: ClientConfig,
+    model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """SIGTERM: new calls are refused, the stream in flight still completes, exit code 0."""
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "autoglm.server.cli", "serve",
+            "--listen", "127.0.0.1:0",
+            "--triton", triton.grpc_target,
+            "--model", f"{MODEL}={MODEL}:{model_dir}",
+            "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
+            "--client-ca", str(pki.ca_cert), "--token-store", str(token_store.path),
+            "--grace", "30",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        port = None
+        for line in proc.stderr:
+            if m := re.search(r"listening on port (\d+)", line):
+                port = int(m.group(1))
+                break
+        assert port, "the façade did not report its port"
+        log: list[str] = []
+        threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True).start()
+        with Client(dataclasses.replace(client_config, endpoint=f"127.0.0.1:{port}")) as c:
+            stream = c.generate_stream(
+                "Once upon a time, in a land far away,", max_tokens=40, seed=1
+            )
+            first = next(stream)
+            proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while not any("shutting down" in line for line in log):
+                assert time.monotonic() < deadline, "no shutdown after SIGTERM"
+                time.sleep(0.02)
+            with pytest.raises(UnavailableError):
+                c.generate("hi", max_tokens=1, timeout=5)
+            rest = list(stream)
+        assert rest[-1].finish_reason == "length"
+        assert sum(len(d.token_ids) for d in [first, *rest]) == 40
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
