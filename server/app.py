@@ -76,7 +76,12 @@ async def start_server(settings: Settings) -> RunningServer:
     """Start the façade; returns once it listens (the bound port is in the result)."""
     settings.validate()
     registry = ModelRegistry([load_model(spec) for spec in settings.models])
-    engine = EngineClient(settings.triton_target)
+    link = settings.engine_link
+    engine = EngineClient(
+        settings.triton_target,
+        credentials=link.channel_credentials() if link else None,
+        metadata=link.metadata() if link else (),
+    )
     interceptors = []
     if settings.insecure_dev:
         log.warning(

@@ -47,9 +47,34 @@ def _serve(args: argparse.Namespace) -> int:
     tls = None
     if args.tls_cert or args.tls_key:
         tls = TlsSettings(cert=args.tls_cert, key=args.tls_key, client_ca=args.client_ca)
+    link = None
+    if args.triton_ca or args.triton_cert or args.triton_key or args.triton_secret_file:
+        from autoglm.server.engine_link import EngineLink
+
+        missing = [
+            flag
+            for flag, value in (
+                ("--triton-ca", args.triton_ca),
+                ("--triton-cert", args.triton_cert),
+                ("--triton-key", args.triton_key),
+                ("--triton-secret-file", args.triton_secret_file),
+            )
+            if value is None
+        ]
+        if missing:
+            raise SettingsError(f"engine link: also give {', '.join(missing)}")
+        link = EngineLink(
+            ca_cert=args.triton_ca,
+            server_cert=args.triton_ca,  # unused by the façade (it is Triton's)
+            server_key=args.triton_ca,
+            client_cert=args.triton_cert,
+            client_key=args.triton_key,
+            secret=args.triton_secret_file.read_text().strip(),
+        )
     settings = Settings(
         listen=args.listen,
         triton_target=args.triton,
+        engine_link=link,
         models=tuple(models),
         tls=tls,
         token_store=args.token_store,
@@ -143,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", type=Path)
     serve.add_argument("--client-ca", type=Path, help="CA bundle that issues client certificates")
     serve.add_argument("--token-store", type=Path)
+    serve.add_argument("--triton-ca", type=Path, help="CA of Triton's server certificate")
+    serve.add_argument("--triton-cert", type=Path, help="the façade's client cert for Triton")
+    serve.add_argument("--triton-key", type=Path, help="the façade's client key for Triton")
+    serve.add_argument(
+        "--triton-secret-file",
+        type=Path,
+        help="file holding Triton's restricted-protocol secret (never pass it on the command line)",
+    )
     serve.add_argument(
         "--insecure-dev", action="store_true", help="plaintext, no tokens, loopback only"
     )

@@ -18,6 +18,7 @@ from rich.console import Console
 
 from autoglm.build_engine import default_model
 from autoglm.server.app import RunningServer, serve_until_signal, start_server
+from autoglm.server.engine_link import dev_engine_link
 from autoglm.server.models import ModelSpec
 from autoglm.server.pki import ensure_dev_pki
 from autoglm.server.settings import Settings, TlsSettings
@@ -113,13 +114,19 @@ async def run_dev(opts: DevOptions, console: Console) -> None:
     profile_path = opts.client_profile or client_profile_path()
     token = _token_for(store, profile_path)
 
+    link = dev_engine_link(state / "pki-engine")
     triton = TritonProcess(
         TritonOptions(
-            model_repository=repo, models=(opts.model_name,), log_file=state / "triton.log"
+            model_repository=repo,
+            models=(opts.model_name,),
+            log_file=state / "triton.log",
+            link=link,
         )
     )
     with console.status("Starting Triton Inference Server (CPU reference engine, real model)…"):
-        await asyncio.to_thread(triton.start)
+        # Started from the main thread on purpose: Triton is tied to its parent thread's life
+        # (PR_SET_PDEATHSIG), and an executor thread may exit while Triton should run on.
+        triton.start()
     console.print(
         f"Triton ready: gRPC {triton.grpc_target}, metrics {triton.metrics_url}"
         f" (log: {triton.log_path})"
@@ -136,6 +143,7 @@ async def run_dev(opts: DevOptions, console: Console) -> None:
             ),
             tls=TlsSettings(cert=pki.server_cert, key=pki.server_key, client_ca=pki.ca_cert),
             token_store=store.path,
+            engine_link=link,
         )
         running = await start_server(settings)
         endpoint = f"127.0.0.1:{running.port}"

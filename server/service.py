@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from autoglm.server import errors, pipeline
+from autoglm.server.auth import current_principal
 from autoglm.server.engine_client import EngineClient
 from autoglm.server.models import ModelRegistry, ServedModel
 from autoglm.server.validation import validate_count_tokens, validate_generate
@@ -25,6 +26,10 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
         self.engine = engine
 
     def _model(self, name: str) -> ServedModel:
+        principal = current_principal()
+        # Checked before existence, so a token cannot probe which other models exist.
+        if principal is not None and not principal.allows_model(name):
+            raise errors.PermissionDenied(f"model: this token may not use {name!r}")
         model = self.registry.get(name)
         if model is None:
             raise errors.NotFound(
@@ -115,6 +120,7 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
                     has_chat_template=m.encoder.has_chat_template,
                 )
                 for m in self.registry
+                if (principal := current_principal()) is None or principal.allows_model(m.spec.name)
             ]
         )
 

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autoglm.server.engine_link import EngineLink
 from autoglm.server.models import ModelSpec
 
 
@@ -49,6 +50,8 @@ class Settings:
     triton_target: str  # host:port of Triton's gRPC endpoint
     models: tuple[ModelSpec, ...]
     tls: TlsSettings | None = None
+    # How the façade reaches Triton: mTLS + restricted-protocol secret; None = plaintext.
+    engine_link: EngineLink | None = None
     token_store: Path | None = None
     # Plaintext without tokens: only on loopback, only when asked for by name.
     insecure_dev: bool = False

@@ -24,9 +24,23 @@ from pathlib import Path
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from autoglm.server.engine_link import EngineLink
+
 
 class TritonStartError(RuntimeError):
     """Triton exited or did not become ready; the message carries the tail of its log."""
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the parent dies, so no orphaned Triton outlives a crash.
+
+    Linux prctl(PR_SET_PDEATHSIG); elsewhere a no-op.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def pytriton_root() -> Path:
@@ -82,6 +96,9 @@ class TritonOptions:
     exit_timeout_s: int = 10
     startup_timeout_s: float = 180.0
     extra_args: tuple[str, ...] = field(default=())
+    # mTLS + restricted-protocol secret (engine_link.py); None = plaintext loopback (tests of
+    # the engine alone only: the façade's own settings decide what it requires).
+    link: EngineLink | None = None
 
 
 class TritonProcess:
@@ -131,6 +148,7 @@ class TritonProcess:
             "--allow-cpu-metrics=true",
             f"--exit-timeout-secs={o.exit_timeout_s}",
             f"--log-verbose={o.log_verbose}",
+            *(o.link.triton_args() if o.link else ()),
             *o.extra_args,
         ]
         return cmd
@@ -145,6 +163,7 @@ class TritonProcess:
                 stderr=subprocess.STDOUT,
                 env=triton_env(),
                 start_new_session=True,  # our Ctrl-C is handled by us, then we stop Triton
+                preexec_fn=_die_with_parent,
             )
         try:
             self._wait_ready()
@@ -154,7 +173,13 @@ class TritonProcess:
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.options.startup_timeout_s
-        with grpc.insecure_channel(self.grpc_target) as channel:
+        link = self.options.link
+        channel = (
+            grpc.secure_channel(self.grpc_target, link.channel_credentials())
+            if link
+            else grpc.insecure_channel(self.grpc_target)
+        )
+        with channel:
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
             while time.monotonic() < deadline:
                 if self._proc is None or self._proc.poll() is not None:

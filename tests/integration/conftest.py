@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from autoglm.client import AsyncClient, Client, ClientConfig
 from autoglm.server.app import RunningServer, start_server
+from autoglm.server.engine_link import EngineLink, dev_engine_link
 from autoglm.server.models import ModelSpec
 from autoglm.server.pki import DevPki, ensure_dev_pki
 from autoglm.server.settings import Settings, TlsSettings
@@ -50,12 +51,22 @@ def token(token_store: TokenStore) -> str:
 
 
 @pytest.fixture(scope="session")
-def triton(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[TritonProcess]:
+def engine_link(tmp_path_factory: pytest.TempPathFactory) -> EngineLink:
+    """Triton's own mTLS (a separate CA) and restricted-protocol secret, as in production."""
+    return dev_engine_link(tmp_path_factory.mktemp("pki-engine"))
+
+
+@pytest.fixture(scope="session")
+def triton(
+    tmp_path_factory: pytest.TempPathFactory, model_dir: Path, engine_link: EngineLink
+) -> Iterator[TritonProcess]:
     repo = tmp_path_factory.mktemp("triton") / "model_repository"
     render_cpu_model(
         repo, CpuEngineConfig(model_name=MODEL, hf_model_dir=model_dir, max_concurrency=4)
     )
-    proc = TritonProcess(TritonOptions(model_repository=repo, models=(MODEL,), exit_timeout_s=5))
+    proc = TritonProcess(
+        TritonOptions(model_repository=repo, models=(MODEL,), exit_timeout_s=5, link=engine_link)
+    )
     proc.start()
     yield proc
     proc.stop()
@@ -92,7 +103,12 @@ class Facade:
 
 @pytest.fixture(scope="session")
 def facade(
-    triton: TritonProcess, pki: DevPki, token_store: TokenStore, token: str, model_dir: Path
+    triton: TritonProcess,
+    engine_link: EngineLink,
+    pki: DevPki,
+    token_store: TokenStore,
+    token: str,
+    model_dir: Path,
 ) -> Iterator[Facade]:
     settings = Settings(
         listen="127.0.0.1:0",
@@ -100,6 +116,7 @@ def facade(
         models=(ModelSpec(name=MODEL, triton_model=MODEL, tokenizer_dir=model_dir),),
         tls=TlsSettings(cert=pki.server_cert, key=pki.server_key, client_ca=pki.ca_cert),
         token_store=token_store.path,
+        engine_link=engine_link,
         health_interval_s=0.5,
     )
     thread = FacadeThread(settings)

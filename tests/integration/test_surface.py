@@ -15,8 +15,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from autoglm.client import AuthenticationError, Client, ClientConfig, UnavailableError
+from autoglm.server.engine_link import EngineLink
 from autoglm.server.pki import DevPki
 from autoglm.server.tokens import TokenStore
 from autoglm.server.triton_process import TritonProcess
@@ -79,8 +81,12 @@ def test_sigterm_drains_in_flight_streams(
     client_config: ClientConfig,
     model_dir: Path,
     tmp_path: Path,
+    engine_link: EngineLink,
 ) -> None:
     """SIGTERM: new calls are refused, the stream in flight still completes, exit code 0."""
+    secret_file = tmp_path / "triton-secret"
+    secret_file.write_text(engine_link.secret)
+    secret_file.chmod(0o600)
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "autoglm.server.cli", "serve",
@@ -89,6 +95,10 @@ def test_sigterm_drains_in_flight_streams(
             "--model", f"{MODEL}={MODEL}:{model_dir}",
             "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
             "--client-ca", str(pki.ca_cert), "--token-store", str(token_store.path),
+            "--triton-ca", str(engine_link.ca_cert),
+            "--triton-cert", str(engine_link.client_cert),
+            "--triton-key", str(engine_link.client_key),
+            "--triton-secret-file", str(secret_file),
             "--grace", "30",
         ],
         stderr=subprocess.PIPE,
@@ -123,3 +133,33 @@ def test_sigterm_drains_in_flight_streams(
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _model_metadata(channel: grpc.Channel, metadata: tuple[tuple[str, str], ...] = ()) -> object:
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    return stub.ModelMetadata(
+        service_pb2.ModelMetadataRequest(name=MODEL), metadata=metadata, timeout=5
+    )
+
+
+def test_triton_accepts_only_the_facade(
+    triton: TritonProcess, engine_link: EngineLink, pki: DevPki
+) -> None:
+    """Triton: TLS with the link's own CA, and the restricted-protocol secret on every call."""
+    creds = engine_link.channel_credentials()
+    with grpc.secure_channel(triton.grpc_target, creds) as channel:
+        assert _model_metadata(channel, engine_link.metadata()).name == MODEL  # the façade's way
+        with pytest.raises(grpc.RpcError) as no_secret:
+            _model_metadata(channel)
+        assert "restricted" in (no_secret.value.details() or "").lower()
+        wrong = ((engine_link.metadata()[0][0], "not-the-secret"),)
+        with pytest.raises(grpc.RpcError):
+            _model_metadata(channel, wrong)
+    with grpc.insecure_channel(triton.grpc_target) as plaintext, pytest.raises(grpc.RpcError):
+        _model_metadata(plaintext, engine_link.metadata())
+    # A caller's client certificate (the façade's CA) does not open Triton.
+    caller = grpc.ssl_channel_credentials(
+        engine_link.ca_cert.read_bytes(), pki.client_key.read_bytes(), pki.client_cert.read_bytes()
+    )
+    with grpc.secure_channel(triton.grpc_target, caller) as channel, pytest.raises(grpc.RpcError):
+        _model_metadata(channel, engine_link.metadata())

@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from autoglm.server.auth import AuthInterceptor, current_principal
+from autoglm.server.auth import DEFAULT_METHOD_SCOPES, AuthInterceptor, current_principal
 from autoglm.server.pki import CLIENT_AUTH, DevPki, ensure_dev_pki, issue_certificate
 from autoglm.server.tls import server_credentials
 from autoglm.server.tokens import TokenStore
@@ -75,6 +75,8 @@ async def _async_unary(request: bytes, context: Any) -> bytes:
     return _whoami().encode()
 
 
+ECHO_KINDS = ("UnaryUnary", "StreamUnary", "StreamStream", "SyncUnaryUnary", "SyncUnaryStream")
+
 # Raw-bytes service covering all four RPC kinds, async and sync (no serializers: bytes in/out).
 _ECHO_HANDLERS = grpc.method_handlers_generic_handler(
     "autoglm.test.Echo",
@@ -116,7 +118,15 @@ async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
     )
 
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(TokenStore(tokens_path))],
+        interceptors=[
+            AuthInterceptor(
+                TokenStore(tokens_path),
+                method_scopes={
+                    **DEFAULT_METHOD_SCOPES,
+                    **{f"/autoglm.test.Echo/{kind}": "generate" for kind in ECHO_KINDS},
+                },
+            )
+        ],
         migration_thread_pool=ThreadPoolExecutor(max_workers=2),  # runs the sync handlers
     )
     health_servicer = health.aio.HealthServicer()
