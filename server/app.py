@@ -13,11 +13,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from autoglm.server.auth import AuthInterceptor
+from autoglm.server.decoding import DecodeInterceptor
 from autoglm.server.engine_client import EngineClient
 from autoglm.server.models import ModelRegistry, load_model
 from autoglm.server.service import TextGenerationService
 from autoglm.server.settings import Settings
-from autoglm.server.tls import server_credentials
+from autoglm.server.tls import reloading_server_credentials
 from autoglm.server.tokens import TokenStore
 from autoglm.v1 import text_generation_pb2 as pb
 from autoglm.v1 import text_generation_pb2_grpc as pb_grpc
@@ -82,7 +83,7 @@ async def start_server(settings: Settings) -> RunningServer:
         credentials=link.channel_credentials() if link else None,
         metadata=link.metadata() if link else (),
     )
-    interceptors = []
+    interceptors: list[grpc.aio.ServerInterceptor] = []
     if settings.insecure_dev:
         log.warning(
             "INSECURE DEV MODE: plaintext gRPC without tokens on %s (loopback only). "
@@ -92,6 +93,8 @@ async def start_server(settings: Settings) -> RunningServer:
     else:
         assert settings.token_store is not None  # checked by settings.validate()
         interceptors.append(AuthInterceptor(TokenStore(settings.token_store)))
+    # Innermost: decode requests inside the handler (malformed bytes → INVALID_ARGUMENT).
+    interceptors.append(DecodeInterceptor((SERVICE_NAME,)))
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
@@ -115,7 +118,8 @@ async def start_server(settings: Settings) -> RunningServer:
     else:
         tls = settings.tls
         assert tls is not None
-        creds = server_credentials(
+        # Re-read at every handshake when the files change: rotation without restart.
+        creds, _files = reloading_server_credentials(
             tls.cert, tls.key, tls.client_ca, require_client_auth=tls.require_client_cert
         )
         port = server.add_secure_port(settings.listen, creds)

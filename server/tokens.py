@@ -171,6 +171,10 @@ class TokenStore:
         token_id, secret = match.groups()
         with self._lock:
             self._maybe_reload()
+            if token_id not in self._records and time.monotonic() - self._checked_at >= 0.05:
+                # A token created a moment ago by `autoglm token create` works at once, at the
+                # cost of at most one stat() per 50 ms for unknown ids (re-read only if changed).
+                self._reload(strict=False)
             record = self._records.get(token_id)
             stored_hash = self._hashes.get(token_id)
         # Hash even for an unknown id so that timing does not tell which ids exist.

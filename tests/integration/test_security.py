@@ -1,0 +1,221 @@
+"""Security against the real façade: hostile bytes, scopes, models, expired certs, rotation."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+
+from autoglm.client import (
+    AuthenticationError,
+    Client,
+    ClientConfig,
+    InvalidArgumentError,
+    PermissionDeniedError,
+    UnavailableError,
+)
+from autoglm.server.engine_link import EngineLink
+from autoglm.server.models import ModelSpec
+from autoglm.server.pki import (
+    CLIENT_AUTH,
+    SERVER_AUTH,
+    DevPki,
+    IssuedCertificate,
+    issue_certificate,
+    write_atomic,
+)
+from autoglm.server.settings import Settings, TlsSettings
+from autoglm.server.tokens import TokenStore
+from autoglm.server.triton_process import TritonProcess
+
+from .conftest import LONG_PROMPT, MODEL, Facade, FacadeThread, secure_channel
+
+pytestmark = pytest.mark.integration
+
+GENERATE = "/autoglm.v1.TextGeneration/Generate"
+STREAM = "/autoglm.v1.TextGeneration/GenerateStream"
+
+
+def _raw_call(channel: grpc.Channel, method: str, payload: bytes, token: str) -> None:
+    md = [("authorization", f"Bearer {token}")]
+    if method == STREAM:
+        list(channel.unary_stream(method)(payload, metadata=md, timeout=10))
+    else:
+        channel.unary_unary(method)(payload, metadata=md, timeout=10)
+
+
+@pytest.mark.parametrize("method", [GENERATE, STREAM])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\xff\xff\xff\xff",  # not protobuf at all
+        b"\x0a\x02\xff\xfe",  # field 1 (model, string) holding invalid UTF-8
+        b"\x0a\x10ab",  # length prefix longer than the message
+    ],
+    ids=["garbage", "invalid-utf8", "truncated"],
+)
+def test_malformed_bytes_are_invalid_argument(
+    facade: Facade, pki: DevPki, token: str, method: str, payload: bytes
+) -> None:
+    with secure_channel(facade.endpoint, pki) as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            _raw_call(channel, method, payload, token)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+        # The server is still fine afterwards.
+        _raw_call(channel, "/autoglm.v1.TextGeneration/ListModels", b"", token)
+
+
+def test_unknown_fields_are_ignored(facade: Facade, pki: DevPki, token: str) -> None:
+    # model = MODEL, prompt = "Hi", plus field 99 (varint) that this API version does not know.
+    body = b"\x0a" + bytes([len(MODEL)]) + MODEL.encode() + b"\x12\x02Hi" + b"\x98\x06\x01"
+    body += b"\x22\x02\x08\x01"  # sampling { max_tokens: 1 }
+    with secure_channel(facade.endpoint, pki) as channel:
+        _raw_call(channel, GENERATE, body, token)
+
+
+def test_scope_and_model_permissions(client_config: ClientConfig, token_store: TokenStore) -> None:
+    reader, _ = token_store.create("reader", ["models:read"])
+    other_model, _ = token_store.create("other", ["generate", "models:read"], models=["m2"])
+    with Client(dataclasses.replace(client_config, token=reader)) as c:
+        assert [m.name for m in c.list_models()] == [MODEL]
+        with pytest.raises(PermissionDeniedError, match="generate"):
+            c.generate("hi", max_tokens=1)
+        with pytest.raises(PermissionDeniedError):
+            list(c.generate_stream("hi", max_tokens=1))
+    with Client(dataclasses.replace(client_config, token=other_model)) as c:
+        assert c.list_models() == []  # only what the token may use is listed
+        with pytest.raises(PermissionDeniedError, match="model"):
+            c.generate("hi", model=MODEL, max_tokens=1)
+        with pytest.raises(PermissionDeniedError):
+            list(c.generate_stream("hi", model=MODEL, max_tokens=1))
+
+
+def test_expired_and_revoked_tokens(client_config: ClientConfig, token_store: TokenStore) -> None:
+    past = datetime.now(UTC) - timedelta(hours=2)
+    expired, _ = TokenStore(token_store.path, clock=lambda: past).create(
+        "late", ["generate"], ttl=timedelta(hours=1)
+    )
+    revoked, record = token_store.create("gone", ["generate"])
+    token_store.revoke(record.id)
+    for secret, reason in ((expired, "expired"), (revoked, "revoked")):
+        with Client(dataclasses.replace(client_config, token=secret)) as c:
+            with pytest.raises(AuthenticationError, match=reason):
+                c.generate("hi", max_tokens=1)
+            with pytest.raises(AuthenticationError, match=reason):
+                list(c.generate_stream("hi", max_tokens=1))
+
+
+def test_expired_client_certificate_is_refused(
+    client_config: ClientConfig, pki: DevPki, tmp_path: Path
+) -> None:
+    foreign_ca = issue_certificate("foreign CA", is_ca=True)
+    foreign = issue_certificate("intruder", issuer=foreign_ca, extended_key_usages=[CLIENT_AUTH])
+    for name, cert in (("foreign", foreign),):
+        _write_pair(tmp_path, name, cert)
+        cfg = dataclasses.replace(
+            client_config,
+            client_cert=tmp_path / f"{name}.pem",
+            client_key=tmp_path / f"{name}-key.pem",
+        )
+        with Client(cfg) as c, pytest.raises(UnavailableError):
+            c.generate("hi", max_tokens=1, timeout=5)
+
+
+def _write_pair(directory: Path, name: str, cert: IssuedCertificate) -> None:
+    write_atomic(directory / f"{name}.pem", cert.cert_pem(), mode=0o644)
+    write_atomic(directory / f"{name}-key.pem", cert.key_pem(), mode=0o600)
+
+
+@dataclasses.dataclass
+class RotationEnv:
+    facade: FacadeThread
+    dir: Path
+    client_ca: IssuedCertificate
+    server_ca_new: IssuedCertificate
+    client: ClientConfig
+
+
+@pytest.fixture
+def rotation_env(
+    tmp_path: Path,
+    triton: TritonProcess,
+    engine_link: EngineLink,
+    token_store: TokenStore,
+    token: str,
+    model_dir: Path,
+) -> Iterator[RotationEnv]:
+    """A façade of its own whose server certificate files the test replaces."""
+    old_ca = issue_certificate("server CA old", is_ca=True)
+    new_ca = issue_certificate("server CA new", is_ca=True)
+    client_ca = issue_certificate("client CA", is_ca=True)
+    server = issue_certificate(
+        "localhost", issuer=old_ca, dns_names=["localhost"], ip_addresses=["127.0.0.1"],
+        extended_key_usages=[SERVER_AUTH],
+    )  # fmt: skip
+    client = issue_certificate(
+        "rotating-client", issuer=client_ca, extended_key_usages=[CLIENT_AUTH]
+    )
+    _write_pair(tmp_path, "server", server)
+    _write_pair(tmp_path, "client", client)
+    write_atomic(tmp_path / "client-ca.pem", client_ca.cert_pem(), mode=0o644)
+    write_atomic(tmp_path / "old-ca.pem", old_ca.cert_pem(), mode=0o644)
+    write_atomic(tmp_path / "new-ca.pem", new_ca.cert_pem(), mode=0o644)
+    settings = Settings(
+        listen="127.0.0.1:0",
+        triton_target=triton.grpc_target,
+        models=(ModelSpec(name=MODEL, triton_model=MODEL, tokenizer_dir=model_dir),),
+        tls=TlsSettings(
+            cert=tmp_path / "server.pem",
+            key=tmp_path / "server-key.pem",
+            client_ca=tmp_path / "client-ca.pem",
+        ),
+        token_store=token_store.path,
+        engine_link=engine_link,
+    )
+    thread = FacadeThread(settings)
+    cfg = ClientConfig(
+        endpoint=f"127.0.0.1:{thread.port}",
+        ca_cert=tmp_path / "old-ca.pem",
+        client_cert=tmp_path / "client.pem",
+        client_key=tmp_path / "client-key.pem",
+        token=token,
+        model=MODEL,
+    )
+    try:
+        yield RotationEnv(thread, tmp_path, client_ca, new_ca, cfg)
+    finally:
+        thread.stop()
+
+
+def test_certificate_rotation_without_restart_keeps_live_streams(rotation_env: RotationEnv) -> None:
+    env = rotation_env
+    trusts_new = dataclasses.replace(env.client, ca_cert=env.dir / "new-ca.pem")
+    with Client(trusts_new) as c, pytest.raises(UnavailableError):
+        c.generate("hi", max_tokens=1, timeout=5)  # before rotation: the old certificate
+    with Client(env.client) as old_client:
+        stream = old_client.generate_stream(LONG_PROMPT, max_tokens=30, seed=1)
+        first = next(stream)  # a live stream over the old certificate
+        new_server = issue_certificate(
+            "localhost", issuer=env.server_ca_new, dns_names=["localhost"],
+            ip_addresses=["127.0.0.1"], extended_key_usages=[SERVER_AUTH],
+        )  # fmt: skip
+        # Key first, then certificate: the half-way state (new key, old cert) must be skipped.
+        write_atomic(env.dir / "server-key.pem", new_server.key_pem(), mode=0o600)
+        write_atomic(env.dir / "server.pem", new_server.cert_pem(), mode=0o644)
+        with Client(trusts_new) as c:  # a new handshake gets the new certificate
+            assert c.generate("The capital of France is", max_tokens=2).completion_tokens == 2
+        rest = list(stream)  # the old connection's stream was not dropped
+    assert sum(len(d.token_ids) for d in [first, *rest]) == 30
+    with Client(env.client) as c, pytest.raises(UnavailableError):
+        c.generate("hi", max_tokens=1, timeout=5)  # the old CA no longer matches
+
+
+def test_invalid_argument_carries_field_violations(client: Client) -> None:
+    with pytest.raises(InvalidArgumentError) as err:
+        client.generate("hi", top_p=0.0, top_k=-1, repetition_penalty=3.0)
+    fields = {f for f, _ in err.value.field_violations}
+    assert fields == {"sampling.top_p", "sampling.top_k", "sampling.repetition_penalty"}
