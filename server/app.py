@@ -12,12 +12,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from autoglm.server import tracing
+from autoglm.server.audit import AuditWriter
 from autoglm.server.auth import AuthInterceptor
 from autoglm.server.decoding import DecodeInterceptor
 from autoglm.server.engine_client import EngineClient
+from autoglm.server.limits import Admission
+from autoglm.server.metrics import FacadeMetrics, MetricsServer
 from autoglm.server.models import ModelRegistry, load_model
 from autoglm.server.service import TextGenerationService
-from autoglm.server.settings import Settings
+from autoglm.server.settings import Settings, split_host_port
 from autoglm.server.tls import reloading_server_credentials
 from autoglm.server.tokens import TokenStore
 from autoglm.v1 import text_generation_pb2 as pb
@@ -35,7 +39,14 @@ class RunningServer:
     engine: EngineClient
     health: health.aio.HealthServicer
     registry: ModelRegistry
+    service: TextGenerationService
+    metrics: FacadeMetrics
+    metrics_server: MetricsServer | None
     _watch: asyncio.Task[None]
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.metrics_server.port if self.metrics_server else None
 
     async def stop(self, grace: float | None) -> None:
         """Health flips to NOT_SERVING first, then in-flight calls get `grace` seconds."""
@@ -45,10 +56,19 @@ class RunningServer:
             await self._watch
         await self.server.stop(grace)
         await self.engine.close()
+        self.service.close()  # drains the audit writer
+        if self.service.audit is not None:
+            self.service.audit.close()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
 
 
 async def _watch_engine(
-    settings: Settings, engine: EngineClient, registry: ModelRegistry, hs: health.aio.HealthServicer
+    settings: Settings,
+    engine: EngineClient,
+    registry: ModelRegistry,
+    hs: health.aio.HealthServicer,
+    metrics: FacadeMetrics,
 ) -> None:
     """Overall health SERVING while every served model is ready in Triton."""
     last: bool | None = None
@@ -62,6 +82,7 @@ async def _watch_engine(
                 if ready
                 else health_pb2.HealthCheckResponse.NOT_SERVING
             )
+            metrics.set_engine_up(ready)
             await hs.set("", status)
             await hs.set(SERVICE_NAME, status)
             log.log(
@@ -83,7 +104,9 @@ async def start_server(settings: Settings) -> RunningServer:
         credentials=link.channel_credentials() if link else None,
         metadata=link.metadata() if link else (),
     )
-    interceptors: list[grpc.aio.ServerInterceptor] = []
+    metrics = FacadeMetrics(registry.names())
+    # First: the OTel server span, so that refused calls are traced too ([] when tracing is off).
+    interceptors: list[grpc.aio.ServerInterceptor] = [*tracing.server_interceptors()]
     if settings.insecure_dev:
         log.warning(
             "INSECURE DEV MODE: plaintext gRPC without tokens on %s (loopback only). "
@@ -92,7 +115,9 @@ async def start_server(settings: Settings) -> RunningServer:
         )
     else:
         assert settings.token_store is not None  # checked by settings.validate()
-        interceptors.append(AuthInterceptor(TokenStore(settings.token_store)))
+        interceptors.append(
+            AuthInterceptor(TokenStore(settings.token_store), on_failure=metrics.auth_failure)
+        )
     # Innermost: decode requests inside the handler (malformed bytes → INVALID_ARGUMENT).
     interceptors.append(DecodeInterceptor((SERVICE_NAME,)))
     server = grpc.aio.server(
@@ -102,7 +127,13 @@ async def start_server(settings: Settings) -> RunningServer:
             ("grpc.so_reuseport", 0),
         ],
     )
-    pb_grpc.add_TextGenerationServicer_to_server(TextGenerationService(registry, engine), server)
+    audit = None
+    if settings.audit_dir is not None:
+        audit = AuditWriter(settings.audit_dir / "audit.jsonl", record_text=settings.audit_text)
+    service = TextGenerationService(
+        registry, engine, metrics=metrics, admission=Admission(settings.limits), audit=audit
+    )
+    pb_grpc.add_TextGenerationServicer_to_server(service, server)
     hs = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
     reflection.enable_server_reflection(
@@ -125,10 +156,17 @@ async def start_server(settings: Settings) -> RunningServer:
         port = server.add_secure_port(settings.listen, creds)
     await hs.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     await hs.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+    metrics_server = None
+    if settings.metrics_listen:
+        host, mport = split_host_port(settings.metrics_listen)
+        metrics_server, mport = metrics.start_http_server(host, mport)
+        log.info("metrics on http://%s:%d/metrics", host, mport)
     await server.start()
-    watch = asyncio.create_task(_watch_engine(settings, engine, registry, hs))
+    watch = asyncio.create_task(_watch_engine(settings, engine, registry, hs, metrics))
     log.info("façade listening on port %d (models: %s)", port, ", ".join(registry.names()))
-    return RunningServer(server, port, engine, hs, registry, watch)
+    return RunningServer(
+        server, port, engine, hs, registry, service, metrics, metrics_server, watch
+    )
 
 
 async def serve_until_signal(running: RunningServer, grace: float) -> None:

@@ -174,6 +174,7 @@ class AuditWriter:
             raise ValueError("max_bytes must be positive and backups at least 1")
         self._path = Path(path)
         self._record_text = record_text
+        self.record_text = record_text
         self._max_bytes = max_bytes
         self._backups = backups
         self._fsync = fsync

@@ -152,12 +152,18 @@ def _abort_handler(
     async def abort(_request: Any, context: grpc.aio.ServicerContext) -> None:
         await context.abort(code, message)
 
+    async def abort_stream(_request: Any, context: grpc.aio.ServicerContext) -> Any:
+        # An async generator, as a streaming behaviour must be for wrappers that iterate it
+        # (the OTel server interceptor does `async for` over it).
+        await context.abort(code, message)
+        yield  # pragma: no cover - never reached: abort raises
+
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(abort)
     if handler.request_streaming:
         return grpc.stream_unary_rpc_method_handler(abort)
     if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(abort)
+        return grpc.unary_stream_rpc_method_handler(abort_stream)
     return grpc.unary_unary_rpc_method_handler(abort)
 
 

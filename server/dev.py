@@ -41,6 +41,8 @@ class DevOptions:
     max_concurrency: int = 4
     torch_threads: int = 1
     client_profile: Path | None = None  # default: the client's default profile path
+    metrics_port: int = 0
+    triton_trace_url: str | None = None  # OTLP/HTTP traces URL for Triton's own spans
     self_check: bool = True
 
 
@@ -121,6 +123,7 @@ async def run_dev(opts: DevOptions, console: Console) -> None:
             models=(opts.model_name,),
             log_file=state / "triton.log",
             link=link,
+            trace_url=opts.triton_trace_url,
         )
     )
     with console.status("Starting Triton Inference Server (CPU reference engine, real model)…"):
@@ -144,6 +147,8 @@ async def run_dev(opts: DevOptions, console: Console) -> None:
             tls=TlsSettings(cert=pki.server_cert, key=pki.server_key, client_ca=pki.ca_cert),
             token_store=store.path,
             engine_link=link,
+            metrics_listen=f"127.0.0.1:{opts.metrics_port}",
+            audit_dir=state / "audit",
         )
         running = await start_server(settings)
         endpoint = f"127.0.0.1:{running.port}"
@@ -166,7 +171,10 @@ async def run_dev(opts: DevOptions, console: Console) -> None:
             f'  try:  .venv/bin/autoglm-client generate "The capital of France is"\n'
             f'        .venv/bin/autoglm-client generate --chat "Write a haiku about the sea"\n'
             f"        .venv/bin/autoglm-client models\n"
+            f"  façade metrics: http://127.0.0.1:{running.metrics_port}/metrics\n"
             f"  Triton metrics: {triton.metrics_url}\n"
+            f"  audit log: {state / 'audit' / 'audit.jsonl'}"
+            f"  (verify: .venv/bin/autoglm audit verify {state / 'audit'})\n"
             f"  Ctrl-C (or SIGTERM) stops both.\n"
         )
         if opts.self_check:

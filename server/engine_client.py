@@ -17,6 +17,7 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from autoglm.server import tracing
 from autoglm.server.errors import DeadlineExceeded, EngineFailure, EngineUnavailable
 from autoglm.server.validation import EngineSampling
 from autoglm.triton_models import contract
@@ -127,7 +128,19 @@ class EngineClient:
 
         Use with `contextlib.aclosing` so that leaving early cancels the engine request at once.
         """
-        call = self._stub.ModelStreamInfer(metadata=self._metadata, timeout=timeout)
+        with tracing.engine_span(request.triton_model):
+            # Triton continues this trace: its InferRequest → model → compute spans become
+            # children of the engine span (Triton started with --trace-config mode=opentelemetry).
+            metadata = (*self._metadata, *tracing.inject_traceparent())
+            # aclosing: closing this generator must cancel the call now, not at GC time.
+            async with contextlib.aclosing(self._stream(request, metadata, timeout)) as stream:
+                async for ids in stream:
+                    yield ids
+
+    async def _stream(
+        self, request: EngineRequest, metadata: Sequence[tuple[str, str]], timeout: float | None
+    ) -> AsyncIterator[list[int]]:
+        call = self._stub.ModelStreamInfer(metadata=metadata, timeout=timeout)
         try:
             await call.write(build_infer_request(request))
             while True:

@@ -66,9 +66,12 @@ class PermissionDenied(ServiceError):
 class ResourceExhausted(ServiceError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
-    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after_s: float | None = None, limit: str = "other"
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.limit = limit  # which limit refused: a metrics label
 
     def details(self) -> list[any_pb2.Any]:
         if self.retry_after_s is None:

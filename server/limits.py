@@ -215,23 +215,27 @@ class Admission:
         if requested_tokens > eff.max_tokens_per_request:
             raise ResourceExhausted(
                 f"sampling.max_tokens {requested_tokens} exceeds this principal's limit of "
-                f"{eff.max_tokens_per_request} tokens per request"
+                f"{eff.max_tokens_per_request} tokens per request",
+                limit="max_tokens",
             )
         if self._in_flight >= self._settings.max_in_flight:
             raise ResourceExhausted(
                 f"server busy: {self._settings.max_in_flight} requests in flight (global limit)",
                 retry_after_s=CONCURRENCY_RETRY_AFTER_S,
+                limit="global_concurrency",
             )
         if self._per_principal.get(principal_key, 0) >= eff.max_streams:
             raise ResourceExhausted(
                 f"too many concurrent requests: limit {eff.max_streams} per principal",
                 retry_after_s=CONCURRENCY_RETRY_AFTER_S,
+                limit="principal_concurrency",
             )
         bucket = self._bucket(principal_key, eff.requests_per_minute, now)
         if bucket.tokens < 1.0:
             raise ResourceExhausted(
                 f"rate limit: {eff.requests_per_minute} requests per minute per principal",
                 retry_after_s=_round_up_ms(bucket.wait_s()),
+                limit="rate",
             )
         bucket.tokens -= 1.0
         self._in_flight += 1

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoglm.server.engine_link import EngineLink
+from autoglm.server.limits import LimitSettings
 from autoglm.server.models import ModelSpec
 
 
@@ -55,6 +56,12 @@ class Settings:
     token_store: Path | None = None
     # Plaintext without tokens: only on loopback, only when asked for by name.
     insecure_dev: bool = False
+    # Prometheus metrics on their own HTTP port ("host:0" = any free port); None = off.
+    metrics_listen: str | None = "127.0.0.1:9464"
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    # Hash-chained audit log (audit.jsonl in this folder); text only with audit_text (PII-masked).
+    audit_dir: Path | None = None
+    audit_text: bool = False
     grace_period_s: float = 10.0
     health_interval_s: float = 2.0
     extra: dict[str, str] = field(default_factory=dict)

@@ -329,3 +329,31 @@ def inject_traceparent() -> list[tuple[str, str]]:
     carrier: dict[str, str] = {}
     inject(carrier)
     return [(k.lower(), v) for k, v in carrier.items()]
+
+
+# Server-side failures by the OTel RPC conventions; caller errors (INVALID_ARGUMENT, NOT_FOUND…)
+# leave the server span's status unset and are told by rpc.grpc.status_code alone.
+_SERVER_ERROR_CODES = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
+def record_status(code: grpc.StatusCode) -> None:
+    """Put the RPC's final status on the current (server) span.
+
+    The instrumentation's aio server interceptor does not see a status set through
+    `context.abort_with_status` (it records 0), so the servicer records it itself.
+    """
+    span = trace.get_current_span()
+    if _tracer is None or not span.is_recording():
+        return
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    if code in _SERVER_ERROR_CODES:
+        span.set_status(Status(StatusCode.ERROR, code.name))

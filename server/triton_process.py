@@ -99,6 +99,9 @@ class TritonOptions:
     # mTLS + restricted-protocol secret (engine_link.py); None = plaintext loopback (tests of
     # the engine alone only: the façade's own settings decide what it requires).
     link: EngineLink | None = None
+    # OTLP/HTTP traces endpoint ("host:port/v1/traces"; Triton 2.51 exports JSON over HTTP only).
+    # rate=1: in 2.51 rate=0 traced nothing at all, propagated requests included (facts.md).
+    trace_url: str | None = None
 
 
 class TritonProcess:
@@ -149,6 +152,17 @@ class TritonProcess:
             f"--exit-timeout-secs={o.exit_timeout_s}",
             f"--log-verbose={o.log_verbose}",
             *(o.link.triton_args() if o.link else ()),
+            *(
+                (
+                    "--trace-config=mode=opentelemetry",
+                    "--trace-config=rate=1",
+                    "--trace-config=level=TIMESTAMPS",
+                    f"--trace-config=opentelemetry,url={o.trace_url}",
+                    "--trace-config=opentelemetry,resource=service.name=triton",
+                )
+                if o.trace_url
+                else ()
+            ),
             *o.extra_args,
         ]
         return cmd

@@ -152,6 +152,14 @@ def validate_count_tokens(req: pb.CountTokensRequest) -> PromptInput:
     return prompt_input
 
 
+def check_max_output(requested: int, max_output: int) -> None:
+    """InvalidArgument when max_tokens exceeds what the model allows (before any admission)."""
+    if requested > max_output:
+        raise InvalidArgument(
+            [("sampling.max_tokens", f"must be <= {max_output}, got {requested}")]
+        )
+
+
 def resolve_max_tokens(
     requested: int, *, prompt_tokens: int, max_context: int, max_output: int, default: int
 ) -> int:
@@ -169,10 +177,7 @@ def resolve_max_tokens(
         )
     if requested == 0:
         return min(default, max_output, room)
-    if requested > max_output:
-        raise InvalidArgument(
-            [("sampling.max_tokens", f"must be <= {max_output}, got {requested}")]
-        )
+    check_max_output(requested, max_output)
     if requested > room:
         raise InvalidArgument(
             [

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import urllib.request
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +20,17 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from autoglm.client import AsyncClient, Client, ClientConfig
+from autoglm.server import tracing
 from autoglm.server.app import RunningServer, start_server
 from autoglm.server.engine_link import EngineLink, dev_engine_link
 from autoglm.server.models import ModelSpec
 from autoglm.server.pki import DevPki, ensure_dev_pki
 from autoglm.server.settings import Settings, TlsSettings
 from autoglm.server.tokens import TokenStore
+from autoglm.server.tracing import TracingSettings
 from autoglm.server.triton_process import TritonOptions, TritonProcess
 from autoglm.triton_models.repository import CpuEngineConfig, render_cpu_model
+from tests.support.otlp_receiver import OtlpReceiver
 
 MODEL = "smollm2-135m-instruct"
 # Sampled with seed 1, the model goes on for hundreds of tokens after this.
@@ -34,38 +38,71 @@ LONG_PROMPT = "Once upon a time, in a land far away,"
 T = TypeVar("T")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
     return ensure_dev_pki(tmp_path_factory.mktemp("pki"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def token_store(tmp_path_factory: pytest.TempPathFactory) -> TokenStore:
     return TokenStore(tmp_path_factory.mktemp("tokens") / "tokens.json")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def token(token_store: TokenStore) -> str:
     secret, _ = token_store.create("integration-tests", ["generate", "models:read"])
     return secret
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
+def otlp() -> Iterator[OtlpReceiver]:
+    """TEST STAND-IN for Jaeger/Tempo (none can be installed here): collects OTLP spans."""
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="package")
+def tracing_on(otlp: OtlpReceiver) -> Iterator[None]:
+    """The façade's tracing, exporting each span at once to the stand-in receiver."""
+    tracing.shutdown_tracing()
+    tracing.setup_tracing(
+        TracingSettings(
+            endpoint=otlp.grpc_endpoint,
+            protocol="grpc",
+            insecure=True,
+            batch=False,
+            service_name="autoglm-facade",
+        )
+    )
+    yield
+    tracing.shutdown_tracing()
+
+
+@pytest.fixture(scope="package")
 def engine_link(tmp_path_factory: pytest.TempPathFactory) -> EngineLink:
     """Triton's own mTLS (a separate CA) and restricted-protocol secret, as in production."""
     return dev_engine_link(tmp_path_factory.mktemp("pki-engine"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def triton(
-    tmp_path_factory: pytest.TempPathFactory, model_dir: Path, engine_link: EngineLink
+    tmp_path_factory: pytest.TempPathFactory,
+    model_dir: Path,
+    engine_link: EngineLink,
+    otlp: OtlpReceiver,
 ) -> Iterator[TritonProcess]:
     repo = tmp_path_factory.mktemp("triton") / "model_repository"
     render_cpu_model(
         repo, CpuEngineConfig(model_name=MODEL, hf_model_dir=model_dir, max_concurrency=4)
     )
     proc = TritonProcess(
-        TritonOptions(model_repository=repo, models=(MODEL,), exit_timeout_s=5, link=engine_link)
+        TritonOptions(
+            model_repository=repo,
+            models=(MODEL,),
+            exit_timeout_s=5,
+            link=engine_link,
+            trace_url=otlp.triton_url,
+        )
     )
     proc.start()
     yield proc
@@ -99,9 +136,14 @@ class Facade:
     port: int
     endpoint: str
     thread: FacadeThread
+    settings: Settings
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.thread.running.metrics_port}/metrics"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def facade(
     triton: TritonProcess,
     engine_link: EngineLink,
@@ -109,6 +151,8 @@ def facade(
     token_store: TokenStore,
     token: str,
     model_dir: Path,
+    tracing_on: None,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Facade]:
     settings = Settings(
         listen="127.0.0.1:0",
@@ -118,15 +162,17 @@ def facade(
         token_store=token_store.path,
         engine_link=engine_link,
         health_interval_s=0.5,
+        metrics_listen="127.0.0.1:0",
+        audit_dir=tmp_path_factory.mktemp("audit"),
     )
     thread = FacadeThread(settings)
     try:
-        yield Facade(thread.port, f"127.0.0.1:{thread.port}", thread)
+        yield Facade(thread.port, f"127.0.0.1:{thread.port}", thread, settings)
     finally:
         thread.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def client_config(facade: Facade, pki: DevPki, token: str) -> ClientConfig:
     return ClientConfig(
         endpoint=facade.endpoint,
@@ -138,7 +184,7 @@ def client_config(facade: Facade, pki: DevPki, token: str) -> ClientConfig:
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def client(client_config: ClientConfig) -> Iterator[Client]:
     with Client(client_config) as c:
         yield c
@@ -152,14 +198,21 @@ async def aclient(client_config: ClientConfig) -> AsyncIterator[AsyncClient]:
 
 def engine_metric(triton: TritonProcess, name: str, **labels: str) -> float:
     """Sum of a counter in Triton's own /metrics endpoint (the engine model's custom metrics)."""
-    import urllib.request
+    return scrape(triton.metrics_url, name, **labels)
 
-    with urllib.request.urlopen(triton.metrics_url, timeout=5) as resp:
+
+def scrape(url: str, name: str, **labels: str) -> float:
+    """Sum of the samples called `name` with these labels at a Prometheus endpoint."""
+    with urllib.request.urlopen(url, timeout=5) as resp:
         text = resp.read().decode()
     total = 0.0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+            # The parser names counter samples `<family>_total` even where the exposition (e.g.
+            # Triton's nv_inference_request_success) has no such suffix.
+            if sample.name in (name, f"{name}_total") and all(
+                sample.labels.get(k) == v for k, v in labels.items()
+            ):
                 total += sample.value
     return total
 

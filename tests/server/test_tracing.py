@@ -24,6 +24,7 @@ PROMPT = "The capital of France is"
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    tracing.shutdown_tracing()  # whatever an earlier test left on
     for name in list(os.environ):
         if name.startswith("OTEL_"):
             monkeypatch.delenv(name)

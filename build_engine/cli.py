@@ -1,0 +1,276 @@
+"""`autoglm build …`: skus, plan, quantize, quality, compile, install, list-profiles.
+
+`add_build_commands(subparsers)` plugs the group into the main `autoglm` CLI; `main(argv)` runs
+the same commands without the `build` prefix (`python -m autoglm.build_engine.cli quantize …`,
+which is what plan.steps() prints). Every command sets `func(args, console) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from autoglm.build_engine import manifest as mf
+from autoglm.build_engine import plan as plan_mod
+from autoglm.build_engine.compile import CompileError, compile_engine
+from autoglm.build_engine.gpus import GpuDetectionError, detect_gpus
+from autoglm.build_engine.install import InstallError, install
+from autoglm.build_engine.plan import PROFILES, BuildPlan, PlanError
+from autoglm.build_engine.quality import (
+    DEFAULT_MAX_PPL_RATIO,
+    DEFAULT_MIN_TOKEN_AGREEMENT,
+    QualityGateError,
+    QualityThresholds,
+    apply_thresholds,
+    read_report,
+    write_report,
+)
+from autoglm.build_engine.quantize import QuantizeError
+from autoglm.build_engine.skus import KV_CACHE_DTYPES, PRECISIONS, SKUS, SkuError, get_sku
+from autoglm.build_engine.texts import TextError
+
+# Limits per profile when not given (our defaults): latency keeps batches small so a request
+# never waits behind a long context; throughput lets in-flight batching fill the GPU.
+PROFILE_LIMITS: dict[str, dict[str, int]] = {
+    "latency": {"max_batch": 8, "max_num_tokens": 4096},
+    "throughput": {"max_batch": 64, "max_num_tokens": 8192},
+}
+# Errors that are the user's to fix: message only, no traceback.
+USER_ERRORS = (
+    PlanError,
+    SkuError,
+    CompileError,
+    InstallError,
+    mf.ManifestError,
+    TextError,
+    GpuDetectionError,
+    QuantizeError,
+)
+
+
+def add_build_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the `build` group to the main CLI's subparsers."""
+    build = subparsers.add_parser("build", help="build, check and install engines per GPU SKU")
+    _add_subcommands(build.add_subparsers(dest="build_command", required=True))
+
+
+def _add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("skus", help="list the SKU catalogue")
+    p.set_defaults(func=cmd_skus)
+
+    p = sub.add_parser("plan", help="validate a build and write OUTPUT/plan.json")
+    p.add_argument("--model-dir", type=Path, required=True)
+    p.add_argument("--sku", required=True, choices=sorted(SKUS))
+    p.add_argument("--precision", required=True, choices=PRECISIONS)
+    p.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES)
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--pp", type=int, default=1)
+    p.add_argument("--profile", default="latency", choices=PROFILES)
+    p.add_argument("--max-batch", type=int)
+    p.add_argument("--max-input-len", type=int, default=1024)
+    p.add_argument("--max-seq-len", type=int, default=2048)
+    p.add_argument("--max-num-tokens", type=int)
+    p.add_argument("--output-dir", type=Path, required=True)
+    p.add_argument("--model-repo", type=Path, help="Triton model repository to install into")
+    p.add_argument("--model-name", default=None, help="default: tensorrt_llm (GPU) / SKU name")
+    p.add_argument("--calib", type=Path, help="local calibration .txt file or folder")
+    p.add_argument("--heldout", type=Path, help="local held-out .txt file or folder")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("quantize", help="PTQ (or convert) → TensorRT-LLM checkpoint + quality")
+    _plan_arg(p)
+    p.add_argument("--calib-chunks", type=int, default=16)
+    p.add_argument("--calib-len", type=int, default=256)
+    p.add_argument("--eval-chunks", type=int, default=8)
+    p.add_argument("--eval-len", type=int, default=256)
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("quality", help="fail when the quality gate thresholds are crossed")
+    _plan_arg(p)
+    p.add_argument("--max-ppl-ratio", type=float, default=DEFAULT_MAX_PPL_RATIO)
+    p.add_argument("--min-token-agreement", type=float, default=DEFAULT_MIN_TOKEN_AGREEMENT)
+    p.set_defaults(func=cmd_quality)
+
+    p = sub.add_parser("compile", help="trtllm-build on a GPU of the plan's SKU")
+    _plan_arg(p)
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("install", help="install as a new version in the Triton model repo")
+    _plan_arg(p)
+    p.set_defaults(func=cmd_install)
+
+    p = sub.add_parser("list-profiles", help="which installed profile this host would pick")
+    p.add_argument("roots", type=Path, nargs="+", help="model dirs / version dirs / repos")
+    p.set_defaults(func=cmd_list_profiles)
+
+
+def _plan_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plan", type=Path, required=True, help="plan.json written by `plan`")
+
+
+def cmd_skus(args: argparse.Namespace, console: Console) -> int:
+    table = Table(title="SKUs")
+    for col in ("sku", "compute", "memory", "precisions"):
+        table.add_column(col)
+    for sku in SKUS.values():
+        mem = f"{sku.memory_gb} GB" if sku.is_gpu else "-"
+        table.add_row(sku.name, sku.cc_string, mem, ", ".join(sorted(sku.precisions)))
+    console.print(table)
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace, console: Console) -> int:
+    limits = PROFILE_LIMITS[args.profile]
+    sku = get_sku(args.sku)
+    plan = BuildPlan(
+        model_dir=args.model_dir.resolve(),
+        sku=sku.name,
+        precision=args.precision,
+        kv_cache_dtype=args.kv_cache_dtype,
+        tp=args.tp,
+        pp=args.pp,
+        max_batch=args.max_batch or limits["max_batch"],
+        max_input_len=args.max_input_len,
+        max_seq_len=args.max_seq_len,
+        max_num_tokens=args.max_num_tokens or limits["max_num_tokens"],
+        profile=args.profile,
+        output_dir=args.output_dir.resolve(),
+        model_repo=args.model_repo.resolve() if args.model_repo else None,
+        model_name=args.model_name or ("tensorrt_llm" if sku.is_gpu else "cpu_reference"),
+        calib_path=args.calib.resolve() if args.calib else None,
+        heldout_path=args.heldout.resolve() if args.heldout else None,
+    )
+    path = plan_mod.save(plan)
+    console.print(f"plan [bold]{mf.Profile.from_plan(plan).id}[/] written to {path}")
+    table = Table(title="steps")
+    for col in ("#", "step", "command", "note"):
+        table.add_column(col, overflow="fold")
+    for i, step in enumerate(plan_mod.steps(plan), 1):
+        name = step.name + (" (GPU)" if step.gpu_only else "")
+        table.add_row(str(i), name, " ".join(step.argv), step.note)
+    console.print(table)
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace, console: Console) -> int:
+    from autoglm.build_engine.quantize import QuantizeSettings, quantize
+
+    plan = plan_mod.load(args.plan)
+    settings = QuantizeSettings(
+        calib_chunks=args.calib_chunks,
+        calib_len=args.calib_len,
+        eval_chunks=args.eval_chunks,
+        eval_len=args.eval_len,
+    )
+    result = quantize(plan, settings, console=console)
+    q = result.quality
+    console.print(
+        f"{plan.precision}: PTQ {result.ptq_seconds:.1f} s on {result.calib_chunks} chunks, "
+        f"export {result.export_seconds:.1f} s → {result.checkpoint_dir}\n"
+        f"perplexity {q.base_ppl:.3f} → {q.quant_ppl:.3f} (ratio {q.ppl_ratio:.4f}), "
+        f"greedy agreement {q.token_agreement:.2%} over {q.tokens} tokens"
+    )
+    return 0
+
+
+def cmd_quality(args: argparse.Namespace, console: Console) -> int:
+    plan = plan_mod.load(args.plan)
+    thresholds = QualityThresholds(args.max_ppl_ratio, args.min_token_agreement)
+    result = apply_thresholds(read_report(plan.quality_report), thresholds)
+    write_report(plan.quality_report, result)
+    if not result.passed:
+        console.print(
+            f"[red]quality gate FAILED[/] for {plan.precision}: " + "; ".join(result.reasons)
+        )
+        return 1
+    console.print(
+        f"[green]quality gate passed[/] for {plan.precision}: ratio {result.ppl_ratio:.4f} "
+        f"<= {thresholds.max_ppl_ratio}, agreement {result.token_agreement:.2%} "
+        f">= {thresholds.min_token_agreement:.0%}"
+    )
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace, console: Console) -> int:
+    plan = plan_mod.load(args.plan)
+    quality = read_report(plan.quality_report)
+    if not quality.passed:
+        raise QualityGateError(f"quality gate did not pass: {'; '.join(quality.reasons)}")
+    result = compile_engine(plan)
+    manifest = mf.Manifest(
+        profile=mf.Profile.from_plan(plan),
+        files=mf.hash_tree(result.engine_dir),
+        tensorrt_version=result.tensorrt_version,
+        tensorrt_llm_version=result.tensorrt_llm_version,
+        quality=quality.to_dict(),
+        build_seconds=result.seconds,
+        built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        host=result.host,
+        extra={"gpus": [g.name for g in result.gpus], "trtllm_build": list(result.argv)},
+    )
+    mf.write(result.engine_dir, manifest)
+    console.print(
+        f"engine {manifest.profile_id} built in {result.seconds:.0f} s → {result.engine_dir}"
+    )
+    return 0
+
+
+def cmd_install(args: argparse.Namespace, console: Console) -> int:
+    plan = plan_mod.load(args.plan)
+    quality = read_report(plan.quality_report) if get_sku(plan.sku).is_gpu else None
+    done = install(plan, quality=quality)
+    console.print(
+        f"installed {done.manifest.profile_id} as {plan.model_name} version {done.version} "
+        f"→ {done.version_dir}"
+    )
+    return 0
+
+
+def cmd_list_profiles(args: argparse.Namespace, console: Console) -> int:
+    manifests, errors = mf.load_all(args.roots)
+    gpus = detect_gpus()
+    selection = mf.select_profile(manifests, mf.Hardware(gpus))
+    here = ", ".join(f"{g.name} ({g.cc_string})" for g in gpus) or "no GPU"
+    table = Table(title=f"profiles (this host: {here})")
+    for col in ("profile", "sku", "precision", "kv", "tp×pp", "status"):
+        table.add_column(col, overflow="fold")
+    rows = [(selection.chosen, "[green]selected[/]")] if selection.chosen else []
+    rows += list(selection.rejected)
+    for m, status in rows:
+        if m is None:
+            continue
+        p = m.profile
+        table.add_row(m.profile_id, p.sku, p.precision, p.kv_cache_dtype, f"{p.tp}×{p.pp}", status)
+    console.print(table)
+    for path, message in errors:
+        console.print(f"[red]skipped {path}[/]: {message}")
+    return 0 if selection.chosen else 1
+
+
+def run(args: argparse.Namespace, console: Console | None = None) -> int:
+    """Run a parsed command, printing user errors without a traceback."""
+    console = console or Console()
+    try:
+        return int(args.func(args, console))
+    except QualityGateError as exc:
+        console.print(f"[red]{exc}[/]")
+        return 1
+    except USER_ERRORS as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+
+
+def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="autoglm build", description=__doc__)
+    _add_subcommands(parser.add_subparsers(dest="build_command", required=True))
+    return run(parser.parse_args(argv), console)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

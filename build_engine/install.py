@@ -1,0 +1,140 @@
+"""Install a build result as a new numbered version of a model in a Triton model repository.
+
+Atomic: the version directory is staged next to its final place (same filesystem) and renamed
+in one step, then config.pbtxt is replaced with `os.replace`; Triton never sees a half-copied
+version. Each version carries its manifest.json (checksums verified before and after copying).
+- `cpu`: the CPU reference engine (`render_cpu_model`): model.py, a link `hf` to the HF folder,
+  the tokenizer files, manifest.json.
+- GPU SKUs: the `tensorrt_llm` model (`TensorRTLLMConfig(...).render`) pointing at the version
+  directory, which holds the engine files (config.json + rank<N>.engine) and manifest.json.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoglm.build_engine import manifest as mf
+from autoglm.build_engine.plan import BuildPlan
+from autoglm.build_engine.quality import QualityResult
+from autoglm.build_engine.skus import get_sku
+from autoglm.triton_models.repository import CpuEngineConfig, render_cpu_model
+from autoglm.triton_models.tensorrt_llm import TensorRTLLMConfig
+
+# The files the façade's tokenizer and chat template need (transformers' save_pretrained names).
+TOKENIZER_FILES: tuple[str, ...] = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
+
+
+class InstallError(RuntimeError):
+    """The result cannot be installed (missing files, bad manifest, quality gate not passed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Installed:
+    model_dir: Path
+    version: int
+    version_dir: Path
+    manifest: mf.Manifest
+
+
+def next_version(model_root: Path) -> int:
+    """1 + the highest numeric version directory (Triton versions are positive integers)."""
+    versions = [int(p.name) for p in model_root.glob("*") if p.is_dir() and p.name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def install(
+    plan: BuildPlan,
+    *,
+    quality: QualityResult | None = None,
+    cpu_instance_count: int = 1,
+) -> Installed:
+    plan.validate()
+    if plan.model_repo is None:
+        raise InstallError("the plan has no model_repo to install into")
+    if quality is not None and not quality.passed:
+        raise InstallError(f"quality gate did not pass: {'; '.join(quality.reasons)}")
+    model_root = plan.model_repo / plan.model_name
+    model_root.mkdir(parents=True, exist_ok=True)
+    version = next_version(model_root)
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_root))
+    try:
+        if get_sku(plan.sku).is_gpu:
+            config_text, _ = _stage_gpu(plan, staging, model_root / str(version))
+        else:
+            config_text, _ = _stage_cpu(plan, staging, version, cpu_instance_count)
+        final = model_root / str(version)
+        (staging / "version").rename(final)
+        tmp = staging / "config.pbtxt"
+        tmp.write_text(config_text)
+        os.replace(tmp, model_root / "config.pbtxt")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return Installed(model_root, version, final, mf.verify(final))
+
+
+def _stage_gpu(plan: BuildPlan, staging: Path, final: Path) -> tuple[str, mf.Manifest]:
+    engine_dir = plan.engine_dir
+    if not list(engine_dir.glob("rank*.engine")) or not (engine_dir / "config.json").is_file():
+        raise InstallError(f"{engine_dir} holds no engine (config.json + rank*.engine)")
+    manifest = mf.verify(engine_dir)  # written by the compile step
+    if manifest.profile != mf.Profile.from_plan(plan):
+        raise InstallError(
+            f"{engine_dir / mf.MANIFEST} is profile {manifest.profile_id}, the plan is "
+            f"{mf.Profile.from_plan(plan).id}"
+        )
+    version = staging / "version"
+    shutil.copytree(engine_dir, version)
+    rendered = TensorRTLLMConfig(
+        engine_dir=final,
+        model_name=plan.model_name,
+        triton_max_batch_size=plan.max_batch,
+        gpu_device_ids=tuple(range(plan.world_size)),
+    ).render(staging / "render")
+    mf.verify(version)
+    return rendered.read_text(), manifest
+
+
+def _stage_cpu(
+    plan: BuildPlan, staging: Path, version: int, instance_count: int
+) -> tuple[str, mf.Manifest]:
+    source = plan.model_dir.resolve()
+    repo = staging / "repo"
+    render_cpu_model(
+        repo,
+        CpuEngineConfig(
+            model_name=plan.model_name,
+            hf_model_dir=source,
+            instance_count=instance_count,
+            max_batch_size=plan.max_batch,
+            version=version,
+        ),
+    )
+    rendered = repo / plan.model_name
+    vdir = staging / "version"
+    (rendered / str(version)).rename(vdir)
+    (vdir / "hf").symlink_to(source, target_is_directory=True)
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copy2(source / name, vdir / name)
+    started = time.monotonic()
+    manifest = mf.Manifest(
+        profile=mf.Profile.from_plan(plan),
+        files=mf.hash_tree(vdir),  # follows the `hf` link: the weights are checksummed too
+        build_seconds=time.monotonic() - started,
+        built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        host=socket.gethostname(),
+    )
+    mf.write(vdir, manifest)
+    return (rendered / "config.pbtxt").read_text(), manifest

@@ -1,0 +1,165 @@
+"""The SKU catalogue: which GPU (or the CPU) an engine is built for, and the precisions it runs.
+
+Pure data and rules, no I/O. Compute capabilities: NVIDIA's CUDA GPU list
+(https://developer.nvidia.com/cuda-gpus). Memory: the vendor data sheets (A10G as sold on AWS g5).
+Precision rules (TensorRT-LLM support matrix, docs/source/reference/support-matrix.md; our
+facts.md "TensorRT-LLM and quantization"): FP8 needs compute capability >= 8.9 (Ada, Hopper,
+Blackwell); Ampere (8.0/8.6) has INT8 SmoothQuant, INT8 weight-only and INT4 AWQ but no FP8;
+NVFP4 needs Blackwell (10.x).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Every precision the build knows. bf16/fp16: no quantization; the rest are ModelOpt PTQ formats.
+GPU_BASE_PRECISIONS: frozenset[str] = frozenset({"bf16", "fp16"})
+AMPERE_QUANT: frozenset[str] = frozenset({"int8_sq", "int8_wo", "int4_awq"})
+PRECISIONS: tuple[str, ...] = (
+    "bf16",
+    "fp16",
+    "fp32",
+    "fp8",
+    "int8_sq",
+    "int8_wo",
+    "int4_awq",
+    "nvfp4",
+)
+# KV cache dtypes: "auto" = the model's compute dtype (TensorRT-LLM's own meaning of "auto").
+KV_CACHE_DTYPES: tuple[str, ...] = ("auto", "fp8", "int8")
+
+# Minimum compute capabilities (see module docstring).
+FP8_MIN_CC: tuple[int, int] = (8, 9)
+BLACKWELL_CC_MAJOR = 10
+
+
+class SkuError(ValueError):
+    """An unknown SKU or a SKU/precision pair that cannot work."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sku:
+    name: str
+    compute_capability: tuple[int, int] | None  # None for the CPU
+    memory_gb: int  # per GPU; 0 for the CPU
+    precisions: frozenset[str]
+    # Substrings of `nvidia-smi --query-gpu=name` that identify this SKU (case-insensitive).
+    smi_names: tuple[str, ...] = ()
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.compute_capability is not None
+
+    @property
+    def cc_string(self) -> str:
+        """ "8.9" style, or "n/a" for the CPU (what manifest.json records)."""
+        cc = self.compute_capability
+        return f"{cc[0]}.{cc[1]}" if cc else "n/a"
+
+
+def precisions_for(cc: tuple[int, int]) -> frozenset[str]:
+    """Precisions a GPU of compute capability `cc` runs (rules in the module docstring)."""
+    allowed = set(GPU_BASE_PRECISIONS) | AMPERE_QUANT
+    if cc >= FP8_MIN_CC:
+        allowed.add("fp8")
+    if cc[0] == BLACKWELL_CC_MAJOR:
+        allowed.add("nvfp4")
+    return frozenset(allowed)
+
+
+def _gpu(name: str, cc: tuple[int, int], memory_gb: int, *smi_names: str) -> Sku:
+    return Sku(name, cc, memory_gb, precisions_for(cc), smi_names)
+
+
+SKUS: dict[str, Sku] = {
+    s.name: s
+    for s in (
+        _gpu("a10g", (8, 6), 24, "A10G"),
+        _gpu("a100-40gb", (8, 0), 40, "A100-SXM4-40GB", "A100-PCIE-40GB", "A100 40GB"),
+        _gpu("a100-80gb", (8, 0), 80, "A100-SXM4-80GB", "A100 80GB", "A100-PCIE-80GB"),
+        _gpu("l4", (8, 9), 24, "L4"),
+        _gpu("l40s", (8, 9), 48, "L40S"),
+        _gpu("h100-sxm", (9, 0), 80, "H100 80GB HBM3", "H100-SXM", "H100 SXM"),
+        _gpu("h100-pcie", (9, 0), 80, "H100 PCIe", "H100-PCIE"),
+        _gpu("h200", (9, 0), 141, "H200"),
+        # B200: 180 GB HBM3e per GPU in DGX B200 (1,440 GB for 8 GPUs, NVIDIA DGX B200 data sheet).
+        _gpu("b200", (10, 0), 180, "B200"),
+        # The CPU reference engine serves the HF folder in fp32 (triton_models/cpu_engine/runner.py
+        # loads it with dtype=torch.float32).
+        Sku("cpu", None, 0, frozenset({"fp32"})),
+    )
+}
+
+
+def get_sku(name: str) -> Sku:
+    try:
+        return SKUS[name.lower()]
+    except KeyError:
+        raise SkuError(f"unknown SKU {name!r}; known: {', '.join(SKUS)}") from None
+
+
+def check_precision(sku: Sku | str, precision: str) -> Sku:
+    """Return the Sku if it can run `precision`; SkuError naming both otherwise."""
+    sku = get_sku(sku) if isinstance(sku, str) else sku
+    if precision not in PRECISIONS:
+        raise SkuError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+    if precision not in sku.precisions:
+        raise SkuError(
+            f"precision {precision!r} is not supported on SKU {sku.name!r} "
+            f"(compute capability {sku.cc_string}); "
+            f"it supports: {', '.join(sorted(sku.precisions))}" + _why(sku, precision)
+        )
+    return sku
+
+
+def check_kv_cache_dtype(sku: Sku, precision: str, kv_cache_dtype: str) -> None:
+    """SkuError unless the KV cache dtype fits the SKU and the weight precision."""
+    if kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise SkuError(
+            f"unknown kv cache dtype {kv_cache_dtype!r}; known: {', '.join(KV_CACHE_DTYPES)}"
+        )
+    if kv_cache_dtype == "fp8" and "fp8" not in sku.precisions:
+        raise SkuError(
+            f"kv cache dtype 'fp8' is not supported on SKU {sku.name!r} "
+            f"(compute capability {sku.cc_string}); FP8 needs >= 8.9"
+        )
+    if kv_cache_dtype != "auto" and not sku.is_gpu:
+        raise SkuError(f"kv cache dtype {kv_cache_dtype!r} needs a GPU SKU, not {sku.name!r}")
+    if kv_cache_dtype != "auto" and precision in GPU_BASE_PRECISIONS:
+        # A quantized KV cache needs calibrated K/V scales, which only the PTQ step produces.
+        raise SkuError(
+            f"kv cache dtype {kv_cache_dtype!r} needs a quantized precision (calibrated K/V "
+            f"scales), not {precision!r}"
+        )
+
+
+def sku_for_gpu(smi_name: str, cc: tuple[int, int]) -> Sku | None:
+    """The catalogue SKU matching an `nvidia-smi` name and compute capability, if any."""
+    lowered = smi_name.lower()
+    best: Sku | None = None
+    for sku in SKUS.values():
+        if sku.compute_capability != cc:
+            continue
+        for needle in sku.smi_names:
+            # Longest needle wins ("H100 PCIe" over a bare "H100").
+            if needle.lower() in lowered and (
+                best is None or len(needle) > _longest(best, lowered)
+            ):
+                best = sku
+    return best
+
+
+def _longest(sku: Sku, lowered: str) -> int:
+    return max((len(n) for n in sku.smi_names if n.lower() in lowered), default=0)
+
+
+def _why(sku: Sku, precision: str) -> str:
+    if not sku.is_gpu:
+        return " (the CPU reference engine serves the HF model in fp32)"
+    if precision == "fp8":
+        return "; FP8 needs compute capability >= 8.9 (Ada, Hopper, Blackwell)"
+    if precision == "nvfp4":
+        return "; NVFP4 needs Blackwell (compute capability 10.x)"
+    if precision == "fp32":
+        return "; GPU engines are built in bf16/fp16 or a quantized format"
+    return ""

@@ -1,0 +1,99 @@
+"""SKU catalogue and precision rules (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from autoglm.build_engine.skus import (
+    SKUS,
+    SkuError,
+    check_kv_cache_dtype,
+    check_precision,
+    get_sku,
+    sku_for_gpu,
+)
+
+EXPECTED = {
+    "a10g",
+    "a100-40gb",
+    "a100-80gb",
+    "l4",
+    "l40s",
+    "h100-sxm",
+    "h100-pcie",
+    "h200",
+    "b200",
+    "cpu",
+}
+
+
+def test_catalogue_complete() -> None:
+    assert set(SKUS) == EXPECTED
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED - {"cpu"}))
+def test_bf16_fp16_everywhere_on_gpu(name: str) -> None:
+    for precision in ("bf16", "fp16"):
+        check_precision(name, precision)
+
+
+@pytest.mark.parametrize("name", ["a10g", "a100-40gb", "a100-80gb"])
+def test_ampere_int_formats_but_no_fp8(name: str) -> None:
+    for precision in ("int8_sq", "int8_wo", "int4_awq"):
+        check_precision(name, precision)
+    with pytest.raises(SkuError, match=rf"'fp8'.*{name}.*8\.[06].*>= 8\.9"):
+        check_precision(name, "fp8")
+
+
+@pytest.mark.parametrize("name", ["l4", "l40s", "h100-sxm", "h100-pcie", "h200", "b200"])
+def test_fp8_from_cc_8_9(name: str) -> None:
+    assert get_sku(name).compute_capability >= (8, 9)
+    check_precision(name, "fp8")
+
+
+def test_nvfp4_only_blackwell() -> None:
+    check_precision("b200", "nvfp4")
+    for name in EXPECTED - {"b200"}:
+        with pytest.raises(SkuError, match=f"'nvfp4'.*'{name}'"):
+            check_precision(name, "nvfp4")
+
+
+def test_cpu_is_fp32_only() -> None:
+    assert not get_sku("cpu").is_gpu
+    check_precision("cpu", "fp32")
+    with pytest.raises(SkuError, match=r"'bf16'.*'cpu'"):
+        check_precision("cpu", "bf16")
+
+
+def test_unknown_names() -> None:
+    with pytest.raises(SkuError, match=r"unknown SKU 'v100'"):
+        get_sku("v100")
+    with pytest.raises(SkuError, match=r"unknown precision 'int3'"):
+        check_precision("h100-sxm", "int3")
+
+
+def test_kv_cache_rules() -> None:
+    check_kv_cache_dtype(get_sku("h100-sxm"), "fp8", "fp8")
+    check_kv_cache_dtype(get_sku("a100-80gb"), "int8_sq", "int8")
+    with pytest.raises(SkuError, match=r"'fp8'.*a10g"):
+        check_kv_cache_dtype(get_sku("a10g"), "int8_sq", "fp8")
+    with pytest.raises(SkuError, match=r"quantized precision"):
+        check_kv_cache_dtype(get_sku("h100-sxm"), "bf16", "fp8")
+
+
+@pytest.mark.parametrize(
+    ("smi", "cc", "sku"),
+    [
+        ("NVIDIA H100 80GB HBM3", (9, 0), "h100-sxm"),
+        ("NVIDIA H100 PCIe", (9, 0), "h100-pcie"),
+        ("NVIDIA L40S", (8, 9), "l40s"),
+        ("NVIDIA L4", (8, 9), "l4"),
+        ("NVIDIA A10G", (8, 6), "a10g"),
+        ("NVIDIA A100-SXM4-80GB", (8, 0), "a100-80gb"),
+        ("NVIDIA B200", (10, 0), "b200"),
+        ("Tesla T4", (7, 5), None),
+    ],
+)
+def test_sku_for_gpu(smi: str, cc: tuple[int, int], sku: str | None) -> None:
+    found = sku_for_gpu(smi, cc)
+    assert (found.name if found else None) == sku
