@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from autoglm.server.limits import PrincipalLimits
 from autoglm.server.tls import peer_identity
 from autoglm.server.tokens import AuthError, AuthFailure, TokenRecord, TokenStore
 
@@ -51,11 +52,18 @@ class Principal:
     scopes: frozenset[str]
     models: frozenset[str]  # empty = every model
     cert_identity: str | None = None  # SAN (or CN) of the client certificate, None without mTLS
+    bound_identity: str | None = None  # the token only works with this certificate identity
+    limits: PrincipalLimits | None = None
 
     @classmethod
     def from_record(cls, record: TokenRecord) -> Principal:
         return cls(
-            token_id=record.id, name=record.principal, scopes=record.scopes, models=record.models
+            token_id=record.id,
+            name=record.principal,
+            scopes=record.scopes,
+            models=record.models,
+            bound_identity=record.bound_identity,
+            limits=record.limits,
         )
 
     def allows_model(self, model: str) -> bool:
@@ -198,7 +206,10 @@ def _wrap_behavior(behavior: Callable[..., Any], principal: Principal) -> Callab
         async def async_gen(request: Any, context: Any) -> Any:
             # No reset: every aio RPC runs in its own task with its own context copy, and a reset
             # in `finally` would raise if the generator were finalized from another context.
-            _current.set(_bind(principal, context))
+            bound = _bind(principal, context)
+            if (refusal := _binding_refusal(bound)) is not None:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
+            _current.set(bound)
             async for item in behavior(request, context):
                 yield item
 
@@ -207,7 +218,10 @@ def _wrap_behavior(behavior: Callable[..., Any], principal: Principal) -> Callab
     if inspect.iscoroutinefunction(behavior):
 
         async def coroutine(request: Any, context: Any) -> Any:
-            token = _current.set(_bind(principal, context))
+            bound = _bind(principal, context)
+            if (refusal := _binding_refusal(bound)) is not None:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
+            token = _current.set(bound)
             try:
                 return await behavior(request, context)
             finally:
@@ -245,3 +259,15 @@ def _wrap_behavior(behavior: Callable[..., Any], principal: Principal) -> Callab
 
 def _bind(principal: Principal, context: Any) -> Principal:
     return replace(principal, cert_identity=peer_identity(context))
+
+
+def _binding_refusal(principal: Principal) -> str | None:
+    """Why a certificate-bound token may not be used on this connection (None = it may).
+
+    A stolen token is useless without the private key of the certificate it is bound to.
+    Only async handlers are checked: the façade's servicer is async throughout.
+    """
+    if principal.bound_identity is None or principal.bound_identity == principal.cert_identity:
+        return None
+    logger.info("token %s used with another client certificate", principal.token_id)
+    return "this bearer token is bound to another client certificate"

@@ -136,7 +136,23 @@ def _store(args: argparse.Namespace):
 
 def _token_create(args: argparse.Namespace) -> int:
     ttl = timedelta(hours=args.ttl_hours) if args.ttl_hours else None
-    token, record = _store(args).create(args.principal, args.scope, args.model, ttl=ttl)
+    from autoglm.server.limits import PrincipalLimits
+
+    limits = None
+    if args.max_streams or args.requests_per_minute or args.max_tokens_per_request:
+        limits = PrincipalLimits(
+            max_streams=args.max_streams,
+            requests_per_minute=args.requests_per_minute,
+            max_tokens_per_request=args.max_tokens_per_request,
+        )
+    token, record = _store(args).create(
+        args.principal,
+        args.scope,
+        args.model,
+        ttl=ttl,
+        bound_identity=args.bind_cert,
+        limits=limits,
+    )
     print(
         f"token id {record.id} for {record.principal} (scopes: {', '.join(sorted(record.scopes))})",
         file=sys.stderr,
@@ -260,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", action="append", default=[], help="allowed model (repeatable; none = all)"
     )
     create.add_argument("--ttl-hours", type=float)
+    create.add_argument(
+        "--bind-cert", help="only usable with this client-certificate identity (SAN URI or CN)"
+    )
+    create.add_argument("--max-streams", type=int, help="concurrent requests (default: server's)")
+    create.add_argument("--requests-per-minute", type=int)
+    create.add_argument("--max-tokens-per-request", type=int)
     create.add_argument("--store", type=Path)
     create.set_defaults(func=_token_create)
     lst = token.add_parser("list")

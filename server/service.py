@@ -132,7 +132,9 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
             check_max_output(plan.sampling.max_tokens, model.spec.max_output_tokens)
             requested = plan.sampling.max_tokens or model.spec.default_max_tokens
             ticket = self.admission.admit(
-                principal.name if principal else ANONYMOUS, None, requested
+                principal.name if principal else ANONYMOUS,
+                principal.limits if principal else None,
+                requested,
             )
             with tracing.generation_span(
                 model=plan.model,

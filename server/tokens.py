@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from autoglm.server.limits import PrincipalLimits
 from autoglm.server.pki import write_atomic
 
 __all__ = ["AuthError", "AuthFailure", "TokenRecord", "TokenStore", "TokenStoreError"]
@@ -63,6 +64,10 @@ class TokenRecord:
     created_at: datetime
     expires_at: datetime | None = None
     revoked: bool = False
+    # Only usable over mTLS by a client certificate with this identity (SAN, else CN).
+    bound_identity: str | None = None
+    # Per-principal overrides of the server's default limits (None = defaults).
+    limits: PrincipalLimits | None = None
 
     def expired(self, now: datetime) -> bool:
         return self.expires_at is not None and now >= self.expires_at
@@ -115,6 +120,9 @@ class TokenStore:
         scopes: Iterable[str],
         models: Iterable[str] = (),
         ttl: timedelta | None = None,
+        *,
+        bound_identity: str | None = None,
+        limits: PrincipalLimits | None = None,
     ) -> tuple[str, TokenRecord]:
         """Creates a token. The plain token is returned here, once; only its hash is stored."""
         if not principal or principal != principal.strip():
@@ -138,6 +146,8 @@ class TokenStore:
                 models=frozenset(models),
                 created_at=now,
                 expires_at=now + ttl if ttl is not None else None,
+                bound_identity=bound_identity or None,
+                limits=limits,
             )
             self._records[token_id] = record
             self._hashes[token_id] = _hash_secret(secret)
@@ -262,6 +272,8 @@ def _record_to_json(record: TokenRecord, secret_sha256: str) -> dict[str, Any]:
         "created_at": record.created_at.isoformat(),
         "expires_at": record.expires_at.isoformat() if record.expires_at else None,
         "revoked": record.revoked,
+        "bound_identity": record.bound_identity,
+        "limits": record.limits.to_json() if record.limits else None,
         "secret_sha256": secret_sha256,
     }
 
@@ -283,6 +295,8 @@ def _parse(data: bytes) -> tuple[dict[str, TokenRecord], dict[str, str]]:
                 created_at=datetime.fromisoformat(item["created_at"]),
                 expires_at=datetime.fromisoformat(expires_at) if expires_at else None,
                 revoked=bool(item.get("revoked", False)),
+                bound_identity=item.get("bound_identity") or None,
+                limits=PrincipalLimits.from_json(item.get("limits")),
             )
             records[record.id] = record
             hashes[record.id] = str(item["secret_sha256"])

@@ -16,15 +16,18 @@ from autoglm.client import (
     ClientConfig,
     InvalidArgumentError,
     PermissionDeniedError,
+    ResourceExhaustedError,
     UnavailableError,
 )
 from autoglm.server.engine_link import EngineLink
+from autoglm.server.limits import PrincipalLimits
 from autoglm.server.models import ModelSpec
 from autoglm.server.pki import (
     CLIENT_AUTH,
     SERVER_AUTH,
     DevPki,
     IssuedCertificate,
+    client_spiffe_id,
     issue_certificate,
     write_atomic,
 )
@@ -109,7 +112,7 @@ def test_expired_and_revoked_tokens(client_config: ClientConfig, token_store: To
                 list(c.generate_stream("hi", max_tokens=1))
 
 
-def test_expired_client_certificate_is_refused(
+def test_client_certificate_from_a_foreign_ca_is_refused(
     client_config: ClientConfig, pki: DevPki, tmp_path: Path
 ) -> None:
     foreign_ca = issue_certificate("foreign CA", is_ca=True)
@@ -219,3 +222,77 @@ def test_invalid_argument_carries_field_violations(client: Client) -> None:
         client.generate("hi", top_p=0.0, top_k=-1, repetition_penalty=3.0)
     fields = {f for f, _ in err.value.field_violations}
     assert fields == {"sampling.top_p", "sampling.top_k", "sampling.repetition_penalty"}
+
+
+def test_expired_client_certificate_from_the_trusted_ca(
+    rotation_env: RotationEnv, tmp_path: Path
+) -> None:
+    env = rotation_env
+    past = datetime.now(UTC) - timedelta(days=30)
+    expired = issue_certificate(
+        "expired-client", issuer=env.client_ca, extended_key_usages=[CLIENT_AUTH],
+        not_before=past, not_after=past + timedelta(days=1),
+    )  # fmt: skip
+    _write_pair(tmp_path, "expired", expired)
+    with Client(env.client) as c:  # the valid certificate of the same CA works
+        assert c.generate("The capital of France is", max_tokens=1).completion_tokens == 1
+    stale = dataclasses.replace(
+        env.client, client_cert=tmp_path / "expired.pem", client_key=tmp_path / "expired-key.pem"
+    )
+    with Client(stale) as c, pytest.raises(UnavailableError):
+        c.generate("hi", max_tokens=1, timeout=5)
+
+
+def test_token_bound_to_another_certificate(
+    client_config: ClientConfig, token_store: TokenStore, pki: DevPki
+) -> None:
+    mine, _ = token_store.create(
+        "bound-ok", ["generate"], bound_identity=client_spiffe_id(pki.client_name)
+    )
+    theirs, _ = token_store.create(
+        "bound-other", ["generate"], bound_identity=client_spiffe_id("someone-else")
+    )
+    with Client(dataclasses.replace(client_config, token=mine)) as c:
+        assert c.generate("The capital of France is", max_tokens=1).completion_tokens == 1
+    with Client(dataclasses.replace(client_config, token=theirs)) as c:
+        with pytest.raises(AuthenticationError, match="another client certificate"):
+            c.generate("hi", max_tokens=1)
+        with pytest.raises(AuthenticationError, match="another client certificate"):
+            list(c.generate_stream("hi", max_tokens=1))
+
+
+def test_over_limit_is_resource_exhausted_with_retry_info(
+    client_config: ClientConfig, token_store: TokenStore
+) -> None:
+    one_stream, _ = token_store.create(
+        "one-stream", ["generate"], limits=PrincipalLimits(max_streams=1)
+    )
+    with Client(dataclasses.replace(client_config, token=one_stream)) as c:
+        stream = c.generate_stream(LONG_PROMPT, max_tokens=40, seed=1)
+        next(stream)  # one request in flight
+        with pytest.raises(ResourceExhaustedError, match="concurrent") as err:
+            c.generate("hi", max_tokens=1)
+        assert err.value.retry_after is not None and err.value.retry_after > 0
+        with pytest.raises(ResourceExhaustedError):
+            list(c.generate_stream("hi", max_tokens=1))
+        assert sum(len(d.token_ids) for d in stream) == 39  # the admitted one completes
+
+    two_per_minute, _ = token_store.create(
+        "two-per-minute", ["generate"], limits=PrincipalLimits(requests_per_minute=2)
+    )
+    with Client(dataclasses.replace(client_config, token=two_per_minute)) as c:
+        c.generate("hi", max_tokens=1)
+        list(c.generate_stream("hi", max_tokens=1))
+        with pytest.raises(ResourceExhaustedError, match="rate") as err:
+            c.generate("hi", max_tokens=1)
+        assert err.value.retry_after is not None and 0 < err.value.retry_after <= 60
+
+    small, _ = token_store.create(
+        "small-requests", ["generate"], limits=PrincipalLimits(max_tokens_per_request=4)
+    )
+    with Client(dataclasses.replace(client_config, token=small)) as c:
+        assert c.generate("hi", max_tokens=4).completion_tokens <= 4
+        with pytest.raises(ResourceExhaustedError, match="max_tokens"):
+            c.generate("hi", max_tokens=8)
+        with pytest.raises(ResourceExhaustedError, match="max_tokens"):
+            list(c.generate_stream("hi", max_tokens=8))
