@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -23,6 +24,7 @@ from autoglm.client._requests import (
     only_model,
     token_count_from_response,
 )
+from autoglm.client._tracing import RpcSpan, operation_for, trace_id_from
 from autoglm.client._types import Completion, Delta, ModelInfo, TokenCount
 from autoglm.v1 import text_generation_pb2 as pb
 from autoglm.v1 import text_generation_pb2_grpc as pb_grpc
@@ -114,11 +116,22 @@ class AsyncClient:
             request_id=request_id,
         )
         request.model = await self._model(model)
-        with map_exceptions():
-            response = await self._stub.Generate(
-                request, timeout=self._deadline(timeout), metadata=self._metadata
+        operation = operation_for(request.messages)
+        with RpcSpan("Generate", self._metadata, model=request.model, operation=operation) as rpc:
+            with map_exceptions():
+                call = self._stub.Generate(
+                    request, timeout=self._deadline(timeout), metadata=rpc.metadata
+                )
+                response = await call
+                trailing = await call.trailing_metadata()
+            completion = completion_from_response(response, trace_id=trace_id_from(trailing))
+            rpc.succeeded(
+                response_id=completion.request_id,
+                finish_reason=completion.finish_reason,
+                input_tokens=completion.prompt_tokens,
+                output_tokens=completion.completion_tokens,
             )
-        return completion_from_response(response)
+        return completion
 
     def generate_stream(
         self,
@@ -162,16 +175,44 @@ class AsyncClient:
         self, request: pb.GenerateRequest, model: str | None, deadline: float | None
     ) -> AsyncIterator[Delta]:
         request.model = await self._model(model)
-        call = self._stub.GenerateStream(request, timeout=deadline, metadata=self._metadata)
-        try:
-            while True:
-                with map_exceptions():
-                    response = await call.read()
-                if response is grpc.aio.EOF:
-                    return
-                yield delta_from_response(response)
-        finally:
-            call.cancel()  # no-op once the stream has ended; stops the engine otherwise
+        operation = operation_for(request.messages)
+        with RpcSpan(
+            "GenerateStream", self._metadata, model=request.model, operation=operation
+        ) as rpc:
+            call = self._stub.GenerateStream(request, timeout=deadline, metadata=rpc.metadata)
+            try:
+                # As in Client._stream: the last delta waits for the trailers (x-trace-id) and
+                # the span ends before the consumer sees it.
+                last: Delta | None = None
+                while True:
+                    with map_exceptions():
+                        response = await call.read()
+                    if response is grpc.aio.EOF:
+                        break
+                    delta = delta_from_response(response)
+                    if delta.finish_reason is None and last is None:
+                        yield delta  # every token but the last: no extra work
+                        continue
+                    if last is not None:
+                        yield last
+                    last = delta
+                if last is not None:
+                    with map_exceptions():
+                        trailing = await call.trailing_metadata()
+                    last = replace(last, trace_id=trace_id_from(trailing))
+                    rpc.succeeded(
+                        response_id=last.request_id,
+                        finish_reason=last.finish_reason,
+                        input_tokens=last.prompt_tokens,
+                        output_tokens=last.completion_tokens,
+                    )
+                else:
+                    rpc.succeeded()
+                rpc.end()
+                if last is not None:
+                    yield last
+            finally:
+                call.cancel()  # no-op once the stream has ended; stops the engine otherwise
 
     async def list_models(
         self,
@@ -179,10 +220,11 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> list[ModelInfo]:
         """The models this server can generate with."""
-        with map_exceptions():
+        with RpcSpan("ListModels", self._metadata) as rpc, map_exceptions():
             response = await self._stub.ListModels(
-                pb.ListModelsRequest(), timeout=self._deadline(timeout), metadata=self._metadata
+                pb.ListModelsRequest(), timeout=self._deadline(timeout), metadata=rpc.metadata
             )
+            rpc.succeeded()
         return [model_info_from_proto(m) for m in response.models]
 
     async def count_tokens(
@@ -196,8 +238,9 @@ class AsyncClient:
         """The prompt tokens a request would use, with the model's tokenizer and chat template."""
         request = build_count_tokens_request(prompt, messages=messages)
         request.model = await self._model(model)
-        with map_exceptions():
+        with RpcSpan("CountTokens", self._metadata, model=request.model) as rpc, map_exceptions():
             response = await self._stub.CountTokens(
-                request, timeout=self._deadline(timeout), metadata=self._metadata
+                request, timeout=self._deadline(timeout), metadata=rpc.metadata
             )
+            rpc.succeeded(input_tokens=response.prompt_tokens)
         return token_count_from_response(response)

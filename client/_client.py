@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -21,6 +22,7 @@ from autoglm.client._requests import (
     only_model,
     token_count_from_response,
 )
+from autoglm.client._tracing import RpcSpan, operation_for, trace_id_from
 from autoglm.client._types import Completion, Delta, ModelInfo, TokenCount
 from autoglm.v1 import text_generation_pb2 as pb
 from autoglm.v1 import text_generation_pb2_grpc as pb_grpc
@@ -110,18 +112,29 @@ class Client:
             request_id=request_id,
         )
         request.model = self._model(model)
-        with map_exceptions():
-            # A future rather than the blocking call, so that an interrupt (Ctrl-C) while
-            # waiting cancels the RPC, and with it the engine request, instead of orphaning it.
-            future = self._stub.Generate.future(
-                request, timeout=self._deadline(timeout), metadata=self._metadata
+        operation = operation_for(request.messages)
+        with RpcSpan("Generate", self._metadata, model=request.model, operation=operation) as rpc:
+            with map_exceptions():
+                # A future rather than the blocking call, so that an interrupt (Ctrl-C) while
+                # waiting cancels the RPC, and with it the engine request, instead of orphaning it.
+                future = self._stub.Generate.future(
+                    request, timeout=self._deadline(timeout), metadata=rpc.metadata
+                )
+                try:
+                    response = future.result()
+                except BaseException:
+                    future.cancel()
+                    raise
+            completion = completion_from_response(
+                response, trace_id=trace_id_from(future.trailing_metadata())
             )
-            try:
-                response = future.result()
-            except BaseException:
-                future.cancel()
-                raise
-        return completion_from_response(response)
+            rpc.succeeded(
+                response_id=completion.request_id,
+                finish_reason=completion.finish_reason,
+                input_tokens=completion.prompt_tokens,
+                output_tokens=completion.completion_tokens,
+            )
+        return completion
 
     def generate_stream(
         self,
@@ -163,23 +176,51 @@ class Client:
         return self._stream(request, self._deadline(timeout))
 
     def _stream(self, request: pb.GenerateRequest, timeout: float | None) -> Iterator[Delta]:
-        call = self._stub.GenerateStream(request, timeout=timeout, metadata=self._metadata)
-        try:
-            while True:
-                with map_exceptions():
-                    response = next(call, None)
-                if response is None:
-                    return
-                yield delta_from_response(response)
-        finally:
-            call.cancel()  # no-op once the stream has ended; stops the engine otherwise
+        operation = operation_for(request.messages)
+        with RpcSpan(
+            "GenerateStream", self._metadata, model=request.model, operation=operation
+        ) as rpc:
+            call = self._stub.GenerateStream(request, timeout=timeout, metadata=rpc.metadata)
+            try:
+                # The last delta (the one with finish_reason) is held back until the stream
+                # ends, so that it can carry the `x-trace-id` trailer and the span is ended
+                # before the consumer sees it: a consumer that stops there leaks no span.
+                last: Delta | None = None
+                while True:
+                    with map_exceptions():
+                        response = next(call, None)
+                    if response is None:
+                        break
+                    delta = delta_from_response(response)
+                    if delta.finish_reason is None and last is None:
+                        yield delta  # every token but the last: no extra work
+                        continue
+                    if last is not None:
+                        yield last
+                    last = delta
+                if last is not None:
+                    last = replace(last, trace_id=trace_id_from(call.trailing_metadata()))
+                    rpc.succeeded(
+                        response_id=last.request_id,
+                        finish_reason=last.finish_reason,
+                        input_tokens=last.prompt_tokens,
+                        output_tokens=last.completion_tokens,
+                    )
+                else:
+                    rpc.succeeded()
+                rpc.end()
+                if last is not None:
+                    yield last
+            finally:
+                call.cancel()  # no-op once the stream has ended; stops the engine otherwise
 
     def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The models this server can generate with."""
-        with map_exceptions():
+        with RpcSpan("ListModels", self._metadata) as rpc, map_exceptions():
             response = self._stub.ListModels(
-                pb.ListModelsRequest(), timeout=self._deadline(timeout), metadata=self._metadata
+                pb.ListModelsRequest(), timeout=self._deadline(timeout), metadata=rpc.metadata
             )
+            rpc.succeeded()
         return [model_info_from_proto(m) for m in response.models]
 
     def count_tokens(
@@ -193,8 +234,9 @@ class Client:
         """The prompt tokens a request would use, with the model's tokenizer and chat template."""
         request = build_count_tokens_request(prompt, messages=messages)
         request.model = self._model(model)
-        with map_exceptions():
+        with RpcSpan("CountTokens", self._metadata, model=request.model) as rpc, map_exceptions():
             response = self._stub.CountTokens(
-                request, timeout=self._deadline(timeout), metadata=self._metadata
+                request, timeout=self._deadline(timeout), metadata=rpc.metadata
             )
+            rpc.succeeded(input_tokens=response.prompt_tokens)
         return token_count_from_response(response)

@@ -164,7 +164,7 @@ def _finish_reason(value: int) -> str | None:
     return _FINISH_REASONS.get(value, "unspecified")  # a newer server's reason we don't know
 
 
-def completion_from_response(response: pb.GenerateResponse) -> Completion:
+def completion_from_response(response: pb.GenerateResponse, trace_id: str = "") -> Completion:
     return Completion(
         request_id=response.request_id,
         model=response.model,
@@ -173,6 +173,7 @@ def completion_from_response(response: pb.GenerateResponse) -> Completion:
         finish_reason=_finish_reason(response.finish_reason) or "unspecified",
         prompt_tokens=response.usage.prompt_tokens,
         completion_tokens=response.usage.completion_tokens,
+        trace_id=trace_id,
     )
 
 

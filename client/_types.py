@@ -15,6 +15,8 @@ class Completion:
     finish_reason: "stop" (end of sequence or a stop string), "length" (max_tokens reached),
     "cancelled", or "unspecified" if the server did not say.
     token_ids include the ids of text cut by a stop string (see the proto).
+    trace_id: the OpenTelemetry trace id (32 hex digits) the server recorded the request under,
+    from its `x-trace-id` trailer; '' when the server does not trace. Quote it to find the trace.
     """
 
     request_id: str
@@ -24,6 +26,7 @@ class Completion:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    trace_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,8 @@ class Delta:
     """One streamed piece (GenerateStream): the new text and the token ids that produced it.
 
     `text` may be empty while the server holds back an incomplete UTF-8 character or a possible
-    stop string. `finish_reason` and the usage counts are set on the last delta only.
+    stop string. `finish_reason`, the usage counts and `trace_id` (see `Completion`) are set on
+    the last delta only.
     """
 
     request_id: str
@@ -40,6 +44,7 @@ class Delta:
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    trace_id: str = ""
 
 
 @dataclass(frozen=True)

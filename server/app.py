@@ -43,6 +43,8 @@ class RunningServer:
     metrics: FacadeMetrics
     metrics_server: MetricsServer | None
     _watch: asyncio.Task[None]
+    health_server: grpc.aio.Server | None = None
+    health_port: int | None = None
 
     @property
     def metrics_port(self) -> int | None:
@@ -55,6 +57,8 @@ class RunningServer:
         with contextlib.suppress(asyncio.CancelledError):
             await self._watch
         await self.server.stop(grace)
+        if self.health_server is not None:
+            await self.health_server.stop(None)
         await self.engine.close()
         self.service.close()  # drains the audit writer
         if self.service.audit is not None:
@@ -161,11 +165,28 @@ async def start_server(settings: Settings) -> RunningServer:
         host, mport = split_host_port(settings.metrics_listen)
         metrics_server, mport = metrics.start_http_server(host, mport)
         log.info("metrics on http://%s:%d/metrics", host, mport)
+    health_server = health_port = None
+    if settings.health_listen:
+        health_server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(hs, health_server)
+        health_port = health_server.add_insecure_port(settings.health_listen)
+        await health_server.start()
+        log.info("plaintext health-only port %d", health_port)
     await server.start()
     watch = asyncio.create_task(_watch_engine(settings, engine, registry, hs, metrics))
     log.info("façade listening on port %d (models: %s)", port, ", ".join(registry.names()))
     return RunningServer(
-        server, port, engine, hs, registry, service, metrics, metrics_server, watch
+        server,
+        port,
+        engine,
+        hs,
+        registry,
+        service,
+        metrics,
+        metrics_server,
+        watch,
+        health_server,
+        health_port,
     )
 
 

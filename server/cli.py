@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -91,6 +90,7 @@ def _serve(args: argparse.Namespace) -> int:
         insecure_dev=args.insecure_dev,
         grace_period_s=args.grace,
         metrics_listen=args.metrics_listen or None,
+        health_listen=args.health_listen,
         limits=LimitSettings(
             max_in_flight=args.max_in_flight,
             max_streams_per_principal=args.max_streams_per_principal,
@@ -182,7 +182,18 @@ def _token_revoke(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="autoglm", description=__doc__)
     p.add_argument("--home", type=Path, default=autoglm_home(), help="state folder (AUTOGLM_HOME)")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="same as --log-level DEBUG")
+    p.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+        help="default INFO (DEBUG with -v)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("json", "text"),
+        help="default: json when stderr is not a terminal (log collectors), text when it is",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     dev = sub.add_parser(
@@ -232,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-listen",
         default="127.0.0.1:9464",
         help="Prometheus /metrics host:port ('' = off)",
+    )
+    serve.add_argument(
+        "--health-listen", help="plaintext port serving only grpc.health.v1 (for k8s probes)"
     )
     serve.add_argument("--audit-dir", type=Path, help="hash-chained audit log folder")
     serve.add_argument(
@@ -296,9 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    from autoglm.server import logs
+
+    logs.setup_logging(
+        args.log_level or ("DEBUG" if args.verbose else "INFO"),
+        args.log_format or ("text" if sys.stderr.isatty() else "json"),
     )
     if args.command == "build":
         from autoglm.build_engine.cli import run

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from autoglm.server import errors, pipeline, tracing
+from autoglm.server import errors, logs, pipeline, tracing
 from autoglm.server.audit import AuditRecord, AuditWriter, principal_fields
 from autoglm.server.auth import current_principal
 from autoglm.server.engine_client import EngineClient
@@ -128,6 +128,7 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
         try:
             out.plan = plan = validate_generate(request)
             out.request_id = plan.request_id
+            logs.bind_request_id(plan.request_id)  # every log line of this RPC carries it
             model = self._model(plan.model)
             check_max_output(plan.sampling.max_tokens, model.spec.max_output_tokens)
             requested = plan.sampling.max_tokens or model.spec.default_max_tokens

@@ -58,6 +58,9 @@ class Settings:
     insecure_dev: bool = False
     # Prometheus metrics on their own HTTP port ("host:0" = any free port); None = off.
     metrics_listen: str | None = "127.0.0.1:9464"
+    # A plaintext port serving only grpc.health.v1 (Kubernetes gRPC probes cannot present a
+    # client certificate); None = off. Health reveals no data and takes no input but a name.
+    health_listen: str | None = None
     limits: LimitSettings = field(default_factory=LimitSettings)
     # Hash-chained audit log (audit.jsonl in this folder); text only with audit_text (PII-masked).
     audit_dir: Path | None = None

@@ -25,6 +25,8 @@ from tests.client.conftest import TOKEN
 RESPONSE = pb.GenerateResponse(
     request_id="r", text="ok", finish_reason=pb.FINISH_REASON_STOP, model="m"
 )
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+TRAILERS = (("x-trace-id", TRACE_ID),)
 
 
 class StreamCall:
@@ -44,6 +46,9 @@ class StreamCall:
         self.cancelled = True
         return True
 
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return TRAILERS
+
 
 class Future:
     def __init__(self, response: Any) -> None:
@@ -54,6 +59,9 @@ class Future:
 
     def cancel(self) -> bool:
         return False
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return TRAILERS
 
 
 class Method:

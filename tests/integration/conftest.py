@@ -163,6 +163,7 @@ def facade(
         engine_link=engine_link,
         health_interval_s=0.5,
         metrics_listen="127.0.0.1:0",
+        health_listen="127.0.0.1:0",
         audit_dir=tmp_path_factory.mktemp("audit"),
     )
     thread = FacadeThread(settings)

@@ -14,8 +14,15 @@ from .conftest import MODEL, Facade, scrape
 pytestmark = pytest.mark.integration
 
 
+def _is_generation(span: ReceivedSpan, request_id: str) -> bool:
+    # The façade's generation span (the client's span carries the response id too).
+    return span.name.startswith("text_completion ") and (
+        span.attributes.get("gen_ai.response.id") == request_id
+    )
+
+
 def _trace_of(spans: list[ReceivedSpan], request_id: str) -> list[ReceivedSpan]:
-    roots = [s for s in spans if s.attributes.get("gen_ai.response.id") == request_id]
+    roots = [s for s in spans if _is_generation(s, request_id)]
     if not roots:
         return []
     return [s for s in spans if s.trace_id == roots[0].trace_id]
@@ -40,7 +47,7 @@ def test_one_trace_from_facade_into_triton(
     spans = _trace_of(otlp.wait_for(complete, timeout=20), rid)
     by_id = {s.span_id: s for s in spans}
     server = next(s for s in spans if s.name.startswith("/autoglm.v1.TextGeneration/"))
-    generation = next(s for s in spans if s.attributes.get("gen_ai.response.id") == rid)
+    generation = next(s for s in spans if _is_generation(s, rid))
     engine = next(s for s in spans if s.parent_span_id == generation.span_id)
     triton_spans = [s for s in spans if s.service_name == "triton"]
     assert generation.parent_span_id == server.span_id

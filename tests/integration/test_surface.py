@@ -163,3 +163,18 @@ def test_triton_accepts_only_the_facade(
     )
     with grpc.secure_channel(triton.grpc_target, caller) as channel, pytest.raises(grpc.RpcError):
         _model_metadata(channel, engine_link.metadata())
+
+
+def test_plaintext_health_port_serves_health_only(facade: Facade, token: str) -> None:
+    port = facade.thread.running.health_port
+    assert port
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as err:
+            channel.unary_unary("/autoglm.v1.TextGeneration/ListModels")(
+                b"", metadata=[("authorization", f"Bearer {token}")], timeout=5
+            )
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
