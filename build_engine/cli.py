@@ -19,7 +19,7 @@ from rich.table import Table
 from autoglm.build_engine import manifest as mf
 from autoglm.build_engine import plan as plan_mod
 from autoglm.build_engine.compile import CompileError, compile_engine
-from autoglm.build_engine.gpus import GpuDetectionError, detect_gpus
+from autoglm.build_engine.gpus import GpuDetectionError
 from autoglm.build_engine.install import InstallError, install
 from autoglm.build_engine.plan import PROFILES, BuildPlan, PlanError
 from autoglm.build_engine.quality import (
@@ -34,6 +34,7 @@ from autoglm.build_engine.quality import (
 from autoglm.build_engine.quantize import QuantizeError
 from autoglm.build_engine.skus import KV_CACHE_DTYPES, PRECISIONS, SKUS, SkuError, get_sku
 from autoglm.build_engine.texts import TextError
+from autoglm.server.version_plan import OverrideError, parse_override, plan_loads, scan_roots
 
 # Limits per profile when not given (our defaults): latency keeps batches small so a request
 # never waits behind a long context; throughput lets in-flight batching fill the GPU.
@@ -51,6 +52,7 @@ USER_ERRORS = (
     TextError,
     GpuDetectionError,
     QuantizeError,
+    OverrideError,
 )
 
 
@@ -107,6 +109,12 @@ def _add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
 
     p = sub.add_parser("list-profiles", help="which installed profile this host would pick")
     p.add_argument("roots", type=Path, nargs="+", help="model dirs / version dirs / repos")
+    p.add_argument(
+        "--profile",
+        action="append",
+        default=[],
+        help="as `autoglm serve --profile`: PROFILE_ID, MODEL=PROFILE_ID or MODEL@VERSION",
+    )
     p.set_defaults(func=cmd_list_profiles)
 
 
@@ -233,24 +241,37 @@ def cmd_install(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_list_profiles(args: argparse.Namespace, console: Console) -> int:
-    manifests, errors = mf.load_all(args.roots)
-    gpus = detect_gpus()
-    selection = mf.select_profile(manifests, mf.Hardware(gpus))
-    here = ", ".join(f"{g.name} ({g.cc_string})" for g in gpus) or "no GPU"
-    table = Table(title=f"profiles (this host: {here})")
-    for col in ("profile", "sku", "precision", "kv", "tp×pp", "status"):
+    # The serving side's own decision (server/version_plan.py): what `autoglm serve` would load.
+
+    hardware = mf.detect_hardware()
+    overrides = [parse_override(o) for o in args.profile]
+    decisions = plan_loads(scan_roots(args.roots), hardware, overrides)
+    table = Table(title=f"profiles (this host: {hardware.describe()})")
+    for col in ("model", "version", "profile", "sku", "precision", "kv", "tp×pp", "status"):
         table.add_column(col, overflow="fold")
-    rows = [(selection.chosen, "[green]selected[/]")] if selection.chosen else []
-    rows += list(selection.rejected)
-    for m, status in rows:
-        if m is None:
-            continue
-        p = m.profile
-        table.add_row(m.profile_id, p.sku, p.precision, p.kv_cache_dtype, f"{p.tp}×{p.pp}", status)
+    for d in decisions:
+        rows = [(d.chosen, "[green]selected[/]")] if d.chosen else []
+        for c, status in [*rows, *d.rejected]:
+            version = str(c.version) if c.version is not None else "-"
+            if c.manifest is None:
+                table.add_row(d.model, version, "?", "", "", "", "", f"[red]{status}[/]")
+                continue
+            p = c.manifest.profile
+            table.add_row(
+                d.model,
+                version,
+                c.manifest.profile_id,
+                p.sku,
+                p.precision,
+                p.kv_cache_dtype,
+                f"{p.tp}×{p.pp}",
+                status,
+            )
     console.print(table)
-    for path, message in errors:
-        console.print(f"[red]skipped {path}[/]: {message}")
-    return 0 if selection.chosen else 1
+    for d in decisions:
+        if d.error:
+            console.print(f"[red]{d.error}[/]")
+    return 0 if decisions and all(d.chosen for d in decisions) else 1
 
 
 def run(args: argparse.Namespace, console: Console | None = None) -> int:

@@ -5,6 +5,8 @@ in one step, then config.pbtxt is replaced with `os.replace`; Triton never sees 
 version. Each version carries its manifest.json (checksums verified before and after copying).
 - `cpu`: the CPU reference engine (`render_cpu_model`): model.py, a link `hf` to the HF folder,
   the tokenizer files, manifest.json.
+- every version also keeps its own rendered config (`triton_config.pbtxt`, manifest.VERSION_CONFIG,
+  checksummed): the serving side loads an older version with it as Triton's config override.
 - GPU SKUs: the `tensorrt_llm` model (`TensorRTLLMConfig(...).render`) pointing at the version
   directory, which holds the engine files (config.json + rank<N>.engine) and manifest.json.
 """
@@ -16,7 +18,7 @@ import shutil
 import socket
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from autoglm.build_engine import manifest as mf
@@ -96,13 +98,18 @@ def _stage_gpu(plan: BuildPlan, staging: Path, final: Path) -> tuple[str, mf.Man
         )
     version = staging / "version"
     shutil.copytree(engine_dir, version)
+    mf.verify(version)
     rendered = TensorRTLLMConfig(
         engine_dir=final,
         model_name=plan.model_name,
         triton_max_batch_size=plan.max_batch,
         gpu_device_ids=tuple(range(plan.world_size)),
     ).render(staging / "render")
-    mf.verify(version)
+    # This version's own config (manifest.VERSION_CONFIG), checksummed with the engine files.
+    shutil.copyfile(rendered, version / mf.VERSION_CONFIG)
+    files = {**manifest.files, mf.VERSION_CONFIG: mf.sha256_file(version / mf.VERSION_CONFIG)}
+    manifest = replace(manifest, files=files)
+    mf.write(version, manifest)
     return rendered.read_text(), manifest
 
 
@@ -128,6 +135,7 @@ def _stage_cpu(
     for name in TOKENIZER_FILES:
         if (source / name).is_file():
             shutil.copy2(source / name, vdir / name)
+    shutil.copyfile(rendered / "config.pbtxt", vdir / mf.VERSION_CONFIG)  # this version's own
     started = time.monotonic()
     manifest = mf.Manifest(
         profile=mf.Profile.from_plan(plan),

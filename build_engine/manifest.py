@@ -18,11 +18,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from autoglm.build_engine.gpus import GpuInfo
+from autoglm.build_engine.gpus import Detector, GpuInfo, detect_gpus
 from autoglm.build_engine.plan import BuildPlan
 from autoglm.build_engine.skus import get_sku
 
 MANIFEST = "manifest.json"
+# The Triton config rendered for this version, kept next to its files (and in its checksums):
+# the model root's config.pbtxt is rewritten by every install (a tensorrt_llm config points
+# `gpt_model_path` at the newest version dir), so loading an older version needs its own.
+VERSION_CONFIG = "triton_config.pbtxt"
 SCHEMA_VERSION = 1
 # Lower is preferred: bits per weight first, then the activation format (fp8 > int8 SmoothQuant
 # > int8 weight-only, which keeps 16-bit activations); fp32 is the CPU reference.
@@ -219,6 +223,14 @@ def verify(root: Path) -> Manifest:
 class Hardware:
     gpus: tuple[GpuInfo, ...] = ()
 
+    def describe(self) -> str:
+        return ", ".join(f"{g.name} ({g.cc_string})" for g in self.gpus) or "cpu (no GPU)"
+
+
+def detect_hardware(detector: Detector = detect_gpus) -> Hardware:
+    """This host's GPUs (nvidia-smi, gpus.py); Hardware() = CPU only."""
+    return Hardware(tuple(detector()))
+
 
 @dataclass(frozen=True, slots=True)
 class Selection:
@@ -253,7 +265,11 @@ def _rank(m: Manifest) -> tuple[int, int, str]:
 
 
 def select_profile(manifests: Iterable[Manifest], hardware: Hardware) -> Selection:
-    """Compatible first, then lower precision, then fewer GPUs (ties: profile id)."""
+    """Compatible first, then lower precision, then fewer GPUs (ties: profile id).
+
+    The sort is stable: manifests of the same profile (one build installed twice) keep their
+    input order, so a caller listing newest versions first gets the newest one.
+    """
     ordered = sorted(manifests, key=_rank)
     chosen: Manifest | None = None
     rejected: list[tuple[Manifest, str]] = []
@@ -277,6 +293,8 @@ def _lost_to(m: Manifest, chosen: Manifest) -> str:
         )
     if a.gpus > b.gpus:
         return f"compatible, but {chosen.profile_id} uses fewer GPUs ({b.gpus} < {a.gpus})"
+    if m.profile_id == chosen.profile_id:
+        return f"compatible, but the same profile {chosen.profile_id} was listed first"
     return f"compatible, but ties with {chosen.profile_id}, which sorts first by profile id"
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import grpc
 import numpy as np
@@ -87,6 +88,23 @@ def parse_stream_response(resp: service_pb2.ModelStreamInferResponse) -> tuple[l
     return [], final
 
 
+class ModelControlError(RuntimeError):
+    """Triton refused a model-repository call (load, unload, index); carries its gRPC code."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RepositoryEntry(NamedTuple):
+    """One row of Triton's RepositoryIndex: a model version and its state (READY, UNAVAILABLE…)."""
+
+    name: str
+    version: str
+    state: str
+    reason: str
+
+
 class EngineClient:
     """Talks to one Triton endpoint; share one instance (and its channel) per process."""
 
@@ -112,14 +130,53 @@ class EngineClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def model_ready(self, name: str, *, timeout: float = 2.0) -> bool:
+    async def model_ready(self, name: str, *, version: str = "", timeout: float = 2.0) -> bool:
+        """ModelReady; `version` "" = as Triton's version policy picks (the highest loaded)."""
         try:
             resp = await self._stub.ModelReady(
-                service_pb2.ModelReadyRequest(name=name), timeout=timeout, metadata=self._metadata
+                service_pb2.ModelReadyRequest(name=name, version=version),
+                timeout=timeout,
+                metadata=self._metadata,
             )
         except grpc.RpcError:
             return False
         return bool(resp.ready)
+
+    # ---- model control (Triton started with --model-control-mode=explicit) -----------------
+    # The "model-repository" protocol group is restricted (engine_link.py): these calls need the
+    # link metadata like inference does. Request shapes: Triton's grpc_service.proto
+    # (RepositoryModelLoad/Unload/Index) and the model_repository protocol extension, where the
+    # `config` parameter is a JSON ModelConfig that replaces config.pbtxt for this load.
+
+    async def load_model(
+        self, name: str, *, config_json: str | None = None, timeout: float = 600.0
+    ) -> None:
+        """Load (or reload) `name`; returns once Triton has finished loading it."""
+        req = service_pb2.RepositoryModelLoadRequest(model_name=name)
+        if config_json is not None:
+            req.parameters["config"].string_param = config_json
+        await self._control(self._stub.RepositoryModelLoad, req, timeout)
+
+    async def unload_model(self, name: str, *, timeout: float = 120.0) -> None:
+        req = service_pb2.RepositoryModelUnloadRequest(model_name=name)
+        await self._control(self._stub.RepositoryModelUnload, req, timeout)
+
+    async def repository_index(
+        self, *, ready_only: bool = False, timeout: float = 10.0
+    ) -> list[RepositoryEntry]:
+        req = service_pb2.RepositoryIndexRequest(ready=ready_only)
+        resp = await self._control(self._stub.RepositoryIndex, req, timeout)
+        return [RepositoryEntry(m.name, m.version, m.state, m.reason) for m in resp.models]
+
+    async def _control(self, method, request, timeout: float):  # type: ignore[no-untyped-def]
+        try:
+            return await method(request, timeout=timeout, metadata=self._metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise ModelControlError(
+                f"{type(request).__name__.removesuffix('Request')} "
+                f"{getattr(request, 'model_name', '') or ''}: {exc.code().name}: {exc.details()}",
+                exc.code(),
+            ) from None
 
     async def generate(
         self, request: EngineRequest, *, timeout: float | None = None

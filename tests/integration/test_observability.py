@@ -33,10 +33,12 @@ def test_one_trace_from_facade_into_triton(
     client: Client, otlp: OtlpReceiver, streaming: bool
 ) -> None:
     rid = f"trace-{'stream' if streaming else 'unary'}"
+    kwargs = dict(max_tokens=3, request_id=rid, temperature=0.0)
     if streaming:
-        list(client.generate_stream("The capital of France is", max_tokens=3, request_id=rid))
+        generated = list(client.generate_stream("The capital of France is", **kwargs))[-1]
     else:
-        client.generate("The capital of France is", max_tokens=3, request_id=rid)
+        generated = client.generate("The capital of France is", **kwargs)
+    assert generated.completion_tokens == 3  # greedy: " Paris." and on, no early end
 
     def complete(spans: list[ReceivedSpan]) -> bool:
         names = {s.name for s in _trace_of(spans, rid)}

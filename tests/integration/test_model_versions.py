@@ -1,0 +1,206 @@
+"""Version selection, verification and switching against a real Triton (its own, explicit mode).
+
+A separate tritonserver (module-scoped) with its own repository, installed by the build stage's
+cpu-SKU installer from the real SmolLM2 folder, started with no model (`models=()`) behind a
+fresh engine link (mTLS + restricted-protocol secret): model_versions.py loads everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from autoglm.build_engine import manifest as mf
+from autoglm.build_engine.install import Installed, install
+from autoglm.build_engine.plan import BuildPlan
+from autoglm.server.engine_client import (
+    EngineClient,
+    EngineRequest,
+    ModelControlError,
+    RepositoryEntry,
+)
+from autoglm.server.engine_link import EngineLink, dev_engine_link
+from autoglm.server.model_versions import ModelVersions, VersionRefused
+from autoglm.server.triton_process import TritonOptions, TritonProcess
+from autoglm.server.validation import EngineSampling
+
+from .conftest import engine_metric
+
+pytestmark = pytest.mark.integration
+
+MODEL = "smollm2-versions"
+GREEDY = EngineSampling(temperature=0.0, runtime_top_k=1, runtime_top_p=1.0, seed=1,
+                        repetition_penalty=1.0)  # fmt: skip
+NO_END = -1  # no end token: every stream runs to its full length (greedy would end at ~229)
+
+
+@pytest.fixture(scope="module")
+def plan(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> BuildPlan:
+    base = tmp_path_factory.mktemp("versions")
+    return BuildPlan(
+        model_dir=model_dir,
+        sku="cpu",
+        precision="fp32",
+        output_dir=base / "build",
+        model_repo=base / "model_repository",
+        model_name=MODEL,
+    )
+
+
+@pytest.fixture(scope="module")
+def link(tmp_path_factory: pytest.TempPathFactory) -> EngineLink:
+    return dev_engine_link(tmp_path_factory.mktemp("versions-pki"))
+
+
+@pytest.fixture(scope="module")
+def triton(plan: BuildPlan, link: EngineLink) -> Iterator[TritonProcess]:
+    install(plan)  # version 1
+    assert plan.model_repo is not None
+    proc = TritonProcess(
+        TritonOptions(model_repository=plan.model_repo, models=(), exit_timeout_s=5, link=link)
+    )
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+async def engine(triton: TritonProcess, link: EngineLink) -> AsyncIterator[EngineClient]:
+    client = EngineClient(
+        triton.grpc_target, credentials=link.channel_credentials(), metadata=link.metadata()
+    )
+    yield client
+    await client.close()
+
+
+@pytest.fixture(scope="module")
+async def versions(plan: BuildPlan, engine: EngineClient) -> ModelVersions:
+    assert plan.model_repo is not None
+    mv = ModelVersions(plan.model_repo, engine, hardware=mf.Hardware())  # CPU host
+    loaded = await mv.select_and_load()
+    assert loaded[MODEL].version == 1 and loaded[MODEL].load_seconds > 0
+    return mv
+
+
+def states(index: list[RepositoryEntry]) -> dict[str, str]:
+    return {e.version: e.state for e in index if e.name == MODEL}
+
+
+async def generate(
+    engine: EngineClient,
+    tokens: int,
+    sink: list[int] | None = None,
+    started: asyncio.Event | None = None,
+) -> list[int]:
+    out = sink if sink is not None else []
+    request = EngineRequest(MODEL, f"v-{time.monotonic_ns()}", [1, 2, 3, 4, 5], tokens, NO_END, 2,
+                            GREEDY)  # fmt: skip
+    async for ids in engine.generate(request, timeout=400):
+        out.extend(ids)
+        if started is not None and len(out) >= 5:
+            started.set()
+    return out
+
+
+async def test_select_verify_load(
+    versions: ModelVersions, engine: EngineClient, triton: TritonProcess, link: EngineLink
+) -> None:
+    assert states(await engine.repository_index()) == {"1": "READY"}
+    assert await engine.model_ready(MODEL, version="1")
+    assert len(await generate(engine, 4)) == 4
+    # model-repository is a restricted protocol: without the link's header Triton refuses.
+    bare = EngineClient(triton.grpc_target, credentials=link.channel_credentials())
+    try:
+        with pytest.raises(ModelControlError, match="restricted") as err:
+            await bare.load_model(MODEL)
+        assert err.value.code is not None and err.value.code.name == "UNAVAILABLE"
+    finally:
+        await bare.close()
+    # Reload with nothing new: no Triton call, version 1 stays.
+    assert (await versions.select_and_load())[MODEL].version == 1
+
+
+async def test_corrupted_or_mismatched_version_is_refused_and_v1_keeps_serving(
+    versions: ModelVersions, engine: EngineClient, plan: BuildPlan
+) -> None:
+    corrupt = install(plan)  # version 2, then one copied file is changed
+    (corrupt.version_dir / "model.py").write_text("raise SystemExit('tampered')\n")
+    with pytest.raises(VersionRefused) as err:
+        await versions.switch(MODEL, corrupt.version)
+    assert f"{MODEL} version {corrupt.version} refused" in str(err.value)
+    assert "checksum mismatch model.py" in str(err.value)
+    # A version built for another SKU (manifest re-signed as an H100 fp8 build).
+    other = install(plan)
+    m = mf.read(other.version_dir)
+    h100 = mf.Profile(**{**mf.asdict(m.profile), "sku": "h100-sxm", "compute_capability": "9.0",
+                         "precision": "fp8", "kv_cache_dtype": "fp8"})  # fmt: skip
+    mf.write(other.version_dir, mf.Manifest(profile=h100, files=m.files))
+    with pytest.raises(VersionRefused, match=rf"version {other.version} cannot run .*no GPU here"):
+        await versions.switch(MODEL, other.version)
+    # Reload: the newest compatible version (2) is refused on its checksums, 1 keeps serving.
+    loaded = await versions.select_and_load()
+    assert loaded[MODEL].version == 1
+    assert states(await engine.repository_index()) == {"1": "READY"}
+    assert len(await generate(engine, 3)) == 3
+
+
+async def test_triton_refusals_keep_v1_serving(
+    versions: ModelVersions, engine: EngineClient, plan: BuildPlan
+) -> None:
+    """What Triton itself does with a version it cannot load (checksums fine, code broken)."""
+    broken = install(plan)
+    (broken.version_dir / "model.py").write_text("raise RuntimeError('broken on purpose')\n")
+    m = mf.read(broken.version_dir)
+    mf.write(broken.version_dir, mf.Manifest(m.profile, mf.hash_tree(broken.version_dir)))
+    with pytest.raises(VersionRefused, match=rf"version {broken.version} refused by Triton"):
+        await versions.switch(MODEL, broken.version)
+    assert versions.loaded[MODEL].version == 1
+    assert await engine.model_ready(MODEL, version="1")
+    assert len(await generate(engine, 3)) == 3
+    shutil.rmtree(broken.version_dir)  # out of the way of the next reload
+
+
+async def test_switch_while_streaming(
+    versions: ModelVersions, engine: EngineClient, plan: BuildPlan, triton: TritonProcess
+) -> None:
+    new: Installed = install(plan)
+    v_old, v_new = str(versions.loaded[MODEL].version), str(new.version)
+    # The stream must outlast the new version's load on this (shared, noisy) machine: size it
+    # from the rate measured now and the first load's time, with a wide margin.
+    t0 = time.monotonic()
+    await generate(engine, 10)
+    rate = 10 / (time.monotonic() - t0)
+    stream_tokens = min(1000, int(rate * 3 * versions.loaded[MODEL].load_seconds) + 40)
+    before_old = engine_metric(triton, "nv_inference_request_success", model=MODEL, version=v_old)
+    tokens: list[int] = []
+    started = asyncio.Event()
+    stream = asyncio.create_task(generate(engine, stream_tokens, tokens, started))
+    await asyncio.wait_for(started.wait(), 60)
+    t0 = time.monotonic()
+    switched = await versions.switch(MODEL, new.version)
+    switch_s = time.monotonic() - t0
+    at_switch = len(tokens)
+    index = states(await engine.repository_index())
+    assert switched.version == new.version
+    assert not stream.done(), f"the stream ended before the switch ({switch_s:.1f} s)"
+    assert index[v_new] == "READY" and index[v_old] == "UNLOADING"
+    assert await engine.model_ready(MODEL) and not await engine.model_ready(MODEL, version=v_old)
+    assert len(await stream) == stream_tokens  # the in-flight stream on the old version completed
+    assert len(await generate(engine, 3)) == 3  # a new request: served by the new version
+    assert engine_metric(triton, "nv_inference_request_success", model=MODEL, version=v_new) == 1
+    after_old = engine_metric(triton, "nv_inference_request_success", model=MODEL, version=v_old)
+    assert after_old == before_old + 1  # the stream, counted on the old version
+    deadline = time.monotonic() + 20
+    while states(await engine.repository_index()).get(v_old) not in ("UNAVAILABLE", None):
+        assert time.monotonic() < deadline, "the old version never finished unloading"
+        await asyncio.sleep(0.2)
+    print(
+        f"switch {v_old}→{v_new}: load {switched.load_seconds:.1f} s, {at_switch} tokens streamed "
+        f"when it returned, old version {index[v_old]} then "
+        f"{states(await engine.repository_index()).get(v_old)}"
+    )
