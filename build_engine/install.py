@@ -99,6 +99,10 @@ def _stage_gpu(plan: BuildPlan, staging: Path, final: Path) -> tuple[str, mf.Man
     version = staging / "version"
     shutil.copytree(engine_dir, version)
     mf.verify(version)
+    # The façade tokenizes: the version carries the checkpoint's tokenizer and chat template.
+    tokenizer = [n for n in TOKENIZER_FILES if (plan.model_dir / n).is_file()]
+    for name in tokenizer:
+        shutil.copy2(plan.model_dir / name, version / name)
     rendered = TensorRTLLMConfig(
         engine_dir=final,
         model_name=plan.model_name,
@@ -107,7 +111,11 @@ def _stage_gpu(plan: BuildPlan, staging: Path, final: Path) -> tuple[str, mf.Man
     ).render(staging / "render")
     # This version's own config (manifest.VERSION_CONFIG), checksummed with the engine files.
     shutil.copyfile(rendered, version / mf.VERSION_CONFIG)
-    files = {**manifest.files, mf.VERSION_CONFIG: mf.sha256_file(version / mf.VERSION_CONFIG)}
+    files = {
+        **manifest.files,
+        **{name: mf.sha256_file(version / name) for name in tokenizer},
+        mf.VERSION_CONFIG: mf.sha256_file(version / mf.VERSION_CONFIG),
+    }
     manifest = replace(manifest, files=files)
     mf.write(version, manifest)
     return rendered.read_text(), manifest

@@ -164,10 +164,14 @@ def sha256_file(path: Path) -> str:
 
 
 def hash_tree(root: Path) -> dict[str, str]:
-    """sha256 of every regular file under root (following links), except manifest.json."""
+    """sha256 of every regular file under root (following links), except manifest.json.
+
+    `__pycache__` folders are skipped: Triton's python backend writes model.py's byte-code next
+    to it when it loads a version, which must not make a loaded version fail its next check.
+    """
     out: dict[str, str] = {}
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
         for name in sorted(filenames):
             path = Path(dirpath) / name
             rel = path.relative_to(root).as_posix()

@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from autoglm.build_engine import manifest as mf
 from autoglm.server import tracing
 from autoglm.server.audit import AuditWriter
 from autoglm.server.auth import AuthInterceptor
@@ -19,11 +20,13 @@ from autoglm.server.decoding import DecodeInterceptor
 from autoglm.server.engine_client import EngineClient
 from autoglm.server.limits import Admission
 from autoglm.server.metrics import FacadeMetrics, MetricsServer
-from autoglm.server.models import ModelRegistry, load_model
+from autoglm.server.model_versions import ModelVersions
+from autoglm.server.models import ModelRegistry, ModelSpec, load_model
 from autoglm.server.service import TextGenerationService
 from autoglm.server.settings import Settings, split_host_port
 from autoglm.server.tls import reloading_server_credentials
 from autoglm.server.tokens import TokenStore
+from autoglm.server.version_plan import parse_override
 from autoglm.v1 import text_generation_pb2 as pb
 from autoglm.v1 import text_generation_pb2_grpc as pb_grpc
 
@@ -45,6 +48,19 @@ class RunningServer:
     _watch: asyncio.Task[None]
     health_server: grpc.aio.Server | None = None
     health_port: int | None = None
+    versions: ModelVersions | None = None
+
+    async def reload_versions(self) -> None:
+        """Re-select and load the best version of each model (SIGHUP); refusals keep the old."""
+        if self.versions is None:
+            return
+        try:
+            loaded = await self.versions.select_and_load()
+        except Exception:
+            log.exception("model reload failed; the loaded versions keep serving")
+            return
+        for name, lv in sorted(loaded.items()):
+            log.info("model %s: serving version %d (profile %s)", name, lv.version, lv.profile_id)
 
     @property
     def metrics_port(self) -> int | None:
@@ -98,16 +114,41 @@ async def _watch_engine(
         await asyncio.sleep(settings.health_interval_s)
 
 
+async def _load_repository(
+    settings: Settings, engine: EngineClient
+) -> tuple[ModelVersions | None, list[ModelSpec]]:
+    """Verify and load the best version of each model of the repository (VersionRefused if none)."""
+    if settings.model_repository is None:
+        return None, []
+    hardware = await asyncio.to_thread(mf.detect_hardware)
+    versions = ModelVersions(
+        settings.model_repository,
+        engine,
+        hardware=hardware,
+        overrides=[parse_override(o) for o in settings.profile_overrides],
+    )
+    loaded = await versions.select_and_load()
+    specs = []
+    for name, lv in sorted(loaded.items()):
+        log.info("model %s: version %d (profile %s)", name, lv.version, lv.profile_id)
+        engine_kind = "cpu_reference" if lv.manifest.profile.sku == "cpu" else "tensorrt_llm"
+        specs.append(
+            ModelSpec(name=name, triton_model=name, tokenizer_dir=lv.path, engine=engine_kind)
+        )
+    return versions, specs
+
+
 async def start_server(settings: Settings) -> RunningServer:
     """Start the façade; returns once it listens (the bound port is in the result)."""
     settings.validate()
-    registry = ModelRegistry([load_model(spec) for spec in settings.models])
     link = settings.engine_link
     engine = EngineClient(
         settings.triton_target,
         credentials=link.channel_credentials() if link else None,
         metadata=link.metadata() if link else (),
     )
+    versions, specs = await _load_repository(settings, engine)
+    registry = ModelRegistry([load_model(spec) for spec in (*settings.models, *specs)])
     metrics = FacadeMetrics(registry.names())
     # First: the OTel server span, so that refused calls are traced too ([] when tracing is off).
     interceptors: list[grpc.aio.ServerInterceptor] = [*tracing.server_interceptors()]
@@ -187,6 +228,7 @@ async def start_server(settings: Settings) -> RunningServer:
         watch,
         health_server,
         health_port,
+        versions,
     )
 
 
@@ -196,6 +238,14 @@ async def serve_until_signal(running: RunningServer, grace: float) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def reload() -> None:
+        task = asyncio.create_task(running.reload_versions())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     try:
         await stop.wait()
         log.info("shutting down: health NOT_SERVING, %.0f s grace for in-flight calls", grace)

@@ -91,6 +91,8 @@ def _serve(args: argparse.Namespace) -> int:
         grace_period_s=args.grace,
         metrics_listen=args.metrics_listen or None,
         health_listen=args.health_listen,
+        model_repository=args.model_repository,
+        profile_overrides=tuple(args.profile),
         limits=LimitSettings(
             max_in_flight=args.max_in_flight,
             max_streams_per_principal=args.max_streams_per_principal,
@@ -221,8 +223,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--model",
         action="append",
-        required=True,
-        help="NAME=TRITON_MODEL:TOKENIZER_DIR (repeatable)",
+        default=[],
+        help="NAME=TRITON_MODEL:TOKENIZER_DIR of a model Triton already serves (repeatable)",
+    )
+    serve.add_argument(
+        "--model-repository",
+        type=Path,
+        help="repository built by `autoglm build install`: load the best verified version of "
+        "each model into Triton (explicit model control); SIGHUP re-selects",
+    )
+    serve.add_argument(
+        "--profile",
+        action="append",
+        default=[],
+        help="pin a profile: PROFILE_ID, MODEL=PROFILE_ID or MODEL@VERSION (repeatable)",
     )
     serve.add_argument("--tls-cert", type=Path)
     serve.add_argument("--tls-key", type=Path)
@@ -273,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     from autoglm.build_engine.cli import add_build_commands
 
     add_build_commands(sub)  # `autoglm build skus|plan|quantize|quality|compile|install|…`
+
+
 
     audit = sub.add_parser("audit", help="verify the audit log's hash chain")
     audit.add_argument("rest", nargs=argparse.REMAINDER, help="verify [PATH|DIR]")

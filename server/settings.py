@@ -49,7 +49,7 @@ class TlsSettings:
 class Settings:
     listen: str  # host:port; port 0 picks a free one (the bound port is returned by start)
     triton_target: str  # host:port of Triton's gRPC endpoint
-    models: tuple[ModelSpec, ...]
+    models: tuple[ModelSpec, ...]  # models given explicitly (an existing Triton's models)
     tls: TlsSettings | None = None
     # How the façade reaches Triton: mTLS + restricted-protocol secret; None = plaintext.
     engine_link: EngineLink | None = None
@@ -65,14 +65,18 @@ class Settings:
     # Hash-chained audit log (audit.jsonl in this folder); text only with audit_text (PII-masked).
     audit_dir: Path | None = None
     audit_text: bool = False
+    # A model repository built by `autoglm build install`: at start-up (and on SIGHUP) the best
+    # compatible version of each model is verified (sha256) and loaded into Triton.
+    model_repository: Path | None = None
+    profile_overrides: tuple[str, ...] = ()  # PROFILE_ID, MODEL=PROFILE_ID or MODEL@VERSION
     grace_period_s: float = 10.0
     health_interval_s: float = 2.0
     extra: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
         host, _ = split_host_port(self.listen)
-        if not self.models:
-            raise SettingsError("models: at least one model must be configured")
+        if not self.models and self.model_repository is None:
+            raise SettingsError("models: give --model or --model-repository")
         if self.insecure_dev:
             if not is_loopback(host):
                 raise SettingsError(

@@ -70,6 +70,8 @@ def triton_env(base: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     venv_bin = str(Path(sys.executable).parent)  # not resolved: the venv's bin, not the base's
     env["PATH"] = os.pathsep.join([venv_bin, env.get("PATH", "")])
+    # No byte-code next to model.py in the (checksummed) model repository.
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH")) if p)
     return env

@@ -18,6 +18,7 @@ import pytest
 from autoglm.build_engine import manifest as mf
 from autoglm.build_engine.install import Installed, install
 from autoglm.build_engine.plan import BuildPlan
+from autoglm.client import Client, ClientConfig
 from autoglm.server.engine_client import (
     EngineClient,
     EngineRequest,
@@ -26,10 +27,11 @@ from autoglm.server.engine_client import (
 )
 from autoglm.server.engine_link import EngineLink, dev_engine_link
 from autoglm.server.model_versions import ModelVersions, VersionRefused
+from autoglm.server.settings import Settings
 from autoglm.server.triton_process import TritonOptions, TritonProcess
 from autoglm.server.validation import EngineSampling
 
-from .conftest import engine_metric
+from .conftest import FacadeThread, engine_metric
 
 pytestmark = pytest.mark.integration
 
@@ -204,3 +206,37 @@ async def test_switch_while_streaming(
         f"when it returned, old version {index[v_old]} then "
         f"{states(await engine.repository_index()).get(v_old)}"
     )
+
+
+def test_facade_serves_the_selected_version(
+    plan: BuildPlan, triton: TritonProcess, link: EngineLink, versions: ModelVersions
+) -> None:
+    """`autoglm serve --model-repository`: the façade selects, verifies and serves a version."""
+    settings = Settings(
+        listen="127.0.0.1:0",
+        triton_target=triton.grpc_target,
+        models=(),
+        model_repository=plan.model_repo,
+        engine_link=link,
+        insecure_dev=True,  # the security layers are tested elsewhere; this is about versions
+        metrics_listen=None,
+    )
+    facade = FacadeThread(settings)
+    try:
+        cfg = ClientConfig(
+            endpoint=f"127.0.0.1:{facade.port}",
+            ca_cert=None,
+            client_cert=None,
+            client_key=None,
+            token=None,
+            insecure=True,
+        )
+        with Client(cfg) as c:
+            (info,) = c.list_models()
+            assert (info.name, info.engine) == (MODEL, "cpu_reference")
+            out = c.generate("The capital of France is", model=MODEL, max_tokens=2)
+            assert out.completion_tokens == 2
+        loaded = facade.running.versions.loaded[MODEL] if facade.running.versions else None
+        assert loaded is not None and loaded.manifest.profile.sku == "cpu"
+    finally:
+        facade.stop()
