@@ -118,6 +118,14 @@ class EngineClient:
         options = [
             ("grpc.max_send_message_length", 64 << 20),
             ("grpc.max_receive_message_length", 64 << 20),
+            # Several Triton replicas behind one DNS name (`dns:///triton-<sku>…:8001`, a
+            # headless Service): spread requests over all of them, not the first address.
+            ("grpc.lb_policy_name", "round_robin"),
+            # Reconnect within a second after Triton restarts (gRPC's default backoff grows to
+            # 120 s, during which every call would fail fast with UNAVAILABLE).
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 1000),
         ]
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(target, options=options)
