@@ -120,6 +120,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         try:
             token = _bearer_token(handler_call_details.invocation_metadata)
             # A stat() at most every reload_interval and one SHA-256: cheap enough for the loop.
+            # No span here: interceptors run before the RPC's server span exists (it would start
+            # a trace of its own); the outcome is on the server span (status) and in metrics.
             record = self._store.verify(token)
         except AuthError as err:
             logger.info("unauthenticated call: method=%s reason=%s", method, err.reason)

@@ -7,10 +7,14 @@ the streamed text always concatenates to the unary text.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
+from opentelemetry import trace
+
+from autoglm.server import tracing
 from autoglm.server.detokenizer import IncrementalDetokenizer
 from autoglm.server.engine_client import EngineClient, EngineRequest
 from autoglm.server.errors import InvalidArgument
@@ -47,7 +51,9 @@ async def generate(
     plan: GeneratePlan, model: ServedModel, engine: EngineClient, *, timeout: float | None
 ) -> AsyncIterator[Delta]:
     """Yield text deltas; the last one has finish_reason and usage set."""
-    prompt_ids = encode_input(model, plan.input)
+    with tracing.step_span("autoglm.tokenize") as span:
+        prompt_ids = encode_input(model, plan.input)
+        span.set_attribute("gen_ai.usage.input_tokens", len(prompt_ids))
     spec = model.spec
     max_new = resolve_max_tokens(
         plan.sampling.max_tokens,
@@ -69,10 +75,15 @@ async def generate(
     stops = StopStringMatcher(plan.sampling.stop)
     completion = 0
     stopped = False
+    detok_s = 0.0  # time spent detokenizing, put on the generation span (a span per token
+    # would cost more than the work it measures)
     async with aclosing(engine.generate(request, timeout=timeout)) as tokens:
         async for ids in tokens:
             completion += len(ids)
-            text, stopped = stops.feed(detok.add(ids))
+            t = time.perf_counter()
+            piece = detok.add(ids)
+            detok_s += time.perf_counter() - t
+            text, stopped = stops.feed(piece)
             if stopped:
                 # Leaving the `async with` closes the engine stream: Triton cancels the rest.
                 yield Delta(text, ids)
@@ -85,5 +96,6 @@ async def generate(
         if not stopped:
             tail += stops.flush()  # may still confirm a stop (a longer candidate never completed)
             stopped = stops.stopped
+    trace.get_current_span().set_attribute("autoglm.detokenize_seconds", round(detok_s, 6))
     finish = pb.FINISH_REASON_STOP if stopped or completion < max_new else pb.FINISH_REASON_LENGTH
     yield Delta(tail, [], finish, len(prompt_ids), completion)

@@ -132,11 +132,12 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
             model = self._model(plan.model)
             check_max_output(plan.sampling.max_tokens, model.spec.max_output_tokens)
             requested = plan.sampling.max_tokens or model.spec.default_max_tokens
-            ticket = self.admission.admit(
-                principal.name if principal else ANONYMOUS,
-                principal.limits if principal else None,
-                requested,
-            )
+            with tracing.step_span("autoglm.admission"):
+                ticket = self.admission.admit(
+                    principal.name if principal else ANONYMOUS,
+                    principal.limits if principal else None,
+                    requested,
+                )
             with tracing.generation_span(
                 model=plan.model,
                 request_id=plan.request_id,

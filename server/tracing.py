@@ -272,6 +272,17 @@ def engine_span(triton_model: str, method: str = "ModelStreamInfer") -> Iterator
 
 
 @contextmanager
+def step_span(name: str, **attrs: Any) -> Iterator[Span]:
+    """An INTERNAL child span for one step of a request (auth, admission, tokenization)."""
+    tracer = _tracer
+    if tracer is None:
+        yield trace.INVALID_SPAN
+        return
+    with _guarded(tracer, name, SpanKind.INTERNAL, attrs) as span:
+        yield span
+
+
+@contextmanager
 def _guarded(
     tracer: trace.Tracer, name: str, kind: SpanKind, attrs: dict[str, Any]
 ) -> Iterator[Span]:

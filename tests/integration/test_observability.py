@@ -50,7 +50,14 @@ def test_one_trace_from_facade_into_triton(
     by_id = {s.span_id: s for s in spans}
     server = next(s for s in spans if s.name.startswith("/autoglm.v1.TextGeneration/"))
     generation = next(s for s in spans if _is_generation(s, rid))
-    engine = next(s for s in spans if s.parent_span_id == generation.span_id)
+    engine = next(
+        s
+        for s in spans
+        if s.parent_span_id == generation.span_id and s.name.startswith("triton ModelStreamInfer")
+    )
+    steps = {s.name for s in spans if s.parent_span_id == generation.span_id}
+    assert {"autoglm.tokenize"} <= steps
+    assert any(s.name == "autoglm.admission" and s.parent_span_id == server.span_id for s in spans)
     triton_spans = [s for s in spans if s.service_name == "triton"]
     assert generation.parent_span_id == server.span_id
     assert triton_spans, "Triton's own spans did not join the trace"
