@@ -288,8 +288,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_build_commands(sub)  # `autoglm build skus|plan|quantize|quality|compile|install|…`
 
-
-
     audit = sub.add_parser("audit", help="verify the audit log's hash chain")
     audit.add_argument("rest", nargs=argparse.REMAINDER, help="verify [PATH|DIR]")
     audit.set_defaults(func=_audit)
