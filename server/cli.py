@@ -288,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_build_commands(sub)  # `autoglm build skus|plan|quantize|quality|compile|install|…`
 
+    from autoglm.server.bench.cli import add_bench_command
+
+    add_bench_command(sub)  # `autoglm bench`: direct Triton vs the façade, side by side
+
     audit = sub.add_parser("audit", help="verify the audit log's hash chain")
     audit.add_argument("rest", nargs=argparse.REMAINDER, help="verify [PATH|DIR]")
     audit.set_defaults(func=_audit)

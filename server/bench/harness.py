@@ -1,0 +1,155 @@
+"""Start the stack, run every scenario on both paths, write JSON + table + plots."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autoglm.server.bench.loadgen import LoadSpec
+from autoglm.server.bench.report import BenchReport, table, to_json
+from autoglm.server.bench.runner import RunConfig, Scenario, run_all, scenario_loads
+from autoglm.server.bench.stack import BenchStack, EngineModel, StackOptions
+from autoglm.server.bench.workload import LengthDist, token_cycle
+from autoglm.server.models import ModelSpec, load_model
+
+SCENARIOS = ("paced", "unpaced", "cpu-model")
+
+
+@dataclass(frozen=True, slots=True)
+class BenchOptions:
+    model_dir: Path  # SmolLM2 HF folder (tokenizer for every scenario, weights for cpu-model)
+    out_dir: Path
+    scenarios: tuple[str, ...] = ("paced", "unpaced")
+    concurrency: tuple[int, ...] = (1, 8, 32, 64, 128)
+    rate: float | None = None
+    cpu_concurrency: tuple[int, ...] = (1, 4)
+    tokens_per_second: float = 40.0
+    prompt_len: LengthDist = field(default_factory=lambda: LengthDist(128, 128))
+    output_len: LengthDist = field(default_factory=lambda: LengthDist(64, 64))
+    cpu_output_len: LengthDist = field(default_factory=lambda: LengthDist(32, 32))
+    warmup_s: float = 3.0
+    duration_s: float | None = 15.0
+    num_requests: int | None = None
+    check_concurrency: int = 64
+    profile_seconds: float = 0.0
+    plots: bool = True
+    seed: int = 0
+    workdir: Path | None = None
+
+    def validate(self) -> None:
+        unknown = set(self.scenarios) - set(SCENARIOS)
+        if unknown or not self.scenarios:
+            raise ValueError(f"scenario: use {', '.join(SCENARIOS)}, got {sorted(unknown)}")
+        if not (self.model_dir / "tokenizer.json").is_file():
+            raise ValueError(f"model_dir: {self.model_dir} holds no tokenizer.json")
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "loadavg_at_start": os.getloadavg(),
+    }
+
+
+def _engine_models(o: BenchOptions) -> dict[str, EngineModel]:
+    return {
+        "paced": EngineModel(f"bench-synthetic-{o.tokens_per_second:g}tps", o.tokens_per_second),
+        "unpaced": EngineModel("bench-synthetic-unpaced", 0.0),
+        "cpu-model": EngineModel("bench-smollm2-cpu", None),
+    }
+
+
+def _config(o: BenchOptions, models: dict[str, EngineModel]) -> RunConfig:
+    base = LoadSpec(
+        concurrency=1,
+        warmup_s=o.warmup_s,
+        duration_s=o.duration_s,
+        num_requests=o.num_requests,
+        seed=o.seed,
+    )
+    scenarios = []
+    for name in o.scenarios:
+        cpu = name == "cpu-model"
+        levels = o.cpu_concurrency if cpu else o.concurrency
+        out_len = o.cpu_output_len if cpu else o.output_len
+        scenarios.append(
+            Scenario(name, models[name], scenario_loads(levels, o.rate, base), out_len)
+        )
+    return RunConfig(
+        scenarios=tuple(scenarios),
+        prompt_len=o.prompt_len,
+        check_concurrency=o.check_concurrency,
+        profile_seconds=o.profile_seconds,
+        profile_dir=o.out_dir / "profiles",
+        seed=o.seed,
+    )
+
+
+def run_bench(o: BenchOptions, log: Callable[[str], None] = print) -> BenchReport:
+    o.validate()
+    models = _engine_models(o)
+    used = tuple(models[s] for s in o.scenarios)
+    with tempfile.TemporaryDirectory(prefix="autoglm-bench-") as tmp:
+        work = o.workdir or Path(tmp)
+        served = {
+            m.name: load_model(
+                ModelSpec(name=m.name, triton_model=m.name, tokenizer_dir=o.model_dir)
+            )
+            for m in used
+        }
+        tok = next(iter(served.values())).encoder.tokenizer
+        cycle = token_cycle(lambda s: tok.encode(s, add_special_tokens=False).ids)
+        report = BenchReport(machine_info(), _options_json(o))
+        report.notes.append(
+            "façade: subprocess `autoglm serve` with mTLS + bearer token + tracing "
+            "(OTLP/gRPC, batch processor) to an in-harness no-op sink; Triton: engine link "
+            "mTLS + restricted-protocol secret, Triton's own tracing off for both paths"
+        )
+        log(f"starting Triton ({', '.join(m.name for m in used)}) and the façade in {work}")
+        stack_opts = StackOptions(work, o.model_dir, used, cycle)
+        with BenchStack(stack_opts) as stack:
+            log(
+                f"façade pid {stack.facade_pid} on {stack.facade_endpoint}; "
+                f"Triton pid {stack.triton.pid if stack.triton else '?'}"
+            )
+            asyncio.run(run_all(stack, served, _config(o, models), report, log))
+            report.notes.append(f"spans received by the sink: {stack.sink.spans}")
+        report.machine["loadavg_at_end"] = os.getloadavg()
+    write_outputs(report, o, log)
+    return report
+
+
+def _options_json(o: BenchOptions) -> dict[str, Any]:
+    d = asdict(o)
+    return json.loads(json.dumps(d, default=str))
+
+
+def write_outputs(report: BenchReport, o: BenchOptions, log: Callable[[str], None]) -> None:
+    o.out_dir.mkdir(parents=True, exist_ok=True)
+    (o.out_dir / "results.json").write_text(json.dumps(to_json(report), indent=2) + "\n")
+    text = table(report)
+    (o.out_dir / "results.txt").write_text(text + "\n")
+    log(text)
+    if o.plots:
+        from autoglm.server.bench.plots import plot
+
+        try:
+            for p in plot(report, o.out_dir):
+                log(f"plot: {p}")
+        except ImportError:
+            log("no plots: matplotlib is missing (pip install -e '.[bench]')")

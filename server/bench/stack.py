@@ -1,0 +1,217 @@
+"""Start what is measured, on free loopback ports: Triton (engine link: mTLS + secret) hosting
+the synthetic engine (and optionally the real CPU model), and the façade as a subprocess
+(`autoglm serve`: mTLS + bearer tokens + tracing to a local OTLP sink), so that its CPU time is
+its own process's. Patterns from tests/integration/conftest.py."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from autoglm.server.bench.facade import facade_credentials
+from autoglm.server.bench.sink import OtlpSink
+from autoglm.server.engine_link import EngineLink, dev_engine_link
+from autoglm.server.limits import PrincipalLimits
+from autoglm.server.pki import DevPki, ensure_dev_pki
+from autoglm.server.tokens import TokenStore
+from autoglm.server.triton_process import TritonOptions, TritonProcess
+from autoglm.triton_models.repository import CpuEngineConfig, render_cpu_model
+from autoglm.triton_models.synthetic import render_synthetic_model
+
+_LISTENING = re.compile(r"listening on port (\d+)")
+_UNLIMITED = 1_000_000  # admission limits far above any benchmark load
+
+
+@dataclass(frozen=True, slots=True)
+class EngineModel:
+    """One Triton model the bench serves; public name = Triton name."""
+
+    name: str
+    tokens_per_second: float | None  # None = the real CPU model (SmolLM2)
+
+
+@dataclass(frozen=True, slots=True)
+class StackOptions:
+    workdir: Path
+    tokenizer_dir: Path  # the SmolLM2 HF folder: tokenizer for both, weights for the real model
+    models: tuple[EngineModel, ...]
+    token_ids: Sequence[int]  # the synthetic engine's id cycle
+    cpu_instances: int = 1
+    cpu_max_concurrency: int = 8
+
+
+class BenchStack:
+    """`with BenchStack(opts) as s:` → s.triton, s.facade_endpoint, s.facade_pid, s.link…"""
+
+    def __init__(self, opts: StackOptions) -> None:
+        self.opts = opts
+        work = opts.workdir
+        work.mkdir(parents=True, exist_ok=True)
+        self.link: EngineLink = dev_engine_link(work / "pki-engine")
+        self.pki: DevPki = ensure_dev_pki(work / "pki")
+        store = TokenStore(work / "tokens.json")
+        limits = PrincipalLimits(_UNLIMITED, _UNLIMITED, _UNLIMITED)
+        self.token, _ = store.create("bench", ["generate", "models:read"], limits=limits)
+        self._store = store
+        self.sink = OtlpSink()
+        self.triton: TritonProcess | None = None
+        self._facade: subprocess.Popen[bytes] | None = None
+        self.facade_port = 0
+        self.facade_log = work / "facade.log"
+
+    # ---- Triton ------------------------------------------------------------------------------
+    def _render(self, repo: Path) -> None:
+        for m in self.opts.models:
+            if m.tokens_per_second is None:
+                render_cpu_model(
+                    repo,
+                    CpuEngineConfig(
+                        model_name=m.name,
+                        hf_model_dir=self.opts.tokenizer_dir,
+                        instance_count=self.opts.cpu_instances,
+                        max_concurrency=self.opts.cpu_max_concurrency,
+                    ),
+                )
+            else:
+                render_synthetic_model(
+                    repo, m.name, m.tokens_per_second, token_ids=self.opts.token_ids
+                )
+
+    def _start_triton(self) -> None:
+        repo = self.opts.workdir / "model_repository"
+        self._render(repo)
+        self.triton = TritonProcess(
+            TritonOptions(
+                model_repository=repo,
+                models=tuple(m.name for m in self.opts.models),
+                exit_timeout_s=5,
+                link=self.link,
+                log_file=self.opts.workdir / "triton.log",
+            )
+        )
+        self.triton.start()
+
+    # ---- façade ------------------------------------------------------------------------------
+    def facade_command(self) -> list[str]:
+        assert self.triton is not None
+        secret = self.opts.workdir / "triton-secret"
+        secret.write_text(self.link.secret)
+        secret.chmod(0o600)
+        cmd = [
+            sys.executable,
+            "-m",
+            "autoglm.server.cli",
+            "--log-format",
+            "json",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--triton",
+            self.triton.grpc_target,
+            "--tls-cert",
+            str(self.pki.server_cert),
+            "--tls-key",
+            str(self.pki.server_key),
+            "--client-ca",
+            str(self.pki.ca_cert),
+            "--token-store",
+            str(self._store.path),
+            "--triton-ca",
+            str(self.link.ca_cert),
+            "--triton-cert",
+            str(self.link.client_cert),
+            "--triton-key",
+            str(self.link.client_key),
+            "--triton-secret-file",
+            str(secret),
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--max-in-flight",
+            str(_UNLIMITED),
+            "--max-streams-per-principal",
+            str(_UNLIMITED),
+            "--requests-per-minute",
+            str(_UNLIMITED),
+            "--grace",
+            "1",
+        ]
+        for m in self.opts.models:
+            cmd += ["--model", f"{m.name}={m.name}:{self.opts.tokenizer_dir}"]
+        return cmd
+
+    def _start_facade(self, timeout_s: float = 60.0) -> None:
+        env = dict(os.environ)
+        # Tracing on, exporting over OTLP/gRPC to the in-harness sink (BatchSpanProcessor).
+        env.update(
+            OTEL_EXPORTER_OTLP_ENDPOINT=self.sink.endpoint,
+            OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
+            OTEL_EXPORTER_OTLP_INSECURE="true",
+            OTEL_SERVICE_NAME="autoglm-facade-bench",
+        )
+        with open(self.facade_log, "wb") as log:
+            self._facade = subprocess.Popen(
+                self.facade_command(), stdout=log, stderr=subprocess.STDOUT, env=env
+            )
+        deadline = time.monotonic() + timeout_s
+        while not self.facade_port:
+            if self._facade.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"façade did not start:\n{self.facade_log.read_text()[-3000:]}")
+            if m := _LISTENING.search(self.facade_log.read_text(errors="replace")):
+                self.facade_port = int(m.group(1))
+            else:
+                time.sleep(0.05)
+        self._wait_serving(deadline)
+
+    def _wait_serving(self, deadline: float) -> None:
+        creds = facade_credentials(self.pki, self.token)
+        with grpc.secure_channel(self.facade_endpoint, creds) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                with contextlib.suppress(grpc.RpcError):
+                    resp = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                    if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                time.sleep(0.1)
+        raise RuntimeError("façade never reported SERVING")
+
+    @property
+    def facade_endpoint(self) -> str:
+        return f"127.0.0.1:{self.facade_port}"
+
+    @property
+    def facade_pid(self) -> int:
+        assert self._facade is not None
+        return self._facade.pid
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def __enter__(self) -> BenchStack:
+        self.sink.__enter__()
+        try:
+            self._start_triton()
+            self._start_facade()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._facade is not None and self._facade.poll() is None:
+            self._facade.terminate()
+            try:
+                self._facade.wait(15)
+            except subprocess.TimeoutExpired:
+                self._facade.kill()
+                self._facade.wait()
+        if self.triton is not None:
+            self.triton.stop()
+        self.sink.__exit__()

@@ -1,0 +1,61 @@
+"""The issue's targets as pure checks of one run's figures against the same run's baseline.
+
+Paced like a GPU (the synthetic engine at e.g. 40 tokens/s per stream, 64 streams):
+  façade tokens/s >= 0.99 × direct, added p50 TTFT <= 1 ms, added p99 ITL <= 2 ms.
+Unpaced: façade CPU per relayed token <= the bare direct consumer's CPU per token.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from autoglm.server.bench.stats import Summary
+
+THROUGHPUT_RATIO_MIN = 0.99
+ADDED_TTFT_P50_MAX_MS = 1.0
+ADDED_ITL_P99_MAX_MS = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    measured: float
+    limit: float
+    unit: str
+    passed: bool
+
+    def line(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL"
+        return f"[{verdict}] {self.name}: {self.measured:.3f} {self.unit} (target {self.limit:g})"
+
+
+def _at_most(name: str, measured: float, limit: float, unit: str) -> Check:
+    return Check(name, measured, limit, unit, not math.isnan(measured) and measured <= limit)
+
+
+def paced_checks(direct: Summary, facade: Summary) -> list[Check]:
+    ratio = facade.tokens_per_s / direct.tokens_per_s if direct.tokens_per_s else math.nan
+    return [
+        Check(
+            "façade/direct tokens/s",
+            ratio,
+            THROUGHPUT_RATIO_MIN,
+            "×",
+            not math.isnan(ratio) and ratio >= THROUGHPUT_RATIO_MIN,
+        ),
+        _at_most(
+            "added p50 TTFT", facade.ttft_ms.p50 - direct.ttft_ms.p50, ADDED_TTFT_P50_MAX_MS, "ms"
+        ),
+        _at_most(
+            "added p99 ITL", facade.itl_ms.p99 - direct.itl_ms.p99, ADDED_ITL_P99_MAX_MS, "ms"
+        ),
+    ]
+
+
+def unpaced_checks(direct: Summary, facade: Summary) -> list[Check]:
+    """CPU per token: the façade process vs the bare consumer (the load generator process)."""
+    facade_cpu = facade.cpu_us_per_token("facade")
+    direct_cpu = direct.cpu_us_per_token("loadgen")
+    ratio = facade_cpu / direct_cpu if direct_cpu else math.nan
+    return [_at_most("façade CPU/token ÷ direct consumer CPU/token", ratio, 1.0, "×")]

@@ -1,0 +1,58 @@
+"""Targets (pass/fail against the same run's baseline) and the report's JSON/table."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from autoglm.server.bench.report import BenchReport, RunResult, table, to_json
+from autoglm.server.bench.stats import Dist, Summary
+from autoglm.server.bench.targets import paced_checks, unpaced_checks
+
+
+def _summary(tokens: int, ttft: float, itl: float, cpu: dict[str, float]) -> Summary:
+    return Summary(
+        requests=10,
+        ok=10,
+        errors={},
+        output_tokens=tokens,
+        duration_s=10.0,
+        ttft_ms=Dist(ttft, ttft, ttft, ttft, 10),
+        itl_ms=Dist(itl, itl, itl, itl, 100),
+        e2e_ms=Dist(1000, 1000, 1000, 1000, 10),
+        cpu=cpu,
+    )
+
+
+def test_paced_checks() -> None:
+    direct = _summary(10_000, 30.0, 26.0, {})
+    ok = paced_checks(direct, _summary(9_950, 30.8, 27.5, {}))
+    assert [c.passed for c in ok] == [True, True, True]
+    bad = paced_checks(direct, _summary(9_800, 32.0, 29.0, {}))
+    assert [c.passed for c in bad] == [False, False, False]
+    assert "FAIL" in bad[0].line()
+
+
+def test_unpaced_check_compares_facade_with_the_direct_consumer() -> None:
+    direct = _summary(1000, 1, 1, {"loadgen": 0.1, "facade": 0.0})
+    assert unpaced_checks(direct, _summary(1000, 1, 1, {"facade": 0.1}))[0].passed
+    assert not unpaced_checks(direct, _summary(1000, 1, 1, {"facade": 0.3}))[0].passed
+    # no measurement is never a pass
+    assert not unpaced_checks(direct, _summary(0, 1, 1, {}))[0].passed
+
+
+def test_report_json_and_table() -> None:
+    report = BenchReport({"nproc": 2}, {"x": 1})
+    d = RunResult("paced", "m", "c=64", "direct", _summary(100, 30, 25, {"loadgen": 0.01}), 0.1)
+    f = RunResult("paced", "m", "c=64", "facade", _summary(99, 31, 26, {"facade": 0.02}), 0.2)
+    report.runs += [d, f]
+    report.checks["paced c=64"] = paced_checks(d.summary, f.summary)
+    data = to_json(report)
+    json.dumps(data, allow_nan=False)  # every NaN became null
+    assert data["comparisons"][0]["tokens_per_s_ratio"] == 0.99
+    assert data["comparisons"][0]["cpu_per_token_ratio"] == pytest.approx(200 / 99)
+    assert data["runs"][0]["summary"]["cpu_us_per_token"] == {"loadgen": 100.0}
+    assert data["checks"]["paced c=64"][0]["passed"] is True
+    out = table(report)
+    assert "façade vs direct" in out and "paced c=64" in out and "×0.990" in out

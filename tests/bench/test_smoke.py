@@ -1,0 +1,52 @@
+"""Smoke run of `autoglm bench`: real Triton (synthetic engine) + the façade subprocess, a few
+seconds at concurrency 2 on both paths. Asserts sane, non-empty results — never timings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from autoglm.server.bench.harness import BenchOptions, run_bench
+from autoglm.server.bench.workload import LengthDist
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_smoke(model_dir: Path, tmp_path: Path) -> None:
+    opts = BenchOptions(
+        model_dir=model_dir,
+        out_dir=tmp_path / "out",
+        scenarios=("paced", "unpaced"),
+        concurrency=(2,),
+        tokens_per_second=200.0,
+        prompt_len=LengthDist(16, 32),
+        output_len=LengthDist(8, 16),
+        warmup_s=0.5,
+        duration_s=2.0,
+        check_concurrency=2,
+        plots=False,
+    )
+    report = run_bench(opts, log=lambda _: None)
+
+    assert {(r.scenario, r.path) for r in report.runs} == {
+        (s, p) for s in ("paced", "unpaced") for p in ("direct", "facade")
+    }
+    for r in report.runs:
+        s = r.summary
+        assert s.errors == {}, (r.scenario, r.path, s.errors)
+        assert s.ok > 0 and s.output_tokens > 0
+        assert s.tokens_per_s > 0 and s.requests_per_s > 0
+        for d in (s.ttft_ms, s.itl_ms, s.e2e_ms):
+            assert d.count > 0
+            assert 0 <= d.p50 <= d.p90 <= d.p99
+        assert s.ttft_ms.p50 <= s.e2e_ms.p50
+        assert s.cpu["triton"] > 0 and s.cpu["loadgen"] > 0
+        if r.path == "facade":
+            assert s.cpu["facade"] > 0
+    assert len(report.pairs()) == 2
+    assert set(report.checks) == {"paced c=2", "unpaced c=2"}
+    data = json.loads((opts.out_dir / "results.json").read_text())
+    assert len(data["runs"]) == 4 and len(data["comparisons"]) == 2
+    assert "façade vs direct" in (opts.out_dir / "results.txt").read_text()

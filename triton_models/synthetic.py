@@ -1,0 +1,97 @@
+"""The SYNTHETIC engine (a benchmark tool, not a model): render it, and its pure logic.
+
+`autoglm bench` serves this model to measure the serving path (Triton ↔ façade ↔ client)
+without model compute dominating. It implements the engine tensor contract (contract.py) and
+streams a fixed cycle of real vocabulary ids, so the façade's detokenizer does real work, at a
+fixed per-stream pace like one sequence of a GPU batch (`tokens_per_second`, 0 = unpaced).
+The Triton adapter is templates/synthetic/1/model.py; the logic below is tested without Triton.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tritonclient.grpc import model_config_pb2
+
+from autoglm.triton_models.render import TEMPLATES, check_model_name, render_config
+
+
+def parse_token_ids(text: str) -> tuple[int, ...]:
+    """The `token_ids` parameter ("12,345,6") as ids; ValueError when empty or negative."""
+    ids = tuple(int(t) for t in text.split(",") if t.strip())
+    if not ids or any(t < 0 for t in ids):
+        raise ValueError(f"token_ids: need non-negative ids, got {text!r}")
+    return ids
+
+
+def synthetic_ids(cycle: Sequence[int], count: int, end_id: int | None) -> Iterator[int]:
+    """`count` ids taken round-robin from `cycle`, skipping `end_id` (which would stop early)."""
+    usable = [t for t in cycle if t != end_id]
+    if not usable:
+        raise ValueError("token_ids: every id equals end_id")
+    for i in range(count):
+        yield usable[i % len(usable)]
+
+
+@dataclass(frozen=True, slots=True)
+class Pacer:
+    """Token i of a stream is due at start + (i + 1) / tokens_per_second (absolute, no drift)."""
+
+    tokens_per_second: float
+    start: float
+
+    def delay(self, index: int, now: float) -> float:
+        """Seconds to wait before emitting token `index` (0 when unpaced or late)."""
+        if self.tokens_per_second <= 0:
+            return 0.0
+        return max(0.0, self.start + (index + 1) / self.tokens_per_second - now)
+
+
+def render_synthetic_model(
+    repo: Path,
+    name: str,
+    tokens_per_second: float,
+    instance_count: int = 1,
+    *,
+    token_ids: Sequence[int],
+    max_concurrency: int = 256,
+    max_batch_size: int = 8,
+    version: int = 1,
+) -> model_config_pb2.ModelConfig:
+    """Write `<repo>/<name>/` for the synthetic engine; returns the parsed config."""
+    check_model_name(name)
+    if tokens_per_second < 0:
+        raise ValueError(f"tokens_per_second: must be >= 0, got {tokens_per_second}")
+    for field, value in (
+        ("instance_count", instance_count),
+        ("max_concurrency", max_concurrency),
+        ("max_batch_size", max_batch_size),
+        ("version", version),
+    ):
+        if value < 1:
+            raise ValueError(f"{field}: must be >= 1, got {value}")
+    ids = ",".join(str(int(t)) for t in token_ids)
+    parse_token_ids(ids)  # same check as the model's, before Triton sees it
+    src = TEMPLATES / "synthetic"
+    text, parsed = render_config(
+        src / "config.pbtxt",
+        {
+            "model_name": name,
+            "max_batch_size": max_batch_size,
+            "instance_count": instance_count,
+            "tokens_per_second": tokens_per_second,
+            "token_ids": ids,
+            "max_concurrency": max_concurrency,
+        },
+    )
+    model_root = repo / name
+    version_dir = model_root / str(version)
+    version_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src / "1" / "model.py", version_dir / "model.py")
+    tmp = model_root / "config.pbtxt.tmp"
+    tmp.write_text(text)
+    tmp.replace(model_root / "config.pbtxt")
+    return parsed
