@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
 from dataclasses import dataclass
 
 import grpc
@@ -84,11 +85,12 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
         ids: list[int] = []
         last = pipeline.Delta("")
         rid = ""
-        async for request_id, delta in self._generate(request, context, "Generate"):
-            rid = request_id
-            text.append(delta.text)
-            ids.extend(delta.token_ids)
-            last = delta
+        async with aclosing(self._generate(request, context, "Generate")) as deltas:
+            async for request_id, delta in deltas:
+                rid = request_id
+                text.append(delta.text)
+                ids.extend(delta.token_ids)
+                last = delta
         return pb.GenerateResponse(
             request_id=rid,
             model=request.model,
@@ -103,15 +105,19 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
     async def GenerateStream(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
-        async for rid, delta in self._generate(request, context, "GenerateStream"):
-            msg = pb.GenerateResponse(
-                request_id=rid, model=request.model, text=delta.text, token_ids=delta.token_ids
-            )
-            if delta.finish_reason:
-                msg.finish_reason = delta.finish_reason
-                msg.usage.prompt_tokens = delta.prompt_tokens
-                msg.usage.completion_tokens = delta.completion_tokens
-            yield msg
+        # aclosing: when the caller goes away while this generator waits in `yield`, the inner
+        # one is closed at once (engine request cancelled, limits released, audit written),
+        # not whenever the garbage collector gets to it.
+        async with aclosing(self._generate(request, context, "GenerateStream")) as deltas:
+            async for rid, delta in deltas:
+                msg = pb.GenerateResponse(
+                    request_id=rid, model=request.model, text=delta.text, token_ids=delta.token_ids
+                )
+                if delta.finish_reason:
+                    msg.finish_reason = delta.finish_reason
+                    msg.usage.prompt_tokens = delta.prompt_tokens
+                    msg.usage.completion_tokens = delta.completion_tokens
+                yield msg
 
     async def _generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext, rpc: str
@@ -146,19 +152,21 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
                 top_p=plan.sampling.top_p,
             ) as span:
                 first = True
-                async for delta in pipeline.generate(
+                generation = pipeline.generate(
                     plan, model, self.engine, timeout=context.time_remaining()
-                ):
-                    if delta.token_ids:
-                        if first:
-                            obs.first_token()
-                            tracing.first_token(span)
-                            first = False
-                        obs.tokens(len(delta.token_ids))
-                    if completion is not None:
-                        completion.append(delta.text)
-                    out.last = delta
-                    yield plan.request_id, delta
+                )
+                async with aclosing(generation) as deltas:
+                    async for delta in deltas:
+                        if delta.token_ids:
+                            if first:
+                                obs.first_token()
+                                tracing.first_token(span)
+                                first = False
+                            obs.tokens(len(delta.token_ids))
+                        if completion is not None:
+                            completion.append(delta.text)
+                        out.last = delta
+                        yield plan.request_id, delta
                 last = out.last
                 if last is not None:
                     tracing.set_usage(
