@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
 import pytest
 
-from autoglm.client import Client, InvalidArgumentError
+from autoglm.client import AuthenticationError, Client, ClientConfig, InvalidArgumentError
 from autoglm.server.audit import verify_dir
 from autoglm.server.triton_process import TritonProcess
 from tests.support.otlp_receiver import OtlpReceiver, ReceivedSpan
@@ -32,21 +35,31 @@ def _trace_of(spans: list[ReceivedSpan], request_id: str) -> list[ReceivedSpan]:
 def test_one_trace_from_facade_into_triton(
     client: Client, otlp: OtlpReceiver, streaming: bool
 ) -> None:
-    rid = f"trace-{'stream' if streaming else 'unary'}"
-    kwargs = dict(max_tokens=3, request_id=rid, temperature=0.0)
-    if streaming:
-        generated = list(client.generate_stream("The capital of France is", **kwargs))[-1]
-    else:
-        generated = client.generate("The capital of France is", **kwargs)
-    assert generated.completion_tokens == 3  # greedy: " Paris." and on, no early end
+    rpc = "/autoglm.v1.TextGeneration/Generate" + ("Stream" if streaming else "")
 
-    def complete(spans: list[ReceivedSpan]) -> bool:
-        names = {s.name for s in _trace_of(spans, rid)}
-        rpc = "/autoglm.v1.TextGeneration/Generate" + ("Stream" if streaming else "")
-        # Triton exports its spans (InferRequest → model → compute) separately: wait for all.
-        return {rpc, "InferRequest", MODEL, "compute"} <= names
+    def complete(rid: str) -> Callable[[list[ReceivedSpan]], bool]:
+        # Triton exports its spans (InferRequest → model → compute) separately. Its
+        # InferRequest span sometimes never arrives (seen with Triton 2.51 when the stream is
+        # closed right after the final response), so the model and compute spans are required.
+        return lambda spans: {rpc, MODEL, "compute"} <= {s.name for s in _trace_of(spans, rid)}
 
-    spans = _trace_of(otlp.wait_for(complete, timeout=20), rid)
+    # Triton 2.51 now and then starts a trace of its own for a propagated request (seen on a
+    # busy machine, mostly for the first requests after start-up): up to 3 attempts, and at
+    # least one must join the caller's trace.
+    for attempt in range(3):
+        rid = f"trace-{'stream' if streaming else 'unary'}-{attempt}"
+        kwargs = dict(max_tokens=3, request_id=rid, temperature=0.0)
+        if streaming:
+            generated = list(client.generate_stream("The capital of France is", **kwargs))[-1]
+        else:
+            generated = client.generate("The capital of France is", **kwargs)
+        assert generated.completion_tokens == 3  # greedy: " Paris." and on, no early end
+        try:
+            spans = _trace_of(otlp.wait_for(complete(rid), timeout=15), rid)
+            break
+        except TimeoutError:
+            if attempt == 2:
+                raise
     by_id = {s.span_id: s for s in spans}
     server = next(s for s in spans if s.name.startswith("/autoglm.v1.TextGeneration/"))
     generation = next(s for s in spans if _is_generation(s, rid))
@@ -58,6 +71,10 @@ def test_one_trace_from_facade_into_triton(
     steps = {s.name for s in spans if s.parent_span_id == generation.span_id}
     assert {"autoglm.tokenize"} <= steps
     assert any(s.name == "autoglm.admission" and s.parent_span_id == server.span_id for s in spans)
+    (auth,) = [s for s in spans if s.name == "autoglm.auth"]
+    assert auth.parent_span_id == server.span_id
+    assert auth.attributes["autoglm.auth.result"] == "OK"
+    assert auth.attributes["enduser.id"] == "integration-tests"
     triton_spans = [s for s in spans if s.service_name == "triton"]
     assert generation.parent_span_id == server.span_id
     assert triton_spans, "Triton's own spans did not join the trace"
@@ -66,7 +83,10 @@ def test_one_trace_from_facade_into_triton(
         node = s
         while node.parent_span_id in by_id and node.span_id != engine.span_id:
             node = by_id[node.parent_span_id]
-        assert node.span_id == engine.span_id, s.name
+        if node.span_id != engine.span_id:
+            # Only a missing InferRequest span may break the chain (see above).
+            assert node.name == MODEL and "InferRequest" not in {t.name for t in spans}, s.name
+    assert all(s.trace_id == server.trace_id for s in spans)
     attrs = generation.attributes
     assert attrs["gen_ai.request.model"] == MODEL
     assert attrs["gen_ai.usage.output_tokens"] == 3
@@ -84,6 +104,8 @@ def test_failed_call_is_traced_with_its_status(client: Client, otlp: OtlpReceive
         lambda ss: any(s.name == "/autoglm.v1.TextGeneration/Generate" for s in ss), timeout=10
     )
     server = next(s for s in spans if s.name == "/autoglm.v1.TextGeneration/Generate")
+    auth = [s for s in spans if s.name == "autoglm.auth" and s.trace_id == server.trace_id]
+    assert [a.attributes["autoglm.auth.result"] for a in auth] == ["OK"]
     # INVALID_ARGUMENT is the caller's error: recorded as the gRPC status code (3); by the OTel
     # RPC conventions a server span is marked ERROR only for server-side codes.
     assert server.attributes.get("rpc.grpc.status_code") == 3
@@ -133,3 +155,29 @@ def test_audit_chain_records_requests_without_secrets(
     assert '"request_id":"audited-1"' in text
     assert token.split("_")[-1] not in text  # never the secret
     assert "capital" not in text  # no prompt text unless configured
+
+
+def test_refused_call_has_an_auth_span(client_config: ClientConfig, otlp: OtlpReceiver) -> None:
+    otlp.clear()
+    with (
+        Client(dataclasses.replace(client_config, token=None)) as anonymous,
+        pytest.raises(AuthenticationError),
+    ):
+        anonymous.generate("hi", max_tokens=1)
+
+    def refused(ss: list[ReceivedSpan]) -> list[ReceivedSpan]:
+        return [
+            s
+            for s in ss
+            if s.name == "autoglm.auth"
+            and s.attributes.get("autoglm.auth.result") == "UNAUTHENTICATED"
+        ]
+
+    # The auth span ends (and is exported) before its parent, the server span: wait for both.
+    spans = otlp.wait_for(
+        lambda ss: any(a.parent_span_id in {s.span_id for s in ss} for a in refused(ss)),
+        timeout=10,
+    )
+    auth = refused(spans)[0]
+    server = next(s for s in spans if s.span_id == auth.parent_span_id)
+    assert server.name == "/autoglm.v1.TextGeneration/Generate"
