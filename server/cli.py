@@ -125,7 +125,7 @@ def _model_prepare(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from autoglm.server.audit import audit_cli
+    from autoglm.server.audit_verify import audit_cli
 
     return audit_cli(args.rest)
 

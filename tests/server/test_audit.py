@@ -20,13 +20,11 @@ from autoglm.server.audit import (
     AuditError,
     AuditRecord,
     AuditWriter,
-    audit_cli,
     principal_fields,
     record_hash,
     rotated_files,
-    verify,
-    verify_dir,
 )
+from autoglm.server.audit_verify import audit_cli, verify, verify_dir
 from autoglm.server.auth import Principal
 from autoglm.server.tokens import TokenStore
 
