@@ -8,7 +8,9 @@
             print(delta.text, end="", flush=True)
 
 `AsyncClient` offers the same methods for asyncio. Errors are `AutoGLMError` subclasses, one
-per status code of the contract; results are plain frozen dataclasses.
+per status code of the contract; results are plain frozen dataclasses. Calls are retried after
+UNAVAILABLE (3 attempts by default, never once a stream has delivered a message, never past the
+call's timeout); `ClientConfig(retry=RetryPolicy(...))` tunes that (see `RetryPolicy`).
 """
 
 from autoglm.client._async_client import AsyncClient
@@ -29,6 +31,7 @@ from autoglm.client._exceptions import (
     map_exceptions,
 )
 from autoglm.client._requests import MessageLike
+from autoglm.client._retry import RetryPolicy
 from autoglm.client._types import Completion, Delta, ModelInfo, TokenCount
 from autoglm.client._version import __version__
 
@@ -50,6 +53,7 @@ __all__ = [
     "NotFoundError",
     "PermissionDeniedError",
     "ResourceExhaustedError",
+    "RetryPolicy",
     "TokenCount",
     "UnavailableError",
     "__version__",

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import grpc.aio
 
 from autoglm.client._channel import call_metadata, create_aio_channel
 from autoglm.client._config import ClientConfig
-from autoglm.client._exceptions import map_exceptions
+from autoglm.client._exceptions import AutoGLMError, map_exceptions
 from autoglm.client._requests import (
     MessageLike,
     Sampling,
@@ -21,9 +22,11 @@ from autoglm.client._requests import (
     completion_from_response,
     delta_from_response,
     model_info_from_proto,
+    new_request_id,
     only_model,
     token_count_from_response,
 )
+from autoglm.client._retry import Attempts
 from autoglm.client._tracing import RpcSpan, operation_for, trace_id_from
 from autoglm.client._types import Completion, Delta, ModelInfo, TokenCount
 from autoglm.v1 import text_generation_pb2 as pb
@@ -31,10 +34,13 @@ from autoglm.v1 import text_generation_pb2_grpc as pb_grpc
 
 __all__ = ["AsyncClient"]
 
+T = TypeVar("T")
+
 
 class AsyncClient:
     """Asyncio client of `autoglm.v1.TextGeneration`; create it inside the running event loop
-    and use `async with` (or `await close()`). Model and deadline rules are those of `Client`.
+    and use `async with` (or `await close()`). Model, deadline, retry and request-id rules are
+    those of `Client`.
 
     Cancelling the task awaiting a call cancels the RPC (grpc.aio does this), and with it the
     engine request on the server. `timeout` arguments stay (rather than asking callers for
@@ -113,17 +119,17 @@ class AsyncClient:
                 stop=stop,
                 repetition_penalty=repetition_penalty,
             ),
-            request_id=request_id,
+            request_id=request_id or new_request_id(),
         )
         request.model = await self._model(model)
         operation = operation_for(request.messages)
+
+        async def attempt(attempt_timeout: float | None) -> tuple[pb.GenerateResponse, Any]:
+            call = self._stub.Generate(request, timeout=attempt_timeout, metadata=rpc.metadata)
+            return await call, await call.trailing_metadata()
+
         with RpcSpan("Generate", self._metadata, model=request.model, operation=operation) as rpc:
-            with map_exceptions():
-                call = self._stub.Generate(
-                    request, timeout=self._deadline(timeout), metadata=rpc.metadata
-                )
-                response = await call
-                trailing = await call.trailing_metadata()
+            response, trailing = await self._retrying(rpc, self._deadline(timeout), attempt)
             completion = completion_from_response(response, trace_id=trace_id_from(trailing))
             rpc.succeeded(
                 response_id=completion.request_id,
@@ -167,9 +173,52 @@ class AsyncClient:
                 stop=stop,
                 repetition_penalty=repetition_penalty,
             ),
-            request_id=request_id,
+            request_id=request_id or new_request_id(),
         )
         return self._stream(request, model, self._deadline(timeout))
+
+    async def _retrying(
+        self,
+        rpc: RpcSpan,
+        timeout: float | None,
+        attempt: Callable[[float | None], Awaitable[T]],
+    ) -> T:
+        """`await attempt(its timeout)`, repeated as the retry policy allows; errors mapped.
+        Cancelling the task (also while it waits to retry) raises CancelledError: no retry."""
+        attempts = Attempts(self._config.retry, timeout)
+        while True:
+            try:
+                with map_exceptions():
+                    return await attempt(attempts.attempt_timeout())
+            except AutoGLMError as exc:
+                number = attempts.number
+                delay = attempts.next_delay(exc)
+                rpc.attempt_failed(
+                    exc, attempt=number, of=attempts.policy.max_attempts, delay=delay
+                )
+                if delay is None:
+                    raise
+            await asyncio.sleep(delay)
+
+    async def _open_stream(
+        self, request: pb.GenerateRequest, timeout: float | None, rpc: RpcSpan
+    ) -> tuple[Any, pb.GenerateResponse | None]:
+        """A started GenerateStream call and its first message (None: it ended without any).
+
+        Retrying is safe only here, before any message has been received."""
+
+        async def attempt(attempt_timeout: float | None) -> tuple[Any, pb.GenerateResponse | None]:
+            call = self._stub.GenerateStream(
+                request, timeout=attempt_timeout, metadata=rpc.metadata
+            )
+            try:
+                response = await call.read()
+            except BaseException:
+                call.cancel()  # no-op for a failed call; stops it when the task is cancelled
+                raise
+            return call, None if response is grpc.aio.EOF else response
+
+        return await self._retrying(rpc, timeout, attempt)
 
     async def _stream(
         self, request: pb.GenerateRequest, model: str | None, deadline: float | None
@@ -179,23 +228,22 @@ class AsyncClient:
         with RpcSpan(
             "GenerateStream", self._metadata, model=request.model, operation=operation
         ) as rpc:
-            call = self._stub.GenerateStream(request, timeout=deadline, metadata=rpc.metadata)
+            call, first = await self._open_stream(request, deadline, rpc)
             try:
                 # As in Client._stream: the last delta waits for the trailers (x-trace-id) and
-                # the span ends before the consumer sees it.
+                # the span ends before the consumer sees it. A message has been received by
+                # now: errors are raised, never retried.
                 last: Delta | None = None
-                while True:
-                    with map_exceptions():
-                        response = await call.read()
-                    if response is grpc.aio.EOF:
-                        break
+                response = first
+                while response is not None:
                     delta = delta_from_response(response)
                     if delta.finish_reason is None and last is None:
                         yield delta  # every token but the last: no extra work
-                        continue
-                    if last is not None:
-                        yield last
-                    last = delta
+                    else:
+                        if last is not None:
+                            yield last
+                        last = delta
+                    response = await _next(call)
                 if last is not None:
                     with map_exceptions():
                         trailing = await call.trailing_metadata()
@@ -220,9 +268,13 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> list[ModelInfo]:
         """The models this server can generate with."""
-        with RpcSpan("ListModels", self._metadata) as rpc, map_exceptions():
-            response = await self._stub.ListModels(
-                pb.ListModelsRequest(), timeout=self._deadline(timeout), metadata=rpc.metadata
+        with RpcSpan("ListModels", self._metadata) as rpc:
+            response = await self._retrying(
+                rpc,
+                self._deadline(timeout),
+                lambda t: self._stub.ListModels(
+                    pb.ListModelsRequest(), timeout=t, metadata=rpc.metadata
+                ),
             )
             rpc.succeeded()
         return [model_info_from_proto(m) for m in response.models]
@@ -238,9 +290,18 @@ class AsyncClient:
         """The prompt tokens a request would use, with the model's tokenizer and chat template."""
         request = build_count_tokens_request(prompt, messages=messages)
         request.model = await self._model(model)
-        with RpcSpan("CountTokens", self._metadata, model=request.model) as rpc, map_exceptions():
-            response = await self._stub.CountTokens(
-                request, timeout=self._deadline(timeout), metadata=rpc.metadata
+        with RpcSpan("CountTokens", self._metadata, model=request.model) as rpc:
+            response = await self._retrying(
+                rpc,
+                self._deadline(timeout),
+                lambda t: self._stub.CountTokens(request, timeout=t, metadata=rpc.metadata),
             )
             rpc.succeeded(input_tokens=response.prompt_tokens)
         return token_count_from_response(response)
+
+
+async def _next(call: Any) -> pb.GenerateResponse | None:
+    """The stream's next message, None at its end; errors mapped (and never retried)."""
+    with map_exceptions():
+        response = await call.read()
+    return None if response is grpc.aio.EOF else response

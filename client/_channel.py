@@ -77,8 +77,20 @@ def channel_credentials(config: ClientConfig) -> grpc.ChannelCredentials:
     return grpc.composite_channel_credentials(ssl, grpc.access_token_call_credentials(config.token))
 
 
-def channel_options(config: ClientConfig) -> list[tuple[str, str]]:
-    options = [("grpc.primary_user_agent", f"autoglm-client/{__version__}")]
+def channel_options(config: ClientConfig) -> list[tuple[str, str | int]]:
+    options: list[tuple[str, str | int]] = [
+        ("grpc.primary_user_agent", f"autoglm-client/{__version__}")
+    ]
+    if config.retry.max_attempts > 1:
+        # A channel that failed to connect fails every call at once until its next connection
+        # attempt, which gRPC makes after 1 s, then 1.6 s, ... up to 120 s
+        # (grpc/doc/connection-backoff.md). Retries on the client's shorter schedule would all
+        # land in that window, so the reconnection backoff follows the retry policy's bounds.
+        retry = config.retry
+        options += [
+            ("grpc.initial_reconnect_backoff_ms", max(1, round(retry.initial_backoff * 1e3))),
+            ("grpc.max_reconnect_backoff_ms", max(1, round(retry.max_backoff * 1e3))),
+        ]
     if config.server_name and not config.insecure:
         options.append(("grpc.ssl_target_name_override", config.server_name))
     return options

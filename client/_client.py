@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
+
+import grpc
 
 from autoglm.client._channel import call_metadata, create_channel
 from autoglm.client._config import ClientConfig
-from autoglm.client._exceptions import map_exceptions
+from autoglm.client._exceptions import AutoGLMError, map_exceptions
 from autoglm.client._requests import (
     MessageLike,
     Sampling,
@@ -19,15 +22,19 @@ from autoglm.client._requests import (
     completion_from_response,
     delta_from_response,
     model_info_from_proto,
+    new_request_id,
     only_model,
     token_count_from_response,
 )
+from autoglm.client._retry import Attempts
 from autoglm.client._tracing import RpcSpan, operation_for, trace_id_from
 from autoglm.client._types import Completion, Delta, ModelInfo, TokenCount
 from autoglm.v1 import text_generation_pb2 as pb
 from autoglm.v1 import text_generation_pb2_grpc as pb_grpc
 
 __all__ = ["Client"]
+
+T = TypeVar("T")
 
 
 class Client:
@@ -36,6 +43,10 @@ class Client:
     The model of a call is its `model` argument, else `config.model`, else the server's only
     model (looked up once with ListModels and remembered); with several models and none chosen,
     calls raise `ConfigError`. Every call's deadline is its `timeout`, else `config.timeout`.
+
+    Calls are retried after UNAVAILABLE as `config.retry` says (see `RetryPolicy`), within that
+    deadline; a stream only until its first message arrives. Generate calls without a
+    `request_id` get one made up by the client, the same for every attempt.
     """
 
     def __init__(self, config: ClientConfig) -> None:
@@ -109,22 +120,25 @@ class Client:
                 stop=stop,
                 repetition_penalty=repetition_penalty,
             ),
-            request_id=request_id,
+            request_id=request_id or new_request_id(),
         )
         request.model = self._model(model)
         operation = operation_for(request.messages)
+
+        def attempt(attempt_timeout: float | None) -> tuple[pb.GenerateResponse, grpc.Future]:
+            # A future rather than the blocking call, so that an interrupt (Ctrl-C) while
+            # waiting cancels the RPC, and with it the engine request, instead of orphaning it.
+            future = self._stub.Generate.future(
+                request, timeout=attempt_timeout, metadata=rpc.metadata
+            )
+            try:
+                return future.result(), future
+            except BaseException:
+                future.cancel()
+                raise
+
         with RpcSpan("Generate", self._metadata, model=request.model, operation=operation) as rpc:
-            with map_exceptions():
-                # A future rather than the blocking call, so that an interrupt (Ctrl-C) while
-                # waiting cancels the RPC, and with it the engine request, instead of orphaning it.
-                future = self._stub.Generate.future(
-                    request, timeout=self._deadline(timeout), metadata=rpc.metadata
-                )
-                try:
-                    response = future.result()
-                except BaseException:
-                    future.cancel()
-                    raise
+            response, future = self._retrying(rpc, self._deadline(timeout), attempt)
             completion = completion_from_response(
                 response, trace_id=trace_id_from(future.trailing_metadata())
             )
@@ -170,34 +184,71 @@ class Client:
                 stop=stop,
                 repetition_penalty=repetition_penalty,
             ),
-            request_id=request_id,
+            request_id=request_id or new_request_id(),
         )
         request.model = self._model(model)
         return self._stream(request, self._deadline(timeout))
+
+    def _retrying(
+        self, rpc: RpcSpan, timeout: float | None, attempt: Callable[[float | None], T]
+    ) -> T:
+        """`attempt(its timeout)`, repeated as the retry policy allows; errors mapped."""
+        attempts = Attempts(self._config.retry, timeout)
+        while True:
+            try:
+                with map_exceptions():
+                    return attempt(attempts.attempt_timeout())
+            except AutoGLMError as exc:
+                number = attempts.number
+                delay = attempts.next_delay(exc)
+                rpc.attempt_failed(
+                    exc, attempt=number, of=attempts.policy.max_attempts, delay=delay
+                )
+                if delay is None:
+                    raise
+            time.sleep(delay)
+
+    def _open_stream(
+        self, request: pb.GenerateRequest, timeout: float | None, rpc: RpcSpan
+    ) -> tuple[Any, pb.GenerateResponse | None]:
+        """A started GenerateStream call and its first message (None: it ended without any).
+
+        Retrying is safe only here, before any message has been received."""
+
+        def attempt(attempt_timeout: float | None) -> tuple[Any, pb.GenerateResponse | None]:
+            call = self._stub.GenerateStream(
+                request, timeout=attempt_timeout, metadata=rpc.metadata
+            )
+            try:
+                return call, next(call, None)
+            except BaseException:
+                call.cancel()  # no-op for a failed call; stops it on an interrupt
+                raise
+
+        return self._retrying(rpc, timeout, attempt)
 
     def _stream(self, request: pb.GenerateRequest, timeout: float | None) -> Iterator[Delta]:
         operation = operation_for(request.messages)
         with RpcSpan(
             "GenerateStream", self._metadata, model=request.model, operation=operation
         ) as rpc:
-            call = self._stub.GenerateStream(request, timeout=timeout, metadata=rpc.metadata)
+            call, first = self._open_stream(request, timeout, rpc)
             try:
                 # The last delta (the one with finish_reason) is held back until the stream
                 # ends, so that it can carry the `x-trace-id` trailer and the span is ended
                 # before the consumer sees it: a consumer that stops there leaks no span.
+                # From here on a message has been received: errors are raised, never retried.
                 last: Delta | None = None
-                while True:
-                    with map_exceptions():
-                        response = next(call, None)
-                    if response is None:
-                        break
+                response = first
+                while response is not None:
                     delta = delta_from_response(response)
                     if delta.finish_reason is None and last is None:
                         yield delta  # every token but the last: no extra work
-                        continue
-                    if last is not None:
-                        yield last
-                    last = delta
+                    else:
+                        if last is not None:
+                            yield last
+                        last = delta
+                    response = _next(call)
                 if last is not None:
                     last = replace(last, trace_id=trace_id_from(call.trailing_metadata()))
                     rpc.succeeded(
@@ -216,9 +267,13 @@ class Client:
 
     def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The models this server can generate with."""
-        with RpcSpan("ListModels", self._metadata) as rpc, map_exceptions():
-            response = self._stub.ListModels(
-                pb.ListModelsRequest(), timeout=self._deadline(timeout), metadata=rpc.metadata
+        with RpcSpan("ListModels", self._metadata) as rpc:
+            response = self._retrying(
+                rpc,
+                self._deadline(timeout),
+                lambda t: self._stub.ListModels(
+                    pb.ListModelsRequest(), timeout=t, metadata=rpc.metadata
+                ),
             )
             rpc.succeeded()
         return [model_info_from_proto(m) for m in response.models]
@@ -234,9 +289,17 @@ class Client:
         """The prompt tokens a request would use, with the model's tokenizer and chat template."""
         request = build_count_tokens_request(prompt, messages=messages)
         request.model = self._model(model)
-        with RpcSpan("CountTokens", self._metadata, model=request.model) as rpc, map_exceptions():
-            response = self._stub.CountTokens(
-                request, timeout=self._deadline(timeout), metadata=rpc.metadata
+        with RpcSpan("CountTokens", self._metadata, model=request.model) as rpc:
+            response = self._retrying(
+                rpc,
+                self._deadline(timeout),
+                lambda t: self._stub.CountTokens(request, timeout=t, metadata=rpc.metadata),
             )
             rpc.succeeded(input_tokens=response.prompt_tokens)
         return token_count_from_response(response)
+
+
+def _next(call: Any) -> pb.GenerateResponse | None:
+    """The stream's next message, None at its end; errors mapped (and never retried)."""
+    with map_exceptions():
+        return next(call, None)

@@ -2,8 +2,10 @@
 
 The profile file is the JSON that the server's `autoglm dev` command writes (keys `endpoint`,
 `ca_cert`, `client_cert`, `client_key`, `token`, `model`), so a developer can point the client at
-a dev server with no flags. Precedence, lowest first: profile file < `AUTOGLM_*` environment
-variables < explicit overrides. No I/O on the TLS files happens here (see `_channel.py`).
+a dev server with no flags. It may also hold `insecure`, `timeout` and a `retry` object with any
+of `RetryPolicy`'s fields (`{"retry": {"max_attempts": 5}}`). Precedence, lowest first: profile
+file < `AUTOGLM_*` environment variables < explicit overrides. No I/O on the TLS files happens
+here (see `_channel.py`).
 
 The token is a secret: it is left out of `repr()` and out of every error message.
 """
@@ -20,6 +22,7 @@ from typing import Any
 
 from autoglm.client._endpoint import is_loopback
 from autoglm.client._exceptions import ConfigError
+from autoglm.client._retry import RetryPolicy
 
 __all__ = ["CONFIG_ENV", "ENV_VARS", "ClientConfig", "default_profile_path"]
 
@@ -51,7 +54,9 @@ class ClientConfig:
     server_name: TLS name to verify instead of the endpoint host (`grpc.ssl_target_name_override`).
     insecure: plaintext, allowed for loopback endpoints only.
     model: default model for calls that do not name one.
-    timeout: default deadline of every call, in seconds (None = no deadline).
+    timeout: default deadline of every call, in seconds (None = no deadline); it bounds the
+        call's retries too.
+    retry: how calls are retried after UNAVAILABLE; `RetryPolicy(max_attempts=1)` = never.
     """
 
     endpoint: str
@@ -63,6 +68,7 @@ class ClientConfig:
     insecure: bool = False
     model: str | None = None
     timeout: float | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def __post_init__(self) -> None:
         if not isinstance(self.endpoint, str) or not self.endpoint.strip():
@@ -85,6 +91,8 @@ class ClientConfig:
             )
         if self.timeout is not None and not (self.timeout > 0 and math.isfinite(self.timeout)):
             raise ConfigError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
+        if not isinstance(self.retry, RetryPolicy):
+            raise ConfigError(f"retry must be a RetryPolicy, got {type(self.retry).__name__}")
 
     def __repr__(self) -> str:
         # Spelled out so that the token's *presence* is visible while its value never is.
@@ -182,8 +190,28 @@ def _read_profile(path: Path, *, required: bool) -> dict[str, Any]:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ConfigError(f"profile file {path}: 'timeout' must be a number of seconds")
             values[key] = float(value)
+        elif key == "retry":
+            values[key] = _retry_policy(path, value)
         # Other keys are ignored: newer `autoglm dev` versions may write more than we read.
     return values
+
+
+def _retry_policy(path: Path, value: object) -> RetryPolicy:
+    """The profile's `retry` object; unlike top-level keys, unknown ones are errors here, since
+    this object is written by hand and a misspelt key would silently keep the default."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"profile file {path}: 'retry' must be a JSON object")
+    known = {f.name for f in fields(RetryPolicy)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ConfigError(
+            f"profile file {path}: unknown retry setting(s) {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(known))})"
+        )
+    try:
+        return RetryPolicy(**{k: v for k, v in value.items() if v is not None})
+    except ConfigError as exc:
+        raise ConfigError(f"profile file {path}: {exc.message}") from None
 
 
 def _from_env() -> dict[str, Any]:

@@ -55,6 +55,8 @@ class AutoGLMError(Exception):
         request_id: the request id the server reported, to quote in a bug report.
         field_violations: (field, description) pairs from a `google.rpc.BadRequest` detail.
         retry_after: seconds to wait before retrying, from a `google.rpc.RetryInfo` detail.
+        attempts: how many attempts the call made before this error was raised (the client
+            retries UNAVAILABLE; see `RetryPolicy`).
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class AutoGLMError(Exception):
         request_id: str | None = None,
         field_violations: Sequence[tuple[str, str]] = (),
         retry_after: float | None = None,
+        attempts: int = 1,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -72,6 +75,7 @@ class AutoGLMError(Exception):
         self.request_id = request_id
         self.field_violations: list[tuple[str, str]] = list(field_violations)
         self.retry_after = retry_after
+        self.attempts = attempts
 
 
 class ConfigError(AutoGLMError):

@@ -11,6 +11,7 @@ field violations; checking them here too would let the two drift apart.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ __all__ = [
     "completion_from_response",
     "delta_from_response",
     "model_info_from_proto",
+    "new_request_id",
     "only_model",
     "token_count_from_response",
 ]
@@ -136,6 +138,13 @@ def build_generate_request(
     if request_id:
         request.request_id = request_id
     return request
+
+
+def new_request_id() -> str:
+    """A request id for a call whose caller gave none, made once per call so that every retry
+    of it carries the same id (server logs and audit records then show one request). Same shape
+    as the ids the server makes up (server/validation.py: 16 hex characters)."""
+    return secrets.token_hex(8)
 
 
 def build_count_tokens_request(

@@ -17,6 +17,7 @@ calls. The span's context is only injected into the call's metadata.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
@@ -32,6 +33,8 @@ __all__ = ["SERVICE", "TRACE_ID_KEY", "RpcSpan", "operation_for", "trace_id_from
 
 SERVICE = "autoglm.v1.TextGeneration"
 TRACE_ID_KEY = "x-trace-id"  # trailing metadata the server sets (server/service.py)
+
+_log = logging.getLogger("autoglm.client")
 
 # A ProxyTracer: it follows whatever provider the application sets later, even after import.
 _tracer = trace.get_tracer("autoglm.client", __version__)
@@ -61,7 +64,7 @@ class RpcSpan:
     may be called earlier, e.g. before handing a stream's last delta to the consumer.
     """
 
-    __slots__ = ("_done", "metadata", "span")
+    __slots__ = ("_done", "_method", "metadata", "span")
 
     def __init__(
         self,
@@ -85,6 +88,7 @@ class RpcSpan:
             f"{SERVICE}/{method}", kind=SpanKind.CLIENT, attributes=attrs
         )
         self._done = False
+        self._method = method
         # Without an SDK the span is invalid: inject the caller's current context instead, so
         # a trace the application propagates (without recording) still reaches the server.
         ctx = (
@@ -130,6 +134,36 @@ class RpcSpan:
             span.set_attribute("gen_ai.usage.input_tokens", input_tokens)
         if output_tokens is not None:
             span.set_attribute("gen_ai.usage.output_tokens", output_tokens)
+
+    def attempt_failed(
+        self, error: AutoGLMError, *, attempt: int, of: int, delay: float | None
+    ) -> None:
+        """Attempt `attempt` (of at most `of`) failed with `error`; it is retried after `delay`
+        seconds, or not (None). One span covers the whole call, so a retry is an event on it;
+        the debug log line says the same, with the status message, for callers without tracing.
+        A call that fails at its first attempt and is not retried records nothing here."""
+        code = error.code.name if error.code is not None else type(error).__name__
+        if delay is None:
+            if attempt > 1:
+                _log.debug("%s failed after %d attempts (%s)", self._method, attempt, code)
+            return
+        _log.debug(
+            "%s attempt %d of %d failed (%s: %s); retrying in %.3f s",
+            self._method,
+            attempt,
+            of,
+            code,
+            error.message,
+            delay,
+        )
+        if self.span.is_recording():
+            attrs: dict[str, Any] = {
+                "autoglm.retry.attempt": attempt,
+                "autoglm.retry.delay_s": delay,
+            }
+            if error.code is not None:
+                attrs["rpc.grpc.status_code"] = error.code.value[0]
+            self.span.add_event("retry", attrs)
 
     def end(self) -> None:
         """End the span once; later calls (the `with` block's exit) do nothing."""

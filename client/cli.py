@@ -40,6 +40,12 @@ def _connection_options() -> argparse.ArgumentParser:
         "--insecure", action="store_true", default=None, help="plaintext; loopback endpoints only"
     )
     group.add_argument("--timeout", type=float, metavar="SECONDS", help="deadline of each call")
+    group.add_argument(
+        "--max-attempts",
+        type=int,
+        metavar="N",
+        help="attempts per call after UNAVAILABLE, within --timeout (1 = no retries; default 3)",
+    )
     return parent
 
 
@@ -190,6 +196,8 @@ def _report(exc: AutoGLMError) -> int:
         lines += [f"  {violation}" for violation in violations]
     if exc.retry_after is not None:
         lines.append(f"  retry after {exc.retry_after:g} s")
+    if exc.attempts > 1:
+        lines.append(f"  after {exc.attempts} attempts")
     if exc.request_id and exc.request_id not in exc.message:
         lines.append(f"  request id: {exc.request_id}")
     print("\n".join(lines), file=sys.stderr)
@@ -202,6 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = ClientConfig.load(
             args.config, endpoint=args.endpoint, insecure=args.insecure, timeout=args.timeout
         )
+        if args.max_attempts is not None:  # the profile's other retry settings stay
+            retry = dataclasses.replace(config.retry, max_attempts=args.max_attempts)
+            config = dataclasses.replace(config, retry=retry)
         with Client(config) as client:
             return _COMMANDS[args.command](client, args)
     except AutoGLMError as exc:
