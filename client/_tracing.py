@@ -9,6 +9,9 @@ https://opentelemetry.io/docs/specs/semconv/gen-ai/gen-ai-spans/). Like the serv
 they hold counts and ids only: never prompt text, metadata values or error messages (a status
 message can echo caller input).
 
+One span covers a whole call, retries included: each retry is a `retry` event on it (attempt,
+pause, status code), and also a DEBUG line on the `autoglm.client` logger.
+
 The span is not made the current span: streams are generators, and a context attached in a
 generator would leak into (or be detached from) whatever the consumer runs between `next()`
 calls. The span's context is only injected into the call's metadata.

@@ -16,6 +16,9 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from autoglm.client import (
     AsyncClient,
@@ -27,6 +30,7 @@ from autoglm.client import (
     ResourceExhaustedError,
     RetryPolicy,
     UnavailableError,
+    _tracing,
     cli,
 )
 from autoglm.client._channel import channel_options
@@ -393,6 +397,23 @@ def test_giving_up_raises_the_last_error_with_the_attempts(
     messages = [r.getMessage() for r in caplog.records]
     assert messages[0].startswith("CountTokens attempt 1 of 3 failed (UNAVAILABLE: engine not")
     assert messages[-1] == "CountTokens failed after 3 attempts (UNAVAILABLE)"
+
+
+def test_one_span_per_call_with_an_event_per_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(_tracing, "_tracer", provider.get_tracer("autoglm.client"))
+    stub = ScriptedStub(Generate=[unavailable(), unavailable(), WHOLE])
+    with _client(stub) as client:
+        client.generate("Hi")
+    (span,) = exporter.get_finished_spans()
+    assert [e.name for e in span.events] == ["retry", "retry"]
+    assert [e.attributes["autoglm.retry.attempt"] for e in span.events] == [1, 2]  # type: ignore[index]
+    assert span.events[0].attributes["rpc.grpc.status_code"] == UNAVAILABLE.value[0]  # type: ignore[index]
+    # Every attempt carried the span's trace context.
+    assert len({kwargs["metadata"] for _, kwargs in stub.Generate.calls}) == 1  # type: ignore[attr-defined]
+    provider.shutdown()
 
 
 def test_permanent_errors_are_raised_at_once() -> None:
