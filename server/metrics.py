@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
@@ -59,6 +60,25 @@ def _code_name(code: Enum | str) -> str:
     return code.name if isinstance(code, Enum) else str(code)
 
 
+def _observe_many(hist: Histogram, value: float, n: int) -> None:
+    """`n` observations of the same `value` at the cost of one (a coalesced message carries
+    many tokens that share one gap).
+
+    Mirrors `Histogram.observe` of prometheus_client 0.26 (sum += value, the first bucket whose
+    upper bound holds the value += 1), with n instead of 1; falls back to n observe() calls if
+    those internals ever change.
+    """
+    bounds = getattr(hist, "_upper_bounds", None)
+    buckets = getattr(hist, "_buckets", None)
+    total = getattr(hist, "_sum", None)
+    if n == 1 or bounds is None or buckets is None or total is None:
+        for _ in range(n):
+            hist.observe(value)
+        return
+    total.inc(value * n)
+    buckets[bisect_left(bounds, value)].inc(n)  # bounds end with +Inf: always found
+
+
 @dataclass(frozen=True, slots=True)
 class _ModelChildren:
     """Label children of one model, bound once (prometheus_client's `labels()` takes a lock)."""
@@ -91,29 +111,35 @@ class RequestObserver:
         self.ttft_s: float | None = None
         children.in_flight.inc()
 
-    def first_token(self) -> None:
+    def first_token(self, at: float | None = None) -> None:
+        """The first token arrived (`at`: its time.perf_counter arrival time, default now)."""
         if self._last is not None:
             return
-        now = time.perf_counter()
+        now = time.perf_counter() if at is None else at
         self._last = now
         self.ttft_s = now - self._start
         self._c.ttft.observe(self.ttft_s)
 
-    def tokens(self, n: int = 1) -> None:
-        """`n` new tokens just arrived (one engine response may carry several)."""
+    def tokens(self, n: int = 1, *, first_at: float | None = None, at: float | None = None) -> None:
+        """`n` new tokens, the first arriving at `first_at` and the last at `at` (perf_counter
+        seconds; default now) — one engine response, or one coalesced message, may carry several.
+
+        The first token of the request is its TTFT, not a gap (vLLM excludes it too); the other
+        tokens share the time since the previous last token evenly.
+        """
         if n <= 0:
             return
         self._c.generated_tokens.inc(n)
+        now = time.perf_counter() if at is None else at
         if self._last is None:
-            # The first response's gap is TTFT, not an inter-token gap (vLLM excludes it too).
-            self.first_token()
-            return
-        now = time.perf_counter()
-        gap = (now - self._last) / n  # tokens that came together share the gap
+            self.first_token(now if first_at is None else first_at)
+            n -= 1
+            if n == 0:
+                return
+        assert self._last is not None
+        gap = (now - self._last) / n
         self._last = now
-        itl = self._c.itl
-        for _ in range(n):
-            itl.observe(gap)
+        _observe_many(self._c.itl, gap, n)
 
     def finish(
         self, code: Enum | str = "OK", prompt_tokens: int = 0, completion_tokens: int = 0

@@ -109,6 +109,8 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
         # one is closed at once (engine request cancelled, limits released, audit written),
         # not whenever the garbage collector gets to it.
         async with aclosing(self._generate(request, context, "GenerateStream")) as deltas:
+            # Each delta is everything the engine delivered while the previous message was
+            # being written (relay.py): one message per delta, whatever its token count.
             async for rid, delta in deltas:
                 msg = pb.GenerateResponse(
                     request_id=rid, model=request.model, text=delta.text, token_ids=delta.token_ids
@@ -155,14 +157,16 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
                 generation = pipeline.generate(
                     plan, model, self.engine, timeout=context.time_remaining()
                 )
+                # One pass per delta — per coalesced message, not per token: metrics are
+                # batched, and timed by the engine's arrival times carried on the delta.
                 async with aclosing(generation) as deltas:
                     async for delta in deltas:
-                        if delta.token_ids:
+                        n = len(delta.token_ids)
+                        if n:
                             if first:
-                                obs.first_token()
-                                tracing.first_token(span)
+                                tracing.first_token(span, timestamp_ns=_wall_ns(delta.first_at))
                                 first = False
-                            obs.tokens(len(delta.token_ids))
+                            obs.tokens(n, first_at=delta.first_at, at=delta.last_at)
                         if completion is not None:
                             completion.append(delta.text)
                         out.last = delta
@@ -283,6 +287,11 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
 
     def close(self) -> None:
         self._audit_pool.shutdown(wait=True)
+
+
+def _wall_ns(perf_at: float) -> int:
+    """A time.perf_counter instant as time.time_ns (span event timestamps are wall clock)."""
+    return time.time_ns() - int((time.perf_counter() - perf_at) * 1e9)
 
 
 def _finish_name(reason: int) -> str:

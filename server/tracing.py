@@ -311,14 +311,15 @@ def set_finish(span: Span, finish_reasons: Sequence[str], response_id: str = "")
             span.set_attribute("gen_ai.response.id", response_id)
 
 
-def first_token(span: Span | None = None) -> None:
+def first_token(span: Span | None = None, *, timestamp_ns: int | None = None) -> None:
     """Mark the first generated token on `span` (default: the current span) as an event, so a
-    trace view shows TTFT inside the generation span."""
+    trace view shows TTFT inside the generation span. `timestamp_ns` (time.time_ns) = when it
+    arrived from the engine, if that was before now (the relay may write it later)."""
     if _tracer is None:
         return
     span = span if span is not None else trace.get_current_span()
     if span.is_recording():
-        span.add_event(FIRST_TOKEN_EVENT)
+        span.add_event(FIRST_TOKEN_EVENT, timestamp=timestamp_ns)
 
 
 # --- ids and propagation -----------------------------------------------------------------------
