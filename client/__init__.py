@@ -10,7 +10,7 @@
 `AsyncClient` offers the same methods for asyncio. Errors are `AutoGLMError` subclasses, one
 per status code of the contract; results are plain frozen dataclasses. Calls are retried after
 UNAVAILABLE (3 attempts by default, never once a stream has delivered a message, never past the
-call's timeout); `ClientConfig(retry=RetryPolicy(...))` tunes that (see `RetryPolicy`).
+call's timeout); `ClientConfig(retry=RetryPolicy(...))` tunes that (docs/client-retries.md).
 """
 
 from autoglm.client._async_client import AsyncClient

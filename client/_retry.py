@@ -5,10 +5,12 @@ What is retried, and why only that:
 * UNAVAILABLE: the contract says the engine "cannot be reached or is not ready; safe to retry
   when no response message has been received yet" (proto/autoglm/v1/text_generation.proto).
   A channel that cannot connect (server restarting, port not yet open) fails the same way.
-* RESOURCE_EXHAUSTED, only when the server sent `google.rpc.RetryInfo` (concurrency and rate
-  limits do; a too-long prompt does not, and would fail again) and only when the delay it asks
-  for is at most `max_backoff`: a longer wait is the caller's decision, so the error (with its
-  `retry_after`) is raised at once. The pause is then at least that delay.
+* RESOURCE_EXHAUSTED, only if the policy opts in (`retry_resource_exhausted`), only when the
+  server sent `google.rpc.RetryInfo` (concurrency and rate limits do; a too-long prompt does
+  not, and would fail again) and only when the delay it asks for is at most `max_backoff`: a
+  longer wait is the caller's decision, so the error (with its `retry_after`) is raised at
+  once. The pause is then at least that delay. Off by default: a refusal is the server's
+  back-pressure, and a caller may rather shed the work than have the client wait for it.
 * Nothing else: INTERNAL may have generated (and billed) tokens, DEADLINE_EXCEEDED and
   CANCELLED mean the caller's budget or wish, the rest are permanent.
 
@@ -40,18 +42,21 @@ __all__ = ["Attempts", "RetryPolicy", "backoff_cap", "is_retryable"]
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How a call is retried after UNAVAILABLE (and RESOURCE_EXHAUSTED with RetryInfo).
+    """How a call is retried after UNAVAILABLE (and, if asked, RESOURCE_EXHAUSTED with RetryInfo).
 
     max_attempts: attempts per call, the first included; 1 turns retrying off.
     initial_backoff: upper bound of the first pause, in seconds.
     max_backoff: upper bound of any pause, and the longest server RetryInfo delay honoured.
     multiplier: growth of the bound from one retry to the next.
+    retry_resource_exhausted: also retry RESOURCE_EXHAUSTED that carries RetryInfo, after the
+        delay it asks for (at most max_backoff).
     """
 
     max_attempts: int = 3
     initial_backoff: float = 0.2
     max_backoff: float = 5.0
     multiplier: float = 2.0
+    retry_resource_exhausted: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
@@ -74,6 +79,11 @@ class RetryPolicy:
             )
         if self.multiplier < 1:
             raise ConfigError(f"retry.multiplier must be at least 1, got {self.multiplier:g}")
+        if not isinstance(self.retry_resource_exhausted, bool):
+            raise ConfigError(
+                f"retry.retry_resource_exhausted must be true or false, "
+                f"got {self.retry_resource_exhausted!r}"
+            )
 
 
 def backoff_cap(policy: RetryPolicy, retry: int) -> float:
@@ -91,7 +101,7 @@ def is_retryable(error: AutoGLMError, policy: RetryPolicy) -> bool:
     """Whether a failed attempt may be repeated, as far as its status says (see module doc)."""
     if error.code == grpc.StatusCode.UNAVAILABLE:
         return error.retry_after is None or error.retry_after <= policy.max_backoff
-    if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+    if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and policy.retry_resource_exhausted:
         return error.retry_after is not None and error.retry_after <= policy.max_backoff
     return False
 

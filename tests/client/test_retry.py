@@ -6,6 +6,7 @@ covered by tests/integration/test_client_retries.py."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections.abc import Iterator
@@ -76,6 +77,7 @@ def test_policy_defaults() -> None:
         ({"initial_backoff": "1"}, r"retry\.initial_backoff must be a number"),
         ({"initial_backoff": 2.0, "max_backoff": 1.0}, r"retry\.max_backoff \(1\) must be at"),
         ({"multiplier": 0.5}, r"retry\.multiplier must be at least 1"),
+        ({"retry_resource_exhausted": 1}, r"retry\.retry_resource_exhausted must be true or"),
     ],
 )
 def test_policy_validation_names_the_field(values: dict[str, Any], message: str) -> None:
@@ -89,26 +91,30 @@ def test_backoff_cap_grows_then_stays_at_max() -> None:
     assert backoff_cap(policy, 10**6) == 3.0  # no overflow
 
 
+OPT_IN = RetryPolicy(retry_resource_exhausted=True)
+
+
 @pytest.mark.parametrize(
-    ("code", "retry_after", "retryable"),
+    ("code", "retry_after", "policy", "retryable"),
     [
-        (UNAVAILABLE, None, True),
-        (UNAVAILABLE, 1.0, True),
-        (UNAVAILABLE, 60.0, False),  # the server asks for longer than max_backoff
-        (grpc.StatusCode.RESOURCE_EXHAUSTED, 1.0, True),
-        (grpc.StatusCode.RESOURCE_EXHAUSTED, None, False),  # e.g. prompt too long: permanent
-        (grpc.StatusCode.RESOURCE_EXHAUSTED, 30.0, False),
-        (grpc.StatusCode.INTERNAL, None, False),
-        (grpc.StatusCode.DEADLINE_EXCEEDED, None, False),
-        (grpc.StatusCode.CANCELLED, None, False),
-        (grpc.StatusCode.UNKNOWN, None, False),
-        (None, None, False),
+        (UNAVAILABLE, None, RetryPolicy(), True),
+        (UNAVAILABLE, 1.0, RetryPolicy(), True),
+        (UNAVAILABLE, 60.0, RetryPolicy(), False),  # the server asks for longer than max_backoff
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, 1.0, RetryPolicy(), False),  # not asked for
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, 1.0, OPT_IN, True),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, None, OPT_IN, False),  # e.g. too long: permanent
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, 30.0, OPT_IN, False),
+        (grpc.StatusCode.INTERNAL, None, OPT_IN, False),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, None, OPT_IN, False),
+        (grpc.StatusCode.CANCELLED, None, OPT_IN, False),
+        (grpc.StatusCode.UNKNOWN, None, OPT_IN, False),
+        (None, None, OPT_IN, False),
     ],
 )
 def test_which_errors_are_retried(
-    code: grpc.StatusCode | None, retry_after: float | None, retryable: bool
+    code: grpc.StatusCode | None, retry_after: float | None, policy: RetryPolicy, retryable: bool
 ) -> None:
-    assert is_retryable(_error(code, retry_after), RetryPolicy()) is retryable  # type: ignore[arg-type]
+    assert is_retryable(_error(code, retry_after), policy) is retryable  # type: ignore[arg-type]
 
 
 # --- Attempts --------------------------------------------------------------------------------
@@ -167,14 +173,15 @@ def test_no_retry_whose_pause_ends_past_the_deadline() -> None:
 
 
 def test_retry_info_delay_is_a_minimum() -> None:
-    attempts = Attempts(RetryPolicy(), None, clock=FakeClock(), random=lambda: 0.1)
+    attempts = Attempts(OPT_IN, None, clock=FakeClock(), random=lambda: 0.1)
     assert attempts.next_delay(_error(grpc.StatusCode.RESOURCE_EXHAUSTED, 1.5)) == 1.5
-    attempts = Attempts(RetryPolicy(initial_backoff=4.0), None, clock=FakeClock(), random=lambda: 1)
+    policy = RetryPolicy(initial_backoff=4.0, retry_resource_exhausted=True)
+    attempts = Attempts(policy, None, clock=FakeClock(), random=lambda: 1)
     assert attempts.next_delay(_error(grpc.StatusCode.RESOURCE_EXHAUSTED, 1.5)) == 4.0
 
 
 def test_retry_info_longer_than_the_timeout_is_not_waited_for() -> None:
-    attempts = Attempts(RetryPolicy(), 1.0, clock=FakeClock(), random=lambda: 0.0)
+    attempts = Attempts(OPT_IN, 1.0, clock=FakeClock(), random=lambda: 0.0)
     assert attempts.next_delay(_error(grpc.StatusCode.RESOURCE_EXHAUSTED, 1.5)) is None
 
 
@@ -423,12 +430,23 @@ def test_permanent_errors_are_raised_at_once() -> None:
     assert len(stub.ListModels.calls) == 1  # type: ignore[attr-defined]
 
 
-def test_retry_info_is_honoured_for_resource_exhausted() -> None:
+def _busy() -> FakeRpcError:
     retry_info = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(nanos=1_000_000))
-    busy = rich_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy", retry_info)
+    return rich_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy", retry_info)
+
+
+def test_resource_exhausted_is_raised_by_default() -> None:
+    stub = ScriptedStub(Generate=[_busy(), WHOLE])
+    with _client(stub) as client, pytest.raises(ResourceExhaustedError) as info:
+        client.generate("Hi")
+    assert info.value.retry_after == 0.001 and len(stub.Generate.calls) == 1  # type: ignore[attr-defined]
+
+
+def test_retry_info_is_honoured_when_asked_for() -> None:
     too_long = FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "prompt too long")
-    stub = ScriptedStub(Generate=[busy, WHOLE, too_long])
-    with _client(stub) as client:
+    stub = ScriptedStub(Generate=[_busy(), WHOLE, too_long])
+    opt_in = dataclasses.replace(FAST, retry_resource_exhausted=True)
+    with _client(stub, opt_in) as client:
         assert client.generate("Hi").text == "abc"
         with pytest.raises(ResourceExhaustedError):
             client.generate("Hi")
