@@ -193,10 +193,19 @@ class Env:
     endpoint: str
 
     def audit(self) -> list[dict[str, Any]]:
-        """The façade's audit records, once every pending one is written."""
+        """The façade's audit records written so far (pending ones flushed)."""
         self.facade.running.service._audit_pool.submit(lambda: None).result(timeout=10)
         lines = (self.audit_dir / "audit.jsonl").read_text().splitlines()
         return [json.loads(line) for line in lines]
+
+    def audit_after(self, before: int, count: int) -> list[dict[str, Any]]:
+        """The records after the first `before`, once there are `count` of them: the façade
+        writes a call's record after the caller has its status, so it may come a bit later."""
+        deadline = time.monotonic() + 10
+        while len(records := self.audit()[before:]) < count:
+            assert time.monotonic() < deadline, f"{len(records)} audit records, not {count}"
+            time.sleep(0.05)
+        return records
 
 
 @pytest.fixture
@@ -237,21 +246,21 @@ def test_stream_cut_after_its_first_message_is_not_retried(
     with Client(_client_config(env.endpoint, pki, token, policy)) as client:
         # The façade answers (and so Triton is up) before anything is killed.
         assert client.generate("Hi", max_tokens=1, timeout=60).completion_tokens == 1
-
+        before = len(env.audit_after(0, 1))
         stream = client.generate_stream(LONG_PROMPT, max_tokens=400, seed=1, request_id="cut-1")
         received = [next(stream), next(stream)]
         env.triton.kill()  # SIGKILL mid-stream
         with pytest.raises(UnavailableError) as cut:
             received.extend(stream)
         assert cut.value.attempts == 1
-        cut_records = [r for r in env.audit() if r["request_id"] == "cut-1"]
-        assert [r["status"] for r in cut_records] == ["UNAVAILABLE"]  # one attempt
+        (cut_record,) = env.audit_after(before, 1)  # one attempt
+        assert (cut_record["request_id"], cut_record["status"]) == ("cut-1", "UNAVAILABLE")
         assert {d.request_id for d in received} == {"cut-1"}
         assert all(d.finish_reason is None for d in received)  # cut before its end
 
         # A call that keeps failing: every attempt reaches the façade, under one request id
         # (made up by the client, since the caller gave none).
-        before = len(env.audit())
+        before += 1
         started = time.monotonic()
         with pytest.raises(UnavailableError) as failed:
             client.generate("Hi", max_tokens=1, timeout=30)
@@ -259,7 +268,7 @@ def test_stream_cut_after_its_first_message_is_not_retried(
         assert failed.value.attempts == 3
         # Pauses are at most 0.2 + 0.4 s and each attempt fails fast; loose for a busy machine.
         assert elapsed < 5.0
-        attempts = env.audit()[before:]
+        attempts = env.audit_after(before, 3)
         assert [(r["rpc"], r["status"]) for r in attempts] == [("Generate", "UNAVAILABLE")] * 3
         assert len({r["request_id"] for r in attempts}) == 1
 
