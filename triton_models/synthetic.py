@@ -4,6 +4,9 @@
 without model compute dominating. It implements the engine tensor contract (contract.py) and
 streams a fixed cycle of real vocabulary ids, so the façade's detokenizer does real work, at a
 fixed per-stream pace like one sequence of a GPU batch (`tokens_per_second`, 0 = unpaced).
+Each stream starts at position `seed mod len(cycle)` and is `request_output_len` ids long, so
+its output is fully determined by the request and differs between requests: load tests can
+tell streams apart and check every token (tests/integration/test_load_integrity.py).
 The Triton adapter is templates/synthetic/1/model.py; the logic below is tested without Triton.
 """
 
@@ -27,13 +30,19 @@ def parse_token_ids(text: str) -> tuple[int, ...]:
     return ids
 
 
-def synthetic_ids(cycle: Sequence[int], count: int, end_id: int | None) -> Iterator[int]:
-    """`count` ids taken round-robin from `cycle`, skipping `end_id` (which would stop early)."""
+def synthetic_ids(
+    cycle: Sequence[int], count: int, end_id: int | None, start: int = 0
+) -> Iterator[int]:
+    """`count` ids taken round-robin from `cycle` without `end_id` (which would stop early),
+    beginning at position `start` (any non-negative int, e.g. the request's seed; wraps)."""
     usable = [t for t in cycle if t != end_id]
     if not usable:
         raise ValueError("token_ids: every id equals end_id")
+    if start < 0:
+        raise ValueError(f"start: must be >= 0, got {start}")
+    offset = start % len(usable)
     for i in range(count):
-        yield usable[i % len(usable)]
+        yield usable[(offset + i) % len(usable)]
 
 
 @dataclass(frozen=True, slots=True)

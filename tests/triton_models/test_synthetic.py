@@ -22,6 +22,14 @@ def test_ids_cycle_and_skip_end_id() -> None:
         list(synthetic_ids([2], 1, end_id=2))
 
 
+def test_ids_start_at_the_seed_position() -> None:
+    # Position counts in the usable cycle (end_id removed): [5, 7, 9], start 4 -> 4 % 3 = 1.
+    assert list(synthetic_ids([5, 2, 7, 9], 5, end_id=2, start=4)) == [7, 9, 5, 7, 9]
+    assert list(synthetic_ids([5, 7], 3, end_id=None, start=2**63 + 1)) == [7, 5, 7]
+    with pytest.raises(ValueError, match="start"):
+        list(synthetic_ids([5], 1, end_id=None, start=-1))
+
+
 def test_parse_token_ids() -> None:
     assert parse_token_ids("1, 2,3") == (1, 2, 3)
     for bad in ("", "1,-2"):

@@ -1,6 +1,7 @@
 """SYNTHETIC ENGINE (benchmark tool): Triton python-backend adapter, decoupled.
 
-It streams `request_output_len` ids from a fixed cycle of real vocabulary ids, one `output_ids`
+It streams `request_output_len` ids from a fixed cycle of real vocabulary ids, starting at
+position `seed mod cycle length` (so each request's output is known in advance), one `output_ids`
 response per token at `tokens_per_second` per stream (0 = as fast as possible), then a final
 empty response; it checks `is_cancelled()` before every token. Requests are parsed by the CPU
 reference engine's parser, so both engines accept and reject exactly the same tensors. The
@@ -70,7 +71,9 @@ class TritonPythonModel:
             return
         pacer = Pacer(self.tokens_per_second, time.monotonic())
         generated: list[int] = []
-        for token in synthetic_ids(self.cycle, req.max_new_tokens, req.end_id):
+        # The seed picks where in the cycle this stream starts (no seed: the beginning).
+        start = req.sampling.seed or 0
+        for token in synthetic_ids(self.cycle, req.max_new_tokens, req.end_id, start):
             delay = pacer.delay(len(generated), time.monotonic())
             if delay > 0:
                 time.sleep(delay)
