@@ -18,6 +18,7 @@ from autoglm.server.audit import AuditWriter
 from autoglm.server.auth import AuthInterceptor
 from autoglm.server.decoding import DecodeInterceptor
 from autoglm.server.engine_client import EngineClient
+from autoglm.server.health import EngineHealth
 from autoglm.server.limits import Admission
 from autoglm.server.metrics import FacadeMetrics, MetricsServer
 from autoglm.server.model_versions import ModelVersions
@@ -83,37 +84,6 @@ class RunningServer:
             self.metrics_server.stop()
 
 
-async def _watch_engine(
-    settings: Settings,
-    engine: EngineClient,
-    registry: ModelRegistry,
-    hs: health.aio.HealthServicer,
-    metrics: FacadeMetrics,
-) -> None:
-    """Overall health SERVING while every served model is ready in Triton."""
-    last: bool | None = None
-    while True:
-        ready = True
-        for m in registry:
-            ready = ready and await engine.model_ready(m.spec.triton_model)
-        if ready != last:
-            status = (
-                health_pb2.HealthCheckResponse.SERVING
-                if ready
-                else health_pb2.HealthCheckResponse.NOT_SERVING
-            )
-            metrics.set_engine_up(ready)
-            await hs.set("", status)
-            await hs.set(SERVICE_NAME, status)
-            log.log(
-                logging.INFO if ready else logging.WARNING,
-                "engine %s",
-                "ready" if ready else "NOT ready",
-            )
-            last = ready
-        await asyncio.sleep(settings.health_interval_s)
-
-
 async def _load_repository(
     settings: Settings, engine: EngineClient
 ) -> tuple[ModelVersions | None, list[ModelSpec]]:
@@ -146,6 +116,7 @@ async def start_server(settings: Settings) -> RunningServer:
         settings.triton_target,
         credentials=link.channel_credentials() if link else None,
         metadata=link.metadata() if link else (),
+        tls_name=settings.triton_tls_name,
     )
     versions, specs = await _load_repository(settings, engine)
     registry = ModelRegistry([load_model(spec) for spec in (*settings.models, *specs)])
@@ -169,7 +140,9 @@ async def start_server(settings: Settings) -> RunningServer:
         interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", 4 << 20),
-            ("grpc.so_reuseport", 0),
+            # Several worker processes share the port (workers.py); a lone façade refuses to,
+            # so a second one started by mistake fails to bind instead of splitting the traffic.
+            ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
         ],
     )
     audit = None
@@ -214,7 +187,16 @@ async def start_server(settings: Settings) -> RunningServer:
         await health_server.start()
         log.info("plaintext health-only port %d", health_port)
     await server.start()
-    watch = asyncio.create_task(_watch_engine(settings, engine, registry, hs, metrics))
+    deep_health = EngineHealth(
+        engine,
+        registry,
+        hs,
+        metrics,
+        services=("", SERVICE_NAME),
+        interval_s=settings.health_interval_s,
+        probe_timeout_s=settings.health_probe_timeout_s,
+    )
+    watch = asyncio.create_task(deep_health.run())
     log.info("façade listening on port %d (models: %s)", port, ", ".join(registry.names()))
     return RunningServer(
         server,

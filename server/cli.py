@@ -91,6 +91,9 @@ def _serve(args: argparse.Namespace) -> int:
         grace_period_s=args.grace,
         metrics_listen=args.metrics_listen or None,
         health_listen=args.health_listen,
+        health_interval_s=args.health_interval,
+        health_probe_timeout_s=args.health_probe_timeout,
+        triton_tls_name=args.triton_tls_name,
         model_repository=args.model_repository,
         profile_overrides=tuple(args.profile),
         limits=LimitSettings(
@@ -101,7 +104,15 @@ def _serve(args: argparse.Namespace) -> int:
         ),
         audit_dir=args.audit_dir,
         audit_text=args.audit_text,
+        workers=args.workers,
     )
+    if settings.workers > 1:
+        from autoglm.server.workers import run_workers
+
+        level = args.log_level or ("DEBUG" if args.verbose else "INFO")
+        return run_workers(
+            settings, level, args.log_format or ("text" if sys.stderr.isatty() else "json")
+        )
 
     async def main() -> None:
         running = await start_server(settings)
@@ -219,7 +230,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the façade in front of an existing Triton")
     serve.add_argument("--listen", default="127.0.0.1:50051")
-    serve.add_argument("--triton", default="127.0.0.1:8001", help="Triton gRPC host:port")
+    serve.add_argument(
+        "--triton",
+        default="127.0.0.1:8001",
+        help="Triton gRPC host:port; replicas: HOST:PORT,HOST:PORT… or dns:///NAME:PORT "
+        "(round_robin over the healthy ones)",
+    )
+    serve.add_argument(
+        "--triton-tls-name", help="name Triton's certificate must carry (replicas by address)"
+    )
+    serve.add_argument(
+        "--health-interval", type=float, default=2.0, help="seconds between deep health checks"
+    )
+    serve.add_argument(
+        "--health-probe-timeout",
+        type=float,
+        default=5.0,
+        help="a one-token probe slower than this marks the engine (replica) unhealthy",
+    )
     serve.add_argument(
         "--model",
         action="append",
@@ -271,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-tokens-per-request", type=int, default=4096)
     serve.add_argument(
         "--grace", type=float, default=10.0, help="seconds in-flight calls get on SIGTERM"
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="façade processes sharing the listen port (SO_REUSEPORT); metrics on port+i",
     )
     serve.set_defaults(func=_serve)
 

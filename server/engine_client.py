@@ -9,8 +9,10 @@ cancels the gRPC call, which makes Triton cancel the request in the engine model
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -18,12 +20,13 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from autoglm.server import tracing
+from autoglm.server import replicas, tracing
 from autoglm.server.errors import DeadlineExceeded, EngineFailure, EngineUnavailable
 from autoglm.server.validation import EngineSampling
 from autoglm.triton_models import contract
 
 _FINAL = "triton_final_response"
+_Stub = service_pb2_grpc.GRPCInferenceServiceStub
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +109,12 @@ class RepositoryEntry(NamedTuple):
 
 
 class EngineClient:
-    """Talks to one Triton endpoint; share one instance (and its channel) per process."""
+    """Talks to Triton: one endpoint, or several replicas (replicas.py); share one per process.
+
+    Inference goes over one channel with gRPC's `round_robin` over the endpoints currently
+    judged healthy (`use_endpoints`, driven by health.py); each endpoint also has a channel of
+    its own for probes and model control, which must reach every replica.
+    """
 
     def __init__(
         self,
@@ -114,34 +122,150 @@ class EngineClient:
         *,
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Sequence[tuple[str, str]] = (),
+        tls_name: str | None = None,
     ) -> None:
-        options = [
+        self.spec = replicas.parse_target(target)
+        self.target = target
+        self._credentials = credentials
+        self._metadata = tuple(metadata)
+        name = tls_name or (self.spec.tls_name if self.spec.replicated else None)
+        self._options = [
             ("grpc.max_send_message_length", 64 << 20),
             ("grpc.max_receive_message_length", 64 << 20),
-            # Several Triton replicas behind one DNS name (`dns:///triton-<sku>…:8001`, a
-            # headless Service): spread requests over all of them, not the first address.
+            # Several endpoints in one channel: spread requests over all of them, not the first.
             ("grpc.lb_policy_name", "round_robin"),
             # Reconnect within a second after Triton restarts (gRPC's default backoff grows to
             # 120 s, during which every call would fail fast with UNAVAILABLE).
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.min_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 1000),
+            # A channel over resolved addresses has no authority that a certificate names.
+            *((("grpc.ssl_target_name_override", name),) if name and credentials else ()),
         ]
-        if credentials is None:
-            self._channel = grpc.aio.insecure_channel(target, options=options)
+        self._endpoint_channels: dict[str, tuple[grpc.aio.Channel, _Stub]] = {}
+        self._retired: set[asyncio.Task[None]] = set()
+        # triton model -> monotonic time its engine last streamed tokens (evidence for health.py)
+        self.last_token_at: dict[str, float] = {}
+        if self.spec.replicated:
+            # Until health.py has resolved and probed the endpoints: the target as gRPC sees it
+            # (a dns:/// target resolves inside gRPC; an address list is used as listed).
+            self._healthy: tuple[str, ...] = ()
+            self._channel = self._open(self._initial_target())
         else:
-            self._channel = grpc.aio.secure_channel(target, credentials, options=options)
-        self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
-        self._metadata = tuple(metadata)
-        self.target = target
+            self._healthy = (target,)
+            self._channel = self._open(target)
+            self._endpoint_channels[target] = (self._channel, self._stub_of(self._channel))
+        self._stub = self._stub_of(self._channel)
+
+    def _initial_target(self) -> str:
+        if self.spec.raw.startswith("dns:"):
+            return self.spec.raw  # gRPC resolves it itself
+        if all(h.is_ip for h in self.spec.hosts):
+            return replicas.channel_target([str(h) for h in self.spec.hosts])
+        return str(self.spec.hosts[0])  # names: resolved by health.py's first round
+
+    def _open(self, target: str) -> grpc.aio.Channel:
+        if self._credentials is None:
+            return grpc.aio.insecure_channel(target, options=self._options)
+        return grpc.aio.secure_channel(target, self._credentials, options=self._options)
+
+    @staticmethod
+    def _stub_of(channel: grpc.aio.Channel) -> _Stub:
+        return service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+    # ---- endpoints (replicas) -------------------------------------------------------------
+
+    async def endpoints(self) -> list[str]:
+        """The endpoints to probe now: the target itself, or what the replica target resolves to."""
+        if not self.spec.replicated:
+            return [self.target]
+        return await asyncio.to_thread(replicas.resolve, self.spec)
+
+    @property
+    def healthy_endpoints(self) -> tuple[str, ...]:
+        return self._healthy
+
+    def use_endpoints(self, healthy: Sequence[str], *, drain_s: float = 3600.0) -> bool:
+        """Route new calls over `healthy` only (round_robin); True if that changed the route.
+
+        Calls in flight keep their channel: the previous one is closed once they are done
+        (or after `drain_s`). Single-endpoint targets never change route.
+        """
+        new = tuple(sorted(healthy))
+        if not self.spec.replicated or not new or new == self._healthy:
+            return False
+        old = self._channel
+        self._channel = self._open(replicas.channel_target(new))
+        self._stub = self._stub_of(self._channel)
+        self._healthy = new
+        task = asyncio.get_running_loop().create_task(old.close(grace=drain_s))
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
+        return True
+
+    def _endpoint_stub(self, endpoint: str) -> _Stub:
+        entry = self._endpoint_channels.get(endpoint)
+        if entry is None:
+            channel = self._open(endpoint)
+            entry = self._endpoint_channels[endpoint] = (channel, self._stub_of(channel))
+        return entry[1]
+
+    async def forget_endpoints(self, keep: Sequence[str]) -> None:
+        """Close the probe/control channels of endpoints that are gone (DNS no longer lists)."""
+        for endpoint in [e for e in self._endpoint_channels if e not in keep]:
+            if endpoint == self.target:
+                continue
+            channel, _ = self._endpoint_channels.pop(endpoint)
+            await channel.close()
+
+    async def _control_stubs(self) -> list[_Stub]:
+        if not self.spec.replicated:
+            return [self._stub]
+        endpoints = await self.endpoints()
+        if not endpoints:
+            raise ModelControlError(f"{self.target}: resolves to no endpoint", None)
+        return [self._endpoint_stub(e) for e in endpoints]
 
     async def close(self) -> None:
         await self._channel.close()
+        for channel, _ in self._endpoint_channels.values():
+            if channel is not self._channel:
+                await channel.close()
+        for task in list(self._retired):
+            task.cancel()
 
-    async def model_ready(self, name: str, *, version: str = "", timeout: float = 2.0) -> bool:
-        """ModelReady; `version` "" = as Triton's version policy picks (the highest loaded)."""
+    async def probe(self, endpoint: str, request: EngineRequest, *, timeout: float) -> int:
+        """Run `request` (meant: a one-token generation) on `endpoint` alone; tokens generated.
+
+        Raises EngineUnavailable / EngineFailure / DeadlineExceeded like a real call.
+        """
+        stub = self._endpoint_stub(endpoint)
+        call = stub.ModelStreamInfer(metadata=self._metadata, timeout=timeout)
+        count = 0
         try:
-            resp = await self._stub.ModelReady(
+            await call.write(build_infer_request(request))
+            while True:
+                resp = await call.read()
+                if resp is grpc.aio.EOF:
+                    raise EngineUnavailable("the engine closed the probe before its final response")
+                ids, final = parse_stream_response(resp)
+                count += len(ids)
+                if final:
+                    return count
+        except grpc.aio.AioRpcError as exc:
+            raise _map_rpc_error(exc) from None
+        finally:
+            with contextlib.suppress(Exception):
+                call.cancel()
+
+    async def model_ready(
+        self, name: str, *, version: str = "", timeout: float = 2.0, endpoint: str | None = None
+    ) -> bool:
+        """ModelReady (of `endpoint`, else of the data path); `version` "" = as Triton's
+        version policy picks (the highest loaded)."""
+        stub = self._stub if endpoint is None else self._endpoint_stub(endpoint)
+        try:
+            resp = await stub.ModelReady(
                 service_pb2.ModelReadyRequest(name=name, version=version),
                 timeout=timeout,
                 metadata=self._metadata,
@@ -163,22 +287,27 @@ class EngineClient:
         req = service_pb2.RepositoryModelLoadRequest(model_name=name)
         if config_json is not None:
             req.parameters["config"].string_param = config_json
-        await self._control(self._stub.RepositoryModelLoad, req, timeout)
+        await self._control("RepositoryModelLoad", req, timeout)
 
     async def unload_model(self, name: str, *, timeout: float = 120.0) -> None:
         req = service_pb2.RepositoryModelUnloadRequest(model_name=name)
-        await self._control(self._stub.RepositoryModelUnload, req, timeout)
+        await self._control("RepositoryModelUnload", req, timeout)
 
     async def repository_index(
         self, *, ready_only: bool = False, timeout: float = 10.0
     ) -> list[RepositoryEntry]:
         req = service_pb2.RepositoryIndexRequest(ready=ready_only)
-        resp = await self._control(self._stub.RepositoryIndex, req, timeout)
+        resp = await self._control("RepositoryIndex", req, timeout)
         return [RepositoryEntry(m.name, m.version, m.state, m.reason) for m in resp.models]
 
-    async def _control(self, method, request, timeout: float):  # type: ignore[no-untyped-def]
+    async def _control(self, method: str, request, timeout: float):  # type: ignore[no-untyped-def]
+        """Call `method` on every endpoint (each replica loads its own models); first answer."""
+        results = []
         try:
-            return await method(request, timeout=timeout, metadata=self._metadata)
+            for stub in await self._control_stubs():
+                call = getattr(stub, method)
+                results.append(await call(request, timeout=timeout, metadata=self._metadata))
+            return results[0]
         except grpc.aio.AioRpcError as exc:
             raise ModelControlError(
                 f"{type(request).__name__.removesuffix('Request')} "
@@ -202,6 +331,41 @@ class EngineClient:
                 async for ids in stream:
                     yield ids
 
+    async def stream_into(
+        self,
+        request: EngineRequest,
+        on_ids: Callable[[list[int]], None],
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        """Hand every response's new token ids to `on_ids` until the final response.
+
+        The relay's reading loop (relay.py): one coroutine, no async-generator layer per token.
+        Run it as a task; cancelling the task cancels the call, hence the engine request, at once.
+        """
+        with tracing.engine_span(request.triton_model):
+            metadata = (*self._metadata, *tracing.inject_traceparent())
+            call = self._stub.ModelStreamInfer(metadata=metadata, timeout=timeout)
+            try:
+                await call.write(build_infer_request(request))
+                while True:
+                    resp = await call.read()
+                    if resp is grpc.aio.EOF:
+                        raise EngineUnavailable(
+                            "the engine closed the stream before the final response"
+                        )
+                    ids, final = parse_stream_response(resp)
+                    if ids:
+                        self.last_token_at[request.triton_model] = time.monotonic()
+                        on_ids(ids)
+                    if final:
+                        return
+            except grpc.aio.AioRpcError as exc:
+                raise _map_rpc_error(exc) from None
+            finally:
+                with contextlib.suppress(Exception):
+                    call.cancel()
+
     async def _stream(
         self, request: EngineRequest, metadata: Sequence[tuple[str, str]], timeout: float | None
     ) -> AsyncIterator[list[int]]:
@@ -216,6 +380,7 @@ class EngineClient:
                     )
                 ids, final = parse_stream_response(resp)
                 if ids:
+                    self.last_token_at[request.triton_model] = time.monotonic()
                     yield ids
                 if final:
                     return

@@ -8,6 +8,12 @@ time its previous message has been written. When the caller or the network is sl
 engine, several tokens go out as one message; when it keeps up, every token still goes out at
 once on its own (no timer, so no added latency).
 
+Under pressure — tokens were already waiting when the writer came back for more, i.e. it is
+behind — the writer lingers `linger_s` (1 ms) before taking, so the reader gets another turn:
+measured on grpc.aio (docs/benchmarks.md), a saturated event loop otherwise runs reader and
+writer in lock-step, one read and one write per token per loop turn, and never coalesces even
+with a backlog piling up in gRPC's buffers. A writer that keeps up never lingers.
+
 The reader runs `read(push)` (e.g. `EngineClient.stream_into`), which calls `push(ids)` per
 engine response. Closing the relay — or the task that opened it finishing, for any reason —
 cancels the reader, which cancels the engine call at once.
@@ -22,6 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["Batch", "Relay"]
+
+# At most this long a token may wait, beyond the writer's own delay, to share a message; well
+# under the 2 ms added-ITL budget of issue #8 and only spent when the writer is already behind.
+LINGER_S = 0.001
 
 Push = Callable[[list[int]], None]
 Reader = Callable[[Push], Coroutine[Any, Any, None]]
@@ -42,10 +52,20 @@ class Relay:
     Use as `async with Relay(read) as relay: while (batch := await relay.take()) …`.
     """
 
-    __slots__ = ("_first_at", "_ids", "_last_at", "_owner", "_read", "_task", "_waiter")
+    __slots__ = (
+        "_first_at",
+        "_ids",
+        "_last_at",
+        "_linger_s",
+        "_owner",
+        "_read",
+        "_task",
+        "_waiter",
+    )
 
-    def __init__(self, read: Reader) -> None:
+    def __init__(self, read: Reader, *, linger_s: float = LINGER_S) -> None:
         self._read = read
+        self._linger_s = linger_s
         self._ids: list[int] = []
         self._first_at = 0.0
         self._last_at = 0.0
@@ -101,6 +121,10 @@ class Relay:
         """
         task = self._task
         assert task is not None, "take() before start()"
+        if self._ids and self._linger_s > 0 and not task.done():
+            # Behind: tokens arrived while the last message was written. Let the reader drain
+            # what gRPC has buffered for a moment, then send it all as one message.
+            await asyncio.sleep(self._linger_s)
         while not self._ids:
             if task.done():
                 exc = task.exception()  # CancelledError if the reader was cancelled

@@ -10,6 +10,7 @@ from pathlib import Path
 from autoglm.server.engine_link import EngineLink
 from autoglm.server.limits import LimitSettings
 from autoglm.server.models import ModelSpec
+from autoglm.server.replicas import TargetError, parse_target
 
 
 class SettingsError(ValueError):
@@ -70,13 +71,36 @@ class Settings:
     model_repository: Path | None = None
     profile_overrides: tuple[str, ...] = ()  # PROFILE_ID, MODEL=PROFILE_ID or MODEL@VERSION
     grace_period_s: float = 10.0
+    # Façade processes sharing the listen port (SO_REUSEPORT, workers.py); 1 = this process.
+    workers: int = 1
+    # Deep health (health.py): every interval, each Triton endpoint must have generated a token
+    # (real traffic or a one-token probe) within the probe timeout, else it is ejected.
     health_interval_s: float = 2.0
+    health_probe_timeout_s: float = 5.0
+    # TLS name to check Triton's certificate against when the target lists addresses (replicas);
+    # None = the target's host name.
+    triton_tls_name: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
         host, _ = split_host_port(self.listen)
+        try:
+            parse_target(self.triton_target)
+        except TargetError as exc:
+            raise SettingsError(str(exc)) from None
+        for name, value in (
+            ("health_interval_s", self.health_interval_s),
+            ("health_probe_timeout_s", self.health_probe_timeout_s),
+        ):
+            if not value > 0:
+                raise SettingsError(f"{name}: must be > 0, got {value}")
         if not self.models and self.model_repository is None:
             raise SettingsError("models: give --model or --model-repository")
+        if self.workers < 1:
+            raise SettingsError(f"workers: must be >= 1, got {self.workers}")
+        if self.workers > 1 and self.model_repository is not None:
+            # Every worker would load (and SIGHUP re-select) the models into Triton again.
+            raise SettingsError("workers: > 1 needs --model, not --model-repository")
         if self.insecure_dev:
             if not is_loopback(host):
                 raise SettingsError(

@@ -133,6 +133,10 @@ class TritonProcess:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
     def command(self) -> list[str]:
         root = pytriton_root()
         o = self.options

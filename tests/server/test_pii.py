@@ -142,6 +142,7 @@ def test_bounded_work_per_group(monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_adversarial_inputs_stay_fast(text: str) -> None:
     # A quadratic pattern needs minutes on 200 kB; linear ones take well under a second here.
+    # The bound is loose on purpose (a busy 2-core CI box): it only has to catch the minutes.
     start = time.perf_counter()
     mask_pii(text)
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < 15.0
