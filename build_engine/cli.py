@@ -21,6 +21,7 @@ from autoglm.build_engine import plan as plan_mod
 from autoglm.build_engine.compile import CompileError, compile_engine
 from autoglm.build_engine.gpus import GpuDetectionError
 from autoglm.build_engine.install import InstallError, install
+from autoglm.build_engine.parallel import ModelShape, check_parallelism
 from autoglm.build_engine.plan import PROFILES, BuildPlan, PlanError
 from autoglm.build_engine.quality import (
     DEFAULT_MAX_PPL_RATIO,
@@ -154,6 +155,9 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
         calib_path=args.calib.resolve() if args.calib else None,
         heldout_path=args.heldout.resolve() if args.heldout else None,
     )
+    plan.validate()
+    if (plan.model_dir / "config.json").is_file():  # else quantize checks it
+        check_parallelism(plan.tp, plan.pp, ModelShape.from_model_dir(plan.model_dir))
     path = plan_mod.save(plan)
     console.print(f"plan [bold]{mf.Profile.from_plan(plan).id}[/] written to {path}")
     table = Table(title="steps")
@@ -178,9 +182,12 @@ def cmd_quantize(args: argparse.Namespace, console: Console) -> int:
     )
     result = quantize(plan, settings, console=console)
     q = result.quality
+    what = (
+        "save fake-quant state" if plan.is_cpu_fake_quant else f"export {plan.world_size} rank(s)"
+    )
     console.print(
         f"{plan.precision}: PTQ {result.ptq_seconds:.1f} s on {result.calib_chunks} chunks, "
-        f"export {result.export_seconds:.1f} s → {result.checkpoint_dir}\n"
+        f"{what} {result.export_seconds:.1f} s → {result.checkpoint_dir}\n"
         f"perplexity {q.base_ppl:.3f} → {q.quant_ppl:.3f} (ratio {q.ppl_ratio:.4f}), "
         f"greedy agreement {q.token_agreement:.2%} over {q.tokens} tokens"
     )
@@ -231,7 +238,8 @@ def cmd_compile(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_install(args: argparse.Namespace, console: Console) -> int:
     plan = plan_mod.load(args.plan)
-    quality = read_report(plan.quality_report) if get_sku(plan.sku).is_gpu else None
+    needs_gate = get_sku(plan.sku).is_gpu or plan.is_cpu_fake_quant
+    quality = read_report(plan.quality_report) if needs_gate else None
     done = install(plan, quality=quality)
     console.print(
         f"installed {done.manifest.profile_id} as {plan.model_name} version {done.version} "

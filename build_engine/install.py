@@ -4,7 +4,9 @@ Atomic: the version directory is staged next to its final place (same filesystem
 in one step, then config.pbtxt is replaced with `os.replace`; Triton never sees a half-copied
 version. Each version carries its manifest.json (checksums verified before and after copying).
 - `cpu`: the CPU reference engine (`render_cpu_model`): model.py, a link `hf` to the HF folder,
-  the tokenizer files, manifest.json.
+  the tokenizer files, manifest.json; a quantized precision adds `fake_quant/` (the ModelOpt
+  state saved by `quantize`, checksummed like everything else) and its config points the engine
+  at it. The quality gate must have passed, as for a GPU engine.
 - every version also keeps its own rendered config (`triton_config.pbtxt`, manifest.VERSION_CONFIG,
   checksummed): the serving side loads an older version with it as Triton's config override.
 - GPU SKUs: the `tensorrt_llm` model (`TensorRTLLMConfig(...).render`) pointing at the version
@@ -18,13 +20,14 @@ import shutil
 import socket
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from autoglm.build_engine import manifest as mf
 from autoglm.build_engine.plan import BuildPlan
 from autoglm.build_engine.quality import QualityResult
 from autoglm.build_engine.skus import get_sku
+from autoglm.triton_models.cpu_engine.fake_quant import FakeQuantError, FakeQuantInfo
 from autoglm.triton_models.repository import CpuEngineConfig, render_cpu_model
 from autoglm.triton_models.tensorrt_llm import TensorRTLLMConfig
 
@@ -67,6 +70,11 @@ def install(
         raise InstallError("the plan has no model_repo to install into")
     if quality is not None and not quality.passed:
         raise InstallError(f"quality gate did not pass: {'; '.join(quality.reasons)}")
+    if plan.is_cpu_fake_quant and quality is None:
+        raise InstallError(
+            f"a {plan.precision} fake-quant version needs the quality gate's result "
+            "(run quantize and quality first)"
+        )
     model_root = plan.model_repo / plan.model_name
     model_root.mkdir(parents=True, exist_ok=True)
     version = next_version(model_root)
@@ -75,7 +83,7 @@ def install(
         if get_sku(plan.sku).is_gpu:
             config_text, _ = _stage_gpu(plan, staging, model_root / str(version))
         else:
-            config_text, _ = _stage_cpu(plan, staging, version, cpu_instance_count)
+            config_text, _ = _stage_cpu(plan, staging, version, cpu_instance_count, quality)
         final = model_root / str(version)
         (staging / "version").rename(final)
         tmp = staging / "config.pbtxt"
@@ -121,11 +129,32 @@ def _stage_gpu(plan: BuildPlan, staging: Path, final: Path) -> tuple[str, mf.Man
     return rendered.read_text(), manifest
 
 
+def _fake_quant_info(plan: BuildPlan) -> FakeQuantInfo:
+    """The saved fake-quant state, checked against the plan (the manifest must tell the truth)."""
+    try:
+        info = FakeQuantInfo.read(plan.fake_quant_dir)
+    except FakeQuantError as exc:
+        raise InstallError(f"{exc} (run quantize first)") from None
+    if (info.precision, info.kv_cache_dtype) != (plan.precision, plan.kv_cache_dtype):
+        raise InstallError(
+            f"{plan.fake_quant_dir} is {info.precision} with {info.kv_cache_dtype} KV, the plan "
+            f"is {plan.precision} with {plan.kv_cache_dtype} KV: run quantize again"
+        )
+    return info
+
+
 def _stage_cpu(
-    plan: BuildPlan, staging: Path, version: int, instance_count: int
+    plan: BuildPlan,
+    staging: Path,
+    version: int,
+    instance_count: int,
+    quality: QualityResult | None,
 ) -> tuple[str, mf.Manifest]:
     source = plan.model_dir.resolve()
     repo = staging / "repo"
+    assert plan.model_repo is not None  # checked by install()
+    info = _fake_quant_info(plan) if plan.is_cpu_fake_quant else None
+    fake_quant_name = plan.fake_quant_dir.name
     render_cpu_model(
         repo,
         CpuEngineConfig(
@@ -134,12 +163,21 @@ def _stage_cpu(
             instance_count=instance_count,
             max_batch_size=plan.max_batch,
             version=version,
+            precision=plan.precision,
+            # Where the version will be once renamed into place (the config is rendered first).
+            fake_quant_dir=(
+                plan.model_repo.resolve() / plan.model_name / str(version) / fake_quant_name
+                if info
+                else None
+            ),
         ),
     )
     rendered = repo / plan.model_name
     vdir = staging / "version"
     (rendered / str(version)).rename(vdir)
     (vdir / "hf").symlink_to(source, target_is_directory=True)
+    if info is not None:
+        shutil.copytree(plan.fake_quant_dir, vdir / fake_quant_name)
     for name in TOKENIZER_FILES:
         if (source / name).is_file():
             shutil.copy2(source / name, vdir / name)
@@ -148,9 +186,11 @@ def _stage_cpu(
     manifest = mf.Manifest(
         profile=mf.Profile.from_plan(plan),
         files=mf.hash_tree(vdir),  # follows the `hf` link: the weights are checksummed too
+        quality=quality.to_dict() if quality is not None else None,
         build_seconds=time.monotonic() - started,
         built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         host=socket.gethostname(),
+        extra={"fake_quant": {"dir": fake_quant_name, **asdict(info)}} if info else {},
     )
     mf.write(vdir, manifest)
     return (rendered / "config.pbtxt").read_text(), manifest

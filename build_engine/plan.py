@@ -103,6 +103,15 @@ class BuildPlan:
         return self.output_dir / "checkpoint"
 
     @property
+    def fake_quant_dir(self) -> Path:
+        """`--sku cpu` with a quantized precision: the ModelOpt fake-quant state to serve."""
+        return self.output_dir / "fake_quant"
+
+    @property
+    def is_cpu_fake_quant(self) -> bool:
+        return not get_sku(self.sku).is_gpu and self.precision != "fp32"
+
+    @property
     def engine_dir(self) -> Path:
         return self.output_dir / "engine"
 
@@ -198,16 +207,27 @@ def steps(plan: BuildPlan, *, python: str = sys.executable) -> tuple[Step, ...]:
     plan_arg = ("--plan", str(plan.plan_file))
     out: list[Step] = []
     sku = get_sku(plan.sku)
-    if sku.is_gpu:
+    if plan.is_cpu_fake_quant:
+        out.append(
+            Step(
+                "quantize",
+                (*entry, "quantize", *plan_arg),
+                note=f"ModelOpt PTQ → fake-quant state ({plan.fake_quant_dir.name}/) for the CPU "
+                "reference engine, and quality measurements",
+            )
+        )
+    elif sku.is_gpu:
         what = "convert" if plan.precision in GPU_BASE_PRECISIONS else "ModelOpt PTQ"
         out.append(
             Step(
                 "quantize",
                 (*entry, "quantize", *plan_arg),
-                note=f"{what} → TensorRT-LLM checkpoint (config.json + rank*.safetensors) and "
-                "quality measurements",
+                note=f"{what} → TensorRT-LLM checkpoint (config.json + rank*.safetensors, "
+                f"{plan.world_size} rank(s): tp={plan.tp} x pp={plan.pp}) and quality "
+                "measurements",
             )
         )
+    if sku.is_gpu or plan.is_cpu_fake_quant:
         out.append(
             Step(
                 "quality",
@@ -215,6 +235,7 @@ def steps(plan: BuildPlan, *, python: str = sys.executable) -> tuple[Step, ...]:
                 note="fail the build when the perplexity ratio or token agreement is crossed",
             )
         )
+    if sku.is_gpu:
         out.append(
             Step(
                 "compile",

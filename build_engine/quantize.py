@@ -8,11 +8,18 @@ decision is the separate `quality` step (quality.py), so a failing measurement i
 
 ModelOpt 0.47 facts (facts.md): a quant config's `quant_cfg` is a list of rules (append, do not
 `.update()`); `inference_tensor_parallel` must be given (its default 0 divides by zero).
+
+TP/PP > 1 exports one `rank<N>.safetensors` per rank (N < tp x pp) and the mapping in
+config.json; the shape is checked first (parallel.py), because ModelOpt's export accepts splits
+TensorRT-LLM cannot use. `--sku cpu` with a quantized precision exports no TensorRT-LLM checkpoint:
+it saves the fake-quant state the CPU reference engine serves (plan.fake_quant_dir,
+triton_models/cpu_engine/fake_quant.py).
 """
 
 from __future__ import annotations
 
 import copy
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from autoglm.build_engine.parallel import ModelShape, check_parallelism
 from autoglm.build_engine.plan import BuildPlan, export_dtype
 from autoglm.build_engine.quality import (
     QualityResult,
@@ -79,7 +87,7 @@ class QuantizeSettings:
 
 @dataclass(frozen=True, slots=True)
 class QuantizeResult:
-    checkpoint_dir: Path
+    checkpoint_dir: Path  # what was written: the TensorRT-LLM checkpoint, or the fake-quant dir
     quality: QualityResult
     calib_chunks: int
     ptq_seconds: float
@@ -133,12 +141,15 @@ def quantize(
     *,
     console: Console | None = None,
 ) -> QuantizeResult:
-    """Run PTQ (or a plain conversion for bf16/fp16) and export the TensorRT-LLM checkpoint."""
+    """Run PTQ (or a plain conversion for bf16/fp16) and export the TensorRT-LLM checkpoint
+    (or, for `--sku cpu`, save the fake-quant state)."""
     import torch
-    from modelopt.torch.export import export_tensorrt_llm_checkpoint
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     plan.validate()
+    if plan.sku == "cpu" and not plan.is_cpu_fake_quant:
+        raise QuantizeError("--sku cpu --precision fp32 serves the HF folder: nothing to quantize")
+    check_parallelism(plan.tp, plan.pp, ModelShape.from_model_dir(plan.model_dir))
     console = console or Console(stderr=True)
     tokenizer = AutoTokenizer.from_pretrained(plan.model_dir)
     model = AutoModelForCausalLM.from_pretrained(plan.model_dir, dtype=torch.float32).eval()
@@ -160,6 +171,12 @@ def quantize(
         chunk_len=settings.eval_len,
         max_chunks=settings.eval_chunks,
     )
+    # The fake-quant state is what PTQ added or changed: keep the weights as they were.
+    before = (
+        {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if plan.is_cpu_fake_quant
+        else {}
+    )
     with _progress(console) as progress:
         base = _score(model, heldout, progress, "score base model")
         started = time.monotonic()
@@ -170,21 +187,55 @@ def quantize(
         ptq_seconds = time.monotonic() - started
         quant = _score(model, heldout, progress, f"score {plan.precision} model")
     result = judge(plan.precision, base, quant, settings.thresholds)
-    out = plan.checkpoint_dir
-    out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    with console.status(f"export TensorRT-LLM checkpoint (tp={plan.tp}, pp={plan.pp}) → {out}"):
-        export_tensorrt_llm_checkpoint(
-            model,
-            decoder_type=decoder,
-            dtype=getattr(torch, export_dtype(plan.precision)),
-            export_dir=out,
-            inference_tensor_parallel=plan.tp,
-            inference_pipeline_parallel=plan.pp,
-        )
+    if plan.is_cpu_fake_quant:
+        out = plan.fake_quant_dir
+        with console.status(f"save ModelOpt fake-quant state → {out}"):
+            _save_fake_quant(model, before, plan)
+    else:
+        out = plan.checkpoint_dir
+        with console.status(
+            f"export TensorRT-LLM checkpoint ({plan.world_size} rank(s): tp={plan.tp}, "
+            f"pp={plan.pp}) → {out}"
+        ):
+            _export(model, decoder, plan)
     export_seconds = time.monotonic() - started
     write_report(plan.quality_report, result)
     return QuantizeResult(out, result, len(calib), ptq_seconds, export_seconds)
+
+
+def _export(model: torch.nn.Module, decoder: str, plan: BuildPlan) -> None:
+    import torch
+    from modelopt.torch.export import export_tensorrt_llm_checkpoint
+
+    out = plan.checkpoint_dir
+    out.mkdir(parents=True, exist_ok=True)
+    # A previous export with more ranks would leave rank files trtllm-build then picks up.
+    for old in [out / "config.json", *out.glob("rank*.safetensors")]:
+        old.unlink(missing_ok=True)
+    export_tensorrt_llm_checkpoint(
+        model,
+        decoder_type=decoder,
+        dtype=getattr(torch, export_dtype(plan.precision)),
+        export_dir=out,
+        inference_tensor_parallel=plan.tp,
+        inference_pipeline_parallel=plan.pp,
+    )
+
+
+def _save_fake_quant(
+    model: torch.nn.Module, before: dict[str, torch.Tensor], plan: BuildPlan
+) -> None:
+    from autoglm.triton_models.cpu_engine import fake_quant
+
+    out = plan.fake_quant_dir
+    staging = out.with_name(out.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    fake_quant.save(
+        model, before, staging, precision=plan.precision, kv_cache_dtype=plan.kv_cache_dtype
+    )
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
 
 
 def _score(

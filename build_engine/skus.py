@@ -6,6 +6,9 @@ Precision rules (TensorRT-LLM support matrix, docs/source/reference/support-matr
 facts.md "TensorRT-LLM and quantization"): FP8 needs compute capability >= 8.9 (Ada, Hopper,
 Blackwell); Ampere (8.0/8.6) has INT8 SmoothQuant, INT8 weight-only and INT4 AWQ but no FP8;
 NVFP4 needs Blackwell (10.x).
+The `cpu` SKU serves fp32, or the ModelOpt fake-quant (simulated) numerics of the PTQ formats
+that ModelOpt 0.47 calibrates on CPU (facts.md: FP8 + FP8 KV, INT8 SmoothQuant + INT8 KV,
+INT8 weight-only): the precision's effect on quality is visible, its speed is not.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ PRECISIONS: tuple[str, ...] = (
     "int4_awq",
     "nvfp4",
 )
+# What the CPU reference engine can fake-quantize (triton_models/cpu_engine/fake_quant.py).
+CPU_FAKE_QUANT: frozenset[str] = frozenset({"fp8", "int8_sq", "int8_wo"})
+# Precisions that serve unquantized weights (no calibrated K/V scales either).
+UNQUANTIZED: frozenset[str] = GPU_BASE_PRECISIONS | {"fp32"}
 # KV cache dtypes: "auto" = the model's compute dtype (TensorRT-LLM's own meaning of "auto").
 KV_CACHE_DTYPES: tuple[str, ...] = ("auto", "fp8", "int8")
 
@@ -85,8 +92,8 @@ SKUS: dict[str, Sku] = {
         # B200: 180 GB HBM3e per GPU in DGX B200 (1,440 GB for 8 GPUs, NVIDIA DGX B200 data sheet).
         _gpu("b200", (10, 0), 180, "B200"),
         # The CPU reference engine serves the HF folder in fp32 (triton_models/cpu_engine/runner.py
-        # loads it with dtype=torch.float32).
-        Sku("cpu", None, 0, frozenset({"fp32"})),
+        # loads it with dtype=torch.float32), optionally with ModelOpt fake-quant on top.
+        Sku("cpu", None, 0, frozenset({"fp32"}) | CPU_FAKE_QUANT),
     )
 }
 
@@ -123,9 +130,7 @@ def check_kv_cache_dtype(sku: Sku, precision: str, kv_cache_dtype: str) -> None:
             f"kv cache dtype 'fp8' is not supported on SKU {sku.name!r} "
             f"(compute capability {sku.cc_string}); FP8 needs >= 8.9"
         )
-    if kv_cache_dtype != "auto" and not sku.is_gpu:
-        raise SkuError(f"kv cache dtype {kv_cache_dtype!r} needs a GPU SKU, not {sku.name!r}")
-    if kv_cache_dtype != "auto" and precision in GPU_BASE_PRECISIONS:
+    if kv_cache_dtype != "auto" and precision in UNQUANTIZED:
         # A quantized KV cache needs calibrated K/V scales, which only the PTQ step produces.
         raise SkuError(
             f"kv cache dtype {kv_cache_dtype!r} needs a quantized precision (calibrated K/V "
@@ -155,7 +160,10 @@ def _longest(sku: Sku, lowered: str) -> int:
 
 def _why(sku: Sku, precision: str) -> str:
     if not sku.is_gpu:
-        return " (the CPU reference engine serves the HF model in fp32)"
+        return (
+            " (the CPU reference engine serves the HF model in fp32 or ModelOpt fake-quant "
+            "of fp8, int8_sq, int8_wo)"
+        )
     if precision == "fp8":
         return "; FP8 needs compute capability >= 8.9 (Ada, Hopper, Blackwell)"
     if precision == "nvfp4":

@@ -32,6 +32,10 @@ class CpuEngineConfig:
     torch_threads: int = 1
     max_batch_size: int = 8
     version: int = 1
+    # fp32, or a ModelOpt fake-quant precision restored from fake_quant_dir (absolute path of the
+    # version's `fake_quant/` folder; it may not exist yet while a version is being staged).
+    precision: str = "fp32"
+    fake_quant_dir: Path | None = None
 
     def validate(self) -> None:
         check_model_name(self.model_name)
@@ -45,6 +49,14 @@ class CpuEngineConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if (self.precision == "fp32") != (self.fake_quant_dir is None):
+            raise ValueError(
+                f"fake_quant_dir: precision {self.precision!r} needs a fake-quant directory "
+                "exactly when it is not fp32"
+            )
+        check_config_string("precision", self.precision)
+        if self.fake_quant_dir is not None:
+            check_config_string("fake_quant_dir", str(self.fake_quant_dir))
         if not (self.hf_model_dir / "config.json").is_file():
             raise ValueError(f"hf_model_dir: {self.hf_model_dir} holds no config.json")
 
@@ -62,6 +74,8 @@ def render_cpu_model(repo: Path, cfg: CpuEngineConfig) -> model_config_pb2.Model
             "hf_model_dir": cfg.hf_model_dir.resolve(),
             "max_concurrency": cfg.max_concurrency,
             "torch_threads": cfg.torch_threads,
+            "precision": cfg.precision,
+            "fake_quant_dir": cfg.fake_quant_dir or "",
         },
     )
     model_root = repo / cfg.model_name

@@ -67,6 +67,15 @@ def test_steps_order_and_commands() -> None:
 def test_cpu_plan_only_installs() -> None:
     p = make(sku="cpu", precision="fp32", kv_cache_dtype="auto", model_repo=Path("/repo"))
     assert [s.name for s in steps(p)] == ["install"]
+    assert not p.is_cpu_fake_quant
+
+
+def test_cpu_fake_quant_plan_quantizes_gates_installs() -> None:
+    p = make(sku="cpu", precision="fp8", kv_cache_dtype="fp8", model_repo=Path("/repo"))
+    got = steps(p)
+    assert [s.name for s in got] == ["quantize", "quality", "install"]
+    assert p.is_cpu_fake_quant and "fake-quant" in got[0].note
+    assert p.fake_quant_dir == p.output_dir / "fake_quant"
 
 
 @pytest.mark.parametrize(

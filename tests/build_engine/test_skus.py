@@ -58,11 +58,15 @@ def test_nvfp4_only_blackwell() -> None:
             check_precision(name, "nvfp4")
 
 
-def test_cpu_is_fp32_only() -> None:
+def test_cpu_is_fp32_or_fake_quant() -> None:
     assert not get_sku("cpu").is_gpu
-    check_precision("cpu", "fp32")
-    with pytest.raises(SkuError, match=r"'bf16'.*'cpu'"):
+    assert get_sku("cpu").precisions == {"fp32", "fp8", "int8_sq", "int8_wo"}
+    for precision in ("fp32", "fp8", "int8_sq", "int8_wo"):
+        check_precision("cpu", precision)
+    with pytest.raises(SkuError, match=r"'bf16'.*'cpu'.*fake-quant"):
         check_precision("cpu", "bf16")
+    with pytest.raises(SkuError, match=r"'int4_awq'.*'cpu'"):
+        check_precision("cpu", "int4_awq")
 
 
 def test_unknown_names() -> None:
@@ -79,6 +83,11 @@ def test_kv_cache_rules() -> None:
         check_kv_cache_dtype(get_sku("a10g"), "int8_sq", "fp8")
     with pytest.raises(SkuError, match=r"quantized precision"):
         check_kv_cache_dtype(get_sku("h100-sxm"), "bf16", "fp8")
+    # The CPU fake-quantizes K/V too (ModelOpt's calibrated bmm quantizers), never for fp32.
+    check_kv_cache_dtype(get_sku("cpu"), "fp8", "fp8")
+    check_kv_cache_dtype(get_sku("cpu"), "int8_sq", "int8")
+    with pytest.raises(SkuError, match=r"quantized precision.*'fp32'"):
+        check_kv_cache_dtype(get_sku("cpu"), "fp32", "fp8")
 
 
 @pytest.mark.parametrize(

@@ -77,6 +77,8 @@ def test_instance_group_and_parameters(cpu: mc.ModelConfig, model_dir: Path) -> 
         "hf_model_dir": str(model_dir.resolve()),
         "max_concurrency": "4",
         "torch_threads": "1",
+        "precision": "fp32",
+        "fake_quant_dir": "",
     }
 
 
@@ -191,6 +193,9 @@ def test_gpu_required_inputs_are_all_in_the_contract(gpu: mc.ModelConfig) -> Non
         ({"torch_threads": 0}, "torch_threads"),
         ({"max_batch_size": 0}, "max_batch_size"),
         ({"version": 0}, "version"),
+        ({"precision": "fp8"}, "fake_quant_dir"),
+        ({"fake_quant_dir": Path("/v/1/fake_quant")}, "fake_quant_dir"),
+        ({"precision": "fp8", "fake_quant_dir": Path('/a"b')}, "fake_quant_dir"),
     ],
 )
 def test_validate_names_the_field(
@@ -219,6 +224,16 @@ def test_missing_config_json(tmp_path: Path) -> None:
 
 def test_valid_config_validates(model_dir: Path) -> None:
     CpuEngineConfig(model_name=MODEL, hf_model_dir=model_dir).validate()
+
+
+def test_fake_quant_parameters(model_dir: Path, tmp_path: Path) -> None:
+    fq = tmp_path / "repo" / MODEL / "1" / "fake_quant"
+    cfg = CpuEngineConfig(
+        model_name=MODEL, hf_model_dir=model_dir, precision="fp8", fake_quant_dir=fq
+    )
+    parsed = render_cpu_model(tmp_path / "repo", cfg)
+    assert parsed.parameters["precision"].string_value == "fp8"
+    assert parsed.parameters["fake_quant_dir"].string_value == str(fq)
 
 
 @pytest.mark.parametrize("name", ["..", ".", 'a"b'])

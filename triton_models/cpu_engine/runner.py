@@ -3,6 +3,10 @@
 No Triton imports: the Triton adapter (model.py) feeds EngineRequests in and sends the yielded
 token ids out, so this loop is tested directly. The KV cache is reused between steps, so each
 step costs one token's forward pass.
+
+A quantized CPU version (`--sku cpu --precision fp8|int8_sq|int8_wo`) runs the build's ModelOpt
+fake-quant model instead of the plain fp32 one (fake_quant.py): same HF folder, plus the
+calibrated quantizers restored on top.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from autoglm.triton_models.cpu_engine import fake_quant
 from autoglm.triton_models.cpu_engine.request import EngineRequest
 from autoglm.triton_models.cpu_engine.sampling import Sampler
 
@@ -19,7 +24,14 @@ from autoglm.triton_models.cpu_engine.sampling import Sampler
 class CausalLMRunner:
     """Loads one HF model folder once and runs any number of generations (thread-safe)."""
 
-    def __init__(self, model_dir: Path, *, torch_threads: int = 1) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        torch_threads: int = 1,
+        precision: str = "fp32",
+        fake_quant_dir: Path | None = None,
+    ) -> None:
         from transformers import AutoConfig, AutoModelForCausalLM
 
         # One intra-op thread per generation: concurrency comes from running several requests in
@@ -29,6 +41,14 @@ class CausalLMRunner:
         self.config = AutoConfig.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         self.model.eval()
+        if (precision == "fp32") != (fake_quant_dir is None):
+            raise fake_quant.FakeQuantError(
+                f"precision {precision!r} with fake_quant_dir {fake_quant_dir}: fp32 serves the HF "
+                "weights as they are, every other precision needs its fake-quant directory"
+            )
+        if fake_quant_dir is not None:
+            self.model = fake_quant.restore(self.model, fake_quant_dir, precision=precision)
+        self.precision = precision
         self.vocab_size = int(self.config.vocab_size)
 
     def generate(

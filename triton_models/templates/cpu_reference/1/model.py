@@ -5,7 +5,9 @@ cpu_engine/runner.py. Each request runs in a worker thread and streams one `outp
 per token (or one at the end when `streaming` is false), then a final empty response. It honours
 `is_cancelled()` between tokens, as the tensorrtllm backend does every
 `cancellation_check_period_ms`. Cancellations are counted in a custom metric in Triton's own
-/metrics endpoint (`autoglm_engine_requests_total{outcome="cancelled"}`).
+/metrics endpoint (`autoglm_engine_requests_total{outcome="cancelled"}`). A quantized CPU version
+(parameters `precision`, `fake_quant_dir`) serves the build's ModelOpt fake-quant model
+(cpu_engine/fake_quant.py).
 """
 
 from __future__ import annotations
@@ -35,12 +37,20 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         if not pb_utils.using_decoupled_model_transaction_policy(config):
             raise pb_utils.TritonModelException("the CPU reference engine must be decoupled")
+        fake_quant_dir = _param(config, "fake_quant_dir")
         self.runner = CausalLMRunner(
-            Path(_param(config, "hf_model_dir")), torch_threads=int(_param(config, "torch_threads"))
+            Path(_param(config, "hf_model_dir")),
+            torch_threads=int(_param(config, "torch_threads")),
+            precision=_param(config, "precision"),
+            fake_quant_dir=Path(fake_quant_dir) if fake_quant_dir else None,
         )
         workers = int(_param(config, "max_concurrency"))
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="generate")
         self.logger = pb_utils.Logger
+        self.logger.log_info(
+            f"{args['model_name']} version {args['model_version']}: {self.runner.precision}"
+            + (f" (ModelOpt fake-quant from {fake_quant_dir})" if fake_quant_dir else "")
+        )
         # Families must outlive their metrics: keep them on the instance.
         self.families = [
             family := pb_utils.MetricFamily(
