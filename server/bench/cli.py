@@ -82,6 +82,12 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         help="level at which the paced targets are judged",
     )
     b.add_argument(
+        "--facade-workers",
+        type=int,
+        default=1,
+        help="façade processes sharing its port (`autoglm serve --workers N`, SO_REUSEPORT)",
+    )
+    b.add_argument(
         "--profile-seconds",
         type=float,
         default=0.0,
@@ -122,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         duration_s=None if args.requests else args.duration,
         num_requests=args.requests,
         check_concurrency=args.check_concurrency,
+        facade_workers=args.facade_workers,
         profile_seconds=args.profile_seconds,
         plots=not args.no_plots,
         seed=args.seed,

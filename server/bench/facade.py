@@ -6,6 +6,7 @@ small as the direct path's; credentials are composed as the client does (style.m
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 
 import grpc
@@ -26,9 +27,18 @@ def facade_credentials(pki: DevPki, token: str) -> grpc.ChannelCredentials:
 class FacadePath:
     name = "facade"
 
-    def __init__(self, endpoint: str, pki: DevPki, token: str, model: str) -> None:
-        self._channel = grpc.aio.secure_channel(endpoint, facade_credentials(pki, token))
-        self._stub = pb_grpc.TextGenerationStub(self._channel)
+    def __init__(
+        self, endpoint: str, pki: DevPki, token: str, model: str, *, connections: int = 1
+    ) -> None:
+        # SO_REUSEPORT spreads *connections* over the façade's worker processes, so a scale-out
+        # run needs several; a local subchannel pool per channel keeps gRPC from sharing one.
+        options = [("grpc.use_local_subchannel_pool", 1)] if connections > 1 else []
+        creds = facade_credentials(pki, token)
+        self._channels = [
+            grpc.aio.secure_channel(endpoint, creds, options=options) for _ in range(connections)
+        ]
+        self._stubs = [pb_grpc.TextGenerationStub(c) for c in self._channels]
+        self._next = itertools.count()
         self._model = model
 
     async def stream(self, req: BenchRequest) -> AsyncIterator[int]:
@@ -37,7 +47,8 @@ class FacadePath:
             prompt=req.prompt,
             sampling=pb.SamplingParams(max_tokens=req.max_tokens, temperature=0.0),
         )
-        call = self._stub.GenerateStream(request)
+        stub = self._stubs[next(self._next) % len(self._stubs)]
+        call = stub.GenerateStream(request)
         try:
             async for msg in call:
                 yield len(msg.token_ids)
@@ -45,4 +56,5 @@ class FacadePath:
             call.cancel()
 
     async def close(self) -> None:
-        await self._channel.close()
+        for channel in self._channels:
+            await channel.close()

@@ -38,6 +38,7 @@ class BenchOptions:
     duration_s: float | None = 15.0
     num_requests: int | None = None
     check_concurrency: int = 64
+    facade_workers: int = 1  # `autoglm serve --workers N` (SO_REUSEPORT scale-out)
     profile_seconds: float = 0.0
     plots: bool = True
     seed: int = 0
@@ -121,7 +122,7 @@ def run_bench(o: BenchOptions, log: Callable[[str], None] = print) -> BenchRepor
             "mTLS + restricted-protocol secret, Triton's own tracing off for both paths"
         )
         log(f"starting Triton ({', '.join(m.name for m in used)}) and the façade in {work}")
-        stack_opts = StackOptions(work, o.model_dir, used, cycle)
+        stack_opts = StackOptions(work, o.model_dir, used, cycle, facade_workers=o.facade_workers)
         with BenchStack(stack_opts) as stack:
             log(
                 f"façade pid {stack.facade_pid} on {stack.facade_endpoint}; "

@@ -105,7 +105,13 @@ def py_spy() -> str | None:
 
 
 def start_py_spy(
-    pid: int, seconds: float, out: Path, *, rate: int = 200, native: bool = True
+    pid: int,
+    seconds: float,
+    out: Path,
+    *,
+    rate: int = 200,
+    native: bool = True,
+    subprocesses: bool = False,
 ) -> subprocess.Popen[bytes]:
     """py-spy record in the background. `native` also samples C/Cython frames (grpc's aio core
     is Cython: without it its time shows up as asyncio's Handle._run); it pauses the process per
@@ -116,4 +122,6 @@ def start_py_spy(
     mode = ["--native"] if native else ["--nonblocking"]
     cmd = [exe, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", str(rate)]
     cmd += [*mode, "--format", "raw", "--output", str(out)]
+    if subprocesses:  # `serve --workers N`: the supervisor's worker processes
+        cmd.append("--subprocesses")
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from autoglm.server.bench.stats import Summary
-from autoglm.server.bench.targets import Check
+from autoglm.server.bench.targets import Check, cores_for, tokens_per_core_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +88,10 @@ def comparison(direct: RunResult, facade: RunResult) -> dict[str, Any]:
         "cpu_per_token_ratio": f.cpu_us_per_token("facade") / d.cpu_us_per_token("loadgen")
         if d.output_tokens and d.cpu.get("loadgen")
         else math.nan,
+        "facade_tokens_per_core_s": tokens_per_core_s(f),
+        "facade_cores_for_h100": cores_for(f),
+        # Coalescing: relayed tokens per streamed message (the direct path has one per response).
+        "facade_tokens_per_message": f.tokens_per_chunk,
     }
 
 
@@ -135,7 +139,10 @@ def table(report: BenchReport) -> str:
             f"+ITL p99 {_f(c['added_itl_p99_ms'], 0, 2)} ms  "
             f"CPU/token façade {_f(c['facade_cpu_us_per_token'], 0, 0)} µs vs direct consumer "
             f"{_f(c['direct_consumer_cpu_us_per_token'], 0, 0)} µs "
-            f"(×{_f(c['cpu_per_token_ratio'], 0, 2)})"
+            f"(×{_f(c['cpu_per_token_ratio'], 0, 2)}); "
+            f"{_f(c['facade_tokens_per_core_s'], 0, 0)} tok/s per façade core, "
+            f"{_f(c['facade_cores_for_h100'], 0, 2)} cores for 28k tok/s, "
+            f"{_f(c['facade_tokens_per_message'], 0, 2)} tok/message"
         )
     if report.checks:
         lines.append("")

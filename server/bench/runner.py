@@ -24,7 +24,7 @@ from autoglm.server.bench.procstat import CpuMeter, descendants
 from autoglm.server.bench.report import BenchReport, RunResult
 from autoglm.server.bench.stack import BenchStack, EngineModel
 from autoglm.server.bench.stats import summarize
-from autoglm.server.bench.targets import paced_checks, unpaced_checks
+from autoglm.server.bench.targets import paced_checks, scaleout_checks, unpaced_checks
 from autoglm.server.bench.workload import LengthDist, Workload
 from autoglm.server.models import ServedModel
 
@@ -70,7 +70,8 @@ async def _one(
 ) -> RunResult:
     assert stack.triton is not None and stack.triton.pid is not None
     triton = [stack.triton.pid, *descendants(stack.triton.pid)]
-    meter = CpuMeter({"facade": [stack.facade_pid], "triton": triton, "loadgen": [os.getpid()]})
+    groups = {"facade": stack.facade_pids(), "triton": triton, "loadgen": [os.getpid()]}
+    meter = CpuMeter(groups)
     result = await run_load(path.stream, workload, load, meter.mark)
     summary = summarize(result.records, result.window, meter.delta())
     return RunResult(
@@ -90,7 +91,15 @@ async def run_all(
         m = served[sc.model.name]
         assert stack.triton is not None
         direct = DirectPath(stack.triton.grpc_target, stack.link, sc.model.name, m.end_id, m.pad_id)
-        facade = FacadePath(stack.facade_endpoint, stack.pki, stack.token, sc.model.name)
+        workers = stack.opts.facade_workers
+        facade = FacadePath(
+            stack.facade_endpoint,
+            stack.pki,
+            stack.token,
+            sc.model.name,
+            # 4 connections per worker: the kernel hashes each to a worker, roughly evenly.
+            connections=1 if workers == 1 else 4 * workers,
+        )
         try:
             for load in sc.loads:
                 order = (direct, facade) if step % 2 == 0 else (facade, direct)
@@ -141,6 +150,8 @@ def _judge(
         report.checks[key] = paced_checks(d, f)
     elif sc.name == "unpaced":
         report.checks[key] = unpaced_checks(d, f)
+        if load.concurrency == cfg.check_concurrency:
+            report.checks[f"{key} scale-out"] = scaleout_checks(f)
 
 
 async def _profile(
@@ -159,7 +170,8 @@ async def _profile(
     load = LoadSpec(
         concurrency=cfg.check_concurrency, warmup_s=1.0, duration_s=cfg.profile_seconds + 2.0
     )
-    spy = profile.start_py_spy(stack.facade_pid, cfg.profile_seconds, out)
+    workers = stack.opts.facade_workers > 1
+    spy = profile.start_py_spy(stack.facade_pid, cfg.profile_seconds, out, subprocesses=workers)
     await run_load(facade.stream, workload, load)
     _, err = await asyncio.to_thread(spy.communicate)
     if spy.returncode != 0 or not out.is_file():

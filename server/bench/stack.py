@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from autoglm.server.bench.facade import facade_credentials
+from autoglm.server.bench.procstat import descendants
 from autoglm.server.bench.sink import OtlpSink
 from autoglm.server.engine_link import EngineLink, dev_engine_link
 from autoglm.server.limits import PrincipalLimits
@@ -29,6 +30,7 @@ from autoglm.triton_models.repository import CpuEngineConfig, render_cpu_model
 from autoglm.triton_models.synthetic import render_synthetic_model
 
 _LISTENING = re.compile(r"listening on port (\d+)")
+_WORKERS_LISTENING = re.compile(r"\d+ workers listening on port (\d+)")  # workers.py
 _UNLIMITED = 1_000_000  # admission limits far above any benchmark load
 
 
@@ -48,6 +50,7 @@ class StackOptions:
     token_ids: Sequence[int]  # the synthetic engine's id cycle
     cpu_instances: int = 1
     cpu_max_concurrency: int = 8
+    facade_workers: int = 1  # `autoglm serve --workers`: processes sharing the port
 
 
 class BenchStack:
@@ -144,6 +147,8 @@ class BenchStack:
             str(_UNLIMITED),
             "--grace",
             "1",
+            "--workers",
+            str(self.opts.facade_workers),
         ]
         for m in self.opts.models:
             cmd += ["--model", f"{m.name}={m.name}:{self.opts.tokenizer_dir}"]
@@ -166,7 +171,8 @@ class BenchStack:
         while not self.facade_port:
             if self._facade.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"façade did not start:\n{self.facade_log.read_text()[-3000:]}")
-            if m := _LISTENING.search(self.facade_log.read_text(errors="replace")):
+            pattern = _WORKERS_LISTENING if self.opts.facade_workers > 1 else _LISTENING
+            if m := pattern.search(self.facade_log.read_text(errors="replace")):
                 self.facade_port = int(m.group(1))
             else:
                 time.sleep(0.05)
@@ -190,8 +196,13 @@ class BenchStack:
 
     @property
     def facade_pid(self) -> int:
+        """The `autoglm serve` process (with --workers > 1: the supervisor of the workers)."""
         assert self._facade is not None
         return self._facade.pid
+
+    def facade_pids(self) -> list[int]:
+        """Every façade process: `autoglm serve` and its workers (and multiprocessing's helper)."""
+        return [self.facade_pid, *descendants(self.facade_pid)]
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> BenchStack:

@@ -82,6 +82,7 @@ class Summary:
     itl_ms: Dist
     e2e_ms: Dist
     cpu: dict[str, float] = field(default_factory=dict)  # process → CPU seconds in the window
+    chunks: int = 0  # streamed messages that carried tokens and arrived in the window
 
     @property
     def tokens_per_s(self) -> float:
@@ -91,6 +92,11 @@ class Summary:
     def requests_per_s(self) -> float:
         """Requests started in the window and completed OK, per second of window."""
         return self.ok / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def tokens_per_chunk(self) -> float:
+        """Tokens per streamed message (> 1 when the façade coalesced them)."""
+        return self.output_tokens / self.chunks if self.chunks else math.nan
 
     def cpu_us_per_token(self, process: str) -> float:
         """CPU microseconds per output token of one process (NaN when unknown)."""
@@ -117,15 +123,16 @@ def summarize(
     errors = Counter(r.status for r in measured if not r.ok)
     ttfts = [t for r in ok if (t := r.ttft) is not None]
     itls = [gap for r in ok for gap in r.inter_token_latencies()]
-    tokens = sum(n for r in records for t, n in r.chunks if start <= t < end)
+    arrived = [n for r in records for t, n in r.chunks if start <= t < end]
     return Summary(
         requests=len(measured),
         ok=len(ok),
         errors=dict(sorted(errors.items())),
-        output_tokens=tokens,
+        output_tokens=sum(arrived),
         duration_s=end - start,
         ttft_ms=Dist.of_seconds(ttfts),
         itl_ms=Dist.of_seconds(itls),
         e2e_ms=Dist.of_seconds([r.end - r.start for r in ok]),
         cpu=dict(cpu or {}),
+        chunks=len(arrived),
     )

@@ -3,6 +3,8 @@
 Paced like a GPU (the synthetic engine at e.g. 40 tokens/s per stream, 64 streams):
   façade tokens/s >= 0.99 × direct, added p50 TTFT <= 1 ms, added p99 ITL <= 2 ms.
 Unpaced: façade CPU per relayed token <= the bare direct consumer's CPU per token.
+Scale-out (`serve --workers N`, SO_REUSEPORT): relay tokens/s per façade core, and the cores it
+takes to carry one H100's output (28,000 tokens/s, the issue's figure) <= 2.
 """
 
 from __future__ import annotations
@@ -15,6 +17,19 @@ from autoglm.server.bench.stats import Summary
 THROUGHPUT_RATIO_MIN = 0.99
 ADDED_TTFT_P50_MAX_MS = 1.0
 ADDED_ITL_P99_MAX_MS = 2.0
+H100_TOKENS_PER_S = 28_000.0  # issue #8: what one H100 generates, to be carried by the façade
+H100_CORES_MAX = 2.0
+
+
+def tokens_per_core_s(s: Summary) -> float:
+    """Relayed tokens per second of façade CPU time (= tokens/s one fully busy core carries)."""
+    cpu = s.cpu.get("facade")
+    return s.output_tokens / cpu if cpu else math.nan
+
+
+def cores_for(s: Summary, tokens_per_s: float = H100_TOKENS_PER_S) -> float:
+    per_core = tokens_per_core_s(s)
+    return tokens_per_s / per_core if per_core else math.nan
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,3 +74,16 @@ def unpaced_checks(direct: Summary, facade: Summary) -> list[Check]:
     direct_cpu = direct.cpu_us_per_token("loadgen")
     ratio = facade_cpu / direct_cpu if direct_cpu else math.nan
     return [_at_most("façade CPU/token ÷ direct consumer CPU/token", ratio, 1.0, "×")]
+
+
+def scaleout_checks(facade: Summary) -> list[Check]:
+    """Façade cores needed for one H100's tokens/s, from its CPU per token under load."""
+    return [
+        _at_most(
+            f"façade cores for {H100_TOKENS_PER_S:,.0f} tokens/s "
+            f"({tokens_per_core_s(facade):,.0f} tokens/s per core)",
+            cores_for(facade),
+            H100_CORES_MAX,
+            "cores",
+        )
+    ]

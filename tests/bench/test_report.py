@@ -56,3 +56,19 @@ def test_report_json_and_table() -> None:
     assert data["checks"]["paced c=64"][0]["passed"] is True
     out = table(report)
     assert "façade vs direct" in out and "paced c=64" in out and "×0.990" in out
+
+
+def test_scaleout_check_and_per_core_figures() -> None:
+    from autoglm.server.bench.stats import Dist, Summary
+    from autoglm.server.bench.targets import cores_for, scaleout_checks, tokens_per_core_s
+
+    dist = Dist(1.0, 1.0, 1.0, 1.0, 1)
+    # 20,000 tokens relayed with 1.0 façade CPU-second: 20,000 tokens/s per core.
+    s = Summary(10, 10, {}, 20_000, 10.0, dist, dist, dist, {"facade": 1.0}, chunks=5_000)
+    assert tokens_per_core_s(s) == 20_000
+    assert cores_for(s) == 1.4
+    assert s.tokens_per_chunk == 4.0
+    (check,) = scaleout_checks(s)
+    assert check.passed and check.measured == 1.4
+    slow = Summary(10, 10, {}, 20_000, 10.0, dist, dist, dist, {"facade": 4.0})
+    assert not scaleout_checks(slow)[0].passed

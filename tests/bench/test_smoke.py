@@ -46,7 +46,10 @@ def test_bench_smoke(model_dir: Path, tmp_path: Path) -> None:
         if r.path == "facade":
             assert s.cpu["facade"] > 0
     assert len(report.pairs()) == 2
-    assert set(report.checks) == {"paced c=2", "unpaced c=2"}
+    assert set(report.checks) == {"paced c=2", "unpaced c=2", "unpaced c=2 scale-out"}
     data = json.loads((opts.out_dir / "results.json").read_text())
     assert len(data["runs"]) == 4 and len(data["comparisons"]) == 2
+    for c in data["comparisons"]:  # relay figures of the façade
+        assert c["facade_tokens_per_core_s"] > 0 and c["facade_cores_for_h100"] > 0
+        assert c["facade_tokens_per_message"] >= 1
     assert "façade vs direct" in (opts.out_dir / "results.txt").read_text()
