@@ -21,6 +21,7 @@ Restoring = load the HF model, `mto.restore_from_modelopt_state`, load the entri
 from __future__ import annotations
 
 import json
+import locale
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -99,8 +100,23 @@ def save(
     return info
 
 
+def _utf8_text_files() -> None:
+    """Make `open()` without an encoding read UTF-8 in an embedded interpreter.
+
+    Triton's python-backend stub embeds Python without UTF-8 mode (PEP 540 only applies to the
+    `python` executable), so under the C locale `open()` defaults to ASCII. Importing
+    modelopt.torch.quantization runs `torch.compile`, whose inductor reads its kernel templates
+    that way (torch/_inductor/utils.py `load_template`) and failed in the stub with
+    "UnicodeDecodeError: 'ascii' codec can't decode byte 0xe2 in position 602". The default
+    text encoding follows LC_CTYPE, so switching it to C.UTF-8 (glibc's built-in) is enough.
+    """
+    if locale.getpreferredencoding(False).lower().replace("-", "") != "utf8":
+        locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
+
+
 def restore(model: torch.nn.Module, directory: Path, *, precision: str) -> torch.nn.Module:
     """The fake-quantized model, weights folded; FakeQuantError unless it is `precision`."""
+    _utf8_text_files()
     import modelopt.torch.opt as mto
     import modelopt.torch.quantization as mtq
     from safetensors.torch import load_file
