@@ -6,7 +6,7 @@ Reading and writing are therefore decoupled: a reader task appends every engine 
 token ids to a buffer as they arrive; the writer (the RPC handler) takes the whole buffer each
 time its previous message has been written. When the caller or the network is slower than the
 engine, several tokens go out as one message; when it keeps up, every token still goes out at
-once on its own (no timer, so no added latency).
+once on its own (no added latency).
 
 Under pressure — tokens were already waiting when the writer came back for more, i.e. it is
 behind — the writer lingers `linger_s` (1 ms) before taking, so the reader gets another turn:

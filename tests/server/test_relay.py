@@ -120,3 +120,25 @@ async def test_a_cancelled_take_leaves_the_relay_usable_and_closable() -> None:
         engine.release(1)
         batch = await relay.take()
         assert batch is not None and batch.ids == [1]
+
+
+async def test_a_writer_that_is_behind_lingers_and_takes_what_arrived_meanwhile() -> None:
+    engine = FakeEngine([[1], [2], [3], [4]])
+    async with Relay(engine.read, linger_s=0.2) as relay:
+        engine.release(1)
+        assert (batch := await relay.take()) is not None and batch.ids == [1]
+        engine.release(1)  # arrives while message [1] is being written: the writer is behind
+        await until(lambda: engine.pushed == 2)
+        asyncio.get_running_loop().call_later(0.02, engine.release, 2)  # within the linger
+        batch = await relay.take()
+        assert batch is not None and batch.ids == [2, 3, 4]
+
+
+async def test_a_writer_that_keeps_up_never_lingers() -> None:
+    engine = FakeEngine([[1], [2]])
+    async with Relay(engine.read, linger_s=30.0) as relay:
+        for expected in ([1], [2]):
+            engine.release(1)
+            async with asyncio.timeout(5.0):  # (in this task: the buffer is empty at take)
+                batch = await relay.take()
+            assert batch is not None and batch.ids == expected
