@@ -48,14 +48,16 @@ def expected_ids(cycle: Sequence[int], end_id: int, seed: int, count: int) -> li
 
 
 class FacadeStack(BenchStack):
-    """BenchStack with the façade's admission limits set (BenchStack lifts them all)."""
+    """BenchStack with the façade's admission limits set (BenchStack lifts them all) and its
+    deep-health probes off after the first check: a probe is a one-token generation, which
+    would add to the Triton request counts the tests compare exactly."""
 
     def __init__(self, opts: StackOptions, limits: LimitSettings | None = None) -> None:
         super().__init__(opts)
         self.limits = limits
 
     def facade_command(self) -> list[str]:
-        cmd = super().facade_command()
+        cmd = [*super().facade_command(), "--health-interval", "3600"]
         if self.limits is not None:
             for flag, value in (
                 ("--max-in-flight", self.limits.max_in_flight),

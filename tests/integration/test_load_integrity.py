@@ -102,6 +102,8 @@ def real_facade(
             token_store=token_store.path,
             engine_link=engine_link,
             metrics_listen="127.0.0.1:0",
+            # No deep-health probes of its own during the test (the first check runs at start).
+            health_interval_s=3600.0,
             limits=LimitSettings(
                 max_in_flight=unlimited,
                 max_streams_per_principal=unlimited,
@@ -203,11 +205,18 @@ def _problems(
 
 
 def _leak_checks(
-    triton_metrics_url: str, facade_metrics_url: str, model: str, before: float, n: int
+    triton_metrics_url: str,
+    facade_metrics_url: str,
+    model: str,
+    before: float,
+    n: int,
+    *,
+    exact: bool = True,
 ) -> float:
-    """After the load: Triton finished exactly n more requests of `model` (`before` = its
-    success count before), has none pending and none failed, and the façade has none in flight.
-    Returns the seconds it took to settle."""
+    """After the load: Triton received n more requests of `model` (`before` = its success
+    count before; exactly n when no other façade's health probes reach this Triton, else at
+    least n), has none pending and none failed, and the façade has none in flight. Returns the
+    seconds it took to settle."""
 
     def values() -> tuple[float, float, float, float]:
         return (
@@ -217,13 +226,17 @@ def _leak_checks(
             scrape(facade_metrics_url, "autoglm_in_flight_requests", model=model),
         )
 
+    def settled() -> bool:
+        got, *rest = values()
+        return (got == n if exact else got >= n) and rest == [0, 0, 0]
+
     # Triton refreshes some metrics on an interval (--metrics-interval-ms, 2 s by default).
     try:
-        return wait_until(lambda: values() == (n, 0, 0, 0), 10)
+        return wait_until(settled, 10)
     except AssertionError:
         raise AssertionError(
             f"(Triton success +, pending, failed, façade in flight) = {values()}, "
-            f"expected {(n, 0, 0, 0)}"
+            f"expected ({'' if exact else '>= '}{n}, 0, 0, 0)"
         ) from None
 
 
@@ -303,7 +316,18 @@ async def test_real_model_concurrent_streams_equal_sequential_runs(
     triton_url = real_facade.triton.metrics_url
     before = scrape(triton_url, "nv_inference_request_success", model=MODEL)
     engine = "autoglm_engine_requests_total"  # the CPU engine's own outcome counter
-    completed_before = scrape(triton_url, engine, model=MODEL, outcome="completed")
+    outcomes = ("completed", "cancelled", "failed", "rejected")
+
+    def engine_outcomes() -> list[float]:
+        return [scrape(triton_url, engine, model=MODEL, outcome=o) for o in outcomes]
+
+    def facade_ok() -> float:
+        return sum(
+            scrape(real_facade.metrics_url, "autoglm_requests", model=MODEL, rpc=rpc, code="OK")
+            for rpc in ("Generate", "GenerateStream")
+        )
+
+    outcomes_before, ok_before = engine_outcomes(), facade_ok()
 
     results, seconds, peak = await _run_concurrently(config, requests)
 
@@ -330,11 +354,18 @@ async def test_real_model_concurrent_streams_equal_sequential_runs(
     assert len({u.text for u in sequential}) > REAL_REQUESTS // 2
     assert peak == CONCURRENCY
     n = 2 * REAL_REQUESTS
-    settle = _leak_checks(triton_url, real_facade.metrics_url, MODEL, before, n)
-    assert scrape(triton_url, engine, model=MODEL, outcome="completed") - completed_before == n
+    # This Triton is shared with the package's façade, whose deep-health probes (one-token
+    # generations while it sees no traffic) also reach it: Triton's and the engine's counts are
+    # lower bounds here; the façade's own count is exact.
+    settle = _leak_checks(triton_url, real_facade.metrics_url, MODEL, before, n, exact=False)
+    delta = [a - b for a, b in zip(engine_outcomes(), outcomes_before, strict=True)]
+    completed = delta[0]
+    assert completed >= n and delta[1:] == [0, 0, 0], dict(zip(outcomes, delta, strict=True))
+    assert facade_ok() - ok_before == n
     tokens = sum(len(r.token_ids) for r in results)
     print(
         f"\nreal model: {REAL_REQUESTS} streams, concurrency {peak}, {tokens} tokens in "
-        f"{seconds:.1f} s (sequential: {sequential_s:.1f} s); 0 problems; Triton success "
-        f"+{n}, engine completed +{n}, pending 0, façade in flight 0 (settled in {settle:.2f} s)"
+        f"{seconds:.1f} s (sequential: {sequential_s:.1f} s); 0 problems; façade OK +{n}; "
+        f"engine completed +{completed:.0f} (incl. health probes), cancelled/failed/rejected +0; "
+        f"pending 0, façade in flight 0 (settled in {settle:.2f} s)"
     )
