@@ -8,6 +8,8 @@ which is what plan.steps() prints). Every command sets `func(args, console) -> i
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -35,7 +37,18 @@ from autoglm.build_engine.quality import (
 from autoglm.build_engine.quantize import QuantizeError
 from autoglm.build_engine.skus import KV_CACHE_DTYPES, PRECISIONS, SKUS, SkuError, get_sku
 from autoglm.build_engine.texts import TextError
-from autoglm.server.version_plan import OverrideError, parse_override, plan_loads, scan_roots
+from autoglm.server.version_plan import (
+    Override,
+    OverrideError,
+    merge_overrides,
+    parse_override,
+    plan_loads,
+    read_pins,
+    remove_pin,
+    scan_repository,
+    scan_roots,
+    write_pin,
+)
 
 # Limits per profile when not given (our defaults): latency keeps batches small so a request
 # never waits behind a long context; throughput lets in-flight batching fill the GPU.
@@ -117,6 +130,26 @@ def _add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         help="as `autoglm serve --profile`: PROFILE_ID, MODEL=PROFILE_ID or MODEL@VERSION",
     )
     p.set_defaults(func=cmd_list_profiles)
+
+    p = sub.add_parser(
+        "activate",
+        help="pin the version a running `autoglm serve --model-repository` serves (then SIGHUP)",
+    )
+    p.add_argument("model", help="model name (its folder in the repository)")
+    p.add_argument("--repository", type=Path, required=True, help="the Triton model repository")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--version", type=int, help="serve this installed version")
+    which.add_argument("--profile", dest="profile_id", help="serve the version of this profile")
+    which.add_argument(
+        "--best", action="store_true", help="remove the pin: serve the best compatible version"
+    )
+    p.add_argument(
+        "--signal",
+        type=int,
+        metavar="PID",
+        help="send SIGHUP to the serving process so it switches now (else at its next reload)",
+    )
+    p.set_defaults(func=cmd_activate)
 
 
 def _plan_arg(p: argparse.ArgumentParser) -> None:
@@ -280,6 +313,46 @@ def cmd_list_profiles(args: argparse.Namespace, console: Console) -> int:
         if d.error:
             console.print(f"[red]{d.error}[/]")
     return 0 if decisions and all(d.chosen for d in decisions) else 1
+
+
+def cmd_activate(args: argparse.Namespace, console: Console) -> int:
+    """Write (or remove) `<repo>/<model>/pin.json` after checking this host would serve it."""
+    repo: Path = args.repository
+    if not (repo / args.model).is_dir():
+        raise OverrideError(f"model: no model {args.model!r} in {repo}")
+    if args.version is not None and args.version < 1:
+        raise OverrideError(f"--version: must be >= 1, got {args.version}")
+    if args.best:
+        removed = remove_pin(repo, args.model)
+        console.print(f"{args.model}: {'pin removed' if removed else 'was not pinned'}")
+    else:
+        pin = Override(model=args.model, version=args.version, profile_id=args.profile_id)
+        # The serving side's own decision with this pin, on this host, before anything changes:
+        # a version that is missing or incompatible here is refused and no pin is written.
+        candidates = scan_repository(repo)
+        others = [o for o in read_pins(repo) if o.model != args.model]
+        decisions = plan_loads(
+            candidates, mf.detect_hardware(), merge_overrides([pin], others, candidates)
+        )
+        decision = next((d for d in decisions if d.model == args.model), None)
+        if decision is None or decision.chosen is None:
+            reason = decision.error if decision else f"no version of {args.model}"
+            raise OverrideError(f"{pin.describe()} cannot be served here: {reason}")
+        path = write_pin(repo, pin)
+        console.print(
+            f"{args.model}: pinned to {decision.chosen.label} "
+            f"(profile {decision.chosen.manifest.profile_id if decision.chosen.manifest else '?'})"
+            f" → {path}"
+        )
+    if args.signal is not None:
+        try:
+            os.kill(args.signal, signal.SIGHUP)
+        except ProcessLookupError:
+            raise OverrideError(f"--signal: no process {args.signal}") from None
+        console.print(f"sent SIGHUP to {args.signal}: it verifies and loads the version now")
+    else:
+        console.print("the server switches at its next reload: kill -HUP <pid of autoglm serve>")
+    return 0
 
 
 def run(args: argparse.Namespace, console: Console | None = None) -> int:

@@ -34,7 +34,9 @@ from autoglm.server.version_plan import (
     Candidate,
     Decision,
     Override,
+    merge_overrides,
     plan_loads,
+    read_pins,
     scan_repository,
 )
 
@@ -99,10 +101,13 @@ class ModelVersions:
         self._lock = asyncio.Lock()  # one load/switch at a time (Triton loads one by one anyway)
 
     def plan(self, overrides: Sequence[Override] | None = None) -> list[Decision]:
+        """The decisions for the repository as it is now (its pins read afresh)."""
+        given = self.overrides if overrides is None else overrides
+        candidates = scan_repository(self.repo)
         return plan_loads(
-            scan_repository(self.repo),
+            candidates,
             self.hardware,
-            self.overrides if overrides is None else overrides,
+            merge_overrides(given, read_pins(self.repo), candidates),
         )
 
     async def select_and_load(self) -> dict[str, LoadedVersion]:

@@ -8,12 +8,19 @@ version first among identical profiles, and gives every other version a one-line
 An override (an explicit profile id or version) narrows the choice but is never ignored: if
 what it names is missing or incompatible, the decision is an error, not a silent fallback.
 
-Only `scan_repository` / `scan_roots` touch the disk (they read manifests; checksums are
-verified later, just before loading: model_versions.py).
+A repository may also *pin* a model: `<repo>/<model>/pin.json` (`{"version": N}` or
+`{"profile_id": "…"}`), written by `autoglm build activate` and read at start-up and on every
+reload (SIGHUP). A pin is an override like `--profile`; a `--profile` given for the same model
+wins. This is how an operator switches the served version without a restart.
+
+Only `scan_repository` / `scan_roots` / `read_pins` / `write_pin` touch the disk (they read
+manifests; checksums are verified later, just before loading: model_versions.py).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -132,7 +139,75 @@ def scan_roots(roots: Iterable[Path]) -> list[Candidate]:
     return out
 
 
+PIN = "pin.json"
+
+
+def read_pins(repo: Path) -> list[Override]:
+    """The pins of a repository (OverrideError naming the file when one is malformed)."""
+    out: list[Override] = []
+    for pin in sorted(repo.glob(f"*/{PIN}")):
+        model = pin.parent.name
+        try:
+            data = json.loads(pin.read_text())
+            version, profile_id = data.get("version"), data.get("profile_id")
+            if (version is None) == (profile_id is None):
+                raise ValueError("give exactly one of version, profile_id")
+            if version is not None and (type(version) is not int or version < 1):
+                raise ValueError(f"version must be a positive integer, got {version!r}")
+            if profile_id is not None and not (
+                isinstance(profile_id, str) and profile_id.isalnum()
+            ):
+                raise ValueError(f"profile_id must be alphanumeric, got {profile_id!r}")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise OverrideError(f"{pin}: {exc}") from None
+        out.append(Override(model=model, version=version, profile_id=profile_id))
+    return out
+
+
+def write_pin(repo: Path, override: Override) -> Path:
+    """Pin `override.model` to a version or profile (atomic replace); returns the file."""
+    if override.model is None:
+        raise OverrideError("pin: name the model")
+    model_dir = repo / override.model
+    if not model_dir.is_dir():
+        raise OverrideError(f"pin: no model {override.model!r} in {repo}")
+    data = (
+        {"version": override.version}
+        if override.version is not None
+        else {"profile_id": override.profile_id}
+    )
+    path = model_dir / PIN
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def remove_pin(repo: Path, model: str) -> bool:
+    """Unpin (the best version is served again after the next reload); False if none."""
+    path = repo / model / PIN
+    if not path.is_file():
+        return False
+    path.unlink()
+    return True
+
+
 # ---- the decision (pure) -------------------------------------------------------------------
+
+
+def merge_overrides(
+    given: Sequence[Override], pins: Sequence[Override], candidates: Iterable[Candidate]
+) -> list[Override]:
+    """`given` (command line) plus the pins of the models that `given` does not cover."""
+    by_model: dict[str, list[Candidate]] = {}
+    for c in candidates:
+        by_model.setdefault(c.model, []).append(c)
+
+    def covered(model: str | None) -> bool:
+        ids = _profile_ids(by_model.get(model or "", ()))
+        return any(o.model == model or (o.model is None and o.profile_id in ids) for o in given)
+
+    return [*given, *(p for p in pins if not covered(p.model))]
 
 
 def plan_loads(

@@ -146,3 +146,52 @@ def test_cli_errors_are_clear(tmp_path: Path) -> None:
     assert rc == 1 and "no quality report" in text
     rc, text = run("quality", "--plan", str(tmp_path / "o" / "plan.json"))
     assert rc == 1 and "no quality report" in text
+
+
+def test_activate_pins_checks_and_unpins(model_dir: Path, tmp_path: Path) -> None:
+    """`activate` writes the pin the server reads on reload, only for a version it could serve."""
+    repo = tmp_path / "repo"
+    rc, text = run(
+        "plan",
+        "--model-dir",
+        str(model_dir),
+        "--sku",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--model-repo",
+        str(repo),
+        "--model-name",
+        "smollm2",
+    )
+    assert rc == 0, text
+    for _ in (1, 2):
+        assert run("install", "--plan", str(tmp_path / "out" / "plan.json"))[0] == 0
+    pin = repo / "smollm2" / "pin.json"
+
+    rc, text = run("activate", "smollm2", "--repository", str(repo), "--version", "1")
+    assert rc == 0, text
+    assert json.loads(pin.read_text()) == {"version": 1}
+    assert "pinned to smollm2 version 1" in text and "kill -HUP" in text
+    rc, text = run("list-profiles", str(repo))  # list-profiles shows what serve would load
+    assert rc == 0
+
+    # Refusals: nothing written, the field named.
+    rc, text = run("activate", "smollm2", "--repository", str(repo), "--version", "7")
+    assert rc == 2 and "version 7" in text
+    rc, text = run("activate", "nope", "--repository", str(repo), "--version", "1")
+    assert rc == 2 and "model: no model 'nope'" in text
+    rc, text = run("activate", "smollm2", "--repository", str(repo), "--version", "0")
+    assert rc == 2 and "--version: must be >= 1" in text
+    rc, text = run("activate", "smollm2", "--repository", str(repo), "--profile", "f00")
+    assert rc == 2 and "profile f00" in text
+    rc, text = run(
+        "activate", "smollm2", "--repository", str(repo), "--version", "2", "--signal", "999999"
+    )
+    assert rc == 2 and "--signal: no process 999999" in text
+    assert json.loads(pin.read_text()) == {"version": 2}  # the pin stands; only the signal failed
+
+    rc, text = run("activate", "smollm2", "--repository", str(repo), "--best")
+    assert rc == 0 and "pin removed" in text and not pin.exists()

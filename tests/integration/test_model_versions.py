@@ -30,6 +30,7 @@ from autoglm.server.model_versions import ModelVersions, VersionRefused
 from autoglm.server.settings import Settings
 from autoglm.server.triton_process import TritonOptions, TritonProcess
 from autoglm.server.validation import EngineSampling
+from autoglm.server.version_plan import Override, remove_pin, write_pin
 
 from .conftest import FacadeThread, engine_metric
 
@@ -208,6 +209,21 @@ async def test_switch_while_streaming(
         f"when it returned, old version {index[v_old]} then "
         f"{states(await engine.repository_index()).get(v_old)}"
     )
+
+
+async def test_pin_switches_on_reload_then_unpin_returns_to_best(
+    versions: ModelVersions, engine: EngineClient, plan: BuildPlan
+) -> None:
+    """`autoglm build activate` writes the pin; SIGHUP runs `select_and_load` (app.py)."""
+    assert plan.model_repo is not None
+    new = install(plan)  # the newest valid version: the best one
+    assert (await versions.select_and_load())[MODEL].version == new.version
+    write_pin(plan.model_repo, Override(model=MODEL, version=1))
+    assert (await versions.select_and_load())[MODEL].version == 1
+    assert await engine.model_ready(MODEL, version="1")
+    assert len(await generate(engine, 3)) == 3
+    assert remove_pin(plan.model_repo, MODEL)
+    assert (await versions.select_and_load())[MODEL].version == new.version
 
 
 def test_facade_serves_the_selected_version(
