@@ -72,6 +72,9 @@ def triton_env(base: dict[str, str] | None = None) -> dict[str, str]:
     env["PATH"] = os.pathsep.join([venv_bin, env.get("PATH", "")])
     # No byte-code next to model.py in the (checksummed) model repository.
     env["PYTHONDONTWRITEBYTECODE"] = "1"
+    # The stub may run under the C locale: UTF-8 file I/O regardless (torch/ModelOpt read their
+    # templates with the default encoding and failed with "'ascii' codec can't decode").
+    env["PYTHONUTF8"] = "1"
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH")) if p)
     return env

@@ -38,7 +38,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SYNTH = "synthetic-integrity"
 CONCURRENCY = 64
 SYNTH_REQUESTS = 2500
-REAL_REQUESTS = 128
+REAL_REQUESTS = 64
 REAL_MAX_TOKENS = 6  # the sequential reference run costs ~1 s per request on a busy 2-core box
 CONNECTIONS = 4  # client channels (HTTP/2 connections) the load is spread over
 

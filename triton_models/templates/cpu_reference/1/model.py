@@ -3,10 +3,17 @@
 Thin on purpose: tensor parsing lives in cpu_engine/request.py, generation in
 cpu_engine/runner.py. Each request runs in a worker thread and streams one `output_ids` response
 per token (or one at the end when `streaming` is false), then a final empty response. It honours
-`is_cancelled()` between tokens, as the tensorrtllm backend does every
-`cancellation_check_period_ms`. Cancellations are counted in a custom metric in Triton's own
-/metrics endpoint (`autoglm_engine_requests_total{outcome="cancelled"}`). A quantized CPU version
-(parameters `precision`, `fake_quant_dir`) serves the build's ModelOpt fake-quant model
+cancellation between tokens, as the tensorrtllm backend does every `cancellation_check_period_ms`.
+
+The request object is touched only inside `execute` (inputs read, response sender taken); worker
+threads use the response sender alone, `sender.is_cancelled()` included — as TensorRT-LLM's and
+vLLM's python models do. Seen here (Triton 2.51): a worker thread touching a request that was
+cancelled while it waited in the pool (a caller's deadline expired in the queue) segfaults
+tritonserver (libtriton_python → libtritonserver, SIGSEGV).
+
+Cancellations are counted in a custom metric in Triton's own /metrics endpoint
+(`autoglm_engine_requests_total{outcome="cancelled"}`). A quantized CPU version (parameters
+`precision`, `fake_quant_dir`) serves the build's ModelOpt fake-quant model
 (cpu_engine/fake_quant.py).
 """
 
@@ -75,26 +82,27 @@ class TritonPythonModel:
 
     def execute(self, requests: list) -> None:
         for request in requests:
-            self.pool.submit(self._serve_logged, request)
-        return None
-
-    def _serve_logged(self, request) -> None:
-        # A worker thread's exception would vanish inside the executor: log it.
-        try:
-            self._serve(request)
-        except Exception as exc:
-            self.logger.log_error(f"request {request.request_id()}: {exc!r}")
-            raise
-
-    def _serve(self, request) -> None:
-        sender = request.get_response_sender()
-        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-        try:
+            # Everything the worker needs, taken now: the request object stays in this call.
+            sender = request.get_response_sender()
             tensors = {}
             for spec in contract.INPUTS:
                 t = pb_utils.get_input_tensor_by_name(request, spec.name)
                 if t is not None:
-                    tensors[spec.name] = t.as_numpy()
+                    tensors[spec.name] = t.as_numpy().copy()
+            self.pool.submit(self._serve_logged, request.request_id(), sender, tensors)
+        return None
+
+    def _serve_logged(self, request_id: str, sender, tensors: dict) -> None:
+        # A worker thread's exception would vanish inside the executor: log it.
+        try:
+            self._serve(sender, tensors)
+        except Exception as exc:
+            self.logger.log_error(f"request {request_id}: {exc!r}")
+            raise
+
+    def _serve(self, sender, tensors: dict) -> None:
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        try:
             req = parse_request(tensors, vocab_size=self.runner.vocab_size)
         except RequestError as exc:
             self._count("rejected")
@@ -104,12 +112,12 @@ class TritonPythonModel:
             return
         try:
             generated: list[int] = []
-            for token in self.runner.generate(req, is_cancelled=request.is_cancelled):
+            for token in self.runner.generate(req, is_cancelled=sender.is_cancelled):
                 generated.append(token)
                 if req.streaming:
                     sender.send(_response([token]))
             self.tokens.increment(len(generated))
-            if request.is_cancelled():
+            if sender.is_cancelled():
                 self._count("cancelled")
                 sender.send(flags=final)
                 return

@@ -3,7 +3,8 @@
 It streams `request_output_len` ids from a fixed cycle of real vocabulary ids, starting at
 position `seed mod cycle length` (so each request's output is known in advance), one `output_ids`
 response per token at `tokens_per_second` per stream (0 = as fast as possible), then a final
-empty response; it checks `is_cancelled()` before every token. Requests are parsed by the CPU
+empty response; it checks `sender.is_cancelled()` before every token. As in the CPU reference
+engine, the request object is touched only inside `execute`. Requests are parsed by the CPU
 reference engine's parser, so both engines accept and reject exactly the same tensors. The
 pure logic (id cycle, pacing) lives in autoglm/triton_models/synthetic.py.
 """
@@ -45,24 +46,24 @@ class TritonPythonModel:
 
     def execute(self, requests: list) -> None:
         for request in requests:
-            self.pool.submit(self._serve_logged, request)
-        return None
-
-    def _serve_logged(self, request) -> None:
-        try:
-            self._serve(request)
-        except Exception as exc:  # a worker's exception would vanish inside the executor
-            self.logger.log_error(f"request {request.request_id()}: {exc!r}")
-
-    def _serve(self, request) -> None:
-        sender = request.get_response_sender()
-        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-        try:
+            sender = request.get_response_sender()
             tensors = {}
             for spec in contract.INPUTS:
                 t = pb_utils.get_input_tensor_by_name(request, spec.name)
                 if t is not None:
-                    tensors[spec.name] = t.as_numpy()
+                    tensors[spec.name] = t.as_numpy().copy()
+            self.pool.submit(self._serve_logged, request.request_id(), sender, tensors)
+        return None
+
+    def _serve_logged(self, request_id: str, sender, tensors: dict) -> None:
+        try:
+            self._serve(sender, tensors)
+        except Exception as exc:  # a worker's exception would vanish inside the executor
+            self.logger.log_error(f"request {request_id}: {exc!r}")
+
+    def _serve(self, sender, tensors: dict) -> None:
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        try:
             req = parse_request(tensors, vocab_size=_ANY_VOCAB)
         except RequestError as exc:
             sender.send(
@@ -77,7 +78,7 @@ class TritonPythonModel:
             delay = pacer.delay(len(generated), time.monotonic())
             if delay > 0:
                 time.sleep(delay)
-            if request.is_cancelled():
+            if sender.is_cancelled():
                 sender.send(flags=final)
                 return
             generated.append(token)
