@@ -28,7 +28,8 @@ from autoglm.server.models import ModelSpec, ServedModel, load_model
 from autoglm.server.pki import DevPki
 from autoglm.server.settings import Settings, TlsSettings
 from autoglm.server.tokens import TokenStore
-from autoglm.server.triton_process import TritonProcess
+from autoglm.server.triton_process import TritonOptions, TritonProcess
+from autoglm.triton_models.repository import CpuEngineConfig, render_cpu_model
 
 from .conftest import MODEL, FacadeThread, scrape
 from .synthetic_stack import FacadeStack, StreamResult, cycle_ids, expected_ids, wait_until
@@ -38,7 +39,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SYNTH = "synthetic-integrity"
 CONCURRENCY = 64
 SYNTH_REQUESTS = 2500
-REAL_REQUESTS = 64
+REAL_REQUESTS = 48
+# Triton 2.51's python backend aborts now and then under 64 concurrent CPU-engine streams on
+# this 2-core machine (boost::interprocess::lock_exception, docs/reliability.md): the real model
+# runs at 16; concurrency 64 is the synthetic test's.
+REAL_CONCURRENCY = 16
 REAL_MAX_TOKENS = 6  # the sequential reference run costs ~1 s per request on a busy 2-core box
 CONNECTIONS = 4  # client channels (HTTP/2 connections) the load is spread over
 
@@ -71,8 +76,10 @@ def stack(
 
 @dataclass(frozen=True)
 class RealFacade:
-    """The package's Triton with the real model (4 engine threads), behind a façade of its
-    own whose limits admit the whole load (the package façade allows 16 streams a principal)."""
+    """A Triton of its own with the real model (4 engine threads, as the package's), behind a
+    façade of its own whose limits admit the whole load (the package façade allows 16 streams a
+    principal). Not the package's Triton: the package façade's deep-health probes would reach it
+    and make the engine's counts inexact."""
 
     config: ClientConfig
     triton: TritonProcess
@@ -80,8 +87,24 @@ class RealFacade:
 
 
 @pytest.fixture(scope="module")
+def real_triton(
+    tmp_path_factory: pytest.TempPathFactory, model_dir: Path, engine_link: EngineLink
+) -> Iterator[TritonProcess]:
+    repo = tmp_path_factory.mktemp("real-load") / "model_repository"
+    render_cpu_model(
+        repo, CpuEngineConfig(model_name=MODEL, hf_model_dir=model_dir, max_concurrency=4)
+    )
+    proc = TritonProcess(
+        TritonOptions(model_repository=repo, models=(MODEL,), exit_timeout_s=5, link=engine_link)
+    )
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
 def real_facade(
-    triton: TritonProcess,
+    real_triton: TritonProcess,
     engine_link: EngineLink,
     pki: DevPki,
     token_store: TokenStore,
@@ -96,7 +119,7 @@ def real_facade(
     thread = FacadeThread(
         Settings(
             listen="127.0.0.1:0",
-            triton_target=triton.grpc_target,
+            triton_target=real_triton.grpc_target,
             models=(ModelSpec(name=MODEL, triton_model=MODEL, tokenizer_dir=model_dir),),
             tls=TlsSettings(cert=pki.server_cert, key=pki.server_key, client_ca=pki.ca_cert),
             token_store=token_store.path,
@@ -120,7 +143,9 @@ def real_facade(
         model=MODEL,
     )
     try:
-        yield RealFacade(config, triton, f"http://127.0.0.1:{thread.running.metrics_port}/metrics")
+        yield RealFacade(
+            config, real_triton, f"http://127.0.0.1:{thread.running.metrics_port}/metrics"
+        )
     finally:
         thread.stop()
 
@@ -147,12 +172,14 @@ async def _stream(client: AsyncClient, index: int, prompt: str, **kwargs: object
 
 
 async def _run_concurrently(
-    config: ClientConfig, requests: list[tuple[str, dict[str, object]]]
+    config: ClientConfig,
+    requests: list[tuple[str, dict[str, object]]],
+    concurrency: int = CONCURRENCY,
 ) -> tuple[list[StreamResult], float, int]:
-    """All requests as streams, at most CONCURRENCY at once over CONNECTIONS channels.
+    """All requests as streams, at most `concurrency` at once over CONNECTIONS channels.
     Returns the results (in request order), the wall time and the highest concurrency seen."""
     clients = [AsyncClient(config) for _ in range(CONNECTIONS)]
-    gate = asyncio.Semaphore(CONCURRENCY)
+    gate = asyncio.Semaphore(concurrency)
     active = peak = 0
 
     async def one(i: int) -> StreamResult:
@@ -329,7 +356,7 @@ async def test_real_model_concurrent_streams_equal_sequential_runs(
 
     outcomes_before, ok_before = engine_outcomes(), facade_ok()
 
-    results, seconds, peak = await _run_concurrently(config, requests)
+    results, seconds, peak = await _run_concurrently(config, requests, REAL_CONCURRENCY)
 
     started = time.monotonic()
     async with AsyncClient(config) as c:
@@ -352,20 +379,18 @@ async def test_real_model_concurrent_streams_equal_sequential_runs(
     assert not problems, f"{len(problems)} problems, first: {problems[:10]}"
     # Sampled with different seeds, the outputs differ: the comparison is not vacuous.
     assert len({u.text for u in sequential}) > REAL_REQUESTS // 2
-    assert peak == CONCURRENCY
+    assert peak == REAL_CONCURRENCY
     n = 2 * REAL_REQUESTS
-    # This Triton is shared with the package's façade, whose deep-health probes (one-token
-    # generations while it sees no traffic) also reach it: Triton's and the engine's counts are
-    # lower bounds here; the façade's own count is exact.
-    settle = _leak_checks(triton_url, real_facade.metrics_url, MODEL, before, n, exact=False)
+    # This Triton is the test's own and its façade probes only at start: counts are exact.
+    settle = _leak_checks(triton_url, real_facade.metrics_url, MODEL, before, n)
     delta = [a - b for a, b in zip(engine_outcomes(), outcomes_before, strict=True)]
     completed = delta[0]
-    assert completed >= n and delta[1:] == [0, 0, 0], dict(zip(outcomes, delta, strict=True))
+    assert delta == [n, 0, 0, 0], dict(zip(outcomes, delta, strict=True))
     assert facade_ok() - ok_before == n
     tokens = sum(len(r.token_ids) for r in results)
     print(
         f"\nreal model: {REAL_REQUESTS} streams, concurrency {peak}, {tokens} tokens in "
         f"{seconds:.1f} s (sequential: {sequential_s:.1f} s); 0 problems; façade OK +{n}; "
-        f"engine completed +{completed:.0f} (incl. health probes), cancelled/failed/rejected +0; "
+        f"engine completed +{completed:.0f}, cancelled/failed/rejected +0; "
         f"pending 0, façade in flight 0 (settled in {settle:.2f} s)"
     )

@@ -53,6 +53,9 @@ class TritonPythonModel:
         )
         workers = int(_param(config, "max_concurrency"))
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="generate")
+        # A free worker before a request is taken: the rest wait in Triton's own queue (counted
+        # by nv_inference_pending_request_count, cancelled there by Triton), not in this process.
+        self.slots = threading.BoundedSemaphore(workers)
         self.logger = pb_utils.Logger
         self.logger.log_info(
             f"{args['model_name']} version {args['model_version']}: {self.runner.precision}"
@@ -82,6 +85,7 @@ class TritonPythonModel:
 
     def execute(self, requests: list) -> None:
         for request in requests:
+            self.slots.acquire()  # released when the worker is done with this request
             # Everything the worker needs, taken now: the request object stays in this call.
             sender = request.get_response_sender()
             tensors = {}
@@ -99,6 +103,8 @@ class TritonPythonModel:
         except Exception as exc:
             self.logger.log_error(f"request {request_id}: {exc!r}")
             raise
+        finally:
+            self.slots.release()
 
     def _serve(self, sender, tensors: dict) -> None:
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
