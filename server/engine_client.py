@@ -27,6 +27,9 @@ from autoglm.triton_models import contract
 
 _FINAL = "triton_final_response"
 _Stub = service_pb2_grpc.GRPCInferenceServiceStub
+# After a new replica channel is READY (one subchannel up), the time the others get to finish
+# their handshakes before it takes traffic.
+_SETTLE_S = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,18 +188,31 @@ class EngineClient:
     def healthy_endpoints(self) -> tuple[str, ...]:
         return self._healthy
 
-    def use_endpoints(self, healthy: Sequence[str], *, drain_s: float = 3600.0) -> bool:
+    async def use_endpoints(
+        self, healthy: Sequence[str], *, connect_timeout_s: float = 5.0, drain_s: float = 3600.0
+    ) -> bool:
         """Route new calls over `healthy` only (round_robin); True if that changed the route.
 
-        Calls in flight keep their channel: the previous one is closed once they are done
-        (or after `drain_s`). Single-endpoint targets never change route.
+        The new channel connects first: a fresh round_robin channel hands every call it gets
+        before its subchannels are up to the first one that is (seen here: a burst of 8 streams
+        all on one replica), so it takes traffic only once connected (plus a moment for the
+        other replicas' handshakes). Calls in flight keep their channel: the previous one is
+        closed once they are done (or after `drain_s`). Single-endpoint targets never change.
         """
         new = tuple(sorted(healthy))
         if not self.spec.replicated or not new or new == self._healthy:
             return False
+        channel = self._open(replicas.channel_target(new))
+        channel.get_state(try_to_connect=True)
+        try:
+            await asyncio.wait_for(channel.channel_ready(), connect_timeout_s)
+            await asyncio.sleep(_SETTLE_S)
+        except TimeoutError:
+            await channel.close()
+            return False  # not reachable after all: keep the current route, retry next round
         old = self._channel
-        self._channel = self._open(replicas.channel_target(new))
-        self._stub = self._stub_of(self._channel)
+        self._channel = channel
+        self._stub = self._stub_of(channel)
         self._healthy = new
         task = asyncio.get_running_loop().create_task(old.close(grace=drain_s))
         self._retired.add(task)

@@ -99,7 +99,7 @@ class EngineHealth:
                     log.warning("engine endpoint %s: UNHEALTHY: %s", v.endpoint, v.reason)
                 self._reasons[v.endpoint] = v.reason
         healthy = [v.endpoint for v in verdicts if v.ok]
-        if self.engine.use_endpoints(healthy):
+        if await self.engine.use_endpoints(healthy, connect_timeout_s=self.probe_timeout_s):
             log.info("routing new engine calls to %s", ", ".join(healthy))
         await self.engine.forget_endpoints(endpoints)
         await self._publish(bool(healthy))

@@ -142,10 +142,11 @@ def real_facade(
         token=secret,
         model=MODEL,
     )
+    metrics_url = f"http://127.0.0.1:{thread.running.metrics_port}/metrics"
     try:
-        yield RealFacade(
-            config, real_triton, f"http://127.0.0.1:{thread.running.metrics_port}/metrics"
-        )
+        # Its one deep-health check (a one-token probe) done before the test counts anything.
+        wait_until(lambda: scrape(metrics_url, "autoglm_engine_up") == 1, 60)
+        yield RealFacade(config, real_triton, metrics_url)
     finally:
         thread.stop()
 
