@@ -239,6 +239,10 @@ class TritonProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        # A tritonserver that crashed leaves its python-backend stubs running (seen here after
+        # SIGSEGV/SIGABRT: orphans of ~0.2–1 GB each); they share its process group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         return proc.returncode
 
     def kill(self) -> None:
