@@ -255,24 +255,17 @@ class EngineClient:
 
         Raises EngineUnavailable / EngineFailure / DeadlineExceeded like a real call.
         """
-        stub = self._endpoint_stub(endpoint)
-        call = stub.ModelStreamInfer(metadata=self._metadata, timeout=timeout)
+        call = self._endpoint_stub(endpoint).ModelStreamInfer(
+            metadata=self._metadata, timeout=timeout
+        )
         count = 0
-        try:
-            await call.write(build_infer_request(request))
-            while True:
-                resp = await call.read()
-                if resp is grpc.aio.EOF:
-                    raise EngineUnavailable("the engine closed the probe before its final response")
-                ids, final = parse_stream_response(resp)
-                count += len(ids)
-                if final:
-                    return count
-        except grpc.aio.AioRpcError as exc:
-            raise _map_rpc_error(exc) from None
-        finally:
-            with contextlib.suppress(Exception):
-                call.cancel()
+
+        def add(ids: list[int]) -> None:
+            nonlocal count
+            count += len(ids)
+
+        await _read_until_final(call, request, add)
+        return count
 
     async def model_ready(
         self, name: str, *, version: str = "", timeout: float = 2.0, endpoint: str | None = None
@@ -359,28 +352,16 @@ class EngineClient:
         The relay's reading loop (relay.py): one coroutine, no async-generator layer per token.
         Run it as a task; cancelling the task cancels the call, hence the engine request, at once.
         """
-        with tracing.engine_span(request.triton_model):
+        model, stamps = request.triton_model, self.last_token_at
+
+        def push(ids: list[int]) -> None:
+            stamps[model] = time.monotonic()  # evidence of health (health.py)
+            on_ids(ids)
+
+        with tracing.engine_span(model):
             metadata = (*self._metadata, *tracing.inject_traceparent())
             call = self._stub.ModelStreamInfer(metadata=metadata, timeout=timeout)
-            try:
-                await call.write(build_infer_request(request))
-                while True:
-                    resp = await call.read()
-                    if resp is grpc.aio.EOF:
-                        raise EngineUnavailable(
-                            "the engine closed the stream before the final response"
-                        )
-                    ids, final = parse_stream_response(resp)
-                    if ids:
-                        self.last_token_at[request.triton_model] = time.monotonic()
-                        on_ids(ids)
-                    if final:
-                        return
-            except grpc.aio.AioRpcError as exc:
-                raise _map_rpc_error(exc) from None
-            finally:
-                with contextlib.suppress(Exception):
-                    call.cancel()
+            await _read_until_final(call, request, push)
 
     async def _stream(
         self, request: EngineRequest, metadata: Sequence[tuple[str, str]], timeout: float | None
@@ -406,6 +387,32 @@ class EngineClient:
             # Ends our side at once; on an unfinished request Triton sees the cancellation.
             with contextlib.suppress(Exception):
                 call.cancel()
+
+
+async def _read_until_final(
+    call: grpc.aio.StreamStreamCall, request: EngineRequest, on_ids: Callable[[list[int]], None]
+) -> None:
+    """Send `request` on `call`, hand each response's new ids to `on_ids` until the final one.
+
+    Errors map through `_map_rpc_error`; the call is cancelled on the way out (for an unfinished
+    request Triton then cancels it in the engine).
+    """
+    try:
+        await call.write(build_infer_request(request))
+        while True:
+            resp = await call.read()
+            if resp is grpc.aio.EOF:
+                raise EngineUnavailable("the engine closed the stream before the final response")
+            ids, final = parse_stream_response(resp)
+            if ids:
+                on_ids(ids)
+            if final:
+                return
+    except grpc.aio.AioRpcError as exc:
+        raise _map_rpc_error(exc) from None
+    finally:
+        with contextlib.suppress(Exception):
+            call.cancel()
 
 
 def _map_rpc_error(exc: grpc.aio.AioRpcError) -> Exception:
