@@ -327,18 +327,21 @@ class EngineClient:
     async def generate(
         self, request: EngineRequest, *, timeout: float | None = None
     ) -> AsyncIterator[list[int]]:
-        """Yield lists of new token ids as the engine streams them.
+        """Yield lists of new token ids as the engine streams them: `stream_into` behind a queue.
 
+        For callers that want an iterator (tests, tools); the relay uses `stream_into` itself.
         Use with `contextlib.aclosing` so that leaving early cancels the engine request at once.
+        An engine error is raised after the tokens that arrived before it.
         """
-        with tracing.engine_span(request.triton_model):
-            # Triton continues this trace: its InferRequest → model → compute spans become
-            # children of the engine span (Triton started with --trace-config mode=opentelemetry).
-            metadata = (*self._metadata, *tracing.inject_traceparent())
-            # aclosing: closing this generator must cancel the call now, not at GC time.
-            async with contextlib.aclosing(self._stream(request, metadata, timeout)) as stream:
-                async for ids in stream:
-                    yield ids
+        queue: asyncio.Queue[list[int] | None] = asyncio.Queue()
+        task = asyncio.create_task(self.stream_into(request, queue.put_nowait, timeout=timeout))
+        task.add_done_callback(lambda _: queue.put_nowait(None))
+        try:
+            while (ids := await queue.get()) is not None:
+                yield ids
+            await task
+        finally:
+            task.cancel()
 
     async def stream_into(
         self,
@@ -362,31 +365,6 @@ class EngineClient:
             metadata = (*self._metadata, *tracing.inject_traceparent())
             call = self._stub.ModelStreamInfer(metadata=metadata, timeout=timeout)
             await _read_until_final(call, request, push)
-
-    async def _stream(
-        self, request: EngineRequest, metadata: Sequence[tuple[str, str]], timeout: float | None
-    ) -> AsyncIterator[list[int]]:
-        call = self._stub.ModelStreamInfer(metadata=metadata, timeout=timeout)
-        try:
-            await call.write(build_infer_request(request))
-            while True:
-                resp = await call.read()
-                if resp is grpc.aio.EOF:
-                    raise EngineUnavailable(
-                        "the engine closed the stream before the final response"
-                    )
-                ids, final = parse_stream_response(resp)
-                if ids:
-                    self.last_token_at[request.triton_model] = time.monotonic()
-                    yield ids
-                if final:
-                    return
-        except grpc.aio.AioRpcError as exc:
-            raise _map_rpc_error(exc) from None
-        finally:
-            # Ends our side at once; on an unfinished request Triton sees the cancellation.
-            with contextlib.suppress(Exception):
-                call.cancel()
 
 
 async def _read_until_final(

@@ -31,16 +31,23 @@ class TritonStartError(RuntimeError):
     """Triton exited or did not become ready; the message carries the tail of its log."""
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the parent dies, so no orphaned Triton outlives a crash.
+# In the child, before exec: get SIGTERM when the parent dies (Linux prctl PR_SET_PDEATHSIG), so
+# no orphaned Triton outlives a crash. Done by a tiny interpreter that then execs tritonserver,
+# not by Popen(preexec_fn=...): preexec_fn runs Python in the forked child of a multi-threaded
+# process (gRPC's threads), and seen here it segfaulted there in another library's at-fork hook.
+_PDEATHSIG_EXEC = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)\n"
+    "if os.getppid() != int(sys.argv[1]): sys.exit('parent gone before exec')\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
 
-    Linux prctl(PR_SET_PDEATHSIG); elsewhere a no-op.
-    """
-    if sys.platform.startswith("linux"):
-        import ctypes
 
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+def launch_argv(command: list[str]) -> list[str]:
+    """`command` as run: through the PDEATHSIG exec shim on Linux, as is elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return command
+    return [sys.executable, "-I", "-S", "-c", _PDEATHSIG_EXEC, str(os.getpid()), *command]
 
 
 def pytriton_root() -> Path:
@@ -149,6 +156,11 @@ class TritonProcess:
             f"--backend-directory={root / 'backends'}",
             f"--cache-directory={root / 'caches'}",
             "--model-control-mode=explicit",
+            # Our configs are complete (rendered, checked with ModelConfig). Auto-complete would
+            # start one more python-backend stub per load, importing torch only to be killed:
+            # ~4 s per load here, and a broken model.py fails there, in a stub whose cleanup
+            # delayed every later load/unload of the model by minutes in one CI run.
+            "--disable-auto-complete-config",
             *[f"--load-model={m}" for m in o.models],
             f"--grpc-address={o.host}",
             f"--grpc-port={self.grpc_port}",
@@ -181,12 +193,11 @@ class TritonProcess:
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self._log_path, "ab") as log:
             self._proc = subprocess.Popen(
-                self.command(),
+                launch_argv(self.command()),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=triton_env(),
                 start_new_session=True,  # our Ctrl-C is handled by us, then we stop Triton
-                preexec_fn=_die_with_parent,
             )
         try:
             self._wait_ready()

@@ -257,6 +257,7 @@ def test_triton_secure_flags_without_inline_secret(overlay: str) -> None:
         "--allow-http=false",
         "--model-control-mode=explicit",
         "--load-model=$(TRITON_MODEL)",
+        "--disable-auto-complete-config",
     ):
         assert flag in args, f"{flag} missing in {overlay}"
     assert not any(a.startswith("--grpc-restricted-protocol") for a in args)
