@@ -61,6 +61,7 @@ class Replicas:
         return ",".join(t.grpc_target for t in self.tritons)
 
     def restart(self, i: int) -> None:
+        self.tritons[i].stop()  # also kills a dead Triton's leftover python-backend stubs
         self.tritons[i] = TritonProcess(self.options[i])
         self.tritons[i].start()
 

@@ -1,0 +1,253 @@
+"""Two measurements behind docs/benchmarks.md's "what limits the façade" (issue #8).
+
+1. `read-paths`: a bare consumer's CPU per token reading Triton's `ModelStreamInfer` from the
+   synthetic engine (unpaced) at a fixed number of requests in flight, four ways, in one
+   process, alternating: one stream per request (the bench's direct path); all requests
+   multiplexed on 1 or 4 grpc.aio streams; all requests on 1–4 *sync* grpc streams, one reader
+   thread each. Question: can the façade read Triton more cheaply than one grpc read per
+   response?
+2. `request-cost`: the façade's CPU per request (sequential 1-token requests through the real
+   `autoglm serve` subprocess with mTLS + token + tracing, as `autoglm bench` starts it), per
+   thread, and TTFT next to the direct path.
+
+    .venv/bin/python scripts/bench_read_cost.py read-paths --concurrency 64 --seconds 8
+    .venv/bin/python scripts/bench_read_cost.py request-cost --requests 300
+
+CPU is this process's (read-paths) or the façade process's (request-cost) own, from
+getrusage / /proc, so other load on the machine inflates it less than wall-clock figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import queue
+import resource
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from autoglm.server.bench.direct import GREEDY, DirectPath
+from autoglm.server.bench.facade import FacadePath
+from autoglm.server.bench.stack import BenchStack, EngineModel, StackOptions
+from autoglm.server.bench.workload import BenchRequest, token_cycle
+from autoglm.server.engine_client import EngineRequest, build_infer_request, parse_stream_response
+from autoglm.server.models import ModelSpec, load_model
+
+MODEL_DIR = Path.home() / ".cache" / "autoglm" / "models" / "SmolLM2-135M-Instruct"
+SYNTH = "bench-synthetic-unpaced"
+PROMPT = "The capital of France is"
+
+
+def _own_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread of `pid`, keyed 'tid name'."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            raw = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except FileNotFoundError:
+            continue
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw.rsplit(")", 1)[1].split()
+        out[f"{tid} {name}"] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+class ReadPaths:
+    """Consumers of one Triton stream of synthetic tokens; each returns tokens read."""
+
+    def __init__(self, stack: BenchStack, concurrency: int, seconds: float, prompt: list[int]):
+        assert stack.triton is not None
+        self.target, self.link = stack.triton.grpc_target, stack.link
+        self.concurrency, self.seconds, self.prompt = concurrency, seconds, prompt
+        self._ids = itertools.count()
+
+    def _request(self) -> service_pb2.ModelInferRequest:
+        return build_infer_request(
+            EngineRequest(SYNTH, f"r{next(self._ids)}", self.prompt, 64, -1, 0, GREEDY)
+        )
+
+    async def separate(self, stub: service_pb2_grpc.GRPCInferenceServiceStub) -> int:
+        tokens, stop = 0, time.monotonic() + self.seconds
+
+        async def worker() -> None:
+            nonlocal tokens
+            while time.monotonic() < stop:
+                call = stub.ModelStreamInfer(metadata=self.link.metadata())
+                await call.write(self._request())
+                while True:
+                    ids, final = parse_stream_response(await call.read())
+                    tokens += len(ids)
+                    if final:
+                        break
+                call.cancel()
+
+        await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+        return tokens
+
+    async def multiplexed(self, stub: service_pb2_grpc.GRPCInferenceServiceStub, n: int) -> int:
+        tokens, stop = 0, time.monotonic() + self.seconds
+
+        async def one_stream() -> None:
+            nonlocal tokens
+            call = stub.ModelStreamInfer(metadata=self.link.metadata())
+            in_flight = self.concurrency // n
+            for _ in range(in_flight):
+                await call.write(self._request())
+            while in_flight:
+                ids, final = parse_stream_response(await call.read())
+                tokens += len(ids)
+                if final:
+                    in_flight -= 1
+                    if time.monotonic() < stop:
+                        await call.write(self._request())
+                        in_flight += 1
+            call.cancel()
+
+        await asyncio.gather(*(one_stream() for _ in range(n)))
+        return tokens
+
+    def sync_threads(self, n: int) -> int:
+        channel = grpc.secure_channel(self.target, self.link.channel_credentials())
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        counts, stop = [0] * n, time.monotonic() + self.seconds
+
+        def one_stream(i: int) -> None:
+            pending: queue.SimpleQueue[service_pb2.ModelInferRequest | None] = queue.SimpleQueue()
+            in_flight = self.concurrency // n
+            for _ in range(in_flight):
+                pending.put(self._request())
+
+            def requests() -> Iterator[service_pb2.ModelInferRequest]:
+                while (r := pending.get()) is not None:
+                    yield r
+
+            call = stub.ModelStreamInfer(requests(), metadata=self.link.metadata())
+            for resp in call:
+                ids, final = parse_stream_response(resp)
+                counts[i] += len(ids)
+                if final:
+                    in_flight -= 1
+                    if time.monotonic() < stop:
+                        pending.put(self._request())
+                        in_flight += 1
+                    elif not in_flight:
+                        pending.put(None)
+                        break
+            call.cancel()
+
+        threads = [threading.Thread(target=one_stream, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        channel.close()
+        return sum(counts)
+
+
+def read_paths(stack: BenchStack, args: argparse.Namespace, prompt: list[int]) -> None:
+    paths = ReadPaths(stack, args.concurrency, args.seconds, prompt)
+
+    async def run() -> None:
+        channel = grpc.aio.secure_channel(paths.target, paths.link.channel_credentials())
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        ways: list[tuple[str, Callable[[], Awaitable[int]]]] = [
+            ("one aio stream per request", lambda: paths.separate(stub)),
+            ("all on 1 aio stream", lambda: paths.multiplexed(stub, 1)),
+            ("all on 4 aio streams", lambda: paths.multiplexed(stub, 4)),
+            ("all on 1 sync stream (thread)", lambda: asyncio.to_thread(paths.sync_threads, 1)),
+            ("all on 4 sync streams (threads)", lambda: asyncio.to_thread(paths.sync_threads, 4)),
+        ]
+        await paths.separate(stub)  # warm-up
+        for round_ in range(args.rounds):
+            for name, way in ways:
+                cpu, wall = _own_cpu(), time.monotonic()
+                tokens = await way()
+                cpu, wall = _own_cpu() - cpu, time.monotonic() - wall
+                print(
+                    f"round {round_ + 1}  {name:33s} {tokens / wall:7.0f} tok/s  "
+                    f"consumer CPU {1e6 * cpu / tokens:6.1f} µs/token",
+                    flush=True,
+                )
+        await channel.close()
+
+    asyncio.run(run())
+
+
+def request_cost(stack: BenchStack, args: argparse.Namespace, prompt: list[int]) -> None:
+    assert stack.triton is not None
+    req = BenchRequest(prompt=PROMPT, prompt_ids=tuple(prompt), max_tokens=1)
+    pid = stack.facade_pid
+
+    async def ttfts(path: DirectPath | FacadePath, n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            t0, first = time.perf_counter(), None
+            async for _tokens in path.stream(req):
+                first = first if first is not None else time.perf_counter() - t0
+            assert first is not None
+            out.append(first * 1000)
+        return out
+
+    async def run() -> None:
+        assert stack.triton is not None
+        direct = DirectPath(stack.triton.grpc_target, stack.link, SYNTH, -1, 0)
+        facade = FacadePath(stack.facade_endpoint, stack.pki, stack.token, SYNTH)
+        await ttfts(direct, 20)
+        await ttfts(facade, 20)
+        for round_ in range(args.rounds):
+            d = await ttfts(direct, args.requests)
+            before = _thread_cpu(pid)
+            f = await ttfts(facade, args.requests)
+            after = _thread_cpu(pid)
+            per_thread = {k: after[k] - before.get(k, 0.0) for k in after}
+            total = sum(per_thread.values())
+            print(
+                f"round {round_ + 1}  TTFT p50 direct {statistics.median(d):.2f} ms, façade "
+                f"{statistics.median(f):.2f} ms; façade CPU {1000 * total / args.requests:.2f} "
+                "ms/request",
+                flush=True,
+            )
+            for k, v in sorted(per_thread.items(), key=lambda kv: -kv[1]):
+                if v * 1000 / args.requests >= 0.05:
+                    print(f"    thread {k:28s} {1000 * v / args.requests:.2f} ms/request")
+        await direct.close()
+        await facade.close()
+
+    asyncio.run(run())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", choices=("read-paths", "request-cost"))
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    served = load_model(ModelSpec(name=SYNTH, triton_model=SYNTH, tokenizer_dir=MODEL_DIR))
+    tok = served.encoder.tokenizer
+    cycle = token_cycle(lambda s: tok.encode(s, add_special_tokens=False).ids)
+    prompt = (cycle * 2)[:128]
+    with tempfile.TemporaryDirectory(prefix="autoglm-readcost-") as tmp:
+        opts = StackOptions(Path(tmp), MODEL_DIR, (EngineModel(SYNTH, 0.0),), cycle)
+        with BenchStack(opts) as stack:
+            (read_paths if args.what == "read-paths" else request_cost)(stack, args, prompt)
+
+
+if __name__ == "__main__":
+    main()
