@@ -24,19 +24,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from autoglm.triton_models import contract
+from autoglm.triton_models.backend_io import error_response, ids_response, param, take_inputs
 from autoglm.triton_models.cpu_engine.request import RequestError, parse_request
 from autoglm.triton_models.cpu_engine.runner import CausalLMRunner
-
-
-def _param(config: dict, key: str) -> str:
-    try:
-        return config["parameters"][key]["string_value"]
-    except KeyError:
-        raise pb_utils.TritonModelException(f"config.pbtxt misses parameter '{key}'") from None
 
 
 class TritonPythonModel:
@@ -44,14 +36,14 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         if not pb_utils.using_decoupled_model_transaction_policy(config):
             raise pb_utils.TritonModelException("the CPU reference engine must be decoupled")
-        fake_quant_dir = _param(config, "fake_quant_dir")
+        fake_quant_dir = param(config, "fake_quant_dir")
         self.runner = CausalLMRunner(
-            Path(_param(config, "hf_model_dir")),
-            torch_threads=int(_param(config, "torch_threads")),
-            precision=_param(config, "precision"),
+            Path(param(config, "hf_model_dir")),
+            torch_threads=int(param(config, "torch_threads")),
+            precision=param(config, "precision"),
             fake_quant_dir=Path(fake_quant_dir) if fake_quant_dir else None,
         )
-        workers = int(_param(config, "max_concurrency"))
+        workers = int(param(config, "max_concurrency"))
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="generate")
         # A free worker before a request is taken: the rest wait in Triton's own queue (counted
         # by nv_inference_pending_request_count, cancelled there by Triton), not in this process.
@@ -88,11 +80,7 @@ class TritonPythonModel:
             self.slots.acquire()  # released when the worker is done with this request
             # Everything the worker needs, taken now: the request object stays in this call.
             sender = request.get_response_sender()
-            tensors = {}
-            for spec in contract.INPUTS:
-                t = pb_utils.get_input_tensor_by_name(request, spec.name)
-                if t is not None:
-                    tensors[spec.name] = t.as_numpy().copy()
+            tensors = take_inputs(request)
             self.pool.submit(self._serve_logged, request.request_id(), sender, tensors)
         return None
 
@@ -112,16 +100,14 @@ class TritonPythonModel:
             req = parse_request(tensors, vocab_size=self.runner.vocab_size)
         except RequestError as exc:
             self._count("rejected")
-            sender.send(
-                pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))), flags=final
-            )
+            sender.send(error_response(str(exc)), flags=final)
             return
         try:
             generated: list[int] = []
             for token in self.runner.generate(req, is_cancelled=sender.is_cancelled):
                 generated.append(token)
                 if req.streaming:
-                    sender.send(_response([token]))
+                    sender.send(ids_response([token]))
             self.tokens.increment(len(generated))
             if sender.is_cancelled():
                 self._count("cancelled")
@@ -129,14 +115,14 @@ class TritonPythonModel:
                 return
             if not req.streaming:
                 ids = generated if req.exclude_input_in_output else [*req.input_ids, *generated]
-                sender.send(_response(ids))
+                sender.send(ids_response(ids))
             self._count("completed")
             sender.send(flags=final)
         except Exception as exc:  # the engine must always close the request
             self._count("failed")
             self.logger.log_error(f"generation failed: {exc!r}")
             sender.send(
-                pb_utils.InferenceResponse(error=pb_utils.TritonError(f"generation failed: {exc}")),
+                error_response(f"generation failed: {exc}"),
                 flags=final,
             )
 
@@ -146,14 +132,3 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _response(ids: list[int]):
-    output_ids = np.asarray(ids, dtype=np.int32).reshape(1, 1, -1)  # [batch, beam, tokens]
-    lengths = np.asarray([[len(ids)]], dtype=np.int32)  # [batch, beam]
-    return pb_utils.InferenceResponse(
-        output_tensors=[
-            pb_utils.Tensor(contract.OUTPUT_IDS.name, output_ids),
-            pb_utils.Tensor(contract.SEQUENCE_LENGTH.name, lengths),
-        ]
-    )

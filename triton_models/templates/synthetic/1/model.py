@@ -15,10 +15,9 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from autoglm.triton_models import contract
+from autoglm.triton_models.backend_io import error_response, ids_response, param, take_inputs
 from autoglm.triton_models.cpu_engine.request import RequestError, parse_request
 from autoglm.triton_models.synthetic import Pacer, parse_token_ids, synthetic_ids
 
@@ -26,32 +25,21 @@ from autoglm.triton_models.synthetic import Pacer, parse_token_ids, synthetic_id
 _ANY_VOCAB = 2**31 - 1
 
 
-def _param(config: dict, key: str) -> str:
-    try:
-        return config["parameters"][key]["string_value"]
-    except KeyError:
-        raise pb_utils.TritonModelException(f"config.pbtxt misses parameter '{key}'") from None
-
-
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         if not pb_utils.using_decoupled_model_transaction_policy(config):
             raise pb_utils.TritonModelException("the synthetic engine must be decoupled")
-        self.tokens_per_second = float(_param(config, "tokens_per_second"))
-        self.cycle = parse_token_ids(_param(config, "token_ids"))
-        workers = int(_param(config, "max_concurrency"))
+        self.tokens_per_second = float(param(config, "tokens_per_second"))
+        self.cycle = parse_token_ids(param(config, "token_ids"))
+        workers = int(param(config, "max_concurrency"))
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="synthetic")
         self.logger = pb_utils.Logger
 
     def execute(self, requests: list) -> None:
         for request in requests:
             sender = request.get_response_sender()
-            tensors = {}
-            for spec in contract.INPUTS:
-                t = pb_utils.get_input_tensor_by_name(request, spec.name)
-                if t is not None:
-                    tensors[spec.name] = t.as_numpy().copy()
+            tensors = take_inputs(request)
             self.pool.submit(self._serve_logged, request.request_id(), sender, tensors)
         return None
 
@@ -66,9 +54,7 @@ class TritonPythonModel:
         try:
             req = parse_request(tensors, vocab_size=_ANY_VOCAB)
         except RequestError as exc:
-            sender.send(
-                pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))), flags=final
-            )
+            sender.send(error_response(str(exc)), flags=final)
             return
         pacer = Pacer(self.tokens_per_second, time.monotonic())
         generated: list[int] = []
@@ -83,22 +69,11 @@ class TritonPythonModel:
                 return
             generated.append(token)
             if req.streaming:
-                sender.send(_response([token]))
+                sender.send(ids_response([token]))
         if not req.streaming:
             ids = generated if req.exclude_input_in_output else [*req.input_ids, *generated]
-            sender.send(_response(ids))
+            sender.send(ids_response(ids))
         sender.send(flags=final)
 
     def finalize(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _response(ids: list[int]):
-    output_ids = np.asarray(ids, dtype=np.int32).reshape(1, 1, -1)  # [batch, beam, tokens]
-    lengths = np.asarray([[len(ids)]], dtype=np.int32)  # [batch, beam]
-    return pb_utils.InferenceResponse(
-        output_tensors=[
-            pb_utils.Tensor(contract.OUTPUT_IDS.name, output_ids),
-            pb_utils.Tensor(contract.SEQUENCE_LENGTH.name, lengths),
-        ]
-    )

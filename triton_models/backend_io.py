@@ -1,0 +1,50 @@
+"""What both python-backend engine models (cpu_reference, synthetic) do with Triton's objects.
+
+Imported only inside a Triton python-backend stub, where `triton_python_backend_utils` exists:
+reading a config parameter, taking a request's contract inputs inside `execute` (the request
+object must not reach a worker thread: model.py of cpu_reference explains the segfault), and
+building the `output_ids` / error responses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from autoglm.triton_models import contract
+
+
+def param(config: dict[str, Any], key: str) -> str:
+    """A `parameters { key: … string_value: … }` of config.pbtxt; a clear error if missing."""
+    try:
+        return config["parameters"][key]["string_value"]
+    except KeyError:
+        raise pb_utils.TritonModelException(f"config.pbtxt misses parameter '{key}'") from None
+
+
+def take_inputs(request: Any) -> dict[str, np.ndarray]:
+    """The contract's input tensors of `request`, copied (they outlive the request)."""
+    tensors = {}
+    for spec in contract.INPUTS:
+        t = pb_utils.get_input_tensor_by_name(request, spec.name)
+        if t is not None:
+            tensors[spec.name] = t.as_numpy().copy()
+    return tensors
+
+
+def ids_response(ids: list[int]) -> Any:
+    """One response carrying `ids` as output_ids [batch 1, beam 1, tokens] + sequence_length."""
+    output_ids = np.asarray(ids, dtype=np.int32).reshape(1, 1, -1)
+    lengths = np.asarray([[len(ids)]], dtype=np.int32)  # [batch, beam]
+    return pb_utils.InferenceResponse(
+        output_tensors=[
+            pb_utils.Tensor(contract.OUTPUT_IDS.name, output_ids),
+            pb_utils.Tensor(contract.SEQUENCE_LENGTH.name, lengths),
+        ]
+    )
+
+
+def error_response(message: str) -> Any:
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
