@@ -18,18 +18,15 @@ from typing import NamedTuple
 
 import grpc
 import numpy as np
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.grpc import service_pb2
 
-from autoglm.server import replicas, tracing
+from autoglm.server import tracing
+from autoglm.server.engine_routes import EngineRoutes
 from autoglm.server.errors import DeadlineExceeded, EngineFailure, EngineUnavailable
 from autoglm.server.validation import EngineSampling
 from autoglm.triton_models import contract
 
 _FINAL = "triton_final_response"
-_Stub = service_pb2_grpc.GRPCInferenceServiceStub
-# After a new replica channel is READY (one subchannel up), the time the others get to finish
-# their handshakes before it takes traffic.
-_SETTLE_S = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,135 +124,42 @@ class EngineClient:
         metadata: Sequence[tuple[str, str]] = (),
         tls_name: str | None = None,
     ) -> None:
-        self.spec = replicas.parse_target(target)
+        self._routes = EngineRoutes(target, credentials=credentials, tls_name=tls_name)
+        self.spec = self._routes.spec
         self.target = target
-        self._credentials = credentials
         self._metadata = tuple(metadata)
-        name = tls_name or (self.spec.tls_name if self.spec.replicated else None)
-        self._options = [
-            ("grpc.max_send_message_length", 64 << 20),
-            ("grpc.max_receive_message_length", 64 << 20),
-            # Several endpoints in one channel: spread requests over all of them, not the first.
-            ("grpc.lb_policy_name", "round_robin"),
-            # Reconnect within a second after Triton restarts (gRPC's default backoff grows to
-            # 120 s, during which every call would fail fast with UNAVAILABLE).
-            ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.min_reconnect_backoff_ms", 200),
-            ("grpc.max_reconnect_backoff_ms", 1000),
-            # A channel over resolved addresses has no authority that a certificate names.
-            *((("grpc.ssl_target_name_override", name),) if name and credentials else ()),
-        ]
-        self._endpoint_channels: dict[str, tuple[grpc.aio.Channel, _Stub]] = {}
-        self._retired: set[asyncio.Task[None]] = set()
         # triton model -> monotonic time its engine last streamed tokens (evidence for health.py)
         self.last_token_at: dict[str, float] = {}
-        if self.spec.replicated:
-            # Until health.py has resolved and probed the endpoints: the target as gRPC sees it
-            # (a dns:/// target resolves inside gRPC; an address list is used as listed).
-            self._healthy: tuple[str, ...] = ()
-            self._channel = self._open(self._initial_target())
-        else:
-            self._healthy = (target,)
-            self._channel = self._open(target)
-            self._endpoint_channels[target] = (self._channel, self._stub_of(self._channel))
-        self._stub = self._stub_of(self._channel)
 
-    def _initial_target(self) -> str:
-        if self.spec.raw.startswith("dns:"):
-            return self.spec.raw  # gRPC resolves it itself
-        if all(h.is_ip for h in self.spec.hosts):
-            return replicas.channel_target([str(h) for h in self.spec.hosts])
-        return str(self.spec.hosts[0])  # names: resolved by health.py's first round
-
-    def _open(self, target: str) -> grpc.aio.Channel:
-        if self._credentials is None:
-            return grpc.aio.insecure_channel(target, options=self._options)
-        return grpc.aio.secure_channel(target, self._credentials, options=self._options)
-
-    @staticmethod
-    def _stub_of(channel: grpc.aio.Channel) -> _Stub:
-        return service_pb2_grpc.GRPCInferenceServiceStub(channel)
-
-    # ---- endpoints (replicas) -------------------------------------------------------------
+    # ---- endpoints (replicas; engine_routes.py) ---------------------------------------------
 
     async def endpoints(self) -> list[str]:
         """The endpoints to probe now: the target itself, or what the replica target resolves to."""
-        if not self.spec.replicated:
-            return [self.target]
-        return await asyncio.to_thread(replicas.resolve, self.spec)
+        return await self._routes.endpoints()
 
     @property
     def healthy_endpoints(self) -> tuple[str, ...]:
-        return self._healthy
+        return self._routes.healthy
 
     async def use_endpoints(
         self, healthy: Sequence[str], *, connect_timeout_s: float = 5.0, drain_s: float = 3600.0
     ) -> bool:
-        """Route new calls over `healthy` only (round_robin); True if that changed the route.
-
-        The new channel connects first: a fresh round_robin channel hands every call it gets
-        before its subchannels are up to the first one that is (seen here: a burst of 8 streams
-        all on one replica), so it takes traffic only once connected (plus a moment for the
-        other replicas' handshakes). Calls in flight keep their channel: the previous one is
-        closed once they are done (or after `drain_s`). Single-endpoint targets never change.
-        """
-        new = tuple(sorted(healthy))
-        if not self.spec.replicated or not new or new == self._healthy:
-            return False
-        channel = self._open(replicas.channel_target(new))
-        channel.get_state(try_to_connect=True)
-        try:
-            await asyncio.wait_for(channel.channel_ready(), connect_timeout_s)
-            await asyncio.sleep(_SETTLE_S)
-        except TimeoutError:
-            await channel.close()
-            return False  # not reachable after all: keep the current route, retry next round
-        old = self._channel
-        self._channel = channel
-        self._stub = self._stub_of(channel)
-        self._healthy = new
-        task = asyncio.get_running_loop().create_task(old.close(grace=drain_s))
-        self._retired.add(task)
-        task.add_done_callback(self._retired.discard)
-        return True
-
-    def _endpoint_stub(self, endpoint: str) -> _Stub:
-        entry = self._endpoint_channels.get(endpoint)
-        if entry is None:
-            channel = self._open(endpoint)
-            entry = self._endpoint_channels[endpoint] = (channel, self._stub_of(channel))
-        return entry[1]
+        """Route new calls over `healthy` only; True if that changed it (EngineRoutes.use)."""
+        return await self._routes.use(healthy, connect_timeout_s=connect_timeout_s, drain_s=drain_s)
 
     async def forget_endpoints(self, keep: Sequence[str]) -> None:
         """Close the probe/control channels of endpoints that are gone (DNS no longer lists)."""
-        for endpoint in [e for e in self._endpoint_channels if e not in keep]:
-            if endpoint == self.target:
-                continue
-            channel, _ = self._endpoint_channels.pop(endpoint)
-            await channel.close()
-
-    async def _control_stubs(self) -> list[_Stub]:
-        if not self.spec.replicated:
-            return [self._stub]
-        endpoints = await self.endpoints()
-        if not endpoints:
-            raise ModelControlError(f"{self.target}: resolves to no endpoint", None)
-        return [self._endpoint_stub(e) for e in endpoints]
+        await self._routes.forget(keep)
 
     async def close(self) -> None:
-        await self._channel.close()
-        for channel, _ in self._endpoint_channels.values():
-            if channel is not self._channel:
-                await channel.close()
-        for task in list(self._retired):
-            task.cancel()
+        await self._routes.close()
 
     async def probe(self, endpoint: str, request: EngineRequest, *, timeout: float) -> int:
         """Run `request` (meant: a one-token generation) on `endpoint` alone; tokens generated.
 
         Raises EngineUnavailable / EngineFailure / DeadlineExceeded like a real call.
         """
-        call = self._endpoint_stub(endpoint).ModelStreamInfer(
+        call = self._routes.endpoint_stub(endpoint).ModelStreamInfer(
             metadata=self._metadata, timeout=timeout
         )
         count = 0
@@ -272,7 +176,7 @@ class EngineClient:
     ) -> bool:
         """ModelReady (of `endpoint`, else of the data path); `version` "" = as Triton's
         version policy picks (the highest loaded)."""
-        stub = self._stub if endpoint is None else self._endpoint_stub(endpoint)
+        stub = self._routes.stub if endpoint is None else self._routes.endpoint_stub(endpoint)
         try:
             resp = await stub.ModelReady(
                 service_pb2.ModelReadyRequest(name=name, version=version),
@@ -313,7 +217,10 @@ class EngineClient:
         """Call `method` on every endpoint (each replica loads its own models); first answer."""
         results = []
         try:
-            for stub in await self._control_stubs():
+            stubs = await self._routes.control_stubs()
+            if not stubs:
+                raise ModelControlError(f"{self.target}: resolves to no endpoint", None)
+            for stub in stubs:
                 call = getattr(stub, method)
                 results.append(await call(request, timeout=timeout, metadata=self._metadata))
             return results[0]
@@ -363,7 +270,7 @@ class EngineClient:
 
         with tracing.engine_span(model):
             metadata = (*self._metadata, *tracing.inject_traceparent())
-            call = self._stub.ModelStreamInfer(metadata=metadata, timeout=timeout)
+            call = self._routes.stub.ModelStreamInfer(metadata=metadata, timeout=timeout)
             await _read_until_final(call, request, push)
 
 
