@@ -177,14 +177,21 @@ def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
     if _provider is None:
         return []
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
-    from opentelemetry.instrumentation.grpc.filters import (
-        any_of,
-        negate,
-        service_name,
-    )
 
-    skip = negate(any_of(*(service_name(s) for s in _UNTRACED_SERVICES)))
-    return [aio_server_interceptor(tracer_provider=_provider, filter_=skip)]
+    return [aio_server_interceptor(tracer_provider=_provider, filter_=_traced_server_method)]
+
+
+_UNTRACED_PREFIXES = tuple(f"/{s}/" for s in _UNTRACED_SERVICES)
+
+
+def _traced_server_method(details: grpc.HandlerCallDetails) -> bool:
+    """The server interceptor's filter, run on every call: one prefix test. (The
+    instrumentation's composable `filters` parse the method name with isinstance checks against
+    typing protocols: ~3 % of the event loop's time per request in a profile here.)"""
+    method = details.method
+    if isinstance(method, bytes):
+        method = method.decode("ascii", "replace")
+    return not method.startswith(_UNTRACED_PREFIXES)
 
 
 def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
