@@ -37,6 +37,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from autoglm.server.bench.direct import GREEDY, DirectPath
 from autoglm.server.bench.facade import FacadePath
+from autoglm.server.bench.profile import by_area, start_py_spy, summarize_collapsed
 from autoglm.server.bench.stack import BenchStack, EngineModel, StackOptions
 from autoglm.server.bench.workload import BenchRequest, token_cycle
 from autoglm.server.engine_client import EngineRequest, build_infer_request, parse_stream_response
@@ -225,8 +226,28 @@ def request_cost(stack: BenchStack, args: argparse.Namespace, prompt: list[int])
             for k, v in sorted(per_thread.items(), key=lambda kv: -kv[1]):
                 if v * 1000 / args.requests >= 0.05:
                     print(f"    thread {k:28s} {1000 * v / args.requests:.2f} ms/request")
+        if args.profile is not None:
+            await profiled(facade)
         await direct.close()
         await facade.close()
+
+    async def profiled(facade: FacadePath) -> None:
+        # An extra, unmeasured round under py-spy (--native pauses the process per sample).
+        out = args.profile / "request-cost.raw"
+        args.profile.mkdir(parents=True, exist_ok=True)
+        spy = start_py_spy(pid, args.profile_seconds, out, rate=500)
+        deadline = time.monotonic() + args.profile_seconds
+        n = 0
+        while time.monotonic() < deadline:
+            await ttfts(facade, 20)
+            n += 20
+        spy.wait(timeout=60)
+        samples, top = summarize_collapsed(out.read_text(), top=40)
+        print(f"py-spy: {n} requests, {samples} samples -> {out}")
+        for area, share in sorted(by_area(out.read_text()).items(), key=lambda kv: -kv[1]):
+            print(f"    area {area:20s} {share:5.1f} %")
+        for f in top:
+            print(f"    {f.self_pct:5.1f} % self {f.total_pct:5.1f} % total  {f.frame}")
 
     asyncio.run(run())
 
@@ -238,6 +259,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="request-cost: py-spy the façade into DIR"
+    )
+    parser.add_argument("--profile-seconds", type=float, default=15.0)
     args = parser.parse_args()
     served = load_model(ModelSpec(name=SYNTH, triton_model=SYNTH, tokenizer_dir=MODEL_DIR))
     tok = served.encoder.tokenizer
