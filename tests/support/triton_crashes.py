@@ -1,10 +1,10 @@
-"""Tell an upstream Triton crash from a failure of ours, by reading the Triton logs of the run.
+"""Which Triton of a test run crashed, read from its log (the integration suite attaches the lines
+to the failing test's report).
 
-Triton 2.51's python backend sometimes kills the whole server under concurrent streams on this
-CPU setup (docs/reliability.md: SIGSEGV in libtriton_python.so, or SIGABRT after
-`boost::interprocess::lock_exception`; same signature as triton-inference-server/server#8882,
-reproduced without the façade). Triton prints the signal before it dies, so a crash shows in
-its log. A SIGKILL from a test (engine-failure tests) prints nothing and is not counted.
+tritonserver prints the fatal signal before it dies (`Signal (11) received.`, or `Signal (6)`
+after `boost::interprocess::lock_exception` in the python backend); a SIGKILL from a test
+(engine-failure tests) prints nothing and is not counted. In session 4 such crashes came from
+our CPU engine updating custom metrics from two threads at once (docs/reliability.md).
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ class TritonPythonModel:
                 generated.append(token)
                 if req.streaming:
                     sender.send(ids_response([token]))
-            self.tokens.increment(len(generated))
+            self._add_tokens(len(generated))
             if sender.is_cancelled():
                 self._count("cancelled")
                 sender.send(flags=final)
@@ -126,9 +126,18 @@ class TritonPythonModel:
                 flags=final,
             )
 
+    # Every custom-metric update holds self.lock: the python backend's (Triton 2.51) metric
+    # calls are not safe from two threads at once. The tokens counter was once updated outside
+    # the lock, and two workers finishing together crashed tritonserver (SIGSEGV in
+    # libtriton_python.so, or SIGABRT after boost::interprocess::lock_exception): 8 of 8 runs of
+    # the real-model load test at 2 workers, 0 of 2 with the lock, 0 of 2 with metrics off.
     def _count(self, outcome: str) -> None:
         with self.lock:
             self.outcomes[outcome].increment(1)
+
+    def _add_tokens(self, n: int) -> None:
+        with self.lock:
+            self.tokens.increment(n)
 
     def finalize(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
