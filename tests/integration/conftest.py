@@ -149,7 +149,7 @@ def triton(
 
 @pytest.fixture(autouse=True)
 def _revive_crashed_triton(request: pytest.FixtureRequest) -> None:
-    """A package Triton that died in an earlier test (upstream crash) is started again on its
+    """A package Triton that died in an earlier test (a crash) is started again on its
     ports, and the package façade is given time to see it, so one crash fails one test."""
     if "triton" not in request.fixturenames:
         return
