@@ -38,10 +38,9 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from autoglm.server.bench.direct import GREEDY, DirectPath
 from autoglm.server.bench.facade import FacadePath
 from autoglm.server.bench.profile import by_area, start_py_spy, summarize_collapsed
-from autoglm.server.bench.stack import BenchStack, EngineModel, StackOptions
-from autoglm.server.bench.workload import BenchRequest, token_cycle
+from autoglm.server.bench.stack import BenchStack, synthetic_stack
+from autoglm.server.bench.workload import BenchRequest
 from autoglm.server.engine_client import EngineRequest, build_infer_request, parse_stream_response
-from autoglm.server.models import ModelSpec, load_model
 
 MODEL_DIR = Path.home() / ".cache" / "autoglm" / "models" / "SmolLM2-135M-Instruct"
 SYNTH = "bench-synthetic-unpaced"
@@ -264,14 +263,11 @@ def main() -> None:
     )
     parser.add_argument("--profile-seconds", type=float, default=15.0)
     args = parser.parse_args()
-    served = load_model(ModelSpec(name=SYNTH, triton_model=SYNTH, tokenizer_dir=MODEL_DIR))
-    tok = served.encoder.tokenizer
-    cycle = token_cycle(lambda s: tok.encode(s, add_special_tokens=False).ids)
-    prompt = (cycle * 2)[:128]
-    with tempfile.TemporaryDirectory(prefix="autoglm-readcost-") as tmp:
-        opts = StackOptions(Path(tmp), MODEL_DIR, (EngineModel(SYNTH, 0.0),), cycle)
-        with BenchStack(opts) as stack:
-            (read_paths if args.what == "read-paths" else request_cost)(stack, args, prompt)
+    with (
+        tempfile.TemporaryDirectory(prefix="autoglm-readcost-") as tmp,
+        synthetic_stack(Path(tmp), MODEL_DIR, SYNTH) as (stack, prompt),
+    ):
+        (read_paths if args.what == "read-paths" else request_cost)(stack, args, prompt)
 
 
 if __name__ == "__main__":

@@ -45,10 +45,8 @@ from google.protobuf import descriptor_pb2
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from autoglm.server.bench.direct import GREEDY
-from autoglm.server.bench.stack import BenchStack, EngineModel, StackOptions
-from autoglm.server.bench.workload import token_cycle
+from autoglm.server.bench.stack import BenchStack, synthetic_stack
 from autoglm.server.engine_client import EngineRequest, build_infer_request, parse_stream_response
-from autoglm.server.models import ModelSpec, load_model
 
 HERE = Path(__file__).resolve().parent
 MODEL_DIR = Path.home() / ".cache" / "autoglm" / "models" / "SmolLM2-135M-Instruct"
@@ -267,15 +265,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
-    served = load_model(ModelSpec(name=SYNTH, triton_model=SYNTH, tokenizer_dir=MODEL_DIR))
-    tok = served.encoder.tokenizer
-    cycle = token_cycle(lambda s: tok.encode(s, add_special_tokens=False).ids)
-    prompt = (cycle * 2)[:128]
     with tempfile.TemporaryDirectory(prefix="autoglm-native-probe-") as tmp:
         work = Path(tmp)
         lib = load_library(build(work))
-        opts = StackOptions(work / "stack", MODEL_DIR, (EngineModel(SYNTH, 0.0),), cycle)
-        with BenchStack(opts) as stack:
+        with synthetic_stack(work / "stack", MODEL_DIR, SYNTH) as (stack, prompt):
             export_link(stack, prompt, work / "link")
             asyncio.run(compare(lib, work / "link", prompt, args))
 

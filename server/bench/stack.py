@@ -11,7 +11,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +21,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from autoglm.server.bench.facade import facade_credentials
 from autoglm.server.bench.procstat import descendants
 from autoglm.server.bench.sink import OtlpSink
+from autoglm.server.bench.workload import token_cycle
 from autoglm.server.engine_link import EngineLink, dev_engine_link
 from autoglm.server.limits import PrincipalLimits
+from autoglm.server.models import ModelSpec, load_model
 from autoglm.server.pki import DevPki, ensure_dev_pki
 from autoglm.server.tokens import TokenStore
 from autoglm.server.triton_process import TritonOptions, TritonProcess
@@ -226,3 +228,17 @@ class BenchStack:
         if self.triton is not None:
             self.triton.stop()
         self.sink.__exit__()
+
+
+@contextlib.contextmanager
+def synthetic_stack(
+    workdir: Path, tokenizer_dir: Path, model: str, *, prompt_len: int = 128
+) -> Iterator[tuple[BenchStack, list[int]]]:
+    """A BenchStack serving one unpaced synthetic engine `model`, and a `prompt_len`-id prompt
+    taken from its token cycle: the set-up of the measurement scripts under scripts/."""
+    served = load_model(ModelSpec(name=model, triton_model=model, tokenizer_dir=tokenizer_dir))
+    tok = served.encoder.tokenizer
+    cycle = token_cycle(lambda s: tok.encode(s, add_special_tokens=False).ids)
+    prompt = (cycle * (prompt_len // len(cycle) + 1))[:prompt_len]
+    with BenchStack(StackOptions(workdir, tokenizer_dir, (EngineModel(model, 0.0),), cycle)) as s:
+        yield s, prompt
