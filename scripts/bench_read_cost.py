@@ -35,6 +35,7 @@ from pathlib import Path
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from autoglm.server import engine_h2
 from autoglm.server.bench.direct import GREEDY, DirectPath
 from autoglm.server.bench.facade import FacadePath
 from autoglm.server.bench.profile import by_area, start_py_spy, summarize_collapsed
@@ -121,6 +122,33 @@ class ReadPaths:
         await asyncio.gather(*(one_stream() for _ in range(n)))
         return tokens
 
+    async def lean_streams(self) -> int:
+        """A stream per request, all on one HTTP/2 connection read by engine_h2.py."""
+        host, port = self.target.rsplit(":", 1)
+        ctx = engine_h2.client_ssl_context(
+            self.link.ca_cert.read_bytes(), str(self.link.client_cert), str(self.link.client_key)
+        )
+        endpoint = engine_h2.Endpoint(
+            host, int(port), ssl_context=ctx, server_hostname=host, metadata=self.link.metadata()
+        )
+        tokens, stop = 0, time.monotonic() + self.seconds
+
+        def on_message(payload: bytes) -> bool:
+            nonlocal tokens
+            ids, final = parse_stream_response(
+                service_pb2.ModelStreamInferResponse.FromString(payload)
+            )
+            tokens += len(ids)
+            return final
+
+        async def worker() -> None:
+            while time.monotonic() < stop:
+                await endpoint.call(self._request().SerializeToString(), on_message)
+
+        await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+        endpoint.close()
+        return tokens
+
     def sync_threads(self, n: int) -> int:
         channel = grpc.secure_channel(self.target, self.link.channel_credentials())
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
@@ -167,6 +195,7 @@ def read_paths(stack: BenchStack, args: argparse.Namespace, prompt: list[int]) -
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         ways: list[tuple[str, Callable[[], Awaitable[int]]]] = [
             ("one aio stream per request", lambda: paths.separate(stub)),
+            ("lean h2: a stream per request", paths.lean_streams),
             ("all on 1 aio stream", lambda: paths.multiplexed(stub, 1)),
             ("all on 4 aio streams", lambda: paths.multiplexed(stub, 4)),
             ("all on 1 sync stream (thread)", lambda: asyncio.to_thread(paths.sync_threads, 1)),

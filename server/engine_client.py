@@ -1,5 +1,9 @@
 """The façade's client of the engine model in Triton: one `ModelStreamInfer` stream per request.
 
+Inference is read by the lean reader (engine_h2.py: all calls to an endpoint on one HTTP/2
+connection, read in batches) unless the operator chose `--engine-reader grpc` or the target is
+a unix socket; probes and model control use grpc.aio channels (engine_routes.py).
+
 Requests carry the TensorRT-LLM backend's tensors (contract.py) as raw little-endian bytes.
 `triton_enable_empty_final_response` makes Triton close every request with an explicit final
 response (tritonclient's aio `stream_infer` ignores that flag, so the raw generated stub is used,
@@ -11,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -20,7 +26,7 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2
 
-from autoglm.server import tracing
+from autoglm.server import engine_h2, replicas, tracing
 from autoglm.server.engine_routes import EngineRoutes
 from autoglm.server.errors import DeadlineExceeded, EngineFailure, EngineUnavailable
 from autoglm.server.validation import EngineSampling
@@ -123,11 +129,23 @@ class EngineClient:
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Sequence[tuple[str, str]] = (),
         tls_name: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        lean_reader: bool = True,
     ) -> None:
         self._routes = EngineRoutes(target, credentials=credentials, tls_name=tls_name)
         self.spec = self._routes.spec
         self.target = target
         self._metadata = tuple(metadata)
+        # The lean reader needs the link's TLS as an ssl context (or a plaintext link).
+        self._lean = (
+            lean_reader
+            and (credentials is None or ssl_context is not None)
+            and not target.startswith("unix:")
+        )
+        self._ssl = ssl_context if credentials is not None else None
+        self._tls_name = tls_name or self.spec.tls_name
+        self._lean_endpoints: dict[str, engine_h2.Endpoint] = {}
+        self._turn = itertools.count()
         # triton model -> monotonic time its engine last streamed tokens (evidence for health.py)
         self.last_token_at: dict[str, float] = {}
 
@@ -148,11 +166,36 @@ class EngineClient:
         return await self._routes.use(healthy, connect_timeout_s=connect_timeout_s, drain_s=drain_s)
 
     async def forget_endpoints(self, keep: Sequence[str]) -> None:
-        """Close the probe/control channels of endpoints that are gone (DNS no longer lists)."""
+        """Close the probe/control channels of endpoints that are gone (DNS no longer lists),
+        and their inference connections once the calls on them have ended."""
         await self._routes.forget(keep)
+        for address in [a for a in self._lean_endpoints if a not in keep and a != self.target]:
+            self._lean_endpoints.pop(address).retire()
 
     async def close(self) -> None:
+        for endpoint in self._lean_endpoints.values():
+            endpoint.close()
+        self._lean_endpoints.clear()
         await self._routes.close()
+
+    def _lean_endpoint(self) -> engine_h2.Endpoint | None:
+        """The endpoint of the next inference call (round robin over the healthy ones), or None
+        for the grpc.aio route (lean reader off, or replicas not yet resolved)."""
+        healthy = self._routes.healthy
+        if not self._lean or not healthy:
+            return None
+        address = healthy[0] if len(healthy) == 1 else healthy[next(self._turn) % len(healthy)]
+        endpoint = self._lean_endpoints.get(address)
+        if endpoint is None:
+            hp = replicas.parse_target(address).hosts[0]
+            endpoint = self._lean_endpoints[address] = engine_h2.Endpoint(
+                hp.host,
+                hp.port,
+                ssl_context=self._ssl,
+                server_hostname=self._tls_name or hp.host,
+                metadata=self._metadata,
+            )
+        return endpoint
 
     async def probe(self, endpoint: str, request: EngineRequest, *, timeout: float) -> int:
         """Run `request` (meant: a one-token generation) on `endpoint` alone; tokens generated.
@@ -269,9 +312,29 @@ class EngineClient:
             on_ids(ids)
 
         with tracing.engine_span(model):
-            metadata = (*self._metadata, *tracing.inject_traceparent())
-            call = self._routes.stub.ModelStreamInfer(metadata=metadata, timeout=timeout)
-            await _read_until_final(call, request, push)
+            endpoint = self._lean_endpoint()
+            if endpoint is None:
+                metadata = (*self._metadata, *tracing.inject_traceparent())
+                call = self._routes.stub.ModelStreamInfer(metadata=metadata, timeout=timeout)
+                await _read_until_final(call, request, push)
+                return
+
+            def on_message(payload: bytes) -> bool:
+                resp = service_pb2.ModelStreamInferResponse.FromString(payload)
+                ids, final = parse_stream_response(resp)
+                if ids:
+                    push(ids)
+                return final
+
+            try:
+                await endpoint.call(
+                    build_infer_request(request).SerializeToString(),
+                    on_message,
+                    metadata=tracing.inject_traceparent(),
+                    timeout=timeout,
+                )
+            except engine_h2.CallError as exc:
+                raise _map_status(exc.code, exc.details) from None
 
 
 async def _read_until_final(
@@ -294,20 +357,20 @@ async def _read_until_final(
             if final:
                 return
     except grpc.aio.AioRpcError as exc:
-        raise _map_rpc_error(exc) from None
+        raise _map_status(exc.code(), exc.details()) from None
     finally:
         with contextlib.suppress(Exception):
             call.cancel()
 
 
-def _map_rpc_error(exc: grpc.aio.AioRpcError) -> Exception:
-    code = exc.code()
+def _map_status(code: grpc.StatusCode, details: str | None) -> Exception:
+    """A Triton call's gRPC status as the façade's error (mapped to the caller in errors.py)."""
     if code in (
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.NOT_FOUND,
         grpc.StatusCode.UNIMPLEMENTED,
     ):
-        return EngineUnavailable(f"engine unavailable: {exc.details()}")
+        return EngineUnavailable(f"engine unavailable: {details}")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceeded("deadline exceeded while waiting for the engine")
-    return EngineFailure(f"{code.name}: {exc.details()}")
+    return EngineFailure(f"{code.name}: {details}")

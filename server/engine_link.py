@@ -11,11 +11,13 @@ certificate does not open Triton.
 from __future__ import annotations
 
 import secrets
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
+from autoglm.server.engine_h2 import client_ssl_context
 from autoglm.server.pki import ensure_dev_pki
 
 # Every protocol group but "health" (ServerLive/ServerReady/ModelReady stay open for probes).
@@ -59,6 +61,12 @@ class EngineLink:
             root_certificates=self.ca_cert.read_bytes(),
             private_key=self.client_key.read_bytes(),
             certificate_chain=self.client_cert.read_bytes(),
+        )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The same client side for the lean inference reader (engine_h2.py)."""
+        return client_ssl_context(
+            self.ca_cert.read_bytes(), str(self.client_cert), str(self.client_key)
         )
 
     def metadata(self) -> tuple[tuple[str, str], ...]:

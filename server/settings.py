@@ -38,6 +38,9 @@ def split_host_port(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+ENGINE_READERS = ("lean", "grpc")
+
+
 @dataclass(frozen=True, slots=True)
 class TlsSettings:
     cert: Path
@@ -80,6 +83,9 @@ class Settings:
     # TLS name to check Triton's certificate against when the target lists addresses (replicas);
     # None = the target's host name.
     triton_tls_name: str | None = None
+    # How inference streams are read from Triton: "lean" = engine_h2.py (every call on one
+    # HTTP/2 connection per endpoint, read in batches); "grpc" = a grpc.aio call per request.
+    engine_reader: str = "lean"
     extra: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -96,6 +102,11 @@ class Settings:
                 raise SettingsError(f"{name}: must be > 0, got {value}")
         if not self.models and self.model_repository is None:
             raise SettingsError("models: give --model or --model-repository")
+        if self.engine_reader not in ENGINE_READERS:
+            raise SettingsError(
+                f"engine_reader: must be one of {', '.join(ENGINE_READERS)},"
+                f" got {self.engine_reader!r}"
+            )
         if self.workers < 1:
             raise SettingsError(f"workers: must be >= 1, got {self.workers}")
         if self.workers > 1 and self.model_repository is not None:
