@@ -88,6 +88,12 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         help="façade processes sharing its port (`autoglm serve --workers N`, SO_REUSEPORT)",
     )
     b.add_argument(
+        "--facade-engine-reader",
+        choices=("lean", "grpc"),
+        default="lean",
+        help="how the façade reads Triton (`autoglm serve --engine-reader`)",
+    )
+    b.add_argument(
         "--profile-seconds",
         type=float,
         default=0.0,
@@ -129,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         num_requests=args.requests,
         check_concurrency=args.check_concurrency,
         facade_workers=args.facade_workers,
+        facade_engine_reader=args.facade_engine_reader,
         profile_seconds=args.profile_seconds,
         plots=not args.no_plots,
         seed=args.seed,

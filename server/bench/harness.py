@@ -39,6 +39,7 @@ class BenchOptions:
     num_requests: int | None = None
     check_concurrency: int = 64
     facade_workers: int = 1  # `autoglm serve --workers N` (SO_REUSEPORT scale-out)
+    facade_engine_reader: str = "lean"  # `autoglm serve --engine-reader`
     profile_seconds: float = 0.0
     plots: bool = True
     seed: int = 0
@@ -119,10 +120,18 @@ def run_bench(o: BenchOptions, log: Callable[[str], None] = print) -> BenchRepor
         report.notes.append(
             "façade: subprocess `autoglm serve` with mTLS + bearer token + tracing "
             "(OTLP/gRPC, batch processor) to an in-harness no-op sink; Triton: engine link "
-            "mTLS + restricted-protocol secret, Triton's own tracing off for both paths"
+            "mTLS + restricted-protocol secret, Triton's own tracing off for both paths; "
+            f"façade engine reader: {o.facade_engine_reader}"
         )
         log(f"starting Triton ({', '.join(m.name for m in used)}) and the façade in {work}")
-        stack_opts = StackOptions(work, o.model_dir, used, cycle, facade_workers=o.facade_workers)
+        stack_opts = StackOptions(
+            work,
+            o.model_dir,
+            used,
+            cycle,
+            facade_workers=o.facade_workers,
+            engine_reader=o.facade_engine_reader,
+        )
         with BenchStack(stack_opts) as stack:
             log(
                 f"façade pid {stack.facade_pid} on {stack.facade_endpoint}; "

@@ -53,6 +53,7 @@ class StackOptions:
     cpu_instances: int = 1
     cpu_max_concurrency: int = 8
     facade_workers: int = 1  # `autoglm serve --workers`: processes sharing the port
+    engine_reader: str = "lean"  # `autoglm serve --engine-reader`
 
 
 class BenchStack:
@@ -151,6 +152,8 @@ class BenchStack:
             "1",
             "--workers",
             str(self.opts.facade_workers),
+            "--engine-reader",
+            self.opts.engine_reader,
         ]
         for m in self.opts.models:
             cmd += ["--model", f"{m.name}={m.name}:{self.opts.tokenizer_dir}"]
