@@ -29,6 +29,7 @@ import struct
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import grpc
 import hpack
@@ -156,12 +157,12 @@ class Connection(asyncio.Protocol):
         self._received = 0  # flow-controlled bytes since our last connection WINDOW_UPDATE
         self.closed_reason = ""  # set once no new call may start (GOAWAY, error, loss)
         self.settled: asyncio.Future[None] = self._loop.create_future()  # first SETTINGS seen
+        self.settled.add_done_callback(_retrieve)  # a failed connect reports it elsewhere
 
     # ---- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         settings = b"".join(
             _SETTING.pack(k, v)
             for k, v in (
@@ -170,7 +171,7 @@ class Connection(asyncio.Protocol):
                 (S_MAX_HEADER_LIST_SIZE, 1 << 16),
             )
         )
-        transport.write(
+        self._transport.write(
             PREFACE
             + frame(SETTINGS, 0, 0, settings)
             + frame(WINDOW_UPDATE, 0, 0, _U32.pack(MAX_WINDOW - _DEFAULT_WINDOW))
@@ -509,6 +510,11 @@ class Connection(asyncio.Protocol):
 
 class _ProtocolError(Exception):
     pass
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 _CANCELLED = CallError(grpc.StatusCode.CANCELLED, "cancelled by the façade")
