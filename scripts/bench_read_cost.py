@@ -9,9 +9,13 @@
 2. `request-cost`: the façade's CPU per request (sequential 1-token requests through the real
    `autoglm serve` subprocess with mTLS + token + tracing, as `autoglm bench` starts it), per
    thread, and TTFT next to the direct path.
+3. `rpc-floor`: the floor under (2): a bare grpc.aio server (a subprocess) whose
+   `GenerateStream` yields one fixed message, called the same way (mTLS + bearer-token call
+   credentials, sequentially); its CPU per request is what grpc.aio alone costs.
 
     .venv/bin/python scripts/bench_read_cost.py read-paths --concurrency 64 --seconds 8
     .venv/bin/python scripts/bench_read_cost.py request-cost --requests 300
+    .venv/bin/python scripts/bench_read_cost.py rpc-floor --requests 500
 
 CPU is this process's (read-paths) or the façade process's (request-cost) own, from
 getrusage / /proc, so other load on the machine inflates it less than wall-clock figures.
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import multiprocessing
 import os
 import queue
 import resource
@@ -29,7 +34,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -42,6 +47,9 @@ from autoglm.server.bench.profile import by_area, start_py_spy, summarize_collap
 from autoglm.server.bench.stack import BenchStack, synthetic_stack
 from autoglm.server.bench.workload import BenchRequest
 from autoglm.server.engine_client import EngineRequest, build_infer_request, parse_stream_response
+from autoglm.server.pki import DevPki, ensure_dev_pki
+from autoglm.v1 import text_generation_pb2 as pb
+from autoglm.v1 import text_generation_pb2_grpc as pb_grpc
 
 MODEL_DIR = Path.home() / ".cache" / "autoglm" / "models" / "SmolLM2-135M-Instruct"
 SYNTH = "bench-synthetic-unpaced"
@@ -280,9 +288,76 @@ def request_cost(stack: BenchStack, args: argparse.Namespace, prompt: list[int])
     asyncio.run(run())
 
 
+class _FloorService(pb_grpc.TextGenerationServicer):
+    async def GenerateStream(  # type: ignore[override]
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        yield pb.GenerateResponse(request_id="r", model=request.model, text=" Paris", token_ids=[1])
+
+
+def _floor_server(pki: DevPki, port_file: Path) -> None:
+    async def serve() -> None:
+        server = grpc.aio.server()
+        pb_grpc.add_TextGenerationServicer_to_server(_FloorService(), server)
+        creds = grpc.ssl_server_credentials(
+            [(pki.server_key.read_bytes(), pki.server_cert.read_bytes())],
+            pki.ca_cert.read_bytes(),
+            require_client_auth=True,
+        )
+        port = server.add_secure_port("127.0.0.1:0", creds)
+        await server.start()
+        await asyncio.to_thread(port_file.write_text, str(port))
+        await server.wait_for_termination()
+
+    asyncio.run(serve())
+
+
+def rpc_floor(args: argparse.Namespace, tmp: Path) -> None:
+    pki = ensure_dev_pki(tmp / "pki")
+    port_file = tmp / "port"
+    proc = multiprocessing.get_context("spawn").Process(
+        target=_floor_server, args=(pki, port_file), daemon=True
+    )
+    proc.start()
+    while not port_file.exists():
+        time.sleep(0.05)
+    endpoint = f"127.0.0.1:{port_file.read_text()}"
+    assert proc.pid is not None
+    pid = proc.pid
+
+    async def run() -> None:
+        path = FacadePath(endpoint, pki, "agm_floor_token", "m")
+        req = BenchRequest(prompt=PROMPT, prompt_ids=(1, 2, 3), max_tokens=1)
+
+        async def one() -> None:
+            async for _tokens in path.stream(req):
+                pass
+
+        for _ in range(50):
+            await one()
+        for round_ in range(args.rounds):
+            before = sum(_thread_cpu(pid).values())
+            t0 = time.perf_counter()
+            for _ in range(args.requests):
+                await one()
+            wall = time.perf_counter() - t0
+            cpu = sum(_thread_cpu(pid).values()) - before
+            print(
+                f"round {round_ + 1}  bare grpc.aio server: {1000 * cpu / args.requests:.2f} ms "
+                f"CPU per request, {1000 * wall / args.requests:.2f} ms per call",
+                flush=True,
+            )
+        await path.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        proc.kill()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=("read-paths", "request-cost"))
+    parser.add_argument("what", choices=("read-paths", "request-cost", "rpc-floor"))
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--requests", type=int, default=300)
@@ -292,6 +367,10 @@ def main() -> None:
     )
     parser.add_argument("--profile-seconds", type=float, default=15.0)
     args = parser.parse_args()
+    if args.what == "rpc-floor":
+        with tempfile.TemporaryDirectory(prefix="autoglm-rpcfloor-") as tmp:
+            rpc_floor(args, Path(tmp))
+        return
     with (
         tempfile.TemporaryDirectory(prefix="autoglm-readcost-") as tmp,
         synthetic_stack(Path(tmp), MODEL_DIR, SYNTH) as (stack, prompt),
