@@ -2,7 +2,8 @@
 
 Inference is read by the lean reader (engine_h2.py: all calls to an endpoint on one HTTP/2
 connection, read in batches) unless the operator chose `--engine-reader grpc` or the target is
-a unix socket; probes and model control use grpc.aio channels (engine_routes.py).
+a unix socket; health.py's one-token probes go the same way. Readiness checks and model
+control use grpc.aio channels (engine_routes.py).
 
 Requests carry the TensorRT-LLM backend's tensors (contract.py) as raw little-endian bytes.
 `triton_enable_empty_final_response` makes Triton close every request with an explicit final
@@ -185,6 +186,9 @@ class EngineClient:
         if not self._lean or not healthy:
             return None
         address = healthy[0] if len(healthy) == 1 else healthy[next(self._turn) % len(healthy)]
+        return self._lean_endpoint_at(address)
+
+    def _lean_endpoint_at(self, address: str) -> engine_h2.Endpoint:
         endpoint = self._lean_endpoints.get(address)
         if endpoint is None:
             hp = replicas.parse_target(address).hosts[0]
@@ -200,17 +204,22 @@ class EngineClient:
     async def probe(self, endpoint: str, request: EngineRequest, *, timeout: float) -> int:
         """Run `request` (meant: a one-token generation) on `endpoint` alone; tokens generated.
 
-        Raises EngineUnavailable / EngineFailure / DeadlineExceeded like a real call.
+        Goes the way inference goes (the lean reader unless it is off), so a probe tests the
+        path that serves traffic. Raises EngineUnavailable / EngineFailure / DeadlineExceeded
+        like a real call.
         """
-        call = self._routes.endpoint_stub(endpoint).ModelStreamInfer(
-            metadata=self._metadata, timeout=timeout
-        )
         count = 0
 
         def add(ids: list[int]) -> None:
             nonlocal count
             count += len(ids)
 
+        if self._lean:
+            await _lean_call(self._lean_endpoint_at(endpoint), request, add, (), timeout)
+            return count
+        call = self._routes.endpoint_stub(endpoint).ModelStreamInfer(
+            metadata=self._metadata, timeout=timeout
+        )
         await _read_until_final(call, request, add)
         return count
 
@@ -319,22 +328,33 @@ class EngineClient:
                 await _read_until_final(call, request, push)
                 return
 
-            def on_message(payload: bytes) -> bool:
-                resp = service_pb2.ModelStreamInferResponse.FromString(payload)
-                ids, final = parse_stream_response(resp)
-                if ids:
-                    push(ids)
-                return final
+            await _lean_call(endpoint, request, push, tracing.inject_traceparent(), timeout)
 
-            try:
-                await endpoint.call(
-                    build_infer_request(request).SerializeToString(),
-                    on_message,
-                    metadata=tracing.inject_traceparent(),
-                    timeout=timeout,
-                )
-            except engine_h2.CallError as exc:
-                raise _map_status(exc.code, exc.details) from None
+
+async def _lean_call(
+    endpoint: engine_h2.Endpoint,
+    request: EngineRequest,
+    on_ids: Callable[[list[int]], None],
+    metadata: Sequence[tuple[str, str]],
+    timeout: float | None,
+) -> None:
+    """`_read_until_final` on the lean reader: the same request, ids, final and error mapping."""
+
+    def on_message(payload: bytes) -> bool:
+        ids, final = parse_stream_response(service_pb2.ModelStreamInferResponse.FromString(payload))
+        if ids:
+            on_ids(ids)
+        return final
+
+    try:
+        await endpoint.call(
+            build_infer_request(request).SerializeToString(),
+            on_message,
+            metadata=metadata,
+            timeout=timeout,
+        )
+    except engine_h2.CallError as exc:
+        raise _map_status(exc.code, exc.details) from None
 
 
 async def _read_until_final(

@@ -18,7 +18,8 @@ WINDOW_UPDATE and flow control in both directions, CONTINUATION, padding, frame-
 HPACK is the `hpack` package's (the one python-hyper's h2 uses). No server push (disabled in
 our SETTINGS), no compression (we never ask for it; a compressed message fails the call).
 
-Only inference uses this (engine_client.py); probes and model control stay on grpc.aio.
+Inference and the deep-health one-token probes use this (engine_client.py); readiness checks
+and model control stay on grpc.aio.
 """
 
 from __future__ import annotations
