@@ -440,6 +440,7 @@ class Connection(asyncio.Protocol):
                 self._transport.write(b"".join(out))
 
     def close(self) -> None:
+        self.closed_reason = self.closed_reason or "connection closed by the façade"
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(frame(GOAWAY, 0, 0, struct.pack(">LL", 0, NO_ERROR)))
             self._transport.close()
