@@ -91,6 +91,14 @@ def frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
     return _HEADER.pack(n >> 8, n & 0xFF, ftype, flags, sid) + payload
 
 
+def grpc_timeout(seconds: float) -> bytes:
+    """The `grpc-timeout` header value: at most 8 digits and a unit (PROTOCOL-HTTP2.md)."""
+    ms = max(1, int(seconds * 1000))
+    if ms < 10**8:
+        return b"%dm" % ms
+    return b"%dS" % min(10**8 - 1, ms // 1000)
+
+
 def _status(headers: Sequence[tuple[bytes, bytes]]) -> tuple[grpc.StatusCode, str] | None:
     """The gRPC status in a header block, if it has one."""
     code: grpc.StatusCode | None = None
@@ -412,7 +420,7 @@ class Connection(asyncio.Protocol):
         headers = list(self._base_headers)
         headers.extend((k.encode(), v.encode()) for k, v in metadata)
         if timeout is not None:
-            headers.append((b"grpc-timeout", b"%dm" % max(1, int(timeout * 1000))))
+            headers.append((b"grpc-timeout", grpc_timeout(timeout)))
         block = self._encoder.encode(headers)
         size = self._peer_max_frame
         out = [frame(HEADERS, END_HEADERS if len(block) <= size else 0, sid, block[:size])]

@@ -347,3 +347,17 @@ async def test_refused_connection_is_unavailable() -> None:
         await ep.call(b"x", until(b"never", []))
     assert err.value.code == grpc.StatusCode.UNAVAILABLE
     assert f"127.0.0.1:{port}" in err.value.details
+
+
+@pytest.mark.parametrize(
+    ("seconds", "header"),
+    [
+        (0.0001, b"1m"),
+        (9, b"9000m"),
+        (99_999.999, b"99999999m"),
+        (100_000, b"100000S"),
+        (10**9, b"99999999S"),
+    ],
+)
+def test_grpc_timeout_has_at_most_eight_digits(seconds: float, header: bytes) -> None:
+    assert engine_h2.grpc_timeout(seconds) == header
