@@ -178,6 +178,7 @@ def rotation_env(
         ),
         token_store=token_store.path,
         engine_link=engine_link,
+        metrics_listen=None,  # not the default fixed port: suites may run side by side
     )
     thread = FacadeThread(settings)
     cfg = ClientConfig(

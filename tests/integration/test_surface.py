@@ -100,6 +100,7 @@ def test_sigterm_drains_in_flight_streams(
             "--triton-key", str(engine_link.client_key),
             "--triton-secret-file", str(secret_file),
             "--grace", "30",
+            "--metrics-listen", "127.0.0.1:0",  # not the default fixed port
         ],
         stderr=subprocess.PIPE,
         text=True,
