@@ -1,8 +1,9 @@
-"""Two measurements behind docs/benchmarks.md's "what limits the façade" (issue #8).
+"""Measurements behind docs/benchmarks.md's "what limits the façade" (issue #8).
 
 1. `read-paths`: a bare consumer's CPU per token reading Triton's `ModelStreamInfer` from the
-   synthetic engine (unpaced) at a fixed number of requests in flight, four ways, in one
-   process, alternating: one stream per request (the bench's direct path); all requests
+   synthetic engine (unpaced) at a fixed number of requests in flight, several ways, in one
+   process, alternating: one grpc.aio stream per request (the bench's direct path); a stream
+   per request on the façade's lean reader (engine_h2.py, one HTTP/2 connection); all requests
    multiplexed on 1 or 4 grpc.aio streams; all requests on 1–4 *sync* grpc streams, one reader
    thread each. Question: can the façade read Triton more cheaply than one grpc read per
    response?
@@ -133,11 +134,12 @@ class ReadPaths:
     async def lean_streams(self) -> int:
         """A stream per request, all on one HTTP/2 connection read by engine_h2.py."""
         host, port = self.target.rsplit(":", 1)
-        ctx = engine_h2.client_ssl_context(
-            self.link.ca_cert.read_bytes(), str(self.link.client_cert), str(self.link.client_key)
-        )
         endpoint = engine_h2.Endpoint(
-            host, int(port), ssl_context=ctx, server_hostname=host, metadata=self.link.metadata()
+            host,
+            int(port),
+            ssl_context=self.link.ssl_context(),
+            server_hostname=host,
+            metadata=self.link.metadata(),
         )
         tokens, stop = 0, time.monotonic() + self.seconds
 
