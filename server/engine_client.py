@@ -8,8 +8,11 @@ control use grpc.aio channels (engine_routes.py).
 Requests carry the TensorRT-LLM backend's tensors (contract.py) as raw little-endian bytes.
 `triton_enable_empty_final_response` makes Triton close every request with an explicit final
 response (tritonclient's aio `stream_infer` ignores that flag, so the raw generated stub is used,
-facts.md). Leaving the stream — normally, by a stop string, or by the caller's cancellation —
-cancels the gRPC call, which makes Triton cancel the request in the engine model.
+facts.md). Every call sends its one request and half-closes. A call that got its final response
+ends on Triton's OK status, never by a cancel (Triton 2.51 can leak requests cancelled just after
+their final response, and the model version then never unloads: `_let_finish`). Leaving an
+unfinished stream — by a stop string, an error or the caller's cancellation — cancels the gRPC
+call, which makes Triton cancel the request in the engine model.
 """
 
 from __future__ import annotations
@@ -360,13 +363,17 @@ async def _lean_call(
 async def _read_until_final(
     call: grpc.aio.StreamStreamCall, request: EngineRequest, on_ids: Callable[[list[int]], None]
 ) -> None:
-    """Send `request` on `call`, hand each response's new ids to `on_ids` until the final one.
+    """Send `request` on `call` (and half-close), hand each response's new ids to `on_ids` until
+    the final one.
 
-    Errors map through `_map_rpc_error`; the call is cancelled on the way out (for an unfinished
-    request Triton then cancels it in the engine).
+    A finished call is left to end on Triton's OK status (`_let_finish`); an unfinished one — an
+    error, a stop, the caller's cancellation — is cancelled on the way out, and Triton cancels
+    the request in the engine. Errors map through `_map_status`.
     """
+    finished = False
     try:
         await call.write(build_infer_request(request))
+        await call.done_writing()
         while True:
             resp = await call.read()
             if resp is grpc.aio.EOF:
@@ -375,12 +382,43 @@ async def _read_until_final(
             if ids:
                 on_ids(ids)
             if final:
+                finished = True
                 return
     except grpc.aio.AioRpcError as exc:
         raise _map_status(exc.code(), exc.details()) from None
     finally:
-        with contextlib.suppress(Exception):
-            call.cancel()
+        if finished:
+            _let_finish(call)
+        else:
+            with contextlib.suppress(Exception):
+                call.cancel()
+
+
+# Calls whose final response has been read, kept referenced until Triton's OK status arrives
+# (grpc.aio cancels a call that is garbage-collected unfinished).
+_FINISHING: set[grpc.aio.StreamStreamCall] = set()
+_FINISH_GRACE_S = 30.0
+
+
+def _let_finish(call: grpc.aio.StreamStreamCall) -> None:
+    """Let a call whose final response has arrived end on Triton's own status, not a cancel.
+
+    Triton 2.51 can leak a request it had already completed when its stream is cancelled right
+    after the final response: the model version it ran on then never finishes unloading (20 such
+    streams were enough, test_model_versions.py). Ending the stream normally avoids Triton's
+    cancellation path entirely.
+    Cancelled after `_FINISH_GRACE_S` if the status never comes.
+    """
+    if call.done():
+        return
+    _FINISHING.add(call)
+    timer = asyncio.get_running_loop().call_later(_FINISH_GRACE_S, call.cancel)
+
+    def finished(_: object) -> None:
+        timer.cancel()
+        _FINISHING.discard(call)
+
+    call.add_done_callback(finished)
 
 
 def _map_status(code: grpc.StatusCode, details: str | None) -> Exception:

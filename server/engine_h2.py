@@ -10,6 +10,13 @@ connection whose bytes arrive in one `data_received`: a socket read brings the r
 many requests, split into frames with `struct` and handed to each call's callback in the same
 pass — no future, no task switch, no event-loop turn per token.
 
+A call sends its one request message and half-closes (END_STREAM). Once the final response has
+arrived the call is complete for its caller, and its stream is left to end on Triton's OK
+trailers rather than reset: Triton 2.51 can leak a request it has already completed when the
+stream is cancelled right after the final response, and the model version it ran on then never
+finishes unloading (20 such streams were enough; engine_client.py's `_let_finish` does the same
+for the grpc.aio route). A reset is for what is unfinished: our cancel, the deadline, errors.
+
 Scope: the client side of gRPC bidirectional streaming calls over HTTP/2, as gRPC's wire spec
 describes it (grpc/grpc doc/PROTOCOL-HTTP2.md: request headers, 5-byte length-prefixed
 messages, status in trailers or a trailers-only response) and as much of HTTP/2 (RFC 9113) as a
@@ -135,13 +142,22 @@ class _Call:
     headers_seen: bool = False
     received: int = 0  # flow-controlled bytes since our last WINDOW_UPDATE for this stream
     timer: asyncio.TimerHandle | None = None
+    finishing: bool = False  # final response handed over; waiting for Triton's trailers
 
 
 class Connection(asyncio.Protocol):
     """One HTTP/2 connection to one Triton endpoint, carrying many ModelStreamInfer calls."""
 
-    def __init__(self, authority: str, scheme: bytes, metadata: Sequence[tuple[str, str]]) -> None:
+    def __init__(
+        self,
+        authority: str,
+        scheme: bytes,
+        metadata: Sequence[tuple[str, str]],
+        *,
+        finish_grace_s: float = 30.0,
+    ) -> None:
         self._loop = asyncio.get_running_loop()
+        self._finish_grace_s = finish_grace_s  # a finished call's wait for trailers, then reset
         self._base_headers = [
             (b":method", b"POST"),
             (b":scheme", scheme),
@@ -245,10 +261,11 @@ class Connection(asyncio.Protocol):
             if not payload or payload[0] >= len(payload):
                 raise _ProtocolError("bad padding")
             payload = payload[1 : len(payload) - payload[0]]
-        self._messages(call, payload, out)
+        if not call.finishing:
+            self._messages(call, payload, out)
         if flags & END_STREAM and sid in self._calls:
             error = CallError(grpc.StatusCode.INTERNAL, "stream ended without a status")
-            self._end(call, error, out)
+            self._end(call, error, self._reset_unless_closed(call, out))
 
     def _messages(self, call: _Call, data: bytes, out: list[bytes]) -> None:
         """Hand every complete gRPC message of `data` (plus what was buffered) to the call."""
@@ -273,7 +290,7 @@ class Connection(asyncio.Protocol):
                 return
             pos = end
             if last:
-                self._end(call, None, out)
+                self._finish(call)
                 return
         if pos < n:
             call.buffer += data[pos:]
@@ -357,10 +374,11 @@ class Connection(asyncio.Protocol):
             if code == grpc.StatusCode.OK:
                 details = "the call ended before its final response"
                 code = grpc.StatusCode.UNAVAILABLE
-            self._end(call, CallError(code, details), out)
+            rst = self._reset_unless_closed(call, out) if flags & END_STREAM else out
+            self._end(call, CallError(code, details), rst)  # a finishing call: already settled
         elif flags & END_STREAM:
             error = CallError(grpc.StatusCode.INTERNAL, "stream ended without a status")
-            self._end(call, error, out)
+            self._end(call, error, self._reset_unless_closed(call, out))
 
     def _on_settings(self, payload: bytes) -> None:
         if len(payload) % 6:
@@ -403,12 +421,13 @@ class Connection(asyncio.Protocol):
         metadata: Sequence[tuple[str, str]] = (),
         timeout: float | None = None,
     ) -> _Call:
-        """Open a call and send `request` (one message; the request side stays open).
+        """Open a call, send `request` (its one message) and half-close.
 
         `on_message(payload)` gets every response message as it arrives and returns True for
         the last one; an exception it raises ends the call with that exception. `call.done`
         resolves at the end, or fails with CallError (Triton's status, a reset, the connection
-        lost, the deadline) or the handler's exception. `cancel(call)` ends it from our side.
+        lost, the deadline) or the handler's exception. `cancel(call)` ends it from our side
+        unless its final response has arrived (the stream then ends on Triton's trailers).
         """
         if not self.can_start():
             reason = self.closed_reason or "connection at its stream limit"
@@ -440,8 +459,8 @@ class Connection(asyncio.Protocol):
 
     def cancel(self, call: _Call) -> None:
         """End `call` from our side (RST_STREAM CANCEL: Triton cancels the request in the
-        engine); a no-op for a call that has ended already."""
-        if self._calls.get(call.sid) is call:
+        engine); a no-op for a call that has ended already or is finishing."""
+        if self._calls.get(call.sid) is call and not call.finishing:
             out: list[bytes] = []
             self._end(call, _CANCELLED, out)
             if self._transport is not None:
@@ -462,11 +481,27 @@ class Connection(asyncio.Protocol):
             if self._transport is not None:
                 self._transport.write(b"".join(out))
 
+    def _finish(self, call: _Call) -> None:
+        """The final response has been handed over: the call is done for its caller; its stream
+        stays until Triton's trailers end it (or is reset after the grace period)."""
+        call.finishing = True
+        if call.timer is not None:
+            call.timer.cancel()
+        call.timer = self._loop.call_later(self._finish_grace_s, self._expire, call)
+        self._settle(call, None)
+
+    @staticmethod
+    def _reset_unless_closed(call: _Call, out: list[bytes]) -> list[bytes] | None:
+        """Where to put a RST_STREAM for a stream the peer has just ended: nowhere once our side
+        is closed too (the whole request sent, END_STREAM with it), as RFC 9113 §5.1 forbids
+        frames on a closed stream."""
+        return out if call.pending else None
+
     def _end(
         self, call: _Call, error: BaseException | None, out: list[bytes] | None = None
     ) -> None:
         """Forget `call`, settle its future; with `out`, also reset the stream (our side ends
-        it: final response seen, handler error, cancel, deadline)."""
+        it: handler error, cancel, deadline, a finished call's trailers overdue)."""
         if self._calls.pop(call.sid, None) is None:
             return
         self._blocked.pop(call.sid, None)
@@ -502,7 +537,7 @@ class Connection(asyncio.Protocol):
             chunk, call.pending = call.pending[:n], call.pending[n:]
             self._send_window -= n
             call.send_window -= n
-            out.append(frame(DATA, 0, call.sid, chunk))
+            out.append(frame(DATA, 0 if call.pending else END_STREAM, call.sid, chunk))
 
     def _flush_blocked(self, out: list[bytes]) -> None:
         for sid, call in list(self._blocked.items()):
@@ -543,8 +578,10 @@ class Endpoint:
         server_hostname: str | None,
         metadata: Sequence[tuple[str, str]],
         connect_timeout_s: float = 5.0,
+        finish_grace_s: float = 30.0,
     ) -> None:
         self.host, self.port = host, port
+        self._finish_grace_s = finish_grace_s
         self._ssl = ssl_context
         self._server_hostname = server_hostname
         self._metadata = tuple(metadata)
@@ -590,7 +627,9 @@ class Endpoint:
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: Connection(authority, scheme, self._metadata),
+                    lambda: Connection(
+                        authority, scheme, self._metadata, finish_grace_s=self._finish_grace_s
+                    ),
                     self.host,
                     self.port,
                     ssl=self._ssl,

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
+from autoglm.server import engine_client
 from autoglm.server.bench.direct import GREEDY
 from autoglm.server.engine_client import EngineClient, EngineRequest
 from autoglm.server.engine_link import EngineLink
@@ -71,6 +72,32 @@ async def test_both_readers_stream_the_same_tokens(
         got[reader] = runs[0]
     assert len(got["lean"]) == 12
     assert got["lean"] == got["grpc"]
+
+
+@pytest.mark.parametrize("reader", READERS)
+async def test_finished_streams_end_on_tritons_status(
+    triton: TritonProcess, engine_link: EngineLink, reader: str, prompt: list[int]
+) -> None:
+    """A call returns at its final response, then its stream ends on Triton's OK trailers
+    (not by our cancel: see test_model_versions.py for why) and leaves nothing open."""
+    client = engine(triton, engine_link, reader)
+
+    def still_open() -> int:
+        if reader == "grpc":
+            return len(engine_client._FINISHING)
+        return sum(c.open_calls for e in client._lean_endpoints.values() for c in e._connections)
+
+    try:
+        runs = await asyncio.gather(
+            *(tokens(client, request(f"end-{reader}-{i}", prompt, 3)) for i in range(4))
+        )
+        assert [len(r) for r in runs] == [3] * 4
+        deadline = time.monotonic() + 10
+        while still_open():
+            assert time.monotonic() < deadline, f"{still_open()} calls never ended"
+            await asyncio.sleep(0.05)
+    finally:
+        await client.close()
 
 
 @pytest.mark.parametrize("reader", READERS)

@@ -33,6 +33,7 @@ class Peer:
     def __init__(self, script: Script) -> None:
         self.script = script
         self.resets: list[tuple[int, int]] = []  # (stream id, error code) the client sent
+        self.half_closed: list[int] = []  # streams the client ended its side of (END_STREAM)
         self.requests: list[tuple[list[tuple[bytes, bytes]], bytes]] = []
         self.pings_acked = 0
         self.connections = 0
@@ -79,6 +80,8 @@ class Peer:
                             self.script(self, ev.stream_id, headers[ev.stream_id], request)
                         )
                         self._tasks.add(task)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    self.half_closed.append(ev.stream_id)
                 elif isinstance(ev, h2.events.StreamReset):
                     self.resets.append((ev.stream_id, ev.error_code))
                 elif isinstance(ev, h2.events.PingAckReceived):
@@ -111,7 +114,9 @@ def until(last: bytes, into: list[bytes]) -> Callable[[bytes], bool]:
     return on_message
 
 
-async def test_messages_in_any_framing_then_reset_after_the_last() -> None:
+async def test_messages_in_any_framing_then_the_stream_ends_on_the_trailers() -> None:
+    trailers = asyncio.Event()
+
     async def script(peer: Peer, sid: int, headers: object, request: bytes) -> None:
         assert peer.conn is not None
         peer.conn.send_headers(sid, ok_headers())
@@ -122,13 +127,20 @@ async def test_messages_in_any_framing_then_reset_after_the_last() -> None:
         peer.conn.send_data(sid, one[3:] + two, pad_length=7)  # padded, two messages at once
         peer.conn.send_data(sid, three)
         peer.flush()
+        await trailers.wait()
+        peer.conn.send_headers(sid, [(b"grpc-status", b"0")], end_stream=True)
+        peer.flush()
 
     peer = Peer(script)
     ep = await endpoint_for(peer)
     got: list[bytes] = []
     await ep.call(b"req", until(b"last", got), metadata=[("traceparent", "00-ab-cd-01")], timeout=9)
-    assert got == [b"one", b"twotwotwo", b"last"]
+    assert got == [b"one", b"twotwotwo", b"last"]  # returned at the last message, not later
+    (conn,) = ep._connections
+    assert conn.open_calls == 1  # the stream waits for Triton's own end ...
+    trailers.set()
     await asyncio.sleep(0.05)
+    assert conn.open_calls == 0  # ... and is gone with it
     ((headers, request),) = peer.requests
     h = dict(headers)
     assert request == b"req"
@@ -138,7 +150,27 @@ async def test_messages_in_any_framing_then_reset_after_the_last() -> None:
     assert h[b"triton-grpc-protocol-autoglm-facade"] == b"s3cret"
     assert h[b"traceparent"] == b"00-ab-cd-01"
     assert h[b"grpc-timeout"] == b"9000m"
-    assert peer.resets == [(1, engine_h2.CANCEL)]  # final seen: the call is ended, not left open
+    assert peer.half_closed == [1]  # the request went with END_STREAM
+    assert peer.resets == []  # a finished call is not cancelled (Triton 2.51 could leak it)
+    ep.close()
+    await peer.stop()
+
+
+async def test_a_finished_call_without_trailers_is_reset_after_the_grace() -> None:
+    async def script(peer: Peer, sid: int, headers: object, request: bytes) -> None:
+        assert peer.conn is not None
+        peer.conn.send_headers(sid, ok_headers())
+        peer.conn.send_data(sid, msg(b"last"))
+        peer.flush()  # and never the trailers
+
+    peer = Peer(script)
+    ep = await endpoint_for(peer, finish_grace_s=0.2)
+    got: list[bytes] = []
+    await ep.call(b"req", until(b"last", got), timeout=9)
+    assert got == [b"last"] and peer.resets == []
+    await asyncio.sleep(0.4)
+    assert peer.resets == [(1, engine_h2.CANCEL)]
+    assert ep._connections[0].open_calls == 0
     ep.close()
     await peer.stop()
 
@@ -258,6 +290,7 @@ async def test_large_request_waits_for_the_peers_window() -> None:
     big = bytes(range(256)) * 1200
     await asyncio.wait_for(ep.call(big, until(b"%d" % len(big), got)), 10)
     assert peer.requests[0][1] == big
+    assert peer.half_closed == [1]  # END_STREAM went with the last chunk only
     ep.close()
     await peer.stop()
 
