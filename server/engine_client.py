@@ -10,7 +10,7 @@ Requests carry the TensorRT-LLM backend's tensors (contract.py) as raw little-en
 response (tritonclient's aio `stream_infer` ignores that flag, so the raw generated stub is used,
 facts.md). Every call sends its one request and half-closes. A call that got its final response
 ends on Triton's OK status, never by a cancel (Triton 2.51 can leak requests cancelled just after
-their final response, and the model version then never unloads: `_let_finish`). Leaving an
+their final response, and the model version then never unloads: `let_finish`). Leaving an
 unfinished stream — by a stop string, an error or the caller's cancellation — cancels the gRPC
 call, which makes Triton cancel the request in the engine model.
 """
@@ -366,7 +366,7 @@ async def _read_until_final(
     """Send `request` on `call` (and half-close), hand each response's new ids to `on_ids` until
     the final one.
 
-    A finished call is left to end on Triton's OK status (`_let_finish`); an unfinished one — an
+    A finished call is left to end on Triton's OK status (`let_finish`); an unfinished one — an
     error, a stop, the caller's cancellation — is cancelled on the way out, and Triton cancels
     the request in the engine. Errors map through `_map_status`.
     """
@@ -388,7 +388,7 @@ async def _read_until_final(
         raise _map_status(exc.code(), exc.details()) from None
     finally:
         if finished:
-            _let_finish(call)
+            let_finish(call)
         else:
             with contextlib.suppress(Exception):
                 call.cancel()
@@ -400,7 +400,7 @@ _FINISHING: set[grpc.aio.StreamStreamCall] = set()
 _FINISH_GRACE_S = 30.0
 
 
-def _let_finish(call: grpc.aio.StreamStreamCall) -> None:
+def let_finish(call: grpc.aio.StreamStreamCall) -> None:
     """Let a call whose final response has arrived end on Triton's own status, not a cancel.
 
     Triton 2.51 can leak a request it had already completed when its stream is cancelled right

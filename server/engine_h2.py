@@ -14,7 +14,7 @@ A call sends its one request message and half-closes (END_STREAM). Once the fina
 arrived the call is complete for its caller, and its stream is left to end on Triton's OK
 trailers rather than reset: Triton 2.51 can leak a request it has already completed when the
 stream is cancelled right after the final response, and the model version it ran on then never
-finishes unloading (20 such streams were enough; engine_client.py's `_let_finish` does the same
+finishes unloading (20 such streams were enough; engine_client.py's `let_finish` does the same
 for the grpc.aio route). A reset is for what is unfinished: our cancel, the deadline, errors.
 
 Scope: the client side of gRPC bidirectional streaming calls over HTTP/2, as gRPC's wire spec

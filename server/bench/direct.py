@@ -14,7 +14,12 @@ import grpc
 from tritonclient.grpc import service_pb2_grpc
 
 from autoglm.server.bench.workload import BenchRequest
-from autoglm.server.engine_client import EngineRequest, build_infer_request, parse_stream_response
+from autoglm.server.engine_client import (
+    EngineRequest,
+    build_infer_request,
+    let_finish,
+    parse_stream_response,
+)
 from autoglm.server.engine_link import EngineLink
 from autoglm.server.validation import EngineSampling
 
@@ -49,8 +54,10 @@ class DirectPath:
             sampling=GREEDY,
         )
         call = self._stub.ModelStreamInfer(metadata=self._metadata)
+        finished = False
         try:
             await call.write(build_infer_request(request))
+            await call.done_writing()
             while True:
                 resp = await call.read()
                 if resp is grpc.aio.EOF:
@@ -58,9 +65,13 @@ class DirectPath:
                 ids, final = parse_stream_response(resp)
                 yield len(ids)
                 if final:
+                    finished = True
                     return
         finally:
-            call.cancel()
+            if finished:
+                let_finish(call)  # as the façade does: no cancel after the final response
+            else:
+                call.cancel()
 
     async def close(self) -> None:
         await self._channel.close()
