@@ -12,11 +12,17 @@
    thread, and TTFT next to the direct path.
 3. `rpc-floor`: the floor under (2): a bare grpc.aio server (a subprocess) whose
    `GenerateStream` yields one fixed message, called the same way (mTLS + bearer-token call
-   credentials, sequentially); its CPU per request is what grpc.aio alone costs.
+   credentials, sequentially); its CPU per request is what grpc.aio alone costs. With
+   `--messages N` each call streams N one-token messages instead — `--interval-ms` apart
+   (paced like a GPU), `--concurrency` calls at once, by `yield` or by `context.write`
+   (`--style`) — and the figure is the server's CPU per message: the floor under the
+   façade's per-token cost when every token is its own message (paced streams).
 
     .venv/bin/python scripts/bench_read_cost.py read-paths --concurrency 64 --seconds 8
     .venv/bin/python scripts/bench_read_cost.py request-cost --requests 300
     .venv/bin/python scripts/bench_read_cost.py rpc-floor --requests 500
+    .venv/bin/python scripts/bench_read_cost.py rpc-floor --requests 256 --concurrency 64 \
+        --messages 64 --interval-ms 25 [--style write]
 
 CPU is this process's (read-paths) or the façade process's (request-cost) own, from
 getrusage / /proc, so other load on the machine inflates it less than wall-clock figures.
@@ -291,16 +297,39 @@ def request_cost(stack: BenchStack, args: argparse.Namespace, prompt: list[int])
 
 
 class _FloorService(pb_grpc.TextGenerationServicer):
+    """`sampling.max_tokens` one-token messages (at least one), `interval_s` apart."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+
     async def GenerateStream(  # type: ignore[override]
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
-        yield pb.GenerateResponse(request_id="r", model=request.model, text=" Paris", token_ids=[1])
+        for i in range(max(1, request.sampling.max_tokens)):
+            if i and self.interval_s:
+                await asyncio.sleep(self.interval_s)
+            yield pb.GenerateResponse(request_id="r", model=request.model, text=" P", token_ids=[i])
 
 
-def _floor_server(pki: DevPki, port_file: Path) -> None:
+class _FloorWriteService(_FloorService):
+    """The same messages sent with `context.write` from a coroutine handler."""
+
+    async def GenerateStream(  # type: ignore[override]
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        for i in range(max(1, request.sampling.max_tokens)):
+            if i and self.interval_s:
+                await asyncio.sleep(self.interval_s)
+            await context.write(
+                pb.GenerateResponse(request_id="r", model=request.model, text=" P", token_ids=[i])
+            )
+
+
+def _floor_server(pki: DevPki, port_file: Path, style: str, interval_s: float) -> None:
     async def serve() -> None:
         server = grpc.aio.server()
-        pb_grpc.add_TextGenerationServicer_to_server(_FloorService(), server)
+        service = (_FloorWriteService if style == "write" else _FloorService)(interval_s)
+        pb_grpc.add_TextGenerationServicer_to_server(service, server)
         creds = grpc.ssl_server_credentials(
             [(pki.server_key.read_bytes(), pki.server_cert.read_bytes())],
             pki.ca_cert.read_bytes(),
@@ -318,7 +347,9 @@ def rpc_floor(args: argparse.Namespace, tmp: Path) -> None:
     pki = ensure_dev_pki(tmp / "pki")
     port_file = tmp / "port"
     proc = multiprocessing.get_context("spawn").Process(
-        target=_floor_server, args=(pki, port_file), daemon=True
+        target=_floor_server,
+        args=(pki, port_file, args.style, args.interval_ms / 1000),
+        daemon=True,
     )
     proc.start()
     while not port_file.exists():
@@ -329,24 +360,45 @@ def rpc_floor(args: argparse.Namespace, tmp: Path) -> None:
 
     async def run() -> None:
         path = FacadePath(endpoint, pki, "agm_floor_token", "m")
-        req = BenchRequest(prompt=PROMPT, prompt_ids=(1, 2, 3), max_tokens=1)
+        req = BenchRequest(prompt=PROMPT, prompt_ids=(1, 2, 3), max_tokens=args.messages)
+        received = 0
 
         async def one() -> None:
-            async for _tokens in path.stream(req):
-                pass
+            nonlocal received
+            async for tokens in path.stream(req):
+                received += tokens
 
-        for _ in range(50):
-            await one()
+        async def calls(n: int) -> None:
+            todo = iter(range(n))
+
+            async def worker() -> None:
+                for _ in todo:
+                    await one()
+
+            await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+
+        await calls(min(50, args.requests))
         for round_ in range(args.rounds):
+            received = 0
             before = sum(_thread_cpu(pid).values())
             t0 = time.perf_counter()
-            for _ in range(args.requests):
-                await one()
+            await calls(args.requests)
             wall = time.perf_counter() - t0
             cpu = sum(_thread_cpu(pid).values()) - before
+            assert received == args.requests * args.messages, received
+            if args.messages == 1:
+                print(
+                    f"round {round_ + 1}  bare grpc.aio server: {1000 * cpu / args.requests:.2f} "
+                    f"ms CPU per request, {1000 * wall / args.requests:.2f} ms per call",
+                    flush=True,
+                )
+                continue
             print(
-                f"round {round_ + 1}  bare grpc.aio server: {1000 * cpu / args.requests:.2f} ms "
-                f"CPU per request, {1000 * wall / args.requests:.2f} ms per call",
+                f"round {round_ + 1}  bare grpc.aio server ({args.style}, c={args.concurrency}, "
+                f"{args.messages} messages {args.interval_ms:g} ms apart): "
+                f"{1e6 * cpu / received:.0f} µs CPU per message "
+                f"({1e6 * cpu / args.requests / args.messages:.0f}), "
+                f"{received / wall:.0f} messages/s, {100 * cpu / wall:.0f} % of a core",
                 flush=True,
             )
         await path.close()
@@ -360,7 +412,9 @@ def rpc_floor(args: argparse.Namespace, tmp: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("what", choices=("read-paths", "request-cost", "rpc-floor"))
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument(
+        "--concurrency", type=int, default=None, help="requests in flight (64; rpc-floor: 1)"
+    )
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=2)
@@ -368,7 +422,12 @@ def main() -> None:
         "--profile", type=Path, default=None, help="request-cost: py-spy the façade into DIR"
     )
     parser.add_argument("--profile-seconds", type=float, default=15.0)
+    parser.add_argument("--messages", type=int, default=1, help="rpc-floor: messages per call")
+    parser.add_argument("--interval-ms", type=float, default=0.0, help="rpc-floor: pacing")
+    parser.add_argument("--style", choices=("yield", "write"), default="yield", help="rpc-floor")
     args = parser.parse_args()
+    if args.concurrency is None:
+        args.concurrency = 1 if args.what == "rpc-floor" else 64
     if args.what == "rpc-floor":
         with tempfile.TemporaryDirectory(prefix="autoglm-rpcfloor-") as tmp:
             rpc_floor(args, Path(tmp))
