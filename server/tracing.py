@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import grpc
-from opentelemetry import trace
+from opentelemetry import context, trace
 from opentelemetry.propagate import inject
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -199,9 +200,10 @@ def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
 
     They inject `traceparent` themselves: do not also add `inject_traceparent()` on such a
     channel. NOT for EngineClient's ModelStreamInfer: the stream-stream interceptor ends its span
-    only when the response stream is read to its end, and EngineClient cancels the call after
-    Triton's final response, so the span never ends and is never exported (seen with
-    instrumentation-grpc 0.66b2). Use `engine_span()` + `inject_traceparent()` there."""
+    only when the response stream is read to its end, and EngineClient stops reading at Triton's
+    final response (and cancels an unfinished call), so the span never ends and is never
+    exported (seen with instrumentation-grpc 0.66b2, when EngineClient cancelled every call).
+    Use `engine_span()` + `inject_traceparent()` there."""
     if _provider is None:
         return []
     from opentelemetry.instrumentation.grpc import aio_client_interceptors
@@ -225,7 +227,6 @@ def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
 # https://opentelemetry.io/docs/specs/semconv/gen-ai/gen-ai-spans/ (attribute names below).
 
 
-@contextmanager
 def generation_span(
     *,
     model: str,
@@ -234,15 +235,14 @@ def generation_span(
     max_tokens: int | None = None,
     temperature: float | None = None,
     top_p: float | None = None,
-) -> Iterator[Span]:
+) -> AbstractContextManager[Span]:
     """A span `"{operation} {model}"` around one generation, child of the current (RPC) span.
 
     Set usage and finish reasons with `set_usage` / `set_finish` before leaving. An exception
     marks the span ERROR with only the exception's type (`error.type`), not its message."""
     tracer = _tracer
     if tracer is None:
-        yield trace.INVALID_SPAN
-        return
+        return _OFF
     attrs: dict[str, Any] = {
         "gen_ai.operation.name": operation,
         "gen_ai.system": GEN_AI_SYSTEM,
@@ -256,53 +256,74 @@ def generation_span(
         attrs["gen_ai.request.temperature"] = temperature
     if top_p is not None:
         attrs["gen_ai.request.top_p"] = top_p
-    with _guarded(tracer, f"{operation} {model}", SpanKind.INTERNAL, attrs) as span:
-        yield span
+    return _CurrentSpan(tracer, f"{operation} {model}", SpanKind.INTERNAL, attrs)
 
 
-@contextmanager
-def engine_span(triton_model: str, method: str = "ModelStreamInfer") -> Iterator[Span]:
+def engine_span(
+    triton_model: str, method: str = "ModelStreamInfer"
+) -> AbstractContextManager[Span]:
     """A CLIENT span for the call to Triton; call `inject_traceparent()` inside it so that
     Triton's own spans (InferRequest → <model> → compute) become its children."""
     tracer = _tracer
     if tracer is None:
-        yield trace.INVALID_SPAN
-        return
+        return _OFF
     attrs = {
         "rpc.system": "grpc",
         "rpc.service": "inference.GRPCInferenceService",
         "rpc.method": method,
         "autoglm.triton.model": triton_model,
     }
-    with _guarded(tracer, f"triton {method} {triton_model}", SpanKind.CLIENT, attrs) as span:
-        yield span
+    return _CurrentSpan(tracer, f"triton {method} {triton_model}", SpanKind.CLIENT, attrs)
 
 
-@contextmanager
-def step_span(name: str, **attrs: Any) -> Iterator[Span]:
+def step_span(name: str, **attrs: Any) -> AbstractContextManager[Span]:
     """An INTERNAL child span for one step of a request (auth, admission, tokenization)."""
     tracer = _tracer
     if tracer is None:
-        yield trace.INVALID_SPAN
-        return
-    with _guarded(tracer, name, SpanKind.INTERNAL, attrs) as span:
-        yield span
+        return _OFF
+    return _CurrentSpan(tracer, name, SpanKind.INTERNAL, attrs)
 
 
-@contextmanager
-def _guarded(
-    tracer: trace.Tracer, name: str, kind: SpanKind, attrs: dict[str, Any]
-) -> Iterator[Span]:
-    # record_exception/set_status_on_exception are off: both would copy str(exc) into the span.
-    with tracer.start_as_current_span(
-        name, kind=kind, attributes=attrs, record_exception=False, set_status_on_exception=False
-    ) as span:
+_OFF: AbstractContextManager[Span] = nullcontext(trace.INVALID_SPAN)  # tracing off: no work
+
+
+class _CurrentSpan:
+    """A new span, current while the block runs, ended when it leaves: `start_as_current_span`
+    without its three nested generator-based context managers (several spans per request made
+    them a measurable part of the façade's CPU per request, docs/benchmarks.md).
+
+    record_exception/set_status_on_exception are off: both would copy str(exc) into the span;
+    an exception marks it ERROR with the exception's type only (`error.type`).
+    """
+
+    __slots__ = ("_span", "_token")
+
+    def __init__(
+        self, tracer: trace.Tracer, name: str, kind: SpanKind, attrs: dict[str, Any]
+    ) -> None:
+        self._span = tracer.start_span(
+            name, kind=kind, attributes=attrs, record_exception=False, set_status_on_exception=False
+        )
+        self._token: object = None
+
+    def __enter__(self) -> Span:
+        self._token = context.attach(trace.set_span_in_context(self._span))
+        return self._span
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        span = self._span
         try:
-            yield span
-        except BaseException as exc:
-            span.set_attribute("error.type", type(exc).__name__)
-            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-            raise
+            if exc_type is not None:
+                span.set_attribute("error.type", exc_type.__name__)
+                span.set_status(Status(StatusCode.ERROR, exc_type.__name__))
+        finally:
+            context.detach(self._token)  # type: ignore[arg-type]
+            span.end()
 
 
 def set_usage(span: Span, *, input_tokens: int, output_tokens: int) -> None:
