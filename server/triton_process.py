@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -116,6 +118,58 @@ class TritonOptions:
     trace_url: str | None = None
 
 
+# The python backend's shared-memory regions (one or more per model instance stub, 1 MiB and
+# up) live in /dev/shm. Triton unlinks them when it shuts down cleanly, not when it is killed or
+# crashes: 277 of them (277 MB) had piled up on this machine from test and bench runs — on a
+# container's default 64 MB /dev/shm that breaks the next start. So every TritonProcess names
+# its regions with a prefix of its own (the python backend's `shm-region-prefix-name` config)
+# holding this process's pid, removes them once its tritonserver has exited, and a start sweeps
+# away the regions of owners that are no longer alive.
+SHM_DIR = Path("/dev/shm")
+_SHM_OWNER = re.compile(r"autoglm_(\d+)_[0-9a-f]{8}_")
+
+
+def shm_prefix() -> str:
+    """A region prefix unique to one TritonProcess: `autoglm_<our pid>_<8 hex>_`."""
+    return f"autoglm_{os.getpid()}_{secrets.token_hex(4)}_"
+
+
+def remove_shm_regions(prefix: str, shm_dir: Path = SHM_DIR) -> int:
+    """Unlink every region named `prefix…` (its tritonserver has exited); how many."""
+    removed = 0
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(shm_dir):
+            if entry.name.startswith(prefix):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
+
+
+def sweep_orphan_shm(shm_dir: Path = SHM_DIR) -> int:
+    """Unlink the regions of TritonProcesses whose owning process is gone; how many. Regions
+    without our prefix (another Triton on the host) are never touched."""
+    removed = 0
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(shm_dir):
+            owner = _SHM_OWNER.match(entry.name)
+            if owner is not None and not _alive(int(owner.group(1))):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
 class TritonProcess:
     """A tritonserver child process; `start()` returns once every model is ready."""
 
@@ -126,6 +180,7 @@ class TritonProcess:
         self.metrics_port = options.metrics_port or free_port(options.host)
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_path = options.log_file or options.model_repository.parent / "triton.log"
+        self.shm_prefix = shm_prefix()
 
     @property
     def grpc_target(self) -> str:
@@ -171,6 +226,7 @@ class TritonProcess:
             "--allow-gpu-metrics=false",
             "--allow-cpu-metrics=true",
             f"--exit-timeout-secs={o.exit_timeout_s}",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             f"--log-verbose={o.log_verbose}",
             *(o.link.triton_args() if o.link else ()),
             *(
@@ -190,6 +246,8 @@ class TritonProcess:
 
     def start(self) -> None:
         prepare_python_backend()
+        remove_shm_regions(self.shm_prefix)  # of an earlier run of ours that crashed
+        sweep_orphan_shm()
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self._log_path, "ab") as log:
             self._proc = subprocess.Popen(
@@ -254,6 +312,7 @@ class TritonProcess:
         # SIGSEGV/SIGABRT: orphans of ~0.2–1 GB each); they share its process group.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+        remove_shm_regions(self.shm_prefix)
         return proc.returncode
 
     def kill(self) -> None:
@@ -261,6 +320,7 @@ class TritonProcess:
         if self._proc and self._proc.poll() is None:
             os.killpg(self._proc.pid, signal.SIGKILL)
             self._proc.wait()
+            remove_shm_regions(self.shm_prefix)
 
     def __enter__(self) -> TritonProcess:
         self.start()

@@ -17,7 +17,7 @@ from autoglm.server.models import ModelSpec
 from autoglm.server.pki import DevPki
 from autoglm.server.settings import Settings, TlsSettings
 from autoglm.server.tokens import TokenStore
-from autoglm.server.triton_process import TritonOptions, TritonProcess
+from autoglm.server.triton_process import SHM_DIR, TritonOptions, TritonProcess
 from autoglm.triton_models.repository import CpuEngineConfig, render_cpu_model
 
 from .conftest import LONG_PROMPT, MODEL, FacadeThread, secure_channel
@@ -102,8 +102,11 @@ def test_engine_killed_mid_stream_then_recovers(env: Env, pki: DevPki) -> None:
     with Client(env.client) as c:
         stream = c.generate_stream(LONG_PROMPT, max_tokens=400, seed=1)
         next(stream)
+        regions = f"{env.triton.shm_prefix}*"  # the python backend's, named by our prefix
+        assert list(SHM_DIR.glob(regions))
         env.triton.kill()  # SIGKILL mid-stream
         killed = time.monotonic()
+        assert not list(SHM_DIR.glob(regions))  # not left in /dev/shm by the killed Triton
         with pytest.raises(UnavailableError):
             for _ in stream:
                 pass
