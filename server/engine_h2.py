@@ -32,6 +32,7 @@ and model control stay on grpc.aio.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import struct
 import urllib.parse
@@ -625,7 +626,7 @@ class Endpoint:
         scheme = b"https" if self._ssl is not None else b"http"
         authority = f"{self._server_hostname or self.host}:{self.port}"
         try:
-            _, conn = await asyncio.wait_for(
+            transport, conn = await asyncio.wait_for(
                 loop.create_connection(
                     lambda: Connection(
                         authority, scheme, self._metadata, finish_grace_s=self._finish_grace_s
@@ -638,6 +639,8 @@ class Endpoint:
                 self._connect_timeout_s,
             )
             await asyncio.wait_for(conn.settled, self._connect_timeout_s)
+            if (sock := transport.get_extra_info("socket")) is not None:
+                detect_dead_peer(sock)
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             detail = str(exc) or type(exc).__name__
             raise CallError(
@@ -656,6 +659,31 @@ class Endpoint:
         for conn in self._connections:
             conn.close()
         self._connections.clear()
+
+
+# A Triton host that vanishes (power, network partition) sends no RST: without these, calls on
+# its connection — and every new call the endpoint puts there — would wait for the kernel's
+# retransmission give-up (~15 min) or their deadline. Kernel TCP keepalive probes a connection
+# silent for 30 s (every 10 s, 3 times), and TCP_USER_TIMEOUT drops one whose sent data has gone
+# unacknowledged for 60 s; either way the calls fail UNAVAILABLE and the next call reconnects.
+# Kernel-level, so unlike HTTP/2 PINGs they never count against the gRPC server's ping policy
+# (grpc's GOAWAY "too_many_pings" for pings more often than every 5 min on a silent connection).
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 30, 10, 3
+USER_TIMEOUT_MS = 60_000
+
+
+def detect_dead_peer(sock: socket.socket) -> None:
+    """TCP keepalive and TCP_USER_TIMEOUT on a connection to Triton (Linux; elsewhere what the
+    platform has)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE_S),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+        ("TCP_KEEPCNT", KEEPALIVE_PROBES),
+        ("TCP_USER_TIMEOUT", USER_TIMEOUT_MS),
+    ):
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
 def client_ssl_context(ca_cert: bytes, cert_file: str, key_file: str) -> ssl.SSLContext:

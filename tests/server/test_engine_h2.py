@@ -9,7 +9,9 @@ integration suite, which runs on this reader.
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
+import sys
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -394,3 +396,31 @@ async def test_refused_connection_is_unavailable() -> None:
 )
 def test_grpc_timeout_has_at_most_eight_digits(seconds: float, header: bytes) -> None:
     assert engine_h2.grpc_timeout(seconds) == header
+
+
+async def test_connections_detect_a_vanished_peer() -> None:
+    """Kernel keepalive + TCP_USER_TIMEOUT on every connection (engine_h2.detect_dead_peer):
+    a Triton host that disappears without a RST fails its calls within about a minute."""
+
+    async def script(peer: Peer, sid: int, headers: object, request: bytes) -> None:
+        assert peer.conn is not None
+        peer.conn.send_headers(sid, ok_headers())
+        peer.conn.send_data(sid, msg(b"last"))
+        peer.conn.send_headers(sid, [(b"grpc-status", b"0")], end_stream=True)
+        peer.flush()
+
+    peer = Peer(script)
+    ep = await endpoint_for(peer)
+    await ep.call(b"req", until(b"last", []), timeout=9)
+    transport = ep._connections[0]._transport
+    assert transport is not None
+    sock = transport.get_extra_info("socket")
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    if sys.platform.startswith("linux"):
+        tcp = socket.IPPROTO_TCP
+        assert sock.getsockopt(tcp, socket.TCP_KEEPIDLE) == engine_h2.KEEPALIVE_IDLE_S
+        assert sock.getsockopt(tcp, socket.TCP_KEEPINTVL) == engine_h2.KEEPALIVE_INTERVAL_S
+        assert sock.getsockopt(tcp, socket.TCP_KEEPCNT) == engine_h2.KEEPALIVE_PROBES
+        assert sock.getsockopt(tcp, socket.TCP_USER_TIMEOUT) == engine_h2.USER_TIMEOUT_MS
+    ep.close()
+    await peer.stop()
