@@ -124,14 +124,23 @@ class TritonOptions:
 # container's default 64 MB /dev/shm that breaks the next start. So every TritonProcess names
 # its regions with a prefix of its own (the python backend's `shm-region-prefix-name` config)
 # holding this process's pid, removes them once its tritonserver has exited, and a start sweeps
-# away the regions of owners that are no longer alive.
+# away the regions of owners that are no longer alive. The pid namespace is part of the name: a
+# /dev/shm shared between containers must not make another namespace's live pid look dead here.
 SHM_DIR = Path("/dev/shm")
-_SHM_OWNER = re.compile(r"autoglm_(\d+)_[0-9a-f]{8}_")
+_SHM_OWNER = re.compile(r"autoglm_(\d+)_(\d+)_[0-9a-f]{8}_")
+
+
+def _pid_namespace() -> int:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
 
 
 def shm_prefix() -> str:
-    """A region prefix unique to one TritonProcess: `autoglm_<our pid>_<8 hex>_`."""
-    return f"autoglm_{os.getpid()}_{secrets.token_hex(4)}_"
+    """A region prefix unique to one TritonProcess:
+    `autoglm_<pid namespace>_<our pid>_<8 hex>_`."""
+    return f"autoglm_{_pid_namespace()}_{os.getpid()}_{secrets.token_hex(4)}_"
 
 
 def remove_shm_regions(prefix: str, shm_dir: Path = SHM_DIR) -> int:
@@ -147,13 +156,19 @@ def remove_shm_regions(prefix: str, shm_dir: Path = SHM_DIR) -> int:
 
 
 def sweep_orphan_shm(shm_dir: Path = SHM_DIR) -> int:
-    """Unlink the regions of TritonProcesses whose owning process is gone; how many. Regions
-    without our prefix (another Triton on the host) are never touched."""
+    """Unlink the regions of TritonProcesses of our pid namespace whose owning process is gone;
+    how many. Regions without our prefix (another Triton on the host) or of another pid
+    namespace are never touched."""
     removed = 0
+    namespace = _pid_namespace()
     with contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(shm_dir):
             owner = _SHM_OWNER.match(entry.name)
-            if owner is not None and not _alive(int(owner.group(1))):
+            if (
+                owner is not None
+                and int(owner.group(1)) == namespace
+                and not _alive(int(owner.group(2)))
+            ):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
                     removed += 1

@@ -18,10 +18,13 @@ def _dead_pid() -> int:
     return proc.pid
 
 
+NS = tp._pid_namespace()
+
+
 def test_prefix_names_this_process_and_is_unique() -> None:
     a, b = tp.shm_prefix(), tp.shm_prefix()
     assert a != b
-    assert a.startswith(f"autoglm_{os.getpid()}_") and a.endswith("_")
+    assert a.startswith(f"autoglm_{NS}_{os.getpid()}_") and a.endswith("_")
     assert tp._SHM_OWNER.match(a + "0f3c-uuid")
 
 
@@ -37,10 +40,18 @@ def test_remove_takes_only_the_prefix(tmp_path: Path) -> None:
 
 
 def test_sweep_removes_regions_of_dead_owners_only(tmp_path: Path) -> None:
-    dead = f"autoglm_{_dead_pid()}_0123abcd_"
+    gone = _dead_pid()
+    dead = f"autoglm_{NS}_{gone}_0123abcd_"
     alive = tp.shm_prefix()
-    init = "autoglm_1_89abcdef_"  # pid 1 exists (someone else's, or ours in a container)
-    keep = [f"{alive}r1", f"{init}r1", "triton_python_backend_shm_region_y", "autoglm_x_r"]
+    init = f"autoglm_{NS}_1_89abcdef_"  # pid 1 exists (someone else's, or ours in a container)
+    elsewhere = f"autoglm_{NS + 1}_{gone}_0123abcd_"  # another pid namespace: cannot judge
+    keep = [
+        f"{alive}r1",
+        f"{init}r1",
+        f"{elsewhere}r1",
+        "triton_python_backend_shm_region_y",
+        "autoglm_x_r",
+    ]
     for name in [f"{dead}r1", f"{dead}r2", *keep]:
         (tmp_path / name).write_bytes(b"x")
     assert tp.sweep_orphan_shm(tmp_path) == 2
