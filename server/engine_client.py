@@ -406,8 +406,7 @@ def let_finish(call: grpc.aio.StreamStreamCall) -> None:
     Triton 2.51 can leak a request it had already completed when its stream is cancelled right
     after the final response: the model version it ran on then never finishes unloading (20 such
     streams were enough, test_model_versions.py). Ending the stream normally avoids Triton's
-    cancellation path entirely.
-    Cancelled after `_FINISH_GRACE_S` if the status never comes.
+    cancellation path entirely. Cancelled after `_FINISH_GRACE_S` if the status never comes.
     """
     if call.done():
         return
