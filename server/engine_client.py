@@ -397,7 +397,6 @@ async def _read_until_final(
 # Calls whose final response has been read, kept referenced until Triton's OK status arrives
 # (grpc.aio cancels a call that is garbage-collected unfinished).
 _FINISHING: set[grpc.aio.StreamStreamCall] = set()
-_FINISH_GRACE_S = 30.0
 
 
 def let_finish(call: grpc.aio.StreamStreamCall) -> None:
@@ -406,12 +405,13 @@ def let_finish(call: grpc.aio.StreamStreamCall) -> None:
     Triton 2.51 can leak a request it had already completed when its stream is cancelled right
     after the final response: the model version it ran on then never finishes unloading (20 such
     streams were enough, test_model_versions.py). Ending the stream normally avoids Triton's
-    cancellation path entirely. Cancelled after `_FINISH_GRACE_S` if the status never comes.
+    cancellation path entirely. Cancelled after `engine_h2.FINISH_GRACE_S` if the status never
+    comes.
     """
     if call.done():
         return
     _FINISHING.add(call)
-    timer = asyncio.get_running_loop().call_later(_FINISH_GRACE_S, call.cancel)
+    timer = asyncio.get_running_loop().call_later(engine_h2.FINISH_GRACE_S, call.cancel)
 
     def finished(_: object) -> None:
         timer.cancel()

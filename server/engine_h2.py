@@ -70,6 +70,9 @@ _LAST_STREAM_ID = 2**31 - 1
 # Our receive windows are the largest allowed, so Triton never waits for us; we top them up
 # once half is used (on a connection: after ~1 GiB of responses).
 _TOP_UP = MAX_WINDOW // 2
+# How long a call whose final response has arrived waits for Triton's trailers before it is
+# reset (engine_client.let_finish uses the same for the grpc.aio route).
+FINISH_GRACE_S = 30.0
 
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 # HTTP status → gRPC code for responses without grpc-status (grpc doc/http-grpc-status-mapping.md)
@@ -155,7 +158,7 @@ class Connection(asyncio.Protocol):
         scheme: bytes,
         metadata: Sequence[tuple[str, str]],
         *,
-        finish_grace_s: float = 30.0,
+        finish_grace_s: float = FINISH_GRACE_S,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._finish_grace_s = finish_grace_s  # a finished call's wait for trailers, then reset
@@ -579,7 +582,7 @@ class Endpoint:
         server_hostname: str | None,
         metadata: Sequence[tuple[str, str]],
         connect_timeout_s: float = 5.0,
-        finish_grace_s: float = 30.0,
+        finish_grace_s: float = FINISH_GRACE_S,
     ) -> None:
         self.host, self.port = host, port
         self._finish_grace_s = finish_grace_s
