@@ -10,9 +10,15 @@
 2. `request-cost`: the façade's CPU per request (sequential 1-token requests through the real
    `autoglm serve` subprocess with mTLS + token + tracing, as `autoglm bench` starts it), per
    thread, and TTFT next to the direct path.
-3. `rpc-floor`: the floor under (2): a bare grpc.aio server (a subprocess) whose
-   `GenerateStream` yields one fixed message, called the same way (mTLS + bearer-token call
-   credentials, sequentially); its CPU per request is what grpc.aio alone costs. With
+3. `ttft-breakdown`: where the façade's time to first token goes. Sequential 1-token requests
+   (as in 2); each call's client-side timestamps are joined with the façade's own spans (the
+   bench's trace sink keeps them; same host, same wall clock) and split into: the call reaching
+   the handler, the handler's work before the engine call, Triton until the first token is
+   read, and that token's way to the client. The direct path's TTFT is measured alongside.
+4. `rpc-floor`: the floor under (2) and (3): a bare grpc.aio server (a subprocess) whose
+   `GenerateStream` yields one fixed message, called the same way (mTLS + the bearer token as
+   call metadata, sequentially); its CPU per request and its time to the first message are what
+   grpc.aio alone costs. With
    `--messages N` each call streams N one-token messages instead — `--interval-ms` apart
    (paced like a GPU), `--concurrency` calls at once, by `yield` or by `context.write`
    (`--style`) — and the figure is the server's CPU per message: the floor under the
@@ -20,6 +26,7 @@
 
     .venv/bin/python scripts/bench_read_cost.py read-paths --concurrency 64 --seconds 8
     .venv/bin/python scripts/bench_read_cost.py request-cost --requests 300
+    .venv/bin/python scripts/bench_read_cost.py ttft-breakdown --requests 200
     .venv/bin/python scripts/bench_read_cost.py rpc-floor --requests 500
     .venv/bin/python scripts/bench_read_cost.py rpc-floor --requests 256 --concurrency 64 \
         --messages 64 --interval-ms 25 [--style write]
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import itertools
 import multiprocessing
 import os
@@ -43,6 +51,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -296,6 +305,88 @@ def request_cost(stack: BenchStack, args: argparse.Namespace, prompt: list[int])
     asyncio.run(run())
 
 
+def ttft_breakdown(stack: BenchStack, args: argparse.Namespace, prompt: list[int]) -> None:
+    """Sequential 1-token requests; each call's client timestamps joined with the façade's spans
+    (same host, same wall clock) split the façade's time to first token into four phases."""
+    assert stack.triton is not None
+    req = BenchRequest(prompt=PROMPT, prompt_ids=tuple(prompt), max_tokens=1)
+    kept = stack.sink.keep_spans()
+
+    async def calls(path: DirectPath | FacadePath, n: int) -> list[tuple[int, int]]:
+        out = []  # (sent, first message) in time.time_ns
+        for _ in range(n):
+            sent, first = time.time_ns(), 0
+            async for _tokens in path.stream(req):
+                first = first or time.time_ns()
+            out.append((sent, first))
+        return out
+
+    async def run() -> tuple[list[float], list[tuple[int, int]]]:
+        assert stack.triton is not None
+        direct = DirectPath(stack.triton.grpc_target, stack.link, SYNTH, -1, 0)
+        facade = FacadePath(stack.facade_endpoint, stack.pki, stack.token, SYNTH)
+        await calls(direct, 20)
+        await calls(facade, 20)
+        direct_ms: list[float] = []
+        facade_calls: list[tuple[int, int]] = []
+        for _ in range(args.rounds):
+            direct_ms += [(f - s) / 1e6 for s, f in await calls(direct, args.requests)]
+            facade_calls += await calls(facade, args.requests)
+        await direct.close()
+        await facade.close()
+        return direct_ms, facade_calls
+
+    direct_ms, facade_calls = asyncio.run(run())
+    deadline = time.monotonic() + 20  # the batch span processor exports every 5 s
+    while time.monotonic() < deadline:
+        phases = _ttft_phases(facade_calls, list(kept))
+        if len(phases) == len(facade_calls):
+            break
+        time.sleep(0.5)
+    print(
+        f"{len(phases)} façade calls joined with their spans (of {len(facade_calls)}); "
+        f"TTFT p50 direct {statistics.median(direct_ms):.2f} ms, façade "
+        f"{statistics.median((f - s) / 1e6 for s, f in facade_calls):.2f} ms"
+    )
+    labels = {
+        "reach": "client call → façade handler starts (grpc.aio: TLS, HTTP/2, interceptors)",
+        "prepare": "handler → engine call starts (auth, validation, admission, tokenization)",
+        "engine": "engine call → first token read from Triton (Triton + the lean reader)",
+        "relay": "first token read → client has it (relay, detokenize, grpc.aio write + read)",
+    }
+    for key, label in labels.items():
+        values = [p[key] for p in phases]
+        print(f"    {statistics.median(values):6.2f} ms p50  {label}")
+
+
+def _ttft_phases(calls: list[tuple[int, int]], spans: list[Any]) -> list[dict[str, float]]:
+    roots = sorted((s for s in spans if not s.parent_span_id), key=lambda s: s.start_time_unix_nano)
+    by_trace: dict[bytes, list[Any]] = {}
+    for s in spans:
+        by_trace.setdefault(s.trace_id, []).append(s)
+    starts = [r.start_time_unix_nano for r in roots]
+    out = []
+    for sent, first in calls:
+        i = bisect.bisect_left(starts, sent)
+        if i == len(roots) or roots[i].start_time_unix_nano > first:
+            continue
+        root = roots[i]
+        trace = by_trace[root.trace_id]
+        engine = [s for s in trace if s.name.startswith("triton ")]
+        token = [e for s in trace for e in s.events if e.name == "gen_ai.first_token"]
+        if not engine or not token:
+            continue
+        out.append(
+            {
+                "reach": (root.start_time_unix_nano - sent) / 1e6,
+                "prepare": (engine[0].start_time_unix_nano - root.start_time_unix_nano) / 1e6,
+                "engine": (token[0].time_unix_nano - engine[0].start_time_unix_nano) / 1e6,
+                "relay": (first - token[0].time_unix_nano) / 1e6,
+            }
+        )
+    return out
+
+
 class _FloorService(pb_grpc.TextGenerationServicer):
     """`sampling.max_tokens` one-token messages (at least one), `interval_s` apart."""
 
@@ -362,10 +453,15 @@ def rpc_floor(args: argparse.Namespace, tmp: Path) -> None:
         path = FacadePath(endpoint, pki, "agm_floor_token", "m")
         req = BenchRequest(prompt=PROMPT, prompt_ids=(1, 2, 3), max_tokens=args.messages)
         received = 0
+        ttfts: list[float] = []
 
         async def one() -> None:
             nonlocal received
+            t0, first = time.perf_counter(), True
             async for tokens in path.stream(req):
+                if first:
+                    ttfts.append(1000 * (time.perf_counter() - t0))
+                    first = False
                 received += tokens
 
         async def calls(n: int) -> None:
@@ -380,6 +476,7 @@ def rpc_floor(args: argparse.Namespace, tmp: Path) -> None:
         await calls(min(50, args.requests))
         for round_ in range(args.rounds):
             received = 0
+            ttfts.clear()
             before = sum(_thread_cpu(pid).values())
             t0 = time.perf_counter()
             await calls(args.requests)
@@ -389,7 +486,8 @@ def rpc_floor(args: argparse.Namespace, tmp: Path) -> None:
             if args.messages == 1:
                 print(
                     f"round {round_ + 1}  bare grpc.aio server: {1000 * cpu / args.requests:.2f} "
-                    f"ms CPU per request, {1000 * wall / args.requests:.2f} ms per call",
+                    f"ms CPU per request, {1000 * wall / args.requests:.2f} ms per call, "
+                    f"first message after {statistics.median(ttfts):.2f} ms (p50)",
                     flush=True,
                 )
                 continue
@@ -411,7 +509,9 @@ def rpc_floor(args: argparse.Namespace, tmp: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=("read-paths", "request-cost", "rpc-floor"))
+    parser.add_argument(
+        "what", choices=("read-paths", "request-cost", "ttft-breakdown", "rpc-floor")
+    )
     parser.add_argument(
         "--concurrency", type=int, default=None, help="requests in flight (64; rpc-floor: 1)"
     )
@@ -436,7 +536,12 @@ def main() -> None:
         tempfile.TemporaryDirectory(prefix="autoglm-readcost-") as tmp,
         synthetic_stack(Path(tmp), MODEL_DIR, SYNTH) as (stack, prompt),
     ):
-        (read_paths if args.what == "read-paths" else request_cost)(stack, args, prompt)
+        measure = {
+            "read-paths": read_paths,
+            "request-cost": request_cost,
+            "ttft-breakdown": ttft_breakdown,
+        }[args.what]
+        measure(stack, args, prompt)
 
 
 if __name__ == "__main__":

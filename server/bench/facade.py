@@ -1,7 +1,13 @@
 """Path (b): through the façade's public API (`GenerateStream`) with mTLS + a bearer token.
 
 A raw generated stub rather than autoglm.client, so the load generator's own cost stays as
-small as the direct path's; credentials are composed as the client does (style.md #5).
+small as the direct path's. For the same reason the token goes as per-call metadata on the mTLS
+channel, exactly as the direct path sends Triton's secret, rather than as composed call
+credentials (what autoglm.client does, style.md #5): gRPC Python runs a credentials plugin,
+`access_token_call_credentials` included, on a new thread for every call (counted: one
+`threading.Thread` per RPC), which would bill the load generator's thread start-ups to the
+façade's added latency. The façade receives the same `authorization: Bearer …` header either
+way, so what it does per call is unchanged.
 """
 
 from __future__ import annotations
@@ -17,11 +23,15 @@ from autoglm.v1 import text_generation_pb2 as pb
 from autoglm.v1 import text_generation_pb2_grpc as pb_grpc
 
 
-def facade_credentials(pki: DevPki, token: str) -> grpc.ChannelCredentials:
-    tls = grpc.ssl_channel_credentials(
+def facade_credentials(pki: DevPki) -> grpc.ChannelCredentials:
+    """The mTLS channel credentials (the token goes per call: `token_metadata`)."""
+    return grpc.ssl_channel_credentials(
         pki.ca_cert.read_bytes(), pki.client_key.read_bytes(), pki.client_cert.read_bytes()
     )
-    return grpc.composite_channel_credentials(tls, grpc.access_token_call_credentials(token))
+
+
+def token_metadata(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
 
 
 class FacadePath:
@@ -33,7 +43,8 @@ class FacadePath:
         # SO_REUSEPORT spreads *connections* over the façade's worker processes, so a scale-out
         # run needs several; a local subchannel pool per channel keeps gRPC from sharing one.
         options = [("grpc.use_local_subchannel_pool", 1)] if connections > 1 else []
-        creds = facade_credentials(pki, token)
+        creds = facade_credentials(pki)
+        self._metadata = token_metadata(token)
         self._channels = [
             grpc.aio.secure_channel(endpoint, creds, options=options) for _ in range(connections)
         ]
@@ -48,7 +59,7 @@ class FacadePath:
             sampling=pb.SamplingParams(max_tokens=req.max_tokens, temperature=0.0),
         )
         stub = self._stubs[next(self._next) % len(self._stubs)]
-        call = stub.GenerateStream(request)
+        call = stub.GenerateStream(request, metadata=self._metadata)
         try:
             async for msg in call:
                 yield len(msg.token_ids)

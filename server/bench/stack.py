@@ -184,7 +184,7 @@ class BenchStack:
         self._wait_serving(deadline)
 
     def _wait_serving(self, deadline: float) -> None:
-        creds = facade_credentials(self.pki, self.token)
+        creds = facade_credentials(self.pki)  # health needs no token
         with grpc.secure_channel(self.facade_endpoint, creds) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
