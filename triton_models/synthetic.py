@@ -59,6 +59,33 @@ class Pacer:
         return max(0.0, self.start + (index + 1) / self.tokens_per_second - now)
 
 
+class CancellationCheck:
+    """When to ask Triton whether a stream was cancelled: before its first token, then at most
+    every `period_s` (0 = before every token).
+
+    The tensorrtllm backend checks its active requests every `cancellation_check_period_ms`
+    (default 100; tensorrtllm_backend's config.pbtxt, rendered here by tensorrt_llm.py), so the
+    synthetic engine does the same. In the python backend every `is_cancelled()` is a round trip
+    between the model's stub process and Triton, as costly as sending a response; checking per
+    token billed that to the engine on every token of both benchmark paths.
+    """
+
+    __slots__ = ("_next", "period_s")
+
+    def __init__(self, period_s: float) -> None:
+        if period_s < 0:
+            raise ValueError(f"cancellation_check_period_ms: must be >= 0, got {period_s * 1e3:g}")
+        self.period_s = period_s
+        self._next: float | None = None
+
+    def due(self, now: float) -> bool:
+        """True when a check is due at `now` (monotonic seconds); the next is then scheduled."""
+        if self._next is not None and now < self._next:
+            return False
+        self._next = now + self.period_s
+        return True
+
+
 def render_synthetic_model(
     repo: Path,
     name: str,
@@ -69,11 +96,16 @@ def render_synthetic_model(
     max_concurrency: int = 256,
     max_batch_size: int = 8,
     version: int = 1,
+    cancellation_check_period_ms: int = 100,
 ) -> model_config_pb2.ModelConfig:
     """Write `<repo>/<name>/` for the synthetic engine; returns the parsed config."""
     check_model_name(name)
     if tokens_per_second < 0:
         raise ValueError(f"tokens_per_second: must be >= 0, got {tokens_per_second}")
+    if cancellation_check_period_ms < 0:
+        raise ValueError(
+            f"cancellation_check_period_ms: must be >= 0, got {cancellation_check_period_ms}"
+        )
     for field, value in (
         ("instance_count", instance_count),
         ("max_concurrency", max_concurrency),
@@ -94,6 +126,7 @@ def render_synthetic_model(
             "tokens_per_second": tokens_per_second,
             "token_ids": ids,
             "max_concurrency": max_concurrency,
+            "cancellation_check_period_ms": int(cancellation_check_period_ms),
         },
     )
     model_root = repo / name

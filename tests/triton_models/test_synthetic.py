@@ -8,6 +8,7 @@ import pytest
 
 from autoglm.triton_models import contract
 from autoglm.triton_models.synthetic import (
+    CancellationCheck,
     Pacer,
     parse_token_ids,
     render_synthetic_model,
@@ -45,6 +46,21 @@ def test_pacer_is_absolute() -> None:
     assert Pacer(0.0, 0.0).delay(10, 0.0) == 0.0
 
 
+def test_cancellation_is_checked_first_then_once_per_period() -> None:
+    check = CancellationCheck(0.1)
+    assert check.due(5.0)  # before the first token
+    assert not check.due(5.025)
+    assert not check.due(5.099)
+    assert check.due(5.1)
+    assert not check.due(5.15)
+    assert check.due(7.0)  # after a long gap: at once, then a period from there
+    assert not check.due(7.05)
+    every = CancellationCheck(0.0)
+    assert all(every.due(t) for t in (1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="cancellation_check_period_ms"):
+        CancellationCheck(-0.001)
+
+
 def test_render_matches_the_contract(tmp_path: Path) -> None:
     cfg = render_synthetic_model(tmp_path, "bench-synth", 40.0, 2, token_ids=[11, 12])
     assert cfg.model_transaction_policy.decoupled
@@ -54,8 +70,16 @@ def test_render_matches_the_contract(tmp_path: Path) -> None:
     assert cfg.instance_group[0].count == 2
     assert cfg.parameters["tokens_per_second"].string_value == "40.0"
     assert cfg.parameters["token_ids"].string_value == "11,12"
+    # The tensorrtllm backend's default (tensorrt_llm.py).
+    assert cfg.parameters["cancellation_check_period_ms"].string_value == "100"
     assert (tmp_path / "bench-synth" / "1" / "model.py").is_file()
     with pytest.raises(ValueError):
         render_synthetic_model(tmp_path, "../x", 1.0, token_ids=[1])
     with pytest.raises(ValueError):
         render_synthetic_model(tmp_path, "ok", -1.0, token_ids=[1])
+    with pytest.raises(ValueError, match="cancellation_check_period_ms"):
+        render_synthetic_model(tmp_path, "ok", 1.0, token_ids=[1], cancellation_check_period_ms=-1)
+    every = render_synthetic_model(
+        tmp_path, "ok", 1.0, token_ids=[1], cancellation_check_period_ms=0
+    )
+    assert every.parameters["cancellation_check_period_ms"].string_value == "0"

@@ -3,7 +3,8 @@
 It streams `request_output_len` ids from a fixed cycle of real vocabulary ids, starting at
 position `seed mod cycle length` (so each request's output is known in advance), one `output_ids`
 response per token at `tokens_per_second` per stream (0 = as fast as possible), then a final
-empty response; it checks `sender.is_cancelled()` before every token. As in the CPU reference
+empty response; it checks `sender.is_cancelled()` before the first token and then every
+`cancellation_check_period_ms`, as the tensorrtllm backend does. As in the CPU reference
 engine, the request object is touched only inside `execute`. Requests are parsed by the CPU
 reference engine's parser, so both engines accept and reject exactly the same tensors. The
 pure logic (id cycle, pacing) lives in autoglm/triton_models/synthetic.py.
@@ -19,7 +20,12 @@ import triton_python_backend_utils as pb_utils
 
 from autoglm.triton_models.backend_io import error_response, ids_response, param, take_inputs
 from autoglm.triton_models.cpu_engine.request import RequestError, parse_request
-from autoglm.triton_models.synthetic import Pacer, parse_token_ids, synthetic_ids
+from autoglm.triton_models.synthetic import (
+    CancellationCheck,
+    Pacer,
+    parse_token_ids,
+    synthetic_ids,
+)
 
 # The synthetic engine has no vocabulary of its own; accept any non-negative int32 id.
 _ANY_VOCAB = 2**31 - 1
@@ -32,6 +38,7 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException("the synthetic engine must be decoupled")
         self.tokens_per_second = float(param(config, "tokens_per_second"))
         self.cycle = parse_token_ids(param(config, "token_ids"))
+        self.check_period_s = int(param(config, "cancellation_check_period_ms")) / 1000
         workers = int(param(config, "max_concurrency"))
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="synthetic")
         self.logger = pb_utils.Logger
@@ -57,6 +64,7 @@ class TritonPythonModel:
             sender.send(error_response(str(exc)), flags=final)
             return
         pacer = Pacer(self.tokens_per_second, time.monotonic())
+        check = CancellationCheck(self.check_period_s)
         generated: list[int] = []
         # The seed picks where in the cycle this stream starts (no seed: the beginning).
         start = req.sampling.seed or 0
@@ -64,7 +72,7 @@ class TritonPythonModel:
             delay = pacer.delay(len(generated), time.monotonic())
             if delay > 0:
                 time.sleep(delay)
-            if sender.is_cancelled():
+            if check.due(time.monotonic()) and sender.is_cancelled():
                 sender.send(flags=final)
                 return
             generated.append(token)
