@@ -62,7 +62,12 @@ from autoglm.server.bench.facade import FacadePath
 from autoglm.server.bench.profile import by_area, start_py_spy, summarize_collapsed
 from autoglm.server.bench.stack import BenchStack, synthetic_stack
 from autoglm.server.bench.workload import BenchRequest
-from autoglm.server.engine_client import EngineRequest, build_infer_request, parse_stream_response
+from autoglm.server.engine_client import (
+    EngineRequest,
+    build_infer_request,
+    let_finish,
+    parse_stream_response,
+)
 from autoglm.server.pki import DevPki, ensure_dev_pki
 from autoglm.v1 import text_generation_pb2 as pb
 from autoglm.v1 import text_generation_pb2_grpc as pb_grpc
@@ -114,12 +119,16 @@ class ReadPaths:
             while time.monotonic() < stop:
                 call = stub.ModelStreamInfer(metadata=self.link.metadata())
                 await call.write(self._request())
+                await call.done_writing()
                 while True:
                     ids, final = parse_stream_response(await call.read())
                     tokens += len(ids)
                     if final:
                         break
-                call.cancel()
+                # As the façade and the bench's direct path do: the stream ends on Triton's OK,
+                # never by a cancel right after the final response (Triton 2.51 leaks some of
+                # those requests: docs/reliability.md).
+                let_finish(call)
 
         await asyncio.gather(*(worker() for _ in range(self.concurrency)))
         return tokens
@@ -141,7 +150,8 @@ class ReadPaths:
                     if time.monotonic() < stop:
                         await call.write(self._request())
                         in_flight += 1
-            call.cancel()
+            await call.done_writing()
+            await call.code()  # Triton's OK, not a cancel after the final responses
 
         await asyncio.gather(*(one_stream() for _ in range(n)))
         return tokens
@@ -199,9 +209,7 @@ class ReadPaths:
                         pending.put(self._request())
                         in_flight += 1
                     elif not in_flight:
-                        pending.put(None)
-                        break
-            call.cancel()
+                        pending.put(None)  # half-closes; Triton then ends the call with OK
 
         threads = [threading.Thread(target=one_stream, args=(i,)) for i in range(n)]
         for t in threads:
