@@ -346,11 +346,14 @@ def ttft_breakdown(stack: BenchStack, args: argparse.Namespace, prompt: list[int
 
     direct_ms, facade_calls = asyncio.run(run())
     deadline = time.monotonic() + 20  # the batch span processor exports every 5 s
+    phases: list[dict[str, float]] = []
     while time.monotonic() < deadline:
         phases = _ttft_phases(facade_calls, list(kept))
         if len(phases) == len(facade_calls):
             break
         time.sleep(0.5)
+    if not phases:
+        raise SystemExit("no façade call could be joined with its spans (is tracing off?)")
     print(
         f"{len(phases)} façade calls joined with their spans (of {len(facade_calls)}); "
         f"TTFT p50 direct {statistics.median(direct_ms):.2f} ms, façade "

@@ -7,7 +7,7 @@ empty response; it checks `sender.is_cancelled()` before the first token and the
 `cancellation_check_period_ms`, as the tensorrtllm backend does. As in the CPU reference
 engine, the request object is touched only inside `execute`. Requests are parsed by the CPU
 reference engine's parser, so both engines accept and reject exactly the same tensors. The
-pure logic (id cycle, pacing) lives in autoglm/triton_models/synthetic.py.
+pure logic (id cycle, pacing, the cancellation check) lives in autoglm/triton_models/synthetic.py.
 """
 
 from __future__ import annotations
