@@ -15,6 +15,9 @@
    bench's trace sink keeps them; same host, same wall clock) and split into: the call reaching
    the handler, the handler's work before the engine call, Triton until the first token is
    read, and that token's way to the client. The direct path's TTFT is measured alongside.
+   Calls are joined with their traces by request id. With `--concurrency N --output-len T
+   --tokens-per-second R [--ramp-up S]` the requests are N paced streams in a closed loop (as
+   `autoglm bench` runs them), so the phases show where a loaded façade's first token waits.
 4. `rpc-floor`: the floor under (2) and (3): a bare grpc.aio server (a subprocess) whose
    `GenerateStream` yields one fixed message, called the same way (mTLS + the bearer token as
    call metadata, sequentially); its CPU per request and its time to the first message are what
@@ -27,9 +30,13 @@
     .venv/bin/python scripts/bench_read_cost.py read-paths --concurrency 64 --seconds 8
     .venv/bin/python scripts/bench_read_cost.py request-cost --requests 300
     .venv/bin/python scripts/bench_read_cost.py ttft-breakdown --requests 200
+    .venv/bin/python scripts/bench_read_cost.py ttft-breakdown --requests 384 --rounds 1 \
+        --concurrency 64 --output-len 64 --tokens-per-second 40 [--ramp-up 1.6]
     .venv/bin/python scripts/bench_read_cost.py rpc-floor --requests 500
     .venv/bin/python scripts/bench_read_cost.py rpc-floor --requests 256 --concurrency 64 \
         --messages 64 --interval-ms 25 [--style write]
+
+rpc-floor also reports the p50 time to a call's first message.
 
 CPU is this process's (read-paths) or the façade process's (request-cost) own, from
 getrusage / /proc, so other load on the machine inflates it less than wall-clock figures.
@@ -39,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import bisect
 import itertools
 import multiprocessing
 import os
@@ -314,31 +320,47 @@ def request_cost(stack: BenchStack, args: argparse.Namespace, prompt: list[int])
 
 
 def ttft_breakdown(stack: BenchStack, args: argparse.Namespace, prompt: list[int]) -> None:
-    """Sequential 1-token requests; each call's client timestamps joined with the façade's spans
-    (same host, same wall clock) split the façade's time to first token into four phases."""
+    """Each façade call's client timestamps joined with its own spans (by request id; same
+    host, same wall clock) split its time to first token into four phases. By default
+    sequential 1-token requests; with --concurrency N streams of --output-len tokens in a closed
+    loop (paced with --tokens-per-second, started over --ramp-up seconds)."""
     assert stack.triton is not None
-    req = BenchRequest(prompt=PROMPT, prompt_ids=tuple(prompt), max_tokens=1)
+    req = BenchRequest(prompt=PROMPT, prompt_ids=tuple(prompt), max_tokens=args.output_len)
     kept = stack.sink.keep_spans()
+    ids = (f"ttft-{i}" for i in itertools.count())
 
-    async def calls(path: DirectPath | FacadePath, n: int) -> list[tuple[int, int]]:
-        out = []  # (sent, first message) in time.time_ns
-        for _ in range(n):
+    async def calls(path: DirectPath | FacadePath, n: int) -> list[tuple[str, int, int]]:
+        out: list[tuple[str, int, int]] = []  # (request id, sent, first message) time.time_ns
+        todo = iter(range(n))
+
+        async def one() -> None:
+            rid = next(ids)
             sent, first = time.time_ns(), 0
-            async for _tokens in path.stream(req):
+            stream = path.stream(req, rid) if isinstance(path, FacadePath) else path.stream(req)
+            async for _tokens in stream:
                 first = first or time.time_ns()
-            out.append((sent, first))
+            out.append((rid, sent, first))
+
+        async def worker(i: int) -> None:
+            await asyncio.sleep(i * args.ramp_up / args.concurrency)
+            for _ in todo:
+                await one()
+
+        await asyncio.gather(*(worker(i) for i in range(args.concurrency)))
         return out
 
-    async def run() -> tuple[list[float], list[tuple[int, int]]]:
+    async def run() -> tuple[list[float], list[tuple[str, int, int]]]:
         assert stack.triton is not None
-        direct = DirectPath(stack.triton.grpc_target, stack.link, SYNTH, -1, 0)
-        facade = FacadePath(stack.facade_endpoint, stack.pki, stack.token, SYNTH)
-        await calls(direct, 20)
-        await calls(facade, 20)
+        model = stack.opts.models[0].name
+        direct = DirectPath(stack.triton.grpc_target, stack.link, model, -1, 0)
+        facade = FacadePath(stack.facade_endpoint, stack.pki, stack.token, model)
+        warm = max(20, args.concurrency)
+        await calls(direct, warm)
+        await calls(facade, warm)
         direct_ms: list[float] = []
-        facade_calls: list[tuple[int, int]] = []
+        facade_calls: list[tuple[str, int, int]] = []
         for _ in range(args.rounds):
-            direct_ms += [(f - s) / 1e6 for s, f in await calls(direct, args.requests)]
+            direct_ms += [(f - s) / 1e6 for _, s, f in await calls(direct, args.requests)]
             facade_calls += await calls(facade, args.requests)
         await direct.close()
         await facade.close()
@@ -354,10 +376,15 @@ def ttft_breakdown(stack: BenchStack, args: argparse.Namespace, prompt: list[int
         time.sleep(0.5)
     if not phases:
         raise SystemExit("no façade call could be joined with its spans (is tracing off?)")
+    how = (
+        "one at a time"
+        if args.concurrency == 1
+        else f"{args.concurrency} in flight, ramp-up {args.ramp_up:g} s"
+    )
     print(
-        f"{len(phases)} façade calls joined with their spans (of {len(facade_calls)}); "
-        f"TTFT p50 direct {statistics.median(direct_ms):.2f} ms, façade "
-        f"{statistics.median((f - s) / 1e6 for s, f in facade_calls):.2f} ms"
+        f"{len(phases)} façade calls joined with their spans (of {len(facade_calls)}; {how}, "
+        f"{args.output_len} tokens each); TTFT p50 direct {statistics.median(direct_ms):.2f} ms, "
+        f"façade {statistics.median((f - s) / 1e6 for _, s, f in facade_calls):.2f} ms"
     )
     labels = {
         "reach": "client call → façade handler starts (grpc.aio: TLS, HTTP/2, interceptors)",
@@ -366,29 +393,48 @@ def ttft_breakdown(stack: BenchStack, args: argparse.Namespace, prompt: list[int
         "relay": "first token read → client has it (relay, detokenize, grpc.aio write + read)",
     }
     for key, label in labels.items():
-        values = [p[key] for p in phases]
-        print(f"    {statistics.median(values):6.2f} ms p50  {label}")
+        values = sorted(p[key] for p in phases)
+        p90 = values[min(len(values) - 1, int(0.9 * len(values)))]
+        print(f"    {statistics.median(values):7.2f} ms p50 {p90:7.2f} ms p90  {label}")
+    # Calls that were already sent when the previous call's handler started had to wait for the
+    # façade to take them: the gaps between those handler starts are its rate of taking calls
+    # off a backlog (one at a time, on its event loop, between everything else it does).
+    by_start = sorted(phases, key=lambda p: p["handler"])
+    backlog = [
+        b["handler"] - a["handler"]
+        for a, b in itertools.pairwise(by_start)
+        if b["sent"] < a["handler"]
+    ]
+    if backlog:
+        print(
+            f"    {statistics.median(backlog):7.2f} ms p50 between handler starts while calls "
+            f"waited ({len(backlog)} of {len(by_start) - 1} gaps)"
+        )
 
 
-def _ttft_phases(calls: list[tuple[int, int]], spans: list[Any]) -> list[dict[str, float]]:
-    roots = sorted((s for s in spans if not s.parent_span_id), key=lambda s: s.start_time_unix_nano)
+def _ttft_phases(calls: list[tuple[str, int, int]], spans: list[Any]) -> list[dict[str, float]]:
+    """Phases of each call whose trace arrived: joined by the request id that the generation
+    span carries as `gen_ai.response.id` (a join by start time mixes calls up under load)."""
     by_trace: dict[bytes, list[Any]] = {}
+    trace_of: dict[str, bytes] = {}
     for s in spans:
         by_trace.setdefault(s.trace_id, []).append(s)
-    starts = [r.start_time_unix_nano for r in roots]
+        for a in s.attributes:
+            if a.key == "gen_ai.response.id":
+                trace_of[a.value.string_value] = s.trace_id
     out = []
-    for sent, first in calls:
-        i = bisect.bisect_left(starts, sent)
-        if i == len(roots) or roots[i].start_time_unix_nano > first:
-            continue
-        root = roots[i]
-        trace = by_trace[root.trace_id]
+    for rid, sent, first in calls:
+        trace = by_trace.get(trace_of.get(rid, b""), [])
+        roots = [s for s in trace if not s.parent_span_id]
         engine = [s for s in trace if s.name.startswith("triton ")]
         token = [e for s in trace for e in s.events if e.name == "gen_ai.first_token"]
-        if not engine or not token:
+        if not roots or not engine or not token:
             continue
+        root = roots[0]
         out.append(
             {
+                "sent": sent / 1e6,
+                "handler": root.start_time_unix_nano / 1e6,
                 "reach": (root.start_time_unix_nano - sent) / 1e6,
                 "prepare": (engine[0].start_time_unix_nano - root.start_time_unix_nano) / 1e6,
                 "engine": (token[0].time_unix_nano - engine[0].start_time_unix_nano) / 1e6,
@@ -507,7 +553,8 @@ def rpc_floor(args: argparse.Namespace, tmp: Path) -> None:
                 f"{args.messages} messages {args.interval_ms:g} ms apart): "
                 f"{1e6 * cpu / received:.0f} µs CPU per message "
                 f"({1e6 * cpu / args.requests / args.messages:.0f}), "
-                f"{received / wall:.0f} messages/s, {100 * cpu / wall:.0f} % of a core",
+                f"{received / wall:.0f} messages/s, {100 * cpu / wall:.0f} % of a core, "
+                f"first message after {statistics.median(ttfts):.2f} ms (p50)",
                 flush=True,
             )
         await path.close()
@@ -536,16 +583,32 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=1, help="rpc-floor: messages per call")
     parser.add_argument("--interval-ms", type=float, default=0.0, help="rpc-floor: pacing")
     parser.add_argument("--style", choices=("yield", "write"), default="yield", help="rpc-floor")
+    parser.add_argument(
+        "--tokens-per-second", type=float, default=0.0, help="ttft-breakdown: the engine's pace"
+    )
+    parser.add_argument(
+        "--output-len", type=int, default=1, help="ttft-breakdown: tokens per request"
+    )
+    parser.add_argument(
+        "--ramp-up", type=float, default=0.0, help="ttft-breakdown: start streams over N s"
+    )
     args = parser.parse_args()
     if args.concurrency is None:
-        args.concurrency = 1 if args.what == "rpc-floor" else 64
+        args.concurrency = 1 if args.what in ("rpc-floor", "ttft-breakdown") else 64
     if args.what == "rpc-floor":
         with tempfile.TemporaryDirectory(prefix="autoglm-rpcfloor-") as tmp:
             rpc_floor(args, Path(tmp))
         return
     with (
         tempfile.TemporaryDirectory(prefix="autoglm-readcost-") as tmp,
-        synthetic_stack(Path(tmp), MODEL_DIR, SYNTH) as (stack, prompt),
+        synthetic_stack(
+            Path(tmp),
+            MODEL_DIR,
+            SYNTH
+            if not args.tokens_per_second
+            else f"bench-synthetic-{args.tokens_per_second:g}tps",
+            tokens_per_second=args.tokens_per_second,
+        ) as (stack, prompt),
     ):
         measure = {
             "read-paths": read_paths,

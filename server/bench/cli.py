@@ -72,6 +72,13 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         help="output tokens (real CPU model): N or LOW-HIGH",
     )
     b.add_argument("--warmup", type=float, default=3.0, help="seconds per run, not measured")
+    b.add_argument(
+        "--ramp-up",
+        type=float,
+        default=None,
+        help="concurrency mode: start the streams evenly over this many seconds of the "
+        "warm-up (default: one paced request's length for paced, 0 otherwise; 0 = all at once)",
+    )
     g = b.add_mutually_exclusive_group()
     g.add_argument("--duration", type=float, default=15.0, help="measured seconds per run")
     g.add_argument("--requests", type=int, help="measured requests per run (instead)")
@@ -131,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
         output_len=args.output_len,
         cpu_output_len=args.cpu_output_len,
         warmup_s=args.warmup,
+        ramp_up_s=args.ramp_up,
         duration_s=None if args.requests else args.duration,
         num_requests=args.requests,
         check_concurrency=args.check_concurrency,

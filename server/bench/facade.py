@@ -52,8 +52,11 @@ class FacadePath:
         self._next = itertools.count()
         self._model = model
 
-    async def stream(self, req: BenchRequest) -> AsyncIterator[int]:
+    async def stream(self, req: BenchRequest, request_id: str = "") -> AsyncIterator[int]:
+        """Token counts per message; `request_id` (optional) lets a caller join its timings with
+        the façade's spans (the generation span's `gen_ai.response.id`)."""
         request = pb.GenerateRequest(
+            request_id=request_id,
             model=self._model,
             prompt=req.prompt,
             sampling=pb.SamplingParams(max_tokens=req.max_tokens, temperature=0.0),

@@ -8,7 +8,7 @@ import os
 import platform
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,9 @@ class BenchOptions:
     output_len: LengthDist = field(default_factory=lambda: LengthDist(64, 64))
     cpu_output_len: LengthDist = field(default_factory=lambda: LengthDist(32, 32))
     warmup_s: float = 3.0
+    # Concurrency mode: spread the streams' starts over this much of the warm-up; None = one
+    # paced request's length for the paced scenario (see ramp_up_for), 0 for the others.
+    ramp_up_s: float | None = None
     duration_s: float | None = 15.0
     num_requests: int | None = None
     check_concurrency: int = 64
@@ -49,6 +52,11 @@ class BenchOptions:
         unknown = set(self.scenarios) - set(SCENARIOS)
         if unknown or not self.scenarios:
             raise ValueError(f"scenario: use {', '.join(SCENARIOS)}, got {sorted(unknown)}")
+        if self.ramp_up_s is not None and not 0 <= self.ramp_up_s <= self.warmup_s:
+            raise ValueError(
+                f"ramp_up: must be between 0 and the warm-up ({self.warmup_s:g} s), "
+                f"got {self.ramp_up_s:g} s"
+            )
         if not (self.model_dir / "tokenizer.json").is_file():
             raise ValueError(f"model_dir: {self.model_dir} holds no tokenizer.json")
 
@@ -76,6 +84,23 @@ def _engine_models(o: BenchOptions) -> dict[str, EngineModel]:
     }
 
 
+def ramp_up_for(o: BenchOptions, scenario: str) -> float:
+    """Seconds over which a concurrency level's streams start (LoadSpec.ramp_up_s).
+
+    Paced, by default one request's length (mean output ÷ pace, at most the warm-up): the
+    streams then start evenly over one cycle and new requests arrive steadily, as they would
+    at a GPU serving 64 streams. Started in the same instant, streams of equal length at the
+    same pace stay in lock-step: a burst of every new request at once, once per cycle
+    (docs/benchmarks.md, "Session 8"). `--ramp-up 0` measures that burst.
+    """
+    if o.ramp_up_s is not None:
+        return o.ramp_up_s
+    if scenario != "paced" or o.tokens_per_second <= 0:
+        return 0.0
+    mean_output = (o.output_len.low + o.output_len.high) / 2
+    return min(o.warmup_s, mean_output / o.tokens_per_second)
+
+
 def _config(o: BenchOptions, models: dict[str, EngineModel]) -> RunConfig:
     base = LoadSpec(
         concurrency=1,
@@ -89,9 +114,8 @@ def _config(o: BenchOptions, models: dict[str, EngineModel]) -> RunConfig:
         cpu = name == "cpu-model"
         levels = o.cpu_concurrency if cpu else o.concurrency
         out_len = o.cpu_output_len if cpu else o.output_len
-        scenarios.append(
-            Scenario(name, models[name], scenario_loads(levels, o.rate, base), out_len)
-        )
+        loads = scenario_loads(levels, o.rate, replace(base, ramp_up_s=ramp_up_for(o, name)))
+        scenarios.append(Scenario(name, models[name], loads, out_len))
     return RunConfig(
         scenarios=tuple(scenarios),
         prompt_len=o.prompt_len,
@@ -123,6 +147,9 @@ def run_bench(o: BenchOptions, log: Callable[[str], None] = print) -> BenchRepor
             "mTLS + restricted-protocol secret, Triton's own tracing off for both paths; "
             f"façade engine reader: {o.facade_engine_reader}"
         )
+        if o.rate is None:
+            ramps = ", ".join(f"{s} {ramp_up_for(o, s):g} s" for s in o.scenarios)
+            report.notes.append(f"streams' starts spread over (ramp-up): {ramps}")
         log(f"starting Triton ({', '.join(m.name for m in used)}) and the façade in {work}")
         stack_opts = StackOptions(
             work,

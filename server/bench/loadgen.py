@@ -31,6 +31,10 @@ class LoadSpec:
     duration_s: float | None = 10.0  # measurement window; or
     num_requests: int | None = None  # requests started after warm-up
     seed: int = 0
+    # Concurrency mode: stream i starts at i × ramp_up_s / concurrency, within the warm-up.
+    # 0 = every stream starts in the same instant; with equal lengths and a paced engine they
+    # then stay in lock-step, all ending and starting again together (docs/benchmarks.md).
+    ramp_up_s: float = 0.0
 
     def validate(self) -> None:
         if (self.concurrency is None) == (self.rate is None):
@@ -41,6 +45,11 @@ class LoadSpec:
             raise ValueError("load: concurrency must be >= 1")
         if self.rate is not None and self.rate <= 0:
             raise ValueError("load: rate must be > 0")
+        if not 0 <= self.ramp_up_s <= self.warmup_s:
+            raise ValueError(
+                f"load: ramp-up must be between 0 and the warm-up ({self.warmup_s:g} s), "
+                f"got {self.ramp_up_s:g} s"
+            )
 
     @property
     def label(self) -> str:
@@ -104,11 +113,12 @@ async def run_load(
     marker = asyncio.create_task(win.mark_start())
     if spec.concurrency is not None:
 
-        async def worker() -> None:
+        async def worker(i: int) -> None:
+            await asyncio.sleep(i * spec.ramp_up_s / spec.concurrency)
             while win.may_start():
                 records.append(await timed(stream, workload.next()))
 
-        workers = [asyncio.create_task(worker()) for _ in range(spec.concurrency)]
+        workers = [asyncio.create_task(worker(i)) for i in range(spec.concurrency)]
         if spec.duration_s is not None:
             await asyncio.sleep(max(0.0, win.t1 - time.monotonic()))
             end = time.monotonic()

@@ -235,13 +235,21 @@ class BenchStack:
 
 @contextlib.contextmanager
 def synthetic_stack(
-    workdir: Path, tokenizer_dir: Path, model: str, *, prompt_len: int = 128
+    workdir: Path,
+    tokenizer_dir: Path,
+    model: str,
+    *,
+    prompt_len: int = 128,
+    tokens_per_second: float = 0.0,
 ) -> Iterator[tuple[BenchStack, list[int]]]:
-    """A BenchStack serving one unpaced synthetic engine `model`, and a `prompt_len`-id prompt
-    taken from its token cycle: the set-up of the measurement scripts under scripts/."""
+    """A BenchStack serving one synthetic engine `model` (unpaced by default), and a
+    `prompt_len`-id prompt taken from its token cycle: the set-up of the measurement scripts
+    under scripts/."""
     served = load_model(ModelSpec(name=model, triton_model=model, tokenizer_dir=tokenizer_dir))
     tok = served.encoder.tokenizer
     cycle = token_cycle(lambda s: tok.encode(s, add_special_tokens=False).ids)
     prompt = (cycle * (prompt_len // len(cycle) + 1))[:prompt_len]
-    with BenchStack(StackOptions(workdir, tokenizer_dir, (EngineModel(model, 0.0),), cycle)) as s:
+    with BenchStack(
+        StackOptions(workdir, tokenizer_dir, (EngineModel(model, tokens_per_second),), cycle)
+    ) as s:
         yield s, prompt

@@ -53,3 +53,6 @@ def test_bench_smoke(model_dir: Path, tmp_path: Path) -> None:
         assert c["facade_tokens_per_core_s"] > 0 and c["facade_cores_for_h100"] > 0
         assert c["facade_tokens_per_message"] >= 1
     assert "façade vs direct" in (opts.out_dir / "results.txt").read_text()
+    # paced: the streams' starts are spread over one request's length (16 tokens at 200/s, at
+    # most the warm-up)
+    assert any("ramp-up): paced 0.06 s, unpaced 0 s" in n for n in report.notes), report.notes
