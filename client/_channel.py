@@ -1,11 +1,16 @@
 """gRPC channels (sync and grpc.aio) from a `ClientConfig`.
 
-Secure mode composes the credentials as grpc's `examples/python/auth/
-async_customized_auth_client.py` does: `ssl_channel_credentials(root, key, chain)` for mTLS, and
-call credentials that add `authorization: Bearer <token>` to every call, joined by
-`composite_channel_credentials`. gRPC refuses to send call credentials over plaintext, so
-insecure (loopback-only, enforced by `ClientConfig`) mode sends the same header as per-call
-metadata instead (`call_metadata`).
+Secure mode is mTLS: `ssl_channel_credentials(root, key, chain)`, as grpc's `examples/python/
+auth/async_customized_auth_client.py` does. The bearer token goes as per-call metadata
+(`call_metadata`: `authorization: Bearer <token>`), not as composed call credentials as that
+example (and style.md #5) has it: gRPC Python runs every call-credentials plugin,
+`access_token_call_credentials` included, on a new thread for every call (counted: one
+`threading.Thread` per RPC). That cost callers ~0.4–0.8 ms of time to first token at low load
+in the benchmark (docs/benchmarks.md, "Session 7"). The server receives the same header either
+way. What call credentials guarantee — the token never crosses plaintext — holds by
+construction here: the metadata and the channel come from the same `ClientConfig`, and its
+channel is TLS unless the operator chose the insecure mode, which `ClientConfig` allows on
+loopback only.
 """
 
 from __future__ import annotations
@@ -64,17 +69,13 @@ def read_tls_material(config: ClientConfig) -> TlsMaterial:
 
 
 def channel_credentials(config: ClientConfig) -> grpc.ChannelCredentials:
-    """mTLS channel credentials, composed with the bearer token when there is one."""
+    """mTLS channel credentials (the token goes per call: `call_metadata`)."""
     tls = read_tls_material(config)
-    ssl = grpc.ssl_channel_credentials(
+    return grpc.ssl_channel_credentials(
         root_certificates=tls.root_certificates,
         private_key=tls.private_key,
         certificate_chain=tls.certificate_chain,
     )
-    if not config.token:
-        return ssl
-    # access_token_call_credentials sends exactly `authorization: Bearer <token>`.
-    return grpc.composite_channel_credentials(ssl, grpc.access_token_call_credentials(config.token))
 
 
 def channel_options(config: ClientConfig) -> list[tuple[str, str | int]]:
@@ -97,8 +98,9 @@ def channel_options(config: ClientConfig) -> list[tuple[str, str | int]]:
 
 
 def call_metadata(config: ClientConfig) -> Metadata:
-    """Per-call metadata: the bearer token in insecure mode, nothing otherwise."""
-    if config.insecure and config.token:
+    """Per-call metadata: `authorization: Bearer <token>` when there is a token (what
+    `access_token_call_credentials` would send), nothing otherwise."""
+    if config.token:
         return (("authorization", f"Bearer {config.token}"),)
     return ()
 

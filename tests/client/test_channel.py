@@ -78,10 +78,14 @@ def test_insecure_sends_bearer_token_per_call() -> None:
     create_channel(config).close()
 
 
-def test_tls_sends_token_through_call_credentials_not_metadata() -> None:
-    # Over TLS the token goes in composed call credentials; adding it as metadata too would
-    # send the header twice.
-    assert call_metadata(_config()) == ()
+def test_tls_sends_bearer_token_per_call() -> None:
+    # Per-call metadata on the mTLS channel, not composed call credentials: gRPC Python runs a
+    # credentials plugin on a new thread for every call (client/_channel.py).
+    assert call_metadata(_config()) == (("authorization", f"Bearer {TOKEN}"),)
+
+
+def test_no_token_no_metadata() -> None:
+    assert call_metadata(_config(token=None)) == ()
 
 
 def test_server_name_override_option() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 
@@ -184,6 +185,25 @@ def test_bad_requests_are_invalid_argument_naming_the_field(
             call(prompt, **kwargs)
         assert field in [f for f, _ in err.value.field_violations], err.value
         assert field in str(err.value)
+
+
+def test_client_calls_start_no_thread_each(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The token goes as call metadata on the mTLS channel: as composed call credentials, gRPC
+    # Python would run its plugin on a new thread for every call (client/_channel.py).
+    client.list_models()  # connected
+    started: list[str] = []
+    start = threading.Thread.start
+
+    def counting(self: threading.Thread) -> None:
+        started.append(self.name)
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", counting)
+    for _ in range(5):
+        assert client.list_models()
+    assert len(started) < 5, started
 
 
 def test_unknown_model_is_not_found(client: Client) -> None:
