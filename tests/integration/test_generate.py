@@ -187,9 +187,7 @@ def test_bad_requests_are_invalid_argument_naming_the_field(
         assert field in str(err.value)
 
 
-def test_client_calls_start_no_thread_each(
-    client: Client, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_client_calls_start_no_thread_each(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
     # The token goes as call metadata on the mTLS channel: as composed call credentials, gRPC
     # Python would run its plugin on a new thread for every call (client/_channel.py).
     client.list_models()  # connected
