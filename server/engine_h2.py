@@ -22,8 +22,10 @@ describes it (grpc/grpc doc/PROTOCOL-HTTP2.md: request headers, 5-byte length-pr
 messages, status in trailers or a trailers-only response) and as much of HTTP/2 (RFC 9113) as a
 client needs: the connection preface, SETTINGS (+ACK), PING (+ACK), GOAWAY, RST_STREAM,
 WINDOW_UPDATE and flow control in both directions, CONTINUATION, padding, frame-size limits.
-HPACK is the `hpack` package's (the one python-hyper's h2 uses). No server push (disabled in
-our SETTINGS), no compression (we never ask for it; a compressed message fails the call).
+Responses' HPACK is decoded by the `hpack` package (the one python-hyper's h2 uses); requests'
+header fields are encoded here as literals that never enter the dynamic table (`hpack_literal`).
+No server push (disabled in our SETTINGS), no compression (we never ask for it; a compressed
+message fails the call).
 
 Inference and the deep-health one-token probes use this (engine_client.py); readiness checks
 and model control stay on grpc.aio.
@@ -97,6 +99,41 @@ class CallError(Exception):
         self.details = details
 
 
+def hpack_int(value: int, prefix_bits: int, first: int = 0) -> bytes:
+    """An HPACK integer (RFC 7541 §5.1) in a `prefix_bits`-bit prefix; `first` holds the first
+    byte's other (high) bits."""
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes((first | value,))
+    out = bytearray((first | limit,))
+    value -= limit
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def hpack_literal(name: bytes, value: bytes, *, never_indexed: bool = False) -> bytes:
+    """One header field as an HPACK literal with a literal name, kept out of the dynamic table
+    (RFC 7541 §6.2.2 "without indexing", §6.2.3 "never indexed"), strings without Huffman
+    coding (§5.2).
+
+    Why not `hpack.Encoder`: requests are encoded on the event loop per call, and the pure-Python
+    encoder took ~34 µs per request for these ten fields against ~1 µs here (docs/benchmarks.md,
+    "Session 8"). Stateless fields also make the constant part of every request's header block
+    one precomputed byte string, and keep Triton's secret out of any compression table: it goes
+    "never indexed", as RFC 7541 §7.1.3 advises for values an attacker must not probe.
+    """
+    return (
+        bytes((0x10 if never_indexed else 0x00,))
+        + hpack_int(len(name), 7)
+        + name
+        + hpack_int(len(value), 7)
+        + value
+    )
+
+
 def frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
     n = len(payload)
     return _HEADER.pack(n >> 8, n & 0xFF, ftype, flags, sid) + payload
@@ -162,16 +199,19 @@ class Connection(asyncio.Protocol):
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._finish_grace_s = finish_grace_s  # a finished call's wait for trailers, then reset
-        self._base_headers = [
-            (b":method", b"POST"),
-            (b":scheme", scheme),
-            (b":path", PATH),
-            (b":authority", authority.encode()),
-            (b"content-type", b"application/grpc"),
-            (b"te", b"trailers"),
-            *((k.encode(), v.encode()) for k, v in metadata),
-        ]
-        self._encoder = hpack.Encoder()
+        # Every call's header block starts with the same fields; the connection's metadata is
+        # the link's secret (never indexed). Per-call fields follow (`start`).
+        self._base_block = b"".join(
+            [
+                hpack_literal(b":method", b"POST"),
+                hpack_literal(b":scheme", scheme),
+                hpack_literal(b":path", PATH),
+                hpack_literal(b":authority", authority.encode()),
+                hpack_literal(b"content-type", b"application/grpc"),
+                hpack_literal(b"te", b"trailers"),
+                *(hpack_literal(k.encode(), v.encode(), never_indexed=True) for k, v in metadata),
+            ]
+        )
         self._decoder = hpack.Decoder()
         self._transport: asyncio.Transport | None = None
         self._calls: dict[int, _Call] = {}
@@ -389,9 +429,9 @@ class Connection(asyncio.Protocol):
             raise _ProtocolError("SETTINGS of the wrong size")
         for i in range(0, len(payload), 6):
             key, value = _SETTING.unpack_from(payload, i)
-            if key == S_HEADER_TABLE_SIZE:
-                self._encoder.header_table_size = value
-            elif key == S_MAX_CONCURRENT_STREAMS:
+            # S_HEADER_TABLE_SIZE bounds our encoder's dynamic table, which we never use
+            # (hpack_literal), so it needs no action.
+            if key == S_MAX_CONCURRENT_STREAMS:
                 self._peer_max_streams = value
             elif key == S_INITIAL_WINDOW_SIZE:
                 if value > MAX_WINDOW:
@@ -440,11 +480,11 @@ class Connection(asyncio.Protocol):
         sid, self._next_sid = self._next_sid, self._next_sid + 2
         if self._next_sid > _LAST_STREAM_ID:
             self.closed_reason = "stream ids exhausted"
-        headers = list(self._base_headers)
-        headers.extend((k.encode(), v.encode()) for k, v in metadata)
+        block = self._base_block + b"".join(
+            hpack_literal(k.encode(), v.encode()) for k, v in metadata
+        )
         if timeout is not None:
-            headers.append((b"grpc-timeout", grpc_timeout(timeout)))
-        block = self._encoder.encode(headers)
+            block += hpack_literal(b"grpc-timeout", grpc_timeout(timeout))
         size = self._peer_max_frame
         out = [frame(HEADERS, END_HEADERS if len(block) <= size else 0, sid, block[:size])]
         for i in range(size, len(block), size):
