@@ -383,7 +383,8 @@ def ttft_breakdown(stack: BenchStack, args: argparse.Namespace, prompt: list[int
     )
     print(
         f"{len(phases)} façade calls joined with their spans (of {len(facade_calls)}; {how}, "
-        f"{args.output_len} tokens each); TTFT p50 direct {statistics.median(direct_ms):.2f} ms, "
+        f"{args.output_len} token{'s' if args.output_len != 1 else ''} each); "
+        f"TTFT p50 direct {statistics.median(direct_ms):.2f} ms, "
         f"façade {statistics.median((f - s) / 1e6 for _, s, f in facade_calls):.2f} ms"
     )
     labels = {
