@@ -23,7 +23,7 @@ messages, status in trailers or a trailers-only response) and as much of HTTP/2 
 client needs: the connection preface, SETTINGS (+ACK), PING (+ACK), GOAWAY, RST_STREAM,
 WINDOW_UPDATE and flow control in both directions, CONTINUATION, padding, frame-size limits.
 Responses' HPACK is decoded by the `hpack` package (the one python-hyper's h2 uses); requests'
-header fields are encoded here as literals that never enter the dynamic table (`hpack_literal`).
+header fields go as literals that never enter the dynamic table (hpack_literals.py).
 No server push (disabled in our SETTINGS), no compression (we never ask for it; a compressed
 message fails the call).
 
@@ -44,6 +44,8 @@ from typing import cast
 
 import grpc
 import hpack
+
+from autoglm.server.hpack_literals import hpack_literal
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 PATH = b"/inference.GRPCInferenceService/ModelStreamInfer"
@@ -97,41 +99,6 @@ class CallError(Exception):
         super().__init__(f"{code.name}: {details}")
         self.code = code
         self.details = details
-
-
-def hpack_int(value: int, prefix_bits: int, first: int = 0) -> bytes:
-    """An HPACK integer (RFC 7541 §5.1) in a `prefix_bits`-bit prefix; `first` holds the first
-    byte's other (high) bits."""
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes((first | value,))
-    out = bytearray((first | limit,))
-    value -= limit
-    while value >= 128:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def hpack_literal(name: bytes, value: bytes, *, never_indexed: bool = False) -> bytes:
-    """One header field as an HPACK literal with a literal name, kept out of the dynamic table
-    (RFC 7541 §6.2.2 "without indexing", §6.2.3 "never indexed"), strings without Huffman
-    coding (§5.2).
-
-    Why not `hpack.Encoder`: requests are encoded on the event loop per call, and the pure-Python
-    encoder took ~34 µs per request for these ten fields against ~1 µs here (docs/benchmarks.md,
-    "Session 8"). Stateless fields also make the constant part of every request's header block
-    one precomputed byte string, and keep Triton's secret out of any compression table: it goes
-    "never indexed", as RFC 7541 §7.1.3 advises for values an attacker must not probe.
-    """
-    return (
-        bytes((0x10 if never_indexed else 0x00,))
-        + hpack_int(len(name), 7)
-        + name
-        + hpack_int(len(value), 7)
-        + value
-    )
 
 
 def frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
