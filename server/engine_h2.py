@@ -194,6 +194,9 @@ class Connection(asyncio.Protocol):
         self.closed_reason = ""  # set once no new call may start (GOAWAY, error, loss)
         self.settled: asyncio.Future[None] = self._loop.create_future()  # first SETTINGS seen
         self.settled.add_done_callback(_retrieve)  # a failed connect reports it elsewhere
+        self._finishing = 0  # calls between their final response and Triton's trailers
+        self.quiet = asyncio.Event()  # set while there are none (EngineClient.close waits on it)
+        self.quiet.set()
 
     # ---- asyncio.Protocol -------------------------------------------------------------------
 
@@ -221,6 +224,8 @@ class Connection(asyncio.Protocol):
             self.settled.set_exception(CallError(grpc.StatusCode.UNAVAILABLE, reason))
         calls, self._calls = self._calls, {}
         self._blocked.clear()
+        self._finishing = 0
+        self.quiet.set()
         for call in calls.values():
             self._settle(call, CallError(grpc.StatusCode.UNAVAILABLE, reason))
 
@@ -417,6 +422,11 @@ class Connection(asyncio.Protocol):
     def open_calls(self) -> int:
         return len(self._calls)
 
+    @property
+    def finishing_calls(self) -> int:
+        """Calls whose final response has arrived and whose stream waits for Triton's trailers."""
+        return self._finishing
+
     def can_start(self) -> bool:
         return (
             self._transport is not None
@@ -496,6 +506,8 @@ class Connection(asyncio.Protocol):
         """The final response has been handed over: the call is done for its caller; its stream
         stays until Triton's trailers end it (or is reset after the grace period)."""
         call.finishing = True
+        self._finishing += 1
+        self.quiet.clear()
         if call.timer is not None:
             call.timer.cancel()
         call.timer = self._loop.call_later(self._finish_grace_s, self._expire, call)
@@ -515,6 +527,10 @@ class Connection(asyncio.Protocol):
         it: handler error, cancel, deadline, a finished call's trailers overdue)."""
         if self._calls.pop(call.sid, None) is None:
             return
+        if call.finishing:
+            self._finishing -= 1
+            if not self._finishing:
+                self.quiet.set()
         self._blocked.pop(call.sid, None)
         if call.timer is not None:
             call.timer.cancel()
@@ -664,6 +680,16 @@ class Endpoint:
         for conn in self._connections:
             conn.retire()
         self._connections.clear()
+
+    @property
+    def finishing_calls(self) -> int:
+        """Calls on this endpoint waiting for Triton's trailers after their final response:
+        closing now would reset them (EngineClient.close waits for them first)."""
+        return sum(conn.finishing_calls for conn in self._connections)
+
+    async def finished(self) -> None:
+        """Until no call on this endpoint is waiting for its trailers."""
+        await asyncio.gather(*(conn.quiet.wait() for conn in tuple(self._connections)))
 
     def close(self) -> None:
         for conn in self._connections:

@@ -140,9 +140,14 @@ async def test_messages_in_any_framing_then_the_stream_ends_on_the_trailers() ->
     assert got == [b"one", b"twotwotwo", b"last"]  # returned at the last message, not later
     (conn,) = ep._connections
     assert conn.open_calls == 1  # the stream waits for Triton's own end ...
+    assert ep.finishing_calls == 1
+    finished = asyncio.ensure_future(ep.finished())  # what EngineClient.close waits for
+    await asyncio.sleep(0.02)
+    assert not finished.done()
     trailers.set()
     await asyncio.sleep(0.05)
     assert conn.open_calls == 0  # ... and is gone with it
+    assert ep.finishing_calls == 0 and finished.done()
     ((headers, request),) = peer.requests
     h = dict(headers)
     assert request == b"req"
@@ -172,7 +177,8 @@ async def test_a_finished_call_without_trailers_is_reset_after_the_grace() -> No
     assert got == [b"last"] and peer.resets == []
     await asyncio.sleep(0.4)
     assert peer.resets == [(1, engine_h2.CANCEL)]
-    assert ep._connections[0].open_calls == 0
+    assert ep._connections[0].open_calls == 0 and ep.finishing_calls == 0
+    await asyncio.wait_for(ep.finished(), 1)
     ep.close()
     await peer.stop()
 
