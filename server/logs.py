@@ -195,6 +195,17 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     """Marks the handler this module installed, so that a second set-up replaces it."""
 
 
+def current_setup() -> tuple[str, LogFormat] | None:
+    """(level, format) of the handler `setup_logging` installed, for a child process to log
+    the same way; None without one."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if isinstance(handler, _Handler):
+            fmt: LogFormat = "json" if isinstance(handler.formatter, JsonFormatter) else "text"
+            return logging.getLevelName(root.level), fmt
+    return None
+
+
 def setup_logging(
     level: str = "INFO", fmt: LogFormat = "json", stream: TextIO | None = None
 ) -> logging.Handler:

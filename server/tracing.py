@@ -18,6 +18,7 @@ metadata values or exception messages (they can echo caller input).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -30,10 +31,13 @@ import grpc
 from opentelemetry import context, trace
 from opentelemetry.propagate import inject
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from autoglm.server import logs
+from autoglm.server.span_offload import OffloadSpanProcessor
 
 log = logging.getLogger("autoglm.server.tracing")
 
@@ -91,7 +95,7 @@ def _wanted(settings: TracingSettings) -> bool:
     )
 
 
-def _exporter(settings: TracingSettings) -> SpanExporter:
+def _protocol(settings: TracingSettings) -> str:
     protocol = (
         settings.protocol
         or _env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
@@ -100,6 +104,15 @@ def _exporter(settings: TracingSettings) -> SpanExporter:
         # opentelemetry-python's exporter package has always defaulted to grpc.
         or "grpc"
     )
+    if protocol not in ("grpc", "http/protobuf"):
+        raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: use grpc or http/protobuf")
+    return protocol
+
+
+def exporter_for(settings: TracingSettings) -> SpanExporter:
+    """The OTLP exporter the settings and the OTEL_* variables ask for (in the span exporter
+    process, span_export_child.py, unless `settings.batch` is off)."""
+    protocol = _protocol(settings)
     headers = dict(settings.headers) if settings.headers is not None else None
     # Imported here so that a façade with tracing off never loads the exporters.
     if protocol == "grpc":
@@ -108,13 +121,11 @@ def _exporter(settings: TracingSettings) -> SpanExporter:
         )
 
         return GrpcExporter(endpoint=settings.endpoint, insecure=settings.insecure, headers=headers)
-    if protocol == "http/protobuf":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-            OTLPSpanExporter as HttpExporter,
-        )
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter as HttpExporter,
+    )
 
-        return HttpExporter(endpoint=settings.endpoint, headers=headers)
-    raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: use grpc or http/protobuf")
+    return HttpExporter(endpoint=settings.endpoint, headers=headers)
 
 
 def setup_tracing(settings: TracingSettings | None = None) -> TracerProvider | None:
@@ -142,8 +153,16 @@ def setup_tracing(settings: TracingSettings | None = None) -> TracerProvider | N
     if settings.sample_ratio is not None:
         sampler = ParentBased(TraceIdRatioBased(settings.sample_ratio))
     provider = TracerProvider(resource=resource, sampler=sampler)
-    exporter = _exporter(settings)
-    processor = BatchSpanProcessor(exporter) if settings.batch else SimpleSpanProcessor(exporter)
+    processor: SpanProcessor
+    if settings.batch:
+        _protocol(settings)  # a bad protocol fails here, not in the exporter process
+        # Batches are encoded and exported by a child process (span_offload.py: the OTLP
+        # encoding held the GIL long enough to delay the event loop's tokens).
+        processor = OffloadSpanProcessor(
+            dataclasses.asdict(settings), resource, log_setup=logs.current_setup()
+        )
+    else:
+        processor = SimpleSpanProcessor(exporter_for(settings))
     provider.add_span_processor(processor)
     if not _global_set:
         trace.set_tracer_provider(provider)
