@@ -65,6 +65,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from autoglm.server import engine_h2
 from autoglm.server.bench.direct import GREEDY, DirectPath
 from autoglm.server.bench.facade import FacadePath
+from autoglm.server.bench.procstat import cpu_seconds, descendants
 from autoglm.server.bench.profile import by_area, start_py_spy, summarize_collapsed
 from autoglm.server.bench.stack import BenchStack, synthetic_stack
 from autoglm.server.bench.workload import BenchRequest
@@ -89,9 +90,10 @@ def _own_cpu() -> float:
 
 
 def _thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds per thread of `pid`, keyed 'tid name'."""
+    """CPU seconds per thread of `pid`, keyed 'tid name', and of each of its descendants (the
+    façade's span exporter process), keyed 'child pid'."""
     tick = os.sysconf("SC_CLK_TCK")
-    out: dict[str, float] = {}
+    out: dict[str, float] = {f"child {c}": cpu_seconds(c) for c in descendants(pid)}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             raw = Path(f"/proc/{pid}/task/{tid}/stat").read_text()

@@ -17,6 +17,7 @@ which exports what is left, and exits.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from typing import BinaryIO
 
@@ -63,6 +64,11 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
 
 
 def main() -> int:
+    # The façade decides when this process ends, by closing its stdin: a Ctrl-C in a terminal
+    # (the whole process group) or a SIGTERM to every process of a service's cgroup must not
+    # end it before the façade's last spans have come through.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return serve(sys.stdin.buffer, sys.stdout.buffer)
 
 

@@ -187,7 +187,13 @@ class OffloadSpanProcessor(SpanProcessor):
                 return
             self._stopping = True
             self._cond.notify_all()
-        self._writer.join()
+        self._writer.join(_CHILD_EXIT_TIMEOUT_S + 5)
+        child = self._child
+        if self._writer.is_alive() and child is not None:
+            # Stuck writing to a child that stopped reading (its exporter hung): end it.
+            log.error("span exporter process stopped reading; killed")
+            child.proc.kill()
+            self._writer.join(5)
 
     # --- the writer thread ----------------------------------------------------------------
 
@@ -283,7 +289,8 @@ class OffloadSpanProcessor(SpanProcessor):
                         self._flush_ok[n] = False
                     self._flush_done = max(self._flush_done, flush)
                 self._cond.notify_all()
-            log.error("span export: %d spans lost (%r)", len(batch), exc)
+            if child is not None:  # else the child's death or failed start was logged
+                log.error("span export: %d spans lost (%r)", len(batch), exc)
             return
         if flush:
             with self._cond:

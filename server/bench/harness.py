@@ -143,7 +143,8 @@ def run_bench(o: BenchOptions, log: Callable[[str], None] = print) -> BenchRepor
         report = BenchReport(machine_info(), _options_json(o))
         report.notes.append(
             "façade: subprocess `autoglm serve` with mTLS + bearer token + tracing "
-            "(OTLP/gRPC, batch processor) to an in-harness no-op sink; Triton: engine link "
+            "(OTLP/gRPC, exported by its span exporter child process, counted as the façade's CPU) "
+            "to an in-harness no-op sink; Triton: engine link "
             "mTLS + restricted-protocol secret, Triton's own tracing off for both paths; "
             f"façade engine reader: {o.facade_engine_reader}"
         )

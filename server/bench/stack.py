@@ -161,7 +161,8 @@ class BenchStack:
 
     def _start_facade(self, timeout_s: float = 60.0) -> None:
         env = dict(os.environ)
-        # Tracing on, exporting over OTLP/gRPC to the in-harness sink (BatchSpanProcessor).
+        # Tracing on, exporting over OTLP/gRPC to the in-harness sink (from the façade's span
+        # exporter child process, span_offload.py: a descendant, so its CPU is the façade's).
         env.update(
             OTEL_EXPORTER_OTLP_ENDPOINT=self.sink.endpoint,
             OTEL_EXPORTER_OTLP_PROTOCOL="grpc",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -140,3 +142,20 @@ def test_child_answers_flushes_in_order(receiver: OtlpReceiver) -> None:
     )
     assert code == 0
     assert out.getvalue() == frame(("ack", 1, True)) + frame(("ack", 2, True))
+
+
+def test_child_outlives_ctrl_c_and_sigterm_until_its_input_ends(receiver: OtlpReceiver) -> None:
+    processor = OffloadSpanProcessor(fields(receiver), RESOURCE)
+    provider = tracer_with(processor)
+    assert processor.force_flush(20_000)  # answered: the child runs its loop, signals set
+    child = processor._child
+    assert child is not None
+    os.kill(child.proc.pid, signal.SIGINT)
+    os.kill(child.proc.pid, signal.SIGTERM)
+    time.sleep(0.3)
+    assert child.proc.poll() is None
+    with provider.get_tracer("t").start_as_current_span("after signals"):
+        pass
+    provider.shutdown()
+    assert [s.name for s in receiver.wait_for(lambda s: len(s) >= 1)] == ["after signals"]
+    assert child.proc.returncode == 0
