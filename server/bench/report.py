@@ -92,6 +92,9 @@ def comparison(direct: RunResult, facade: RunResult) -> dict[str, Any]:
         "facade_cores_for_h100": cores_for(f),
         # Coalescing: relayed tokens per streamed message (the direct path has one per response).
         "facade_tokens_per_message": f.tokens_per_chunk,
+        # What limited the latencies: cores kept busy by the façade + Triton + load generator.
+        "direct_path_cores_busy": d.cores_busy,
+        "facade_path_cores_busy": f.cores_busy,
     }
 
 
@@ -131,6 +134,8 @@ def table(report: BenchReport) -> str:
             lines.append(f"{'':<26}errors: {r.summary.errors}")
     lines.append("")
     lines.append("façade vs direct (same run):")
+    nproc = report.machine.get("nproc")
+    of_cores = f" of {nproc}" if nproc else ""
     for d, f in report.pairs():
         c = comparison(d, f)
         lines.append(
@@ -142,7 +147,9 @@ def table(report: BenchReport) -> str:
             f"(×{_f(c['cpu_per_token_ratio'], 0, 2)}); "
             f"{_f(c['facade_tokens_per_core_s'], 0, 0)} tok/s per façade core, "
             f"{_f(c['facade_cores_for_h100'], 0, 2)} cores for 28k tok/s, "
-            f"{_f(c['facade_tokens_per_message'], 0, 2)} tok/message"
+            f"{_f(c['facade_tokens_per_message'], 0, 2)} tok/message; "
+            f"cores busy: direct path {_f(c['direct_path_cores_busy'], 0, 2)}, façade path "
+            f"{_f(c['facade_path_cores_busy'], 0, 2)}{of_cores}"
         )
     if report.checks:
         lines.append("")

@@ -98,6 +98,14 @@ class Summary:
         """Tokens per streamed message (> 1 when the façade coalesced them)."""
         return self.output_tokens / self.chunks if self.chunks else math.nan
 
+    @property
+    def cores_busy(self) -> float:
+        """CPU cores the measured processes (façade, Triton, load generator) kept busy on
+        average over the window: what the run left of the machine (NaN when unknown)."""
+        if not self.cpu or self.duration_s <= 0:
+            return math.nan
+        return sum(self.cpu.values()) / self.duration_s
+
     def cpu_us_per_token(self, process: str) -> float:
         """CPU microseconds per output token of one process (NaN when unknown)."""
         seconds = self.cpu.get(process)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -54,8 +55,13 @@ def test_report_json_and_table() -> None:
     assert data["comparisons"][0]["cpu_per_token_ratio"] == pytest.approx(200 / 99)
     assert data["runs"][0]["summary"]["cpu_us_per_token"] == {"loadgen": 100.0}
     assert data["checks"]["paced c=64"][0]["passed"] is True
+    # 0.01 (loadgen) and 0.02 (façade) CPU-s over the 10 s window
+    assert data["comparisons"][0]["direct_path_cores_busy"] == pytest.approx(0.001)
+    assert data["comparisons"][0]["facade_path_cores_busy"] == pytest.approx(0.002)
     out = table(report)
     assert "façade vs direct" in out and "paced c=64" in out and "×0.990" in out
+    assert "cores busy: direct path 0.00, façade path 0.00 of 2" in out
+    assert math.isnan(_summary(1, 1, 1, {}).cores_busy)
 
 
 def test_scaleout_check_and_per_core_figures() -> None:
