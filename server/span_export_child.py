@@ -44,7 +44,12 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
         return 2
     settings = tracing.TracingSettings(**fields)
     resource = Resource(attributes, schema_url)
-    processor = BatchSpanProcessor(tracing.exporter_for(settings))
+    try:
+        exporter = tracing.exporter_for(settings)
+    except Exception as exc:  # the façade built the same exporter at start-up; say why here
+        log.error("span exporter: cannot build the exporter: %r", exc)
+        return 2
+    processor = BatchSpanProcessor(exporter)
     scopes = ScopeCache()
     try:
         while (message := reader.read()) is not None:

@@ -272,6 +272,8 @@ class OffloadSpanProcessor(SpanProcessor):
         ]
         if flush:
             data.append(frame(("flush", flush)))
+            with self._cond:  # before sending: a child dying now fails this flush (_lost)
+                self._flush_sent = flush
         try:
             if child is None:
                 raise BrokenPipeError("no span exporter process")
@@ -279,8 +281,6 @@ class OffloadSpanProcessor(SpanProcessor):
         except (BrokenPipeError, OSError, ValueError) as exc:
             with self._cond:
                 self.dropped += len(batch)
-                if flush:
-                    self._flush_sent = flush
                 if child is not None and child is self._child:
                     child.alive = False
                     self._lost(child)
@@ -291,7 +291,3 @@ class OffloadSpanProcessor(SpanProcessor):
                 self._cond.notify_all()
             if child is not None:  # else the child's death or failed start was logged
                 log.error("span export: %d spans lost (%r)", len(batch), exc)
-            return
-        if flush:
-            with self._cond:
-                self._flush_sent = flush

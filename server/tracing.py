@@ -155,7 +155,9 @@ def setup_tracing(settings: TracingSettings | None = None) -> TracerProvider | N
     provider = TracerProvider(resource=resource, sampler=sampler)
     processor: SpanProcessor
     if settings.batch:
-        _protocol(settings)  # a bad protocol fails here, not in the exporter process
+        # Built once here and dropped, so that a bad configuration fails at start-up with the
+        # exporter's own error, not in a child process restarted every few seconds.
+        exporter_for(settings).shutdown()
         # Batches are encoded and exported by a child process (span_offload.py: the OTLP
         # encoding held the GIL long enough to delay the event loop's tokens).
         processor = OffloadSpanProcessor(

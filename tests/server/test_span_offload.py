@@ -159,3 +159,11 @@ def test_child_outlives_ctrl_c_and_sigterm_until_its_input_ends(receiver: OtlpRe
     provider.shutdown()
     assert [s.name for s in receiver.wait_for(lambda s: len(s) >= 1)] == ["after signals"]
     assert child.proc.returncode == 0
+
+
+def test_a_bad_queue_size_is_refused_naming_the_variable(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "lots")
+    with pytest.raises(ValueError, match="OTEL_BSP_MAX_QUEUE_SIZE='lots'"):
+        OffloadSpanProcessor(fields(receiver), RESOURCE)
