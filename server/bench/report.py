@@ -92,7 +92,7 @@ def comparison(direct: RunResult, facade: RunResult) -> dict[str, Any]:
         "facade_cores_for_h100": cores_for(f),
         # Coalescing: relayed tokens per streamed message (the direct path has one per response).
         "facade_tokens_per_message": f.tokens_per_chunk,
-        # What limited the latencies: cores kept busy by the façade + Triton + load generator.
+        # What limited the latencies: how many cores the machine kept busy in the window.
         "direct_path_cores_busy": d.cores_busy,
         "facade_path_cores_busy": f.cores_busy,
     }

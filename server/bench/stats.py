@@ -100,11 +100,15 @@ class Summary:
 
     @property
     def cores_busy(self) -> float:
-        """CPU cores the measured processes (façade, Triton, load generator) kept busy on
-        average over the window: what the run left of the machine (NaN when unknown)."""
+        """Cores the machine kept busy on average over the window: its busy CPU seconds
+        ("machine": every process, foreign ones included) ÷ the window; without that figure,
+        the measured groups' sum. NaN when unknown."""
         if not self.cpu or self.duration_s <= 0:
             return math.nan
-        return sum(self.cpu.values()) / self.duration_s
+        busy = self.cpu.get("machine")
+        if busy is None:
+            busy = sum(self.cpu.values())
+        return busy / self.duration_s
 
     def cpu_us_per_token(self, process: str) -> float:
         """CPU microseconds per output token of one process (NaN when unknown)."""

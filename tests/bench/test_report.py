@@ -62,6 +62,9 @@ def test_report_json_and_table() -> None:
     assert "façade vs direct" in out and "paced c=64" in out and "×0.990" in out
     assert "cores busy: direct path 0.00, façade path 0.00 of 2" in out
     assert math.isnan(_summary(1, 1, 1, {}).cores_busy)
+    # with the machine's own busy seconds (bench runs have them), that is the figure
+    busy = _summary(1, 1, 1, {"facade": 3.0, "triton": 5.0, "loadgen": 2.0, "machine": 16.0})
+    assert busy.cores_busy == 1.6
 
 
 def test_scaleout_check_and_per_core_figures() -> None:
