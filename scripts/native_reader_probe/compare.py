@@ -46,7 +46,12 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from autoglm.server.bench.direct import GREEDY
 from autoglm.server.bench.stack import BenchStack, synthetic_stack
-from autoglm.server.engine_client import EngineRequest, build_infer_request, parse_stream_response
+from autoglm.server.engine_client import (
+    EngineRequest,
+    build_infer_request,
+    let_finish,
+    parse_stream_response,
+)
 
 HERE = Path(__file__).resolve().parent
 MODEL_DIR = Path.home() / ".cache" / "autoglm" / "models" / "SmolLM2-135M-Instruct"
@@ -179,11 +184,14 @@ async def compare(lib: ctypes.CDLL, out: Path, prompt: list[int], args: argparse
                     SYNTH, f"a{next(ids)}", tuple(prompt), MAX_TOKENS, -1, 0, GREEDY
                 )
                 await call.write(build_infer_request(request))
+                await call.done_writing()
                 n, final = 0, False
                 while not final:
                     got, final = parse_stream_response(await call.read())
                     n += len(got)
-                call.cancel()
+                # As the façade and the bench's direct path do: a cancel right after the final
+                # response can leak the request in Triton 2.51 (engine_client.let_finish).
+                let_finish(call)
                 tokens, requests, bad = tokens + n, requests + 1, bad + (n != MAX_TOKENS)
 
         await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
