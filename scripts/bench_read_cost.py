@@ -76,6 +76,7 @@ from autoglm.server.engine_client import (
     parse_stream_response,
 )
 from autoglm.server.pki import DevPki, ensure_dev_pki
+from autoglm.server.replicas import unix_socket_path
 from autoglm.v1 import text_generation_pb2 as pb
 from autoglm.v1 import text_generation_pb2_grpc as pb_grpc
 
@@ -166,13 +167,15 @@ class ReadPaths:
 
     async def lean_streams(self) -> int:
         """A stream per request, all on one HTTP/2 connection read by engine_h2.py."""
-        host, port = self.target.rsplit(":", 1)
+        unix_path = unix_socket_path(self.target)
+        host, port = ("localhost", "0") if unix_path else self.target.rsplit(":", 1)
         endpoint = engine_h2.Endpoint(
             host,
             int(port),
             ssl_context=self.link.ssl_context(),
             server_hostname=host,
             metadata=self.link.metadata(),
+            unix_path=unix_path,
         )
         tokens, stop = 0, time.monotonic() + self.seconds
 
@@ -193,7 +196,7 @@ class ReadPaths:
         return tokens
 
     def sync_threads(self, n: int) -> int:
-        channel = grpc.secure_channel(self.target, self.link.channel_credentials())
+        channel = self.link.channel(self.target)
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         counts, stop = [0] * n, time.monotonic() + self.seconds
 
@@ -232,7 +235,7 @@ def read_paths(stack: BenchStack, args: argparse.Namespace, prompt: list[int]) -
     paths = ReadPaths(stack, args.concurrency, args.seconds, prompt)
 
     async def run() -> None:
-        channel = grpc.aio.secure_channel(paths.target, paths.link.channel_credentials())
+        channel = paths.link.aio_channel(paths.target)
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         ways: list[tuple[str, Callable[[], Awaitable[int]]]] = [
             ("one aio stream per request", lambda: paths.separate(stub)),
@@ -577,6 +580,9 @@ def main() -> None:
         "--concurrency", type=int, default=None, help="requests in flight (64; rpc-floor: 1)"
     )
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument(
+        "--engine-link", choices=("unix", "tls"), default="unix", help="as `autoglm bench`'s"
+    )
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument(
@@ -611,6 +617,7 @@ def main() -> None:
             if not args.tokens_per_second
             else f"bench-synthetic-{args.tokens_per_second:g}tps",
             tokens_per_second=args.tokens_per_second,
+            engine_link=args.engine_link,
         ) as (stack, prompt),
     ):
         measure = {

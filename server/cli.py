@@ -7,10 +7,14 @@ import asyncio
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from autoglm.server.settings import ENGINE_READERS, SettingsError, autoglm_home
+
+if TYPE_CHECKING:
+    from autoglm.server.engine_link import EngineLink
 
 
 def _dev(args: argparse.Namespace) -> int:
@@ -37,6 +41,42 @@ def _dev(args: argparse.Namespace) -> int:
     return 0
 
 
+def _engine_link(args: argparse.Namespace) -> EngineLink | None:
+    """The engine link the `--triton*` flags describe; None when none of them is given."""
+    if not (args.triton_ca or args.triton_cert or args.triton_key or args.triton_secret_file):
+        return None
+    from autoglm.server.engine_link import EngineLink, TlsFiles
+
+    tls_flags = (
+        ("--triton-ca", args.triton_ca),
+        ("--triton-cert", args.triton_cert),
+        ("--triton-key", args.triton_key),
+    )
+    unix = args.triton.strip().startswith("unix:")
+    # A unix-socket link needs only the secret (the socket's directory is the lock); over
+    # TCP the secret must never travel unencrypted, so all four are needed.
+    wanted = () if unix and not any(v for _, v in tls_flags) else tls_flags
+    missing = [
+        flag
+        for flag, value in (*wanted, ("--triton-secret-file", args.triton_secret_file))
+        if value is None
+    ]
+    if missing:
+        raise SettingsError(f"engine link: also give {', '.join(missing)}")
+    return EngineLink(
+        secret=args.triton_secret_file.read_text().strip(),
+        tls=TlsFiles(
+            ca_cert=args.triton_ca,
+            server_cert=args.triton_ca,  # unused by the façade (it is Triton's)
+            server_key=args.triton_ca,
+            client_cert=args.triton_cert,
+            client_key=args.triton_key,
+        )
+        if wanted
+        else None,
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
     from autoglm.server import tracing
     from autoglm.server.app import serve_until_signal, start_server
@@ -56,30 +96,7 @@ def _serve(args: argparse.Namespace) -> int:
     tls = None
     if args.tls_cert or args.tls_key:
         tls = TlsSettings(cert=args.tls_cert, key=args.tls_key, client_ca=args.client_ca)
-    link = None
-    if args.triton_ca or args.triton_cert or args.triton_key or args.triton_secret_file:
-        from autoglm.server.engine_link import EngineLink
-
-        missing = [
-            flag
-            for flag, value in (
-                ("--triton-ca", args.triton_ca),
-                ("--triton-cert", args.triton_cert),
-                ("--triton-key", args.triton_key),
-                ("--triton-secret-file", args.triton_secret_file),
-            )
-            if value is None
-        ]
-        if missing:
-            raise SettingsError(f"engine link: also give {', '.join(missing)}")
-        link = EngineLink(
-            ca_cert=args.triton_ca,
-            server_cert=args.triton_ca,  # unused by the façade (it is Triton's)
-            server_key=args.triton_ca,
-            client_cert=args.triton_cert,
-            client_key=args.triton_key,
-            secret=args.triton_secret_file.read_text().strip(),
-        )
+    link = _engine_link(args)
     settings = Settings(
         listen=args.listen,
         triton_target=args.triton,
@@ -235,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--triton",
         default="127.0.0.1:8001",
         help="Triton gRPC host:port; replicas: HOST:PORT,HOST:PORT… or dns:///NAME:PORT "
-        "(round_robin over the healthy ones)",
+        "(round_robin over the healthy ones); Triton on this host: unix:/ABS/PATH (its socket, "
+        "in a directory only the service's user may enter)",
     )
     serve.add_argument(
         "--triton-tls-name", help="name Triton's certificate must carry (replicas by address)"

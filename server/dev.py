@@ -18,7 +18,7 @@ from rich.console import Console
 
 from autoglm.build_engine import default_model
 from autoglm.server.app import RunningServer, serve_until_signal, start_server
-from autoglm.server.engine_link import dev_engine_link
+from autoglm.server.engine_link import unix_link
 from autoglm.server.models import ModelSpec
 from autoglm.server.pki import ensure_dev_pki
 from autoglm.server.settings import Settings, TlsSettings
@@ -116,13 +116,15 @@ async def run_dev(opts: DevOptions, console: Console) -> None:
     profile_path = opts.client_profile or client_profile_path()
     token = _token_for(store, profile_path)
 
-    link = dev_engine_link(state / "pki-engine")
+    # Triton on this host: its gRPC on a unix socket in a private directory (engine_link.py).
+    link = unix_link()
     triton = TritonProcess(
         TritonOptions(
             model_repository=repo,
             models=(opts.model_name,),
             log_file=state / "triton.log",
             link=link,
+            grpc_unix=True,
             trace_url=opts.triton_trace_url,
         )
     )

@@ -151,12 +151,8 @@ class EngineClient:
         self.spec = self._routes.spec
         self.target = target
         self._metadata = tuple(metadata)
-        # The lean reader needs the link's TLS as an ssl context (or a plaintext link).
-        self._lean = (
-            lean_reader
-            and (credentials is None or ssl_context is not None)
-            and not target.startswith("unix:")
-        )
+        # The lean reader needs the link's TLS as an ssl context (or a plaintext/unix link).
+        self._lean = lean_reader and (credentials is None or ssl_context is not None)
         self._ssl = ssl_context if credentials is not None else None
         self._tls_name = tls_name or self.spec.tls_name
         self._lean_endpoints: dict[str, engine_h2.Endpoint] = {}
@@ -222,13 +218,17 @@ class EngineClient:
     def _lean_endpoint_at(self, address: str) -> engine_h2.Endpoint:
         endpoint = self._lean_endpoints.get(address)
         if endpoint is None:
-            hp = replicas.parse_target(address).hosts[0]
+            unix_path = replicas.unix_socket_path(address)
+            # A unix socket has no host: "localhost" names it in `:authority` (as grpc does).
+            hp = replicas.parse_target(address).hosts[0] if unix_path is None else None
+            host = hp.host if hp else "localhost"
             endpoint = self._lean_endpoints[address] = engine_h2.Endpoint(
-                hp.host,
-                hp.port,
+                host,
+                hp.port if hp else 0,
                 ssl_context=self._ssl,
-                server_hostname=self._tls_name or hp.host,
+                server_hostname=self._tls_name or host,
                 metadata=self._metadata,
+                unix_path=unix_path,
             )
         return endpoint
 

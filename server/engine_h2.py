@@ -606,8 +606,12 @@ class Endpoint:
         metadata: Sequence[tuple[str, str]],
         connect_timeout_s: float = 5.0,
         finish_grace_s: float = FINISH_GRACE_S,
+        unix_path: str | None = None,
     ) -> None:
+        """`unix_path`: connect to that unix socket instead of host:port (which then only names
+        the endpoint in errors and the `:authority` header)."""
         self.host, self.port = host, port
+        self._unix_path = unix_path
         self._finish_grace_s = finish_grace_s
         self._ssl = ssl_context
         self._server_hostname = server_hostname
@@ -650,27 +654,36 @@ class Endpoint:
     async def _connect(self) -> Connection:
         loop = asyncio.get_running_loop()
         scheme = b"https" if self._ssl is not None else b"http"
-        authority = f"{self._server_hostname or self.host}:{self.port}"
-        try:
-            transport, conn = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: Connection(
-                        authority, scheme, self._metadata, finish_grace_s=self._finish_grace_s
-                    ),
-                    self.host,
-                    self.port,
-                    ssl=self._ssl,
-                    server_hostname=self._server_hostname if self._ssl is not None else None,
-                ),
-                self._connect_timeout_s,
+        authority = (
+            "localhost"  # what grpc sends for a unix: target
+            if self._unix_path is not None
+            else f"{self._server_hostname or self.host}:{self.port}"
+        )
+
+        def factory() -> Connection:
+            return Connection(
+                authority, scheme, self._metadata, finish_grace_s=self._finish_grace_s
             )
+
+        tls = {
+            "ssl": self._ssl,
+            "server_hostname": self._server_hostname if self._ssl is not None else None,
+        }
+        where = self._unix_path or f"{self.host}:{self.port}"
+        try:
+            if self._unix_path is not None:
+                opening = loop.create_unix_connection(factory, self._unix_path, **tls)
+            else:
+                opening = loop.create_connection(factory, self.host, self.port, **tls)
+            transport, conn = await asyncio.wait_for(opening, self._connect_timeout_s)
             await asyncio.wait_for(conn.settled, self._connect_timeout_s)
-            if (sock := transport.get_extra_info("socket")) is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
                 detect_dead_peer(sock)
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             detail = str(exc) or type(exc).__name__
             raise CallError(
-                grpc.StatusCode.UNAVAILABLE, f"cannot connect to {self.host}:{self.port}: {detail}"
+                grpc.StatusCode.UNAVAILABLE, f"cannot connect to {where}: {detail}"
             ) from None
         self._connections.append(conn)
         return conn

@@ -1,11 +1,19 @@
-"""The secured façade → Triton link: Triton's own mTLS plus its restricted-protocol secret.
+"""The secured façade → Triton link: Triton's restricted-protocol secret, plus either its own
+mTLS (Triton on another host) or a unix socket in a private directory (Triton on this host).
 
-Triton listens with `--grpc-use-ssl-mutual` (only certificates from the link's CA connect) and
-`--grpc-restricted-protocol=<protocols>:<key>=<secret>` (every call but health must carry the
-header `triton-grpc-protocol-<key>: <secret>`), and HTTP is off, so nothing but the façade can
-run inference even on a shared host. Flags as in Triton 2.51 `tritonserver --help` (facts.md).
-The link's CA is separate from the one that signs callers' certificates: a caller's client
-certificate does not open Triton.
+Triton listens with `--grpc-restricted-protocol=<protocols>:<key>=<secret>` (every call but
+health must carry the header `triton-grpc-protocol-<key>: <secret>`) and HTTP off, and either
+  - over TCP with `--grpc-use-ssl-mutual` (only certificates from the link's CA connect). The
+    link's CA is separate from the one that signs callers' certificates: a caller's client
+    certificate does not open Triton; or
+  - on a unix socket (`unix_link`): only processes that may enter the socket's directory (mode
+    0700, the service's user) can connect, so the secret is a second lock rather than the only
+    one, and nothing crosses a network to encrypt. The same work costs the façade ~25–35 µs less
+    CPU per streamed token than asyncio's TLS over loopback TCP (docs/benchmarks.md, "Session
+    10"), and the secret on Triton's command line (visible in `ps`) no longer opens Triton to
+    other local users.
+So nothing but the façade can run inference even on a shared host. Flags as in Triton 2.51
+`tritonserver --help` (facts.md).
 """
 
 from __future__ import annotations
@@ -35,38 +43,69 @@ HEADER_KEY = "autoglm-facade"
 
 
 @dataclass(frozen=True, slots=True)
-class EngineLink:
+class TlsFiles:
+    """The link's mTLS: Triton's server side and the façade's client side, one CA."""
+
     ca_cert: Path
     server_cert: Path
     server_key: Path
     client_cert: Path
     client_key: Path
+
+
+@dataclass(frozen=True, slots=True)
+class EngineLink:
     secret: str = field(repr=False)
+    tls: TlsFiles | None = None  # None: a unix-socket link (no network, nothing to encrypt)
     header_key: str = HEADER_KEY
 
     def triton_args(self) -> list[str]:
+        tls = self.tls
         return [
             "--allow-http=false",
-            "--grpc-use-ssl=true",
-            "--grpc-use-ssl-mutual=true",
-            f"--grpc-server-cert={self.server_cert}",
-            f"--grpc-server-key={self.server_key}",
-            f"--grpc-root-cert={self.ca_cert}",
+            *(
+                (
+                    "--grpc-use-ssl=true",
+                    "--grpc-use-ssl-mutual=true",
+                    f"--grpc-server-cert={tls.server_cert}",
+                    f"--grpc-server-key={tls.server_key}",
+                    f"--grpc-root-cert={tls.ca_cert}",
+                )
+                if tls is not None
+                else ()
+            ),
             f"--grpc-restricted-protocol={','.join(RESTRICTED_PROTOCOLS)}:"
             f"{self.header_key}={self.secret}",
         ]
 
-    def channel_credentials(self) -> grpc.ChannelCredentials:
+    def channel_credentials(self) -> grpc.ChannelCredentials | None:
+        """mTLS credentials for a grpc channel; None (insecure channel) on a unix-socket link."""
+        if self.tls is None:
+            return None
         return grpc.ssl_channel_credentials(
-            root_certificates=self.ca_cert.read_bytes(),
-            private_key=self.client_key.read_bytes(),
-            certificate_chain=self.client_cert.read_bytes(),
+            root_certificates=self.tls.ca_cert.read_bytes(),
+            private_key=self.tls.client_key.read_bytes(),
+            certificate_chain=self.tls.client_cert.read_bytes(),
         )
 
-    def ssl_context(self) -> ssl.SSLContext:
+    def channel(self, target: str) -> grpc.Channel:
+        """A blocking grpc channel to Triton over this link."""
+        creds = self.channel_credentials()
+        return grpc.secure_channel(target, creds) if creds else grpc.insecure_channel(target)
+
+    def aio_channel(self, target: str) -> grpc.aio.Channel:
+        """A grpc.aio channel to Triton over this link."""
+        creds = self.channel_credentials()
+        return (
+            grpc.aio.secure_channel(target, creds) if creds else grpc.aio.insecure_channel(target)
+        )
+
+    def ssl_context(self) -> ssl.SSLContext | None:
         """The same client side for the lean inference reader (engine_h2.py)."""
+        if self.tls is None:
+            return None
         return client_ssl_context(
-            self.ca_cert.read_bytes(), str(self.client_cert), str(self.client_key)
+            self.tls.ca_cert.read_bytes(), str(self.tls.client_cert), str(self.tls.client_key)
         )
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -74,13 +113,21 @@ class EngineLink:
 
 
 def dev_engine_link(directory: Path) -> EngineLink:
-    """A link with its own dev CA and a fresh secret (kept in memory only)."""
+    """An mTLS link with its own dev CA and a fresh secret (kept in memory only)."""
     pki = ensure_dev_pki(directory, client_name="facade")
     return EngineLink(
-        ca_cert=pki.ca_cert,
-        server_cert=pki.server_cert,
-        server_key=pki.server_key,
-        client_cert=pki.client_cert,
-        client_key=pki.client_key,
         secret=secrets.token_urlsafe(32),
+        tls=TlsFiles(
+            ca_cert=pki.ca_cert,
+            server_cert=pki.server_cert,
+            server_key=pki.server_key,
+            client_cert=pki.client_cert,
+            client_key=pki.client_key,
+        ),
     )
+
+
+def unix_link() -> EngineLink:
+    """A unix-socket link with a fresh secret (kept in memory only); Triton on this host, its
+    socket in a private directory (`TritonOptions(grpc_unix=True)`)."""
+    return EngineLink(secret=secrets.token_urlsafe(32))

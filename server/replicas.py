@@ -5,7 +5,10 @@ A target is one of
   - `host1:port1,host2:port2,…`      several replicas, listed;
   - `ipv4:a:p,b:p` / `ipv6:[a]:p,…`  gRPC's own address-list syntax;
   - `dns:///name:port`               every address the name resolves to (a Kubernetes headless
-                                     Service: one A record per ready Triton pod).
+                                     Service: one A record per ready Triton pod);
+  - `unix:/abs/path`, `unix:///abs/path`  one Triton on this host, by its unix socket (gRPC's
+                                     syntax; relative paths are refused: they would depend on
+                                     the working directory).
 
 With several endpoints the data path is one gRPC channel over the *healthy* ones with gRPC's own
 `round_robin` policy (a dead replica's subchannel leaves the rotation as soon as its connection
@@ -86,6 +89,7 @@ def parse_target(target: str, setting: str = "triton_target") -> TargetSpec:
     if not raw:
         raise TargetError(f"{setting}: empty")
     if raw.startswith("unix:"):
+        unix_socket_path(raw, setting)
         return TargetSpec(raw, (), replicated=False)
     if raw.startswith("dns:"):
         rest = raw.removeprefix("dns:").removeprefix("///")
@@ -105,6 +109,18 @@ def parse_target(target: str, setting: str = "triton_target") -> TargetSpec:
     if body is raw and len(hosts) == 1:
         return TargetSpec(raw, hosts, replicated=False)  # one host:port, used as given
     return TargetSpec(raw, hosts, replicated=True)
+
+
+def unix_socket_path(target: str, setting: str = "triton_target") -> str | None:
+    """The socket path of a `unix:` target (None for any other); TargetError if not absolute."""
+    if not target.startswith("unix:"):
+        return None
+    path = target.removeprefix("unix:")
+    if path.startswith("///"):
+        path = path[2:]
+    if not path.startswith("/") or path.startswith("//"):
+        raise TargetError(f"{setting}: {target!r}: give an absolute path, unix:/path/to/socket")
+    return path
 
 
 def resolve(spec: TargetSpec) -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from autoglm.server.engine_link import EngineLink
 from autoglm.server.limits import LimitSettings
 from autoglm.server.models import ModelSpec
-from autoglm.server.replicas import TargetError, parse_target
+from autoglm.server.replicas import TargetError, parse_target, unix_socket_path
 
 
 class SettingsError(ValueError):
@@ -41,6 +41,22 @@ def split_host_port(address: str) -> tuple[str, int]:
 ENGINE_READERS = ("lean", "grpc")
 
 
+def _check_socket_dir(socket: Path) -> None:
+    """A unix-socket link is locked by its directory: it must exist and be closed to "others"
+    (group access is allowed, for a Triton sidecar that shares a group with the façade)."""
+    try:
+        mode = socket.parent.stat().st_mode
+    except OSError as exc:
+        raise SettingsError(
+            f"triton_target: the socket's directory {socket.parent}: {exc.strerror}"
+        ) from None
+    if mode & 0o007:
+        raise SettingsError(
+            f"triton_target: the socket's directory {socket.parent} is open to other users"
+            f" (mode {mode & 0o777:03o}); chmod o-rwx it so that only the service can reach Triton"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class TlsSettings:
     cert: Path
@@ -52,7 +68,7 @@ class TlsSettings:
 @dataclass(frozen=True, slots=True)
 class Settings:
     listen: str  # host:port; port 0 picks a free one (the bound port is returned by start)
-    triton_target: str  # host:port of Triton's gRPC endpoint
+    triton_target: str  # host:port of Triton's gRPC endpoint, replicas, or unix:/path
     models: tuple[ModelSpec, ...]  # models given explicitly (an existing Triton's models)
     tls: TlsSettings | None = None
     # How the façade reaches Triton: mTLS + restricted-protocol secret; None = plaintext.
@@ -92,8 +108,16 @@ class Settings:
         host, _ = split_host_port(self.listen)
         try:
             parse_target(self.triton_target)
+            socket_path = unix_socket_path(self.triton_target)
         except TargetError as exc:
             raise SettingsError(str(exc)) from None
+        if socket_path is not None:
+            _check_socket_dir(Path(socket_path))
+        elif self.engine_link is not None and self.engine_link.tls is None:
+            raise SettingsError(
+                "engine_link: a link without TLS needs a unix: triton_target"
+                " (over TCP its secret would travel in the clear)"
+            )
         for name, value in (
             ("health_interval_s", self.health_interval_s),
             ("health_probe_timeout_s", self.health_probe_timeout_s),

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +97,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+UNIX_GRPC_PORT = 1  # any number: Triton only appends it to the socket's path
+_SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the terminating NUL (Linux)
+
+
+def _private_socket_dir() -> Path:
+    """A fresh 0700 directory for Triton's socket (mkdtemp), short enough for sun_path."""
+    directory = Path(tempfile.mkdtemp(prefix="autoglm-triton-"))
+    if len(str(directory / f"grpc:{UNIX_GRPC_PORT}").encode()) > _SUN_PATH_MAX:
+        directory.rmdir()
+        raise TritonStartError(
+            f"the unix socket path under {directory.parent} is longer than {_SUN_PATH_MAX}"
+            " bytes; set TMPDIR to a shorter directory"
+        )
+    return directory
+
+
 @dataclass(frozen=True, slots=True)
 class TritonOptions:
     model_repository: Path
@@ -110,9 +127,12 @@ class TritonOptions:
     exit_timeout_s: int = 10
     startup_timeout_s: float = 180.0
     extra_args: tuple[str, ...] = field(default=())
-    # mTLS + restricted-protocol secret (engine_link.py); None = plaintext loopback (tests of
-    # the engine alone only: the façade's own settings decide what it requires).
+    # mTLS or unix socket + restricted-protocol secret (engine_link.py); None = plaintext
+    # loopback (tests of the engine alone only: the façade's own settings decide what it needs).
     link: EngineLink | None = None
+    # gRPC on a unix socket in a private (0700) directory made at start, removed at stop,
+    # instead of host:grpc_port (`grpc_target` is then `unix:/…`).
+    grpc_unix: bool = False
     # OTLP/HTTP traces endpoint ("host:port/v1/traces"; Triton 2.51 exports JSON over HTTP only).
     # rate=1: in 2.51 rate=0 traced nothing at all, propagated requests included (facts.md).
     trace_url: str | None = None
@@ -196,9 +216,24 @@ class TritonProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_path = options.log_file or options.model_repository.parent / "triton.log"
         self.shm_prefix = shm_prefix()
+        self._socket_dir: Path | None = None
+
+    @property
+    def grpc_socket(self) -> Path | None:
+        """The unix socket Triton listens on (`grpc_unix`, once started)."""
+        if self._socket_dir is None:
+            return None
+        # Triton 2.51 listens on "<--grpc-address>:<--grpc-port>" whatever the address is, so
+        # `--grpc-address=unix:/d/grpc --grpc-port=1` makes the socket file "/d/grpc:1" (seen
+        # here: "Started GRPCInferenceService at unix:/d/grpc:1"; tests/server/…/test_unix_link).
+        return self._socket_dir / f"grpc:{UNIX_GRPC_PORT}"
 
     @property
     def grpc_target(self) -> str:
+        if self.options.grpc_unix:
+            if self.grpc_socket is None:
+                raise RuntimeError("grpc_target: a unix-socket Triton has none before start()")
+            return f"unix:{self.grpc_socket}"
         return f"{self.options.host}:{self.grpc_port}"
 
     @property
@@ -220,6 +255,10 @@ class TritonProcess:
     def command(self) -> list[str]:
         root = pytriton_root()
         o = self.options
+        if o.grpc_unix and self._socket_dir is None:
+            raise RuntimeError(
+                "command: a unix-socket Triton's socket directory is made by start()"
+            )
         cmd = [
             str(root / "bin" / "tritonserver"),
             f"--model-repository={o.model_repository}",
@@ -232,8 +271,14 @@ class TritonProcess:
             # delayed every later load/unload of the model by minutes in one CI run.
             "--disable-auto-complete-config",
             *[f"--load-model={m}" for m in o.models],
-            f"--grpc-address={o.host}",
-            f"--grpc-port={self.grpc_port}",
+            *(
+                (
+                    f"--grpc-address=unix:{self._socket_dir / 'grpc'}",
+                    f"--grpc-port={UNIX_GRPC_PORT}",
+                )
+                if self._socket_dir is not None
+                else (f"--grpc-address={o.host}", f"--grpc-port={self.grpc_port}")
+            ),
             f"--http-address={o.host}",
             f"--http-port={self.http_port}",
             f"--metrics-address={o.host}",
@@ -264,27 +309,28 @@ class TritonProcess:
         remove_shm_regions(self.shm_prefix)  # of an earlier run of ours that crashed
         sweep_orphan_shm()
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self._log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                launch_argv(self.command()),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=triton_env(),
-                start_new_session=True,  # our Ctrl-C is handled by us, then we stop Triton
-            )
+        if self.options.grpc_unix:
+            self._socket_dir = _private_socket_dir()
         try:
+            with open(self._log_path, "ab") as log:
+                self._proc = subprocess.Popen(
+                    launch_argv(self.command()),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=triton_env(),
+                    start_new_session=True,  # our Ctrl-C is handled by us, then we stop Triton
+                )
             self._wait_ready()
         except BaseException:
             self.stop()
+            self._remove_socket_dir()  # also when Triton never started
             raise
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.options.startup_timeout_s
         link = self.options.link
         channel = (
-            grpc.secure_channel(self.grpc_target, link.channel_credentials())
-            if link
-            else grpc.insecure_channel(self.grpc_target)
+            link.channel(self.grpc_target) if link else grpc.insecure_channel(self.grpc_target)
         )
         with channel:
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
@@ -328,7 +374,12 @@ class TritonProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         remove_shm_regions(self.shm_prefix)
+        self._remove_socket_dir()
         return proc.returncode
+
+    def _remove_socket_dir(self) -> None:
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     def kill(self) -> None:
         """SIGKILL the whole process group (tests of engine failure)."""
@@ -336,6 +387,7 @@ class TritonProcess:
             os.killpg(self._proc.pid, signal.SIGKILL)
             self._proc.wait()
             remove_shm_regions(self.shm_prefix)
+            self._remove_socket_dir()
 
     def __enter__(self) -> TritonProcess:
         self.start()

@@ -120,10 +120,11 @@ def export_link(stack: BenchStack, prompt: list[int], out: Path) -> service_pb2.
     """What probe_create reads: target, the link's client cert/key and CA, header, request."""
     assert stack.triton is not None
     link = stack.link
+    assert link.tls is not None  # the probe's C++ reader speaks mTLS (engine_link="tls")
     out.mkdir()
-    (out / "ca.pem").write_bytes(link.ca_cert.read_bytes())
-    (out / "client.pem").write_bytes(link.client_cert.read_bytes())
-    (out / "client.key").write_bytes(link.client_key.read_bytes())
+    (out / "ca.pem").write_bytes(link.tls.ca_cert.read_bytes())
+    (out / "client.pem").write_bytes(link.tls.client_cert.read_bytes())
+    (out / "client.key").write_bytes(link.tls.client_key.read_bytes())
     ((key, value),) = link.metadata()
     (out / "header_key").write_text(key)
     (out / "header_value").write_text(value)
@@ -276,7 +277,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="autoglm-native-probe-") as tmp:
         work = Path(tmp)
         lib = load_library(build(work))
-        with synthetic_stack(work / "stack", MODEL_DIR, SYNTH) as (stack, prompt):
+        stack_at = synthetic_stack(work / "stack", MODEL_DIR, SYNTH, engine_link="tls")
+        with stack_at as (stack, prompt):
             export_link(stack, prompt, work / "link")
             asyncio.run(compare(lib, work / "link", prompt, args))
 

@@ -101,6 +101,13 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         help="how the façade reads Triton (`autoglm serve --engine-reader`)",
     )
     b.add_argument(
+        "--engine-link",
+        choices=("unix", "tls"),
+        default="unix",
+        help="how both paths reach Triton: its unix socket (as `autoglm dev` runs it, Triton on "
+        "this host) or mTLS over loopback TCP (as to a Triton on another host)",
+    )
+    b.add_argument(
         "--profile-seconds",
         type=float,
         default=0.0,
@@ -144,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
         check_concurrency=args.check_concurrency,
         facade_workers=args.facade_workers,
         facade_engine_reader=args.facade_engine_reader,
+        engine_link=args.engine_link,
         profile_seconds=args.profile_seconds,
         plots=not args.no_plots,
         seed=args.seed,

@@ -35,7 +35,7 @@ class DirectPath:
     def __init__(
         self, target: str, link: EngineLink, triton_model: str, end_id: int, pad_id: int
     ) -> None:
-        self._channel = grpc.aio.secure_channel(target, link.channel_credentials())
+        self._channel = link.aio_channel(target)
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self._metadata = link.metadata()
         self._model = triton_model

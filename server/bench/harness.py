@@ -43,6 +43,7 @@ class BenchOptions:
     check_concurrency: int = 64
     facade_workers: int = 1  # `autoglm serve --workers N` (SO_REUSEPORT scale-out)
     facade_engine_reader: str = "lean"  # `autoglm serve --engine-reader`
+    engine_link: str = "unix"  # "unix" | "tls": how both paths reach Triton (stack.py)
     profile_seconds: float = 0.0
     plots: bool = True
     seed: int = 0
@@ -145,7 +146,12 @@ def run_bench(o: BenchOptions, log: Callable[[str], None] = print) -> BenchRepor
             "façade: subprocess `autoglm serve` with mTLS + bearer token + tracing "
             "(OTLP/gRPC, exported by its span exporter child process, counted as the façade's CPU) "
             "to an in-harness no-op sink; Triton: engine link "
-            "mTLS + restricted-protocol secret, Triton's own tracing off for both paths; "
+            + (
+                "unix socket in a private directory"
+                if o.engine_link == "unix"
+                else "mTLS over loopback TCP"
+            )
+            + " + restricted-protocol secret, for both paths; Triton's own tracing off; "
             f"façade engine reader: {o.facade_engine_reader}"
         )
         if o.rate is None:
@@ -159,6 +165,7 @@ def run_bench(o: BenchOptions, log: Callable[[str], None] = print) -> BenchRepor
             cycle,
             facade_workers=o.facade_workers,
             engine_reader=o.facade_engine_reader,
+            engine_link=o.engine_link,
         )
         with BenchStack(stack_opts) as stack:
             log(

@@ -1,7 +1,7 @@
-"""Start what is measured, on free loopback ports: Triton (engine link: mTLS + secret) hosting
-the synthetic engine (and optionally the real CPU model), and the façade as a subprocess
-(`autoglm serve`: mTLS + bearer tokens + tracing to a local OTLP sink), so that its CPU time is
-its own process's. Patterns from tests/integration/conftest.py."""
+"""Start what is measured: Triton (engine link: its unix socket, or mTLS on a free loopback
+port; + secret) hosting the synthetic engine (and optionally the real CPU model), and the façade
+as a subprocess (`autoglm serve`: mTLS + bearer tokens + tracing to a local OTLP sink), so that
+its CPU time is its own process's. Patterns from tests/integration/conftest.py."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from autoglm.server.bench.facade import facade_credentials
 from autoglm.server.bench.procstat import descendants
 from autoglm.server.bench.sink import OtlpSink
 from autoglm.server.bench.workload import token_cycle
-from autoglm.server.engine_link import EngineLink, dev_engine_link
+from autoglm.server.engine_link import EngineLink, dev_engine_link, unix_link
 from autoglm.server.limits import PrincipalLimits
 from autoglm.server.models import ModelSpec, load_model
 from autoglm.server.pki import DevPki, ensure_dev_pki
@@ -54,6 +54,7 @@ class StackOptions:
     cpu_max_concurrency: int = 8
     facade_workers: int = 1  # `autoglm serve --workers`: processes sharing the port
     engine_reader: str = "lean"  # `autoglm serve --engine-reader`
+    engine_link: str = "unix"  # "unix": Triton's gRPC on a unix socket; "tls": mTLS over TCP
 
 
 class BenchStack:
@@ -63,7 +64,11 @@ class BenchStack:
         self.opts = opts
         work = opts.workdir
         work.mkdir(parents=True, exist_ok=True)
-        self.link: EngineLink = dev_engine_link(work / "pki-engine")
+        if opts.engine_link not in ("unix", "tls"):
+            raise ValueError(f"engine_link: {opts.engine_link!r} is not unix or tls")
+        self.link: EngineLink = (
+            unix_link() if opts.engine_link == "unix" else dev_engine_link(work / "pki-engine")
+        )
         self.pki: DevPki = ensure_dev_pki(work / "pki")
         store = TokenStore(work / "tokens.json")
         limits = PrincipalLimits(_UNLIMITED, _UNLIMITED, _UNLIMITED)
@@ -102,6 +107,7 @@ class BenchStack:
                 models=tuple(m.name for m in self.opts.models),
                 exit_timeout_s=5,
                 link=self.link,
+                grpc_unix=self.link.tls is None,
                 log_file=self.opts.workdir / "triton.log",
             )
         )
@@ -132,12 +138,18 @@ class BenchStack:
             str(self.pki.ca_cert),
             "--token-store",
             str(self._store.path),
-            "--triton-ca",
-            str(self.link.ca_cert),
-            "--triton-cert",
-            str(self.link.client_cert),
-            "--triton-key",
-            str(self.link.client_key),
+            *(
+                (
+                    "--triton-ca",
+                    str(tls.ca_cert),
+                    "--triton-cert",
+                    str(tls.client_cert),
+                    "--triton-key",
+                    str(tls.client_key),
+                )
+                if (tls := self.link.tls) is not None
+                else ()
+            ),
             "--triton-secret-file",
             str(secret),
             "--metrics-listen",
@@ -242,6 +254,7 @@ def synthetic_stack(
     *,
     prompt_len: int = 128,
     tokens_per_second: float = 0.0,
+    engine_link: str = "unix",
 ) -> Iterator[tuple[BenchStack, list[int]]]:
     """A BenchStack serving one synthetic engine `model` (unpaced by default), and a
     `prompt_len`-id prompt taken from its token cycle: the set-up of the measurement scripts
@@ -250,7 +263,8 @@ def synthetic_stack(
     tok = served.encoder.tokenizer
     cycle = token_cycle(lambda s: tok.encode(s, add_special_tokens=False).ids)
     prompt = (cycle * (prompt_len // len(cycle) + 1))[:prompt_len]
+    models = (EngineModel(model, tokens_per_second),)
     with BenchStack(
-        StackOptions(workdir, tokenizer_dir, (EngineModel(model, tokens_per_second),), cycle)
+        StackOptions(workdir, tokenizer_dir, models, cycle, engine_link=engine_link)
     ) as s:
         yield s, prompt

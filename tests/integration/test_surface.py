@@ -84,6 +84,8 @@ def test_sigterm_drains_in_flight_streams(
     engine_link: EngineLink,
 ) -> None:
     """SIGTERM: new calls are refused, the stream in flight still completes, exit code 0."""
+    tls = engine_link.tls
+    assert tls is not None
     secret_file = tmp_path / "triton-secret"
     secret_file.write_text(engine_link.secret)
     secret_file.chmod(0o600)
@@ -95,9 +97,9 @@ def test_sigterm_drains_in_flight_streams(
             "--model", f"{MODEL}={MODEL}:{model_dir}",
             "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
             "--client-ca", str(pki.ca_cert), "--token-store", str(token_store.path),
-            "--triton-ca", str(engine_link.ca_cert),
-            "--triton-cert", str(engine_link.client_cert),
-            "--triton-key", str(engine_link.client_key),
+            "--triton-ca", str(tls.ca_cert),
+            "--triton-cert", str(tls.client_cert),
+            "--triton-key", str(tls.client_key),
             "--triton-secret-file", str(secret_file),
             "--grace", "30",
             "--metrics-listen", "127.0.0.1:0",  # not the default fixed port
@@ -159,8 +161,11 @@ def test_triton_accepts_only_the_facade(
     with grpc.insecure_channel(triton.grpc_target) as plaintext, pytest.raises(grpc.RpcError):
         _model_metadata(plaintext, engine_link.metadata())
     # A caller's client certificate (the façade's CA) does not open Triton.
+    assert engine_link.tls is not None
     caller = grpc.ssl_channel_credentials(
-        engine_link.ca_cert.read_bytes(), pki.client_key.read_bytes(), pki.client_cert.read_bytes()
+        engine_link.tls.ca_cert.read_bytes(),
+        pki.client_key.read_bytes(),
+        pki.client_cert.read_bytes(),
     )
     with grpc.secure_channel(triton.grpc_target, caller) as channel, pytest.raises(grpc.RpcError):
         _model_metadata(channel, engine_link.metadata())

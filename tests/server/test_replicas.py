@@ -10,6 +10,7 @@ from autoglm.server.replicas import (
     channel_target,
     parse_target,
     resolve,
+    unix_socket_path,
 )
 
 
@@ -55,6 +56,25 @@ def test_parse_refuses_naming_the_setting(target: str) -> None:
 def test_unix_socket_is_passed_through() -> None:
     spec = parse_target("unix:/run/triton.sock")
     assert spec.hosts == () and not spec.replicated
+
+
+@pytest.mark.parametrize(
+    ("target", "path"),
+    [
+        ("unix:/run/autoglm/grpc:1", "/run/autoglm/grpc:1"),  # Triton's "<address>:<port>"
+        ("unix:///run/triton.sock", "/run/triton.sock"),
+        ("127.0.0.1:8001", None),
+        ("dns:///triton:8001", None),
+    ],
+)
+def test_unix_socket_path(target: str, path: str | None) -> None:
+    assert unix_socket_path(target) == path
+
+
+@pytest.mark.parametrize("target", ["unix:triton.sock", "unix:", "unix://host/x", "unix:./s"])
+def test_unix_socket_path_must_be_absolute(target: str) -> None:
+    with pytest.raises(TargetError, match=r"^triton_target: .*absolute path"):
+        parse_target(target)
 
 
 def test_tls_name_is_the_first_host_name() -> None:
