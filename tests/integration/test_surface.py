@@ -56,11 +56,19 @@ def test_plaintext_is_refused(facade: Facade) -> None:
 
 
 def test_health_is_open_and_serving(facade: Facade, pki: DevPki) -> None:
+    """No token needed; SERVING once the first health round has seen a token (NOT_SERVING
+    until then: when this module runs first, the façade has only just started)."""
     with secure_channel(facade.endpoint, pki) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + 30
         for service in ("", "autoglm.v1.TextGeneration"):
-            resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
-            assert resp.status == health_pb2.HealthCheckResponse.SERVING
+            while True:
+                resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    break
+                assert resp.status == health_pb2.HealthCheckResponse.NOT_SERVING
+                assert time.monotonic() < deadline, f"{service!r} never became SERVING"
+                time.sleep(0.1)
 
 
 def test_reflection_lists_the_api_with_a_token(facade: Facade, pki: DevPki, token: str) -> None:
