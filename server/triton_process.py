@@ -101,9 +101,14 @@ UNIX_GRPC_PORT = 1  # any number: Triton only appends it to the socket's path
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the terminating NUL (Linux)
 
 
+_SOCKET_DIR_OWNER = re.compile(r"autoglm-triton-(\d+)-(\d+)-")
+
+
 def _private_socket_dir() -> Path:
-    """A fresh 0700 directory for Triton's socket (mkdtemp), short enough for sun_path."""
-    directory = Path(tempfile.mkdtemp(prefix="autoglm-triton-"))
+    """A fresh 0700 directory for Triton's socket (mkdtemp), short enough for sun_path, named
+    after its owner (`autoglm-triton-<pid namespace>-<our pid>-…`) so that a later start can
+    sweep it if we die without stopping Triton (`sweep_orphan_socket_dirs`)."""
+    directory = Path(tempfile.mkdtemp(prefix=f"autoglm-triton-{_pid_namespace()}-{os.getpid()}-"))
     if len(str(directory / f"grpc:{UNIX_GRPC_PORT}").encode()) > _SUN_PATH_MAX:
         directory.rmdir()
         raise TritonStartError(
@@ -111,6 +116,26 @@ def _private_socket_dir() -> Path:
             " bytes; set TMPDIR to a shorter directory"
         )
     return directory
+
+
+def sweep_orphan_socket_dirs(tmp_dir: Path | None = None) -> int:
+    """Remove the socket directories of TritonProcesses of our pid namespace and user whose
+    owning process is gone; how many (the shm sweep's rule, for `grpc_unix`)."""
+    removed = 0
+    namespace, uid = _pid_namespace(), os.getuid()
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(tmp_dir or tempfile.gettempdir()):
+            owner = _SOCKET_DIR_OWNER.match(entry.name)
+            if (
+                owner is not None
+                and int(owner.group(1)) == namespace
+                and entry.is_dir(follow_symlinks=False)
+                and entry.stat(follow_symlinks=False).st_uid == uid
+                and not _alive(int(owner.group(2)))
+            ):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed += 1
+    return removed
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +335,7 @@ class TritonProcess:
         sweep_orphan_shm()
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
         if self.options.grpc_unix:
+            sweep_orphan_socket_dirs()
             self._socket_dir = _private_socket_dir()
         try:
             with open(self._log_path, "ab") as log:

@@ -1,6 +1,7 @@
 """The python backend's shared-memory regions: a TritonProcess's own prefix, removed when its
 tritonserver has exited; regions of owners that died are swept at the next start. (The real
-backend honouring the prefix: tests/integration/test_reliability.py.)"""
+backend honouring the prefix: tests/integration/test_reliability.py.) Likewise the private
+directories of unix-socket Tritons (`grpc_unix`)."""
 
 from __future__ import annotations
 
@@ -61,3 +62,31 @@ def test_sweep_removes_regions_of_dead_owners_only(tmp_path: Path) -> None:
 def test_the_command_sets_the_prefix(tmp_path: Path) -> None:
     proc = tp.TritonProcess(tp.TritonOptions(model_repository=tmp_path, models=()))
     assert f"--backend-config=python,shm-region-prefix-name={proc.shm_prefix}" in proc.command()
+
+
+def test_sweep_removes_socket_dirs_of_dead_owners_only(tmp_path: Path) -> None:
+    gone = _dead_pid()
+    dead = tmp_path / f"autoglm-triton-{NS}-{gone}-abc123"
+    keep = [
+        tmp_path / f"autoglm-triton-{NS}-{os.getpid()}-def456",  # ours, alive
+        tmp_path / f"autoglm-triton-{NS + 1}-{gone}-abc123",  # another pid namespace
+        tmp_path / "autoglm-triton-x",
+        tmp_path / "pytest-of-root",
+    ]
+    for d in (dead, *keep):
+        d.mkdir()
+    (dead / "grpc:1").write_bytes(b"")  # stands for the socket file left behind
+    (tmp_path / f"autoglm-triton-{NS}-{gone}-file").write_bytes(b"not a directory")
+    assert tp.sweep_orphan_socket_dirs(tmp_path) == 1
+    assert not dead.exists() and all(d.exists() for d in keep)
+    assert tp.sweep_orphan_socket_dirs(tmp_path / "missing") == 0
+
+
+def test_socket_dir_is_private_and_names_its_owner() -> None:
+    d = tp._private_socket_dir()
+    try:
+        assert d.name.startswith(f"autoglm-triton-{NS}-{os.getpid()}-")
+        assert tp._SOCKET_DIR_OWNER.match(d.name)
+        assert (d.stat().st_mode & 0o777) == 0o700
+    finally:
+        d.rmdir()
