@@ -250,7 +250,7 @@ class TritonProcess:
             return None
         # Triton 2.51 listens on "<--grpc-address>:<--grpc-port>" whatever the address is, so
         # `--grpc-address=unix:/d/grpc --grpc-port=1` makes the socket file "/d/grpc:1" (seen
-        # here: "Started GRPCInferenceService at unix:/d/grpc:1"; tests/server/…/test_unix_link).
+        # here: "Started GRPCInferenceService at unix:/d/grpc:1"; tests/integration/test_unix_link).
         return self._socket_dir / f"grpc:{UNIX_GRPC_PORT}"
 
     @property
@@ -335,8 +335,13 @@ class TritonProcess:
         sweep_orphan_shm()
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
         if self.options.grpc_unix:
-            sweep_orphan_socket_dirs()
-            self._socket_dir = _private_socket_dir()
+            if self._socket_dir is None:
+                sweep_orphan_socket_dirs()
+                self._socket_dir = _private_socket_dir()
+            else:
+                # A restart keeps the target its clients know; the directory was ours and was
+                # removed at stop: made again 0700, or FileExistsError if someone took the name.
+                self._socket_dir.mkdir(mode=0o700)
         try:
             with open(self._log_path, "ab") as log:
                 self._proc = subprocess.Popen(

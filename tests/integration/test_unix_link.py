@@ -205,3 +205,26 @@ def test_serve_over_the_socket_with_only_the_secret(
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+async def test_a_restarted_triton_keeps_its_socket_path(
+    unix_triton: TritonProcess, link: EngineLink, prompt_ids: list[int]
+) -> None:
+    """stop() removes the directory; start() again makes the same path (the façade's target)."""
+    target = unix_triton.grpc_target
+    socket_dir = unix_triton.grpc_socket.parent  # type: ignore[union-attr]
+    client = _client(target, link, lean=True)
+    try:
+        before = await _tokens(client, "before", prompt_ids)
+        # Stopped from a thread, so that this loop sees the old connection end, as a running
+        # façade would; started from this (main) thread: Triton dies with the thread that
+        # started it (PR_SET_PDEATHSIG, triton_process.launch_argv).
+        await asyncio.to_thread(unix_triton.stop)
+        assert not socket_dir.exists()
+        unix_triton.start()
+        assert unix_triton.grpc_target == target
+        assert stat.S_IMODE(socket_dir.stat().st_mode) == 0o700
+        # The same client connects again: its connection to the old Triton has ended.
+        assert await _tokens(client, "after", prompt_ids) == before
+    finally:
+        await client.close()
