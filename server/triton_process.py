@@ -235,7 +235,8 @@ class TritonProcess:
 
     def __init__(self, options: TritonOptions) -> None:
         self.options = options
-        self.grpc_port = options.grpc_port or free_port(options.host)
+        # A unix-socket Triton has no gRPC port (UNIX_GRPC_PORT only names its socket file).
+        self.grpc_port = 0 if options.grpc_unix else options.grpc_port or free_port(options.host)
         self.http_port = options.http_port or free_port(options.host)
         self.metrics_port = options.metrics_port or free_port(options.host)
         self._proc: subprocess.Popen[bytes] | None = None
