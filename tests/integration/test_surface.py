@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -22,6 +18,7 @@ from autoglm.server.engine_link import EngineLink
 from autoglm.server.pki import DevPki
 from autoglm.server.tokens import TokenStore
 from autoglm.server.triton_process import TritonProcess
+from tests.support.serve_process import start_serve
 
 from .conftest import MODEL, Facade, secure_channel
 
@@ -97,34 +94,20 @@ def test_sigterm_drains_in_flight_streams(
     secret_file = tmp_path / "triton-secret"
     secret_file.write_text(engine_link.secret)
     secret_file.chmod(0o600)
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "autoglm.server.cli", "serve",
-            "--listen", "127.0.0.1:0",
-            "--triton", triton.grpc_target,
-            "--model", f"{MODEL}={MODEL}:{model_dir}",
-            "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
-            "--client-ca", str(pki.ca_cert), "--token-store", str(token_store.path),
-            "--triton-ca", str(tls.ca_cert),
-            "--triton-cert", str(tls.client_cert),
-            "--triton-key", str(tls.client_key),
-            "--triton-secret-file", str(secret_file),
-            "--grace", "30",
-            "--metrics-listen", "127.0.0.1:0",  # not the default fixed port
+    serve = start_serve(
+        triton_target=triton.grpc_target,
+        model=MODEL,
+        model_dir=model_dir,
+        pki=pki,
+        token_store=token_store,
+        link_flags=[
+            *("--triton-ca", str(tls.ca_cert), "--triton-cert", str(tls.client_cert)),
+            *("--triton-key", str(tls.client_key), "--triton-secret-file", str(secret_file)),
         ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+        grace_s=30,
+    )
+    proc, port, log = serve.proc, serve.port, serve.log
     try:
-        assert proc.stderr is not None
-        port = None
-        for line in proc.stderr:
-            if m := re.search(r"listening on port (\d+)", line):
-                port = int(m.group(1))
-                break
-        assert port, "the façade did not report its port"
-        log: list[str] = []
-        threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True).start()
         with Client(dataclasses.replace(client_config, endpoint=f"127.0.0.1:{port}")) as c:
             stream = c.generate_stream(
                 "Once upon a time, in a land far away,", max_tokens=40, seed=1
@@ -142,8 +125,7 @@ def test_sigterm_drains_in_flight_streams(
         assert sum(len(d.token_ids) for d in [first, *rest]) == 40
         assert proc.wait(30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        serve.stop()
 
 
 def _model_metadata(channel: grpc.Channel, metadata: tuple[tuple[str, str], ...] = ()) -> object:

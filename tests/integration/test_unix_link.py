@@ -10,9 +10,6 @@ import contextlib
 import dataclasses
 import re
 import stat
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,9 +22,11 @@ from autoglm.client import Client, ClientConfig
 from autoglm.server.bench.direct import GREEDY
 from autoglm.server.engine_client import EngineClient, EngineRequest
 from autoglm.server.engine_link import EngineLink, unix_link
+from autoglm.server.pki import DevPki
 from autoglm.server.tokens import TokenStore
 from autoglm.server.triton_process import TritonOptions, TritonProcess
 from autoglm.triton_models.repository import CpuEngineConfig, render_cpu_model
+from tests.support.serve_process import start_serve
 
 from .conftest import MODEL
 
@@ -161,7 +160,7 @@ async def test_the_lean_reader_names_the_socket_when_triton_is_gone(
 def test_serve_over_the_socket_with_only_the_secret(
     unix_triton: TritonProcess,
     link: EngineLink,
-    pki: object,
+    pki: DevPki,
     token_store: TokenStore,
     client_config: ClientConfig,
     client: Client,
@@ -172,39 +171,24 @@ def test_serve_over_the_socket_with_only_the_secret(
     secret_file = tmp_path / "triton-secret"
     secret_file.write_text(link.secret)
     secret_file.chmod(0o600)
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "autoglm.server.cli", "serve",
-            "--listen", "127.0.0.1:0",
-            "--triton", unix_triton.grpc_target,
-            "--triton-secret-file", str(secret_file),
-            "--model", f"{MODEL}={MODEL}:{model_dir}",
-            "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),  # type: ignore[attr-defined]
-            "--client-ca", str(pki.ca_cert), "--token-store", str(token_store.path),  # type: ignore[attr-defined]
-            "--grace", "1",
-            "--metrics-listen", "127.0.0.1:0",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    serve = start_serve(
+        triton_target=unix_triton.grpc_target,
+        model=MODEL,
+        model_dir=model_dir,
+        pki=pki,
+        token_store=token_store,
+        link_flags=["--triton-secret-file", str(secret_file)],
+        grace_s=1,
+    )
     try:
-        assert proc.stderr is not None
-        port = None
-        for line in proc.stderr:
-            if m := re.search(r"listening on port (\d+)", line):
-                port = int(m.group(1))
-                break
-        assert port, "the façade did not report its port"
-        threading.Thread(target=proc.stderr.read, daemon=True).start()
-        config = dataclasses.replace(client_config, endpoint=f"127.0.0.1:{port}")
+        config = dataclasses.replace(client_config, endpoint=f"127.0.0.1:{serve.port}")
         with Client(config) as c:
             over_socket = c.generate(PROMPT, max_tokens=10, temperature=0.0)
         over_tls = client.generate(PROMPT, max_tokens=10, temperature=0.0)
         assert over_socket.token_ids == over_tls.token_ids
         assert len(over_socket.token_ids) == 10 and over_socket.text == over_tls.text
     finally:
-        proc.terminate()
-        proc.wait(30)
+        serve.stop()
 
 
 async def test_a_restarted_triton_keeps_its_socket_path(
