@@ -8,10 +8,10 @@ health must carry the header `triton-grpc-protocol-<key>: <secret>`) and HTTP of
     certificate does not open Triton; or
   - on a unix socket (`unix_link`): only processes that may enter the socket's directory (mode
     0700, the service's user) can connect, so the secret is a second lock rather than the only
-    one, and nothing crosses a network to encrypt. The same work costs the façade ~25–35 µs less
-    CPU per streamed token than asyncio's TLS over loopback TCP (docs/benchmarks.md, "Session
-    10"), and the secret on Triton's command line (visible in `ps`) no longer opens Triton to
-    other local users.
+    one, and nothing crosses a network to encrypt. Without asyncio's TLS the lean reader spends
+    ~25–35 µs less CPU per streamed token, the whole façade ~10–15 µs (~5 %; docs/benchmarks.md,
+    "Session 10"), and the secret on Triton's command line (visible in `ps`) no longer opens
+    Triton to other local users.
 So nothing but the façade can run inference even on a shared host. Flags as in Triton 2.51
 `tritonserver --help` (facts.md).
 """

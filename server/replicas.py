@@ -113,6 +113,7 @@ def parse_target(target: str, setting: str = "triton_target") -> TargetSpec:
 
 def unix_socket_path(target: str, setting: str = "triton_target") -> str | None:
     """The socket path of a `unix:` target (None for any other); TargetError if not absolute."""
+    target = target.strip()  # as parse_target reads it
     if not target.startswith("unix:"):
         return None
     path = target.removeprefix("unix:")

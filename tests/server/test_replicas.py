@@ -63,6 +63,7 @@ def test_unix_socket_is_passed_through() -> None:
     [
         ("unix:/run/autoglm/grpc:1", "/run/autoglm/grpc:1"),  # Triton's "<address>:<port>"
         ("unix:///run/triton.sock", "/run/triton.sock"),
+        (" unix:/run/triton.sock ", "/run/triton.sock"),
         ("127.0.0.1:8001", None),
         ("dns:///triton:8001", None),
     ],
