@@ -143,6 +143,22 @@ async def test_both_readers_over_the_socket_match_the_tls_link(
     assert all(run == first for runs in got.values() for run in runs), got
 
 
+async def test_model_control_over_the_socket(unix_triton: TritonProcess, link: EngineLink) -> None:
+    """`serve --model-repository` selects and loads models through these calls (restricted
+    protocols, so the secret is sent): readiness, the repository index, an unload and a load."""
+    client = _client(unix_triton.grpc_target, link, lean=True)
+    try:
+        assert await client.model_ready(MODEL)
+        index = {e.name: e.state for e in await client.repository_index()}
+        assert index[MODEL] == "READY"
+        await client.unload_model(MODEL)
+        assert not await client.model_ready(MODEL)
+        await client.load_model(MODEL)
+        assert await client.model_ready(MODEL)
+    finally:
+        await client.close()
+
+
 async def test_the_lean_reader_names_the_socket_when_triton_is_gone(
     tmp_path: Path, link: EngineLink, prompt_ids: list[int]
 ) -> None:
