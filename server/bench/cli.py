@@ -108,6 +108,12 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         "this host) or mTLS over loopback TCP (as to a Triton on another host)",
     )
     b.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run the synthetic scenarios through a bare grpc.aio relay (bench tool: mTLS, "
+        "tokenize, Triton, ids; nothing else) to show what any grpc.aio façade adds here",
+    )
+    b.add_argument(
         "--profile-seconds",
         type=float,
         default=0.0,
@@ -152,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         facade_workers=args.facade_workers,
         facade_engine_reader=args.facade_engine_reader,
         engine_link=args.engine_link,
+        floor=args.floor,
         profile_seconds=args.profile_seconds,
         plots=not args.no_plots,
         seed=args.seed,

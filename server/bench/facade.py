@@ -38,8 +38,16 @@ class FacadePath:
     name = "facade"
 
     def __init__(
-        self, endpoint: str, pki: DevPki, token: str, model: str, *, connections: int = 1
+        self,
+        endpoint: str,
+        pki: DevPki,
+        token: str,
+        model: str,
+        *,
+        connections: int = 1,
+        name: str = "facade",
     ) -> None:
+        self.name = name  # "relay": the same client against bare_relay.py (autoglm bench --floor)
         # SO_REUSEPORT spreads *connections* over the façade's worker processes, so a scale-out
         # run needs several; a local subchannel pool per channel keeps gRPC from sharing one.
         options = [("grpc.use_local_subchannel_pool", 1)] if connections > 1 else []

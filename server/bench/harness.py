@@ -44,6 +44,7 @@ class BenchOptions:
     facade_workers: int = 1  # `autoglm serve --workers N` (SO_REUSEPORT scale-out)
     facade_engine_reader: str = "lean"  # `autoglm serve --engine-reader`
     engine_link: str = "unix"  # "unix" | "tls": how both paths reach Triton (stack.py)
+    floor: bool = False  # also measure bare_relay.py: the floor under any grpc.aio façade
     profile_seconds: float = 0.0
     plots: bool = True
     seed: int = 0
@@ -57,6 +58,10 @@ class BenchOptions:
             raise ValueError(
                 f"ramp_up: must be between 0 and the warm-up ({self.warmup_s:g} s), "
                 f"got {self.ramp_up_s:g} s"
+            )
+        if self.floor and self.engine_link != "unix":
+            raise ValueError(
+                "floor: the bare relay reaches Triton by unix socket; use --engine-link unix"
             )
         if not (self.model_dir / "tokenizer.json").is_file():
             raise ValueError(f"model_dir: {self.model_dir} holds no tokenizer.json")
@@ -166,6 +171,7 @@ def run_bench(o: BenchOptions, log: Callable[[str], None] = print) -> BenchRepor
             facade_workers=o.facade_workers,
             engine_reader=o.facade_engine_reader,
             engine_link=o.engine_link,
+            bare_relay=o.floor,
         )
         with BenchStack(stack_opts) as stack:
             log(

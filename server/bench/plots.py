@@ -1,7 +1,8 @@
 """PNG plots for people who would rather look than read (matplotlib, Agg backend, no display).
 
 Per scenario: latency (TTFT p50/p99 and ITL p99) against output tokens/s, one line per path,
-one point per load level (labelled), so the façade's cost reads as the gap between the lines.
+one point per load level (labelled), so the façade's cost reads as the gap between the lines
+(with `--floor`, a third line: the bare grpc.aio relay, bare_relay.py).
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ def plot(report: BenchReport, out_dir: Path) -> list[Path]:
             ),
             strict=True,
         ):
-            for path, style in (("direct", "o-"), ("facade", "s--")):
+            for path, style in (("direct", "o-"), ("facade", "s--"), ("relay", "^:")):
                 pts: list[RunResult] = [r for r in runs if r.path == path]
+                if not pts:
+                    continue  # "relay": only with --floor
                 xs = [r.summary.tokens_per_s for r in pts]
                 ys = [get(r) for r in pts]
                 ax.plot(xs, ys, style, label=path)

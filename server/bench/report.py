@@ -15,7 +15,7 @@ class RunResult:
     scenario: str  # paced | unpaced | cpu-model
     model: str
     level: str  # "c=64" or "rate=20/s"
-    path: str  # direct | facade
+    path: str  # direct | facade | relay (bare_relay.py, with --floor)
     summary: Summary
     foreign_cpu_s: float = math.nan  # machine CPU used by other processes in the window
 
@@ -28,13 +28,13 @@ class BenchReport:
     checks: dict[str, list[Check]] = field(default_factory=dict)  # "<scenario> <level>" → checks
     notes: list[str] = field(default_factory=list)
 
-    def pairs(self) -> list[tuple[RunResult, RunResult]]:
-        """(direct, facade) runs of the same scenario and level, in run order."""
+    def pairs(self, path: str = "facade") -> list[tuple[RunResult, RunResult]]:
+        """(direct, `path`) runs of the same scenario and level, in run order."""
         direct = {(r.scenario, r.level): r for r in self.runs if r.path == "direct"}
         return [
             (direct[(r.scenario, r.level)], r)
             for r in self.runs
-            if r.path == "facade" and (r.scenario, r.level) in direct
+            if r.path == path and (r.scenario, r.level) in direct
         ]
 
 
@@ -66,6 +66,7 @@ def to_json(report: BenchReport) -> dict[str, Any]:
             "config": report.config,
             "runs": [run_json(r) for r in report.runs],
             "comparisons": [comparison(d, f) for d, f in report.pairs()],
+            "floor_comparisons": [floor_comparison(d, r) for d, r in report.pairs("relay")],
             "checks": {k: [asdict(c) for c in v] for k, v in report.checks.items()},
             "notes": report.notes,
         }
@@ -98,6 +99,20 @@ def comparison(direct: RunResult, facade: RunResult) -> dict[str, Any]:
     }
 
 
+def floor_comparison(direct: RunResult, relay: RunResult) -> dict[str, Any]:
+    """What the bare grpc.aio relay (bare_relay.py) adds to the direct path: the floor."""
+    d, r = direct.summary, relay.summary
+    return {
+        "scenario": relay.scenario,
+        "level": relay.level,
+        "tokens_per_s_ratio": r.tokens_per_s / d.tokens_per_s if d.tokens_per_s else math.nan,
+        "added_ttft_p50_ms": r.ttft_ms.p50 - d.ttft_ms.p50,
+        "added_itl_p99_ms": r.itl_ms.p99 - d.itl_ms.p99,
+        "relay_cpu_us_per_token": r.cpu_us_per_token("relay"),
+        "relay_path_cores_busy": r.cores_busy,
+    }
+
+
 _HEADER = (
     f"{'scenario':<9} {'level':<8} {'path':<7} {'ok':>6} {'err':>4} {'tok/s':>8} {'req/s':>7} "
     f"{'TTFT p50/p90/p99 ms':>22} {'ITL p50/p90/p99 ms':>20} {'E2E p50/p99 ms':>15} "
@@ -118,7 +133,8 @@ def _row(r: RunResult) -> str:
     ttft = _triple((s.ttft_ms.p50, s.ttft_ms.p90, s.ttft_ms.p99), 1)
     itl = _triple((s.itl_ms.p50, s.itl_ms.p90, s.itl_ms.p99), 2)
     e2e = _triple((s.e2e_ms.p50, s.e2e_ms.p99), 0)
-    cpu = _triple(tuple(s.cpu_us_per_token(k) for k in ("facade", "triton", "loadgen")), 0)
+    first = "relay" if r.path == "relay" else "facade"  # the hop being measured
+    cpu = _triple(tuple(s.cpu_us_per_token(k) for k in (first, "triton", "loadgen")), 0)
     return (
         f"{r.scenario:<9} {r.level:<8} {r.path:<7} {s.ok:>6} {sum(s.errors.values()):>4} "
         f"{s.tokens_per_s:>8.0f} {s.requests_per_s:>7.1f} {ttft:>22} {itl:>20} {e2e:>15} "
@@ -150,6 +166,22 @@ def table(report: BenchReport) -> str:
             f"{_f(c['facade_tokens_per_message'], 0, 2)} tok/message; "
             f"cores busy: direct path {_f(c['direct_path_cores_busy'], 0, 2)}, façade path "
             f"{_f(c['facade_path_cores_busy'], 0, 2)}{of_cores}"
+        )
+    floor = report.pairs("relay")
+    if floor:
+        lines.append("")
+        lines.append(
+            "floor: a bare grpc.aio relay (bench/bare_relay.py: mTLS, tokenize, Triton, ids; "
+            "no auth, tracing, metrics, text) vs direct (same run):"
+        )
+    for d, r in floor:
+        c = floor_comparison(d, r)
+        lines.append(
+            f"  {c['scenario']:<9} {c['level']:<8} tok/s ×{_f(c['tokens_per_s_ratio'], 0, 3)}  "
+            f"+TTFT p50 {_f(c['added_ttft_p50_ms'], 0, 2)} ms  "
+            f"+ITL p99 {_f(c['added_itl_p99_ms'], 0, 2)} ms  "
+            f"CPU/token relay {_f(c['relay_cpu_us_per_token'], 0, 0)} µs; "
+            f"cores busy {_f(c['relay_path_cores_busy'], 0, 2)}{of_cores}"
         )
     if report.checks:
         lines.append("")

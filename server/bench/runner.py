@@ -71,6 +71,8 @@ async def _one(
     assert stack.triton is not None and stack.triton.pid is not None
     triton = [stack.triton.pid, *descendants(stack.triton.pid)]
     groups = {"facade": stack.facade_pids(), "triton": triton, "loadgen": [os.getpid()]}
+    if relay := stack.relay_pids():
+        groups["relay"] = relay
     meter = CpuMeter(groups)
     result = await run_load(path.stream, workload, load, meter.mark)
     summary = summarize(result.records, result.window, meter.delta())
@@ -100,9 +102,16 @@ async def run_all(
             # 4 connections per worker: the kernel hashes each to a worker, roughly evenly.
             connections=1 if workers == 1 else 4 * workers,
         )
+        paths: tuple[DirectPath | FacadePath, ...] = (direct, facade)
+        relay = None
+        if stack.relay_endpoint is not None and sc.model.tokens_per_second is not None:
+            relay = FacadePath(
+                stack.relay_endpoint, stack.pki, stack.token, sc.model.name, name="relay"
+            )
+            paths = (direct, facade, relay)
         try:
             for load in sc.loads:
-                order = (direct, facade) if step % 2 == 0 else (facade, direct)
+                order = paths if step % 2 == 0 else paths[::-1]
                 step += 1
                 pair: dict[str, RunResult] = {}
                 for path in order:
@@ -129,6 +138,8 @@ async def run_all(
         finally:
             await direct.close()
             await facade.close()
+            if relay is not None:
+                await relay.close()
 
 
 # Other processes may use this much of the machine's CPU time in a window before a run counts

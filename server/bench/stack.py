@@ -33,6 +33,7 @@ from autoglm.triton_models.synthetic import render_synthetic_model
 
 _LISTENING = re.compile(r"listening on port (\d+)")
 _WORKERS_LISTENING = re.compile(r"\d+ workers listening on port (\d+)")  # workers.py
+_RELAY_LISTENING = re.compile(r"bare relay listening on port (\d+)")  # bare_relay.py
 _UNLIMITED = 1_000_000  # admission limits far above any benchmark load
 
 
@@ -55,6 +56,7 @@ class StackOptions:
     facade_workers: int = 1  # `autoglm serve --workers`: processes sharing the port
     engine_reader: str = "lean"  # `autoglm serve --engine-reader`
     engine_link: str = "unix"  # "unix": Triton's gRPC on a unix socket; "tls": mTLS over TCP
+    bare_relay: bool = False  # also start bare_relay.py (the floor under any grpc.aio façade)
 
 
 class BenchStack:
@@ -66,6 +68,8 @@ class BenchStack:
         work.mkdir(parents=True, exist_ok=True)
         if opts.engine_link not in ("unix", "tls"):
             raise ValueError(f"engine_link: {opts.engine_link!r} is not unix or tls")
+        if opts.bare_relay and opts.engine_link != "unix":
+            raise ValueError("bare_relay: the bare relay reaches Triton by its unix socket only")
         self.link: EngineLink = (
             unix_link() if opts.engine_link == "unix" else dev_engine_link(work / "pki-engine")
         )
@@ -78,6 +82,8 @@ class BenchStack:
         self.triton: TritonProcess | None = None
         self._facade: subprocess.Popen[bytes] | None = None
         self.facade_port = 0
+        self._relay: subprocess.Popen[bytes] | None = None
+        self.relay_port = 0
         self.facade_log = work / "facade.log"
 
     # ---- Triton ------------------------------------------------------------------------------
@@ -114,11 +120,15 @@ class BenchStack:
         self.triton.start()
 
     # ---- façade ------------------------------------------------------------------------------
-    def facade_command(self) -> list[str]:
-        assert self.triton is not None
+    def _secret_file(self) -> Path:
         secret = self.opts.workdir / "triton-secret"
         secret.write_text(self.link.secret)
         secret.chmod(0o600)
+        return secret
+
+    def facade_command(self) -> list[str]:
+        assert self.triton is not None
+        secret = self._secret_file()
         cmd = [
             sys.executable,
             "-m",
@@ -196,6 +206,48 @@ class BenchStack:
                 time.sleep(0.05)
         self._wait_serving(deadline)
 
+    # ---- the bare relay (benchmark tool: the floor under any grpc.aio façade) -----------------
+    def relay_command(self) -> list[str]:
+        assert self.triton is not None
+        cmd = [
+            sys.executable,
+            "-m",
+            "autoglm.server.bench.bare_relay",
+            "--triton",
+            self.triton.grpc_target,
+            "--triton-secret-file",
+            str(self._secret_file()),
+            "--tls",
+            str(self.pki.server_cert),
+            str(self.pki.server_key),
+            str(self.pki.ca_cert),
+        ]
+        for m in self.opts.models:
+            cmd += ["--model", f"{m.name}={m.name}:{self.opts.tokenizer_dir}"]
+        return cmd
+
+    def _start_relay(self, timeout_s: float = 60.0) -> None:
+        log_path = self.opts.workdir / "bare-relay.log"
+        with open(log_path, "wb") as log:
+            self._relay = subprocess.Popen(
+                self.relay_command(), stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout_s
+        while not self.relay_port:
+            if self._relay.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"bare relay did not start:\n{log_path.read_text()[-3000:]}")
+            if m := _RELAY_LISTENING.search(log_path.read_text(errors="replace")):
+                self.relay_port = int(m.group(1))
+            else:
+                time.sleep(0.05)
+
+    @property
+    def relay_endpoint(self) -> str | None:
+        return f"127.0.0.1:{self.relay_port}" if self.relay_port else None
+
+    def relay_pids(self) -> list[int]:
+        return [self._relay.pid] if self._relay is not None else []
+
     def _wait_serving(self, deadline: float) -> None:
         creds = facade_credentials(self.pki)  # health needs no token
         with grpc.secure_channel(self.facade_endpoint, creds) as channel:
@@ -228,19 +280,22 @@ class BenchStack:
         try:
             self._start_triton()
             self._start_facade()
+            if self.opts.bare_relay:
+                self._start_relay()
         except BaseException:
             self.__exit__()
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._facade is not None and self._facade.poll() is None:
-            self._facade.terminate()
-            try:
-                self._facade.wait(15)
-            except subprocess.TimeoutExpired:
-                self._facade.kill()
-                self._facade.wait()
+        for proc in (self._relay, self._facade):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
         if self.triton is not None:
             self.triton.stop()
         self.sink.__exit__()

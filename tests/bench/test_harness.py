@@ -38,3 +38,9 @@ def test_ramp_up_longer_than_the_warm_up_is_refused() -> None:
         _opts(ramp_up_s=5.0, warmup_s=3.0).validate()
     with pytest.raises(ValueError, match="ramp_up"):
         _opts(ramp_up_s=-1.0).validate()
+
+
+def test_floor_needs_the_unix_link() -> None:
+    """The bare relay reaches Triton by its unix socket only: refused up front, naming it."""
+    with pytest.raises(ValueError, match=r"floor: .*--engine-link unix"):
+        _opts(floor=True, engine_link="tls").validate()

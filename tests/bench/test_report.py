@@ -81,3 +81,23 @@ def test_scaleout_check_and_per_core_figures() -> None:
     assert check.passed and check.measured == 1.4
     slow = Summary(10, 10, {}, 20_000, 10.0, dist, dist, dist, {"facade": 4.0})
     assert not scaleout_checks(slow)[0].passed
+
+
+def test_floor_comparison_and_table() -> None:
+    """--floor: the bare relay's run is compared with direct, apart from the façade's checks."""
+    report = BenchReport({"nproc": 2}, {})
+    d = RunResult("paced", "m", "c=64", "direct", _summary(100, 30, 25, {"loadgen": 0.01}), 0.1)
+    f = RunResult("paced", "m", "c=64", "facade", _summary(99, 34, 28, {"facade": 0.02}), 0.1)
+    r = RunResult("paced", "m", "c=64", "relay", _summary(100, 32, 27, {"relay": 0.015}), 0.1)
+    report.runs += [d, f, r]
+    data = to_json(report)
+    assert len(data["comparisons"]) == 1  # the façade's, judged by the targets
+    (floor,) = data["floor_comparisons"]
+    assert floor["added_ttft_p50_ms"] == 2.0 and floor["added_itl_p99_ms"] == 2.0
+    assert floor["relay_cpu_us_per_token"] == 150.0
+    out = table(report)
+    assert "floor: a bare grpc.aio relay" in out
+    assert "+TTFT p50 2.00 ms  +ITL p99 2.00 ms  CPU/token relay 150 µs" in out
+    # the relay's row shows the relay's CPU per token in the first CPU column
+    (row,) = [line for line in out.splitlines() if line.startswith("paced") and " relay " in line]
+    assert "150/-/-" in row

@@ -1,5 +1,6 @@
-"""Smoke run of `autoglm bench`: real Triton (synthetic engine) + the façade subprocess, a few
-seconds at concurrency 2 on both paths. Asserts sane, non-empty results — never timings."""
+"""Smoke run of `autoglm bench --floor`: real Triton (synthetic engine) + the façade subprocess +
+the bare relay, a few seconds at concurrency 2 on the three paths. Asserts sane, non-empty
+results — never timings."""
 
 from __future__ import annotations
 
@@ -26,12 +27,13 @@ def test_bench_smoke(model_dir: Path, tmp_path: Path) -> None:
         warmup_s=0.5,
         duration_s=2.0,
         check_concurrency=2,
+        floor=True,
         plots=False,
     )
     report = run_bench(opts, log=lambda _: None)
 
     assert {(r.scenario, r.path) for r in report.runs} == {
-        (s, p) for s in ("paced", "unpaced") for p in ("direct", "facade")
+        (s, p) for s in ("paced", "unpaced") for p in ("direct", "facade", "relay")
     }
     for r in report.runs:
         s = r.summary
@@ -43,16 +45,21 @@ def test_bench_smoke(model_dir: Path, tmp_path: Path) -> None:
             assert 0 <= d.p50 <= d.p90 <= d.p99
         assert s.ttft_ms.p50 <= s.e2e_ms.p50
         assert s.cpu["triton"] > 0 and s.cpu["loadgen"] > 0
-        if r.path == "facade":
-            assert s.cpu["facade"] > 0
-    assert len(report.pairs()) == 2
+        if r.path in ("facade", "relay"):
+            assert s.cpu[r.path] > 0
+        if r.path == "relay":  # one message per batch of ids, as the façade coalesces
+            assert s.tokens_per_chunk >= 1
+    assert len(report.pairs()) == 2 and len(report.pairs("relay")) == 2
     assert set(report.checks) == {"paced c=2", "unpaced c=2", "unpaced c=2 scale-out"}
     data = json.loads((opts.out_dir / "results.json").read_text())
-    assert len(data["runs"]) == 4 and len(data["comparisons"]) == 2
+    assert len(data["runs"]) == 6 and len(data["comparisons"]) == 2
+    assert [c["scenario"] for c in data["floor_comparisons"]] == ["paced", "unpaced"]
+    assert all(c["relay_cpu_us_per_token"] > 0 for c in data["floor_comparisons"])
     for c in data["comparisons"]:  # relay figures of the façade
         assert c["facade_tokens_per_core_s"] > 0 and c["facade_cores_for_h100"] > 0
         assert c["facade_tokens_per_message"] >= 1
-    assert "façade vs direct" in (opts.out_dir / "results.txt").read_text()
+    text = (opts.out_dir / "results.txt").read_text()
+    assert "façade vs direct" in text and "floor: a bare grpc.aio relay" in text
     # paced: the streams' starts are spread over one request's length (16 tokens at 200/s, at
     # most the warm-up)
     assert any("ramp-up): paced 0.06 s, unpaced 0 s" in n for n in report.notes), report.notes
