@@ -121,8 +121,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         try:
             token = _bearer_token(handler_call_details.invocation_metadata)
             # A stat() at most every reload_interval and one SHA-256: cheap enough for the loop.
-            # No span here: interceptors run before the RPC's server span exists (it would start
-            # a trace of its own); `_auth_span` records the decision inside the RPC instead.
+            # Not recorded here: interceptors run before the RPC's server span exists;
+            # `_auth_attributes` puts the decision on that span from inside the RPC instead.
             record = self._store.verify(token)
         except AuthError as err:
             logger.info("unauthenticated call: method=%s reason=%s", method, err.reason)
@@ -161,13 +161,13 @@ def _abort_handler(
     """
 
     async def abort(_request: Any, context: grpc.aio.ServicerContext) -> None:
-        _auth_span(code.name)
+        _auth_attributes(code.name)
         await context.abort(code, message)
 
     async def abort_stream(_request: Any, context: grpc.aio.ServicerContext) -> Any:
         # An async generator, as a streaming behaviour must be for wrappers that iterate it
         # (the OTel server interceptor does `async for` over it).
-        _auth_span(code.name)
+        _auth_attributes(code.name)
         await context.abort(code, message)
         yield  # pragma: no cover - never reached: abort raises
 
@@ -213,7 +213,7 @@ def _wrap_behavior(behavior: Callable[..., Any], principal: Principal) -> Callab
             # in `finally` would raise if the generator were finalized from another context.
             bound = _bind(principal, context)
             refusal = _binding_refusal(bound)
-            _auth_span("UNAUTHENTICATED" if refusal else "OK", bound)
+            _auth_attributes("UNAUTHENTICATED" if refusal else "OK", bound)
             if refusal is not None:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
             _current.set(bound)
@@ -227,7 +227,7 @@ def _wrap_behavior(behavior: Callable[..., Any], principal: Principal) -> Callab
         async def coroutine(request: Any, context: Any) -> Any:
             bound = _bind(principal, context)
             refusal = _binding_refusal(bound)
-            _auth_span("UNAUTHENTICATED" if refusal else "OK", bound)
+            _auth_attributes("UNAUTHENTICATED" if refusal else "OK", bound)
             if refusal is not None:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
             token = _current.set(bound)
@@ -270,20 +270,17 @@ def _bind(principal: Principal, context: Any) -> Principal:
     return replace(principal, cert_identity=peer_identity(context))
 
 
-def _auth_span(result: str, principal: Principal | None = None) -> None:
-    """The auth decision as a child of the RPC's server span.
-
-    Token verification itself runs in `intercept_service`, before the server span exists, so
-    this span marks the decision (result, principal, token id: never the token) rather than
-    timing it; verification is one stat() and one SHA-256.
-    """
+def _auth_attributes(result: str, principal: Principal | None = None) -> None:
+    """The auth decision on the RPC's server span (the current span in the behaviour): result,
+    principal (`enduser.id`, the OTel attribute for the caller of the request), token id, client
+    certificate identity; never the token. Attributes, not a span of their own: a decision has
+    no duration worth a span (verification is one stat() and one SHA-256)."""
     attrs: dict[str, str] = {"autoglm.auth.result": result}
     if principal is not None:
         attrs |= {"enduser.id": principal.name, "autoglm.auth.token_id": principal.token_id}
         if principal.cert_identity:
             attrs["autoglm.auth.cert_identity"] = principal.cert_identity
-    with tracing.step_span("autoglm.auth", **attrs):
-        pass
+    tracing.annotate(attrs)
 
 
 def _binding_refusal(principal: Principal) -> str | None:

@@ -16,8 +16,6 @@ from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from opentelemetry import trace
-
 from autoglm.server import tracing
 from autoglm.server.detokenizer import IncrementalDetokenizer
 from autoglm.server.engine_client import EngineClient, EngineRequest
@@ -62,9 +60,16 @@ async def generate(
     plan: GeneratePlan, model: ServedModel, engine: EngineClient, *, timeout: float | None
 ) -> AsyncIterator[Delta]:
     """Yield text deltas; the last one has finish_reason and usage set."""
-    with tracing.step_span("autoglm.tokenize") as span:
-        prompt_ids = encode_input(model, plan.input)
-        span.set_attribute("gen_ai.usage.input_tokens", len(prompt_ids))
+    perf = time.perf_counter
+    t = perf()
+    prompt_ids = encode_input(model, plan.input)
+    # On the generation span (the current one), as the detokenizing time below.
+    tracing.annotate(
+        {
+            "autoglm.tokenize_seconds": round(perf() - t, 6),
+            "gen_ai.usage.input_tokens": len(prompt_ids),
+        }
+    )
     spec = model.spec
     max_new = resolve_max_tokens(
         plan.sampling.max_tokens,
@@ -91,7 +96,6 @@ async def generate(
     stopped = False
     detok_s = 0.0  # time spent detokenizing, put on the generation span (a span per token
     # would cost more than the work it measures)
-    perf = time.perf_counter
 
     def read(push: Push) -> Coroutine[Any, Any, None]:
         return engine.stream_into(request, push, timeout=timeout)
@@ -118,7 +122,7 @@ async def generate(
         if not stopped:
             tail += stops.flush()  # may still confirm a stop (a longer candidate never completed)
             stopped = stops.stopped
-    trace.get_current_span().set_attribute("autoglm.detokenize_seconds", round(detok_s, 6))
+    tracing.annotate({"autoglm.detokenize_seconds": round(detok_s, 6)})
     finish = pb.FINISH_REASON_STOP if stopped or completion < max_new else pb.FINISH_REASON_LENGTH
     yield Delta(tail, [], finish, len(prompt_ids), completion)
 

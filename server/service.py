@@ -140,12 +140,11 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
             model = self._model(plan.model)
             check_max_output(plan.sampling.max_tokens, model.spec.max_output_tokens)
             requested = plan.sampling.max_tokens or model.spec.default_max_tokens
-            with tracing.step_span("autoglm.admission"):
-                ticket = self.admission.admit(
-                    principal.name if principal else ANONYMOUS,
-                    principal.limits if principal else None,
-                    requested,
-                )
+            ticket = self.admission.admit(
+                principal.name if principal else ANONYMOUS,
+                principal.limits if principal else None,
+                requested,
+            )
             with tracing.generation_span(
                 model=plan.model,
                 request_id=plan.request_id,
@@ -185,6 +184,7 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
         except Exception as exc:
             if isinstance(exc, errors.ResourceExhausted):
                 self.metrics.limit_rejection(exc.limit)
+                tracing.annotate({"autoglm.limit": exc.limit})  # which limit refused the call
             status = errors.status_for(exc, request_id=out.request_id)
             out.code = status.code
             tracing.record_status(status.code)

@@ -297,12 +297,20 @@ def engine_span(
     return _CurrentSpan(tracer, f"triton {method} {triton_model}", SpanKind.CLIENT, attrs)
 
 
-def step_span(name: str, **attrs: Any) -> AbstractContextManager[Span]:
-    """An INTERNAL child span for one step of a request (auth, admission, tokenization)."""
-    tracer = _tracer
-    if tracer is None:
-        return _OFF
-    return _CurrentSpan(tracer, name, SpanKind.INTERNAL, attrs)
+def annotate(attrs: dict[str, Any]) -> None:
+    """Put `attrs` on the current span: the RPC's server span in the interceptors and the
+    servicer, the generation span inside `generation_span`. Nothing when tracing is off or the
+    request is sampled out.
+
+    Steps that are decisions or take microseconds (the auth decision, admission, tokenization)
+    are attributes rather than child spans: a span costs about as much CPU as tokenizing a
+    prompt, and three of them were a sixth of the façade's event-loop time per request
+    (docs/benchmarks.md, "Session 11")."""
+    if _tracer is None:
+        return
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attributes(attrs)
 
 
 _OFF: AbstractContextManager[Span] = nullcontext(trace.INVALID_SPAN)  # tracing off: no work
