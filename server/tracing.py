@@ -304,8 +304,8 @@ def annotate(attrs: dict[str, Any]) -> None:
 
     Steps that are decisions or take microseconds (the auth decision, admission, tokenization)
     are attributes rather than child spans: a span costs about as much CPU as tokenizing a
-    prompt, and three of them were a sixth of the façade's event-loop time per request
-    (docs/benchmarks.md, "Session 11")."""
+    prompt, and those three spans were ~8 % of the façade's CPU per request, most of it in the
+    span exporter process (docs/benchmarks.md, "Session 11")."""
     if _tracer is None:
         return
     span = trace.get_current_span()

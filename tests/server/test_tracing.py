@@ -128,10 +128,24 @@ def test_disabled_costs_nothing(receiver: OtlpReceiver, monkeypatch: pytest.Monk
         tracing.set_usage(span, input_tokens=1, output_tokens=1)
         assert tracing.inject_traceparent() == []
         assert tracing.current_trace_id() == ""
+        tracing.annotate({"autoglm.tokenize_seconds": 0.001})
     assert tracing.server_interceptors() == []
     assert tracing.client_interceptors() == []
     tracing.shutdown_tracing()
     assert receiver.spans == []
+
+
+def test_annotate_puts_attributes_on_the_current_span(receiver: OtlpReceiver) -> None:
+    """The steps' attributes (auth decision, tokenizing time) land on the span that is current."""
+    tracing.setup_tracing(settings_for(receiver, "grpc"))
+    tracing.annotate({"outside": 1})  # no current span: nothing, and no error
+    with tracing.generation_span(model="m"):
+        tracing.annotate({"autoglm.tokenize_seconds": 0.001, "enduser.id": "alice"})
+    tracing.shutdown_tracing()
+    (span,) = receiver.wait_for(lambda s: len(s) >= 1)
+    assert span.attributes["autoglm.tokenize_seconds"] == 0.001
+    assert span.attributes["enduser.id"] == "alice"
+    assert "outside" not in span.attributes
 
 
 def test_off_without_endpoint(clean_env: None) -> None:
