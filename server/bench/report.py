@@ -73,17 +73,25 @@ def to_json(report: BenchReport) -> dict[str, Any]:
     )
 
 
+def _against_direct(direct: RunResult, other: RunResult) -> dict[str, Any]:
+    """What `other` (the façade, or the bare relay) adds to the direct path, same level."""
+    d, o = direct.summary, other.summary
+    return {
+        "scenario": other.scenario,
+        "level": other.level,
+        "tokens_per_s_ratio": o.tokens_per_s / d.tokens_per_s if d.tokens_per_s else math.nan,
+        "added_ttft_p50_ms": o.ttft_ms.p50 - d.ttft_ms.p50,
+        "added_ttft_p99_ms": o.ttft_ms.p99 - d.ttft_ms.p99,
+        "added_itl_p50_ms": o.itl_ms.p50 - d.itl_ms.p50,
+        "added_itl_p99_ms": o.itl_ms.p99 - d.itl_ms.p99,
+        "added_e2e_p50_ms": o.e2e_ms.p50 - d.e2e_ms.p50,
+    }
+
+
 def comparison(direct: RunResult, facade: RunResult) -> dict[str, Any]:
     d, f = direct.summary, facade.summary
     return {
-        "scenario": facade.scenario,
-        "level": facade.level,
-        "tokens_per_s_ratio": f.tokens_per_s / d.tokens_per_s if d.tokens_per_s else math.nan,
-        "added_ttft_p50_ms": f.ttft_ms.p50 - d.ttft_ms.p50,
-        "added_ttft_p99_ms": f.ttft_ms.p99 - d.ttft_ms.p99,
-        "added_itl_p50_ms": f.itl_ms.p50 - d.itl_ms.p50,
-        "added_itl_p99_ms": f.itl_ms.p99 - d.itl_ms.p99,
-        "added_e2e_p50_ms": f.e2e_ms.p50 - d.e2e_ms.p50,
+        **_against_direct(direct, facade),
         "facade_cpu_us_per_token": f.cpu_us_per_token("facade"),
         "direct_consumer_cpu_us_per_token": d.cpu_us_per_token("loadgen"),
         "cpu_per_token_ratio": f.cpu_us_per_token("facade") / d.cpu_us_per_token("loadgen")
@@ -101,15 +109,10 @@ def comparison(direct: RunResult, facade: RunResult) -> dict[str, Any]:
 
 def floor_comparison(direct: RunResult, relay: RunResult) -> dict[str, Any]:
     """What the bare grpc.aio relay (bare_relay.py) adds to the direct path: the floor."""
-    d, r = direct.summary, relay.summary
     return {
-        "scenario": relay.scenario,
-        "level": relay.level,
-        "tokens_per_s_ratio": r.tokens_per_s / d.tokens_per_s if d.tokens_per_s else math.nan,
-        "added_ttft_p50_ms": r.ttft_ms.p50 - d.ttft_ms.p50,
-        "added_itl_p99_ms": r.itl_ms.p99 - d.itl_ms.p99,
-        "relay_cpu_us_per_token": r.cpu_us_per_token("relay"),
-        "relay_path_cores_busy": r.cores_busy,
+        **_against_direct(direct, relay),
+        "relay_cpu_us_per_token": relay.summary.cpu_us_per_token("relay"),
+        "relay_path_cores_busy": relay.summary.cores_busy,
     }
 
 
