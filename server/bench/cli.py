@@ -110,8 +110,9 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     b.add_argument(
         "--floor",
         action="store_true",
-        help="also run the synthetic scenarios through a bare grpc.aio relay (bench tool: mTLS, "
-        "tokenize, Triton, ids; nothing else) to show what any grpc.aio façade adds here",
+        help="also run the synthetic scenarios through the floors: a bare grpc.aio relay (bench "
+        "tool: mTLS, tokenize, Triton, ids; nothing else) and a process forwarding bytes to "
+        "Triton, and the direct path a second time (this run's own noise)",
     )
     b.add_argument(
         "--profile-seconds",

@@ -30,11 +30,19 @@ GREEDY = EngineSampling(
 
 
 class DirectPath:
-    name = "direct"
-
     def __init__(
-        self, target: str, link: EngineLink, triton_model: str, end_id: int, pad_id: int
+        self,
+        target: str,
+        link: EngineLink,
+        triton_model: str,
+        end_id: int,
+        pad_id: int,
+        *,
+        name: str = "direct",
     ) -> None:
+        # With --floor the same consumer runs twice more: "control" (straight to Triton again:
+        # the run's own noise) and "hop" (through byte_hop.py, `target` its socket).
+        self.name = name
         self._channel = link.aio_channel(target)
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self._metadata = link.metadata()

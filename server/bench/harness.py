@@ -44,7 +44,9 @@ class BenchOptions:
     facade_workers: int = 1  # `autoglm serve --workers N` (SO_REUSEPORT scale-out)
     facade_engine_reader: str = "lean"  # `autoglm serve --engine-reader`
     engine_link: str = "unix"  # "unix" | "tls": how both paths reach Triton (stack.py)
-    floor: bool = False  # also measure bare_relay.py: the floor under any grpc.aio façade
+    # Also measure the floors (bare_relay.py, byte_hop.py) and the direct path twice (the
+    # run's own noise): runner.py, "floor" in report.py.
+    floor: bool = False
     profile_seconds: float = 0.0
     plots: bool = True
     seed: int = 0
@@ -61,7 +63,7 @@ class BenchOptions:
             )
         if self.floor and self.engine_link != "unix":
             raise ValueError(
-                "floor: the bare relay reaches Triton by unix socket; use --engine-link unix"
+                "floor: the floors reach Triton by its unix socket; use --engine-link unix"
             )
         if not (self.model_dir / "tokenizer.json").is_file():
             raise ValueError(f"model_dir: {self.model_dir} holds no tokenizer.json")
@@ -171,7 +173,7 @@ def run_bench(o: BenchOptions, log: Callable[[str], None] = print) -> BenchRepor
             facade_workers=o.facade_workers,
             engine_reader=o.facade_engine_reader,
             engine_link=o.engine_link,
-            bare_relay=o.floor,
+            floors=o.floor,
         )
         with BenchStack(stack_opts) as stack:
             log(

@@ -2,7 +2,8 @@
 
 Per scenario: latency (TTFT p50/p99 and ITL p99) against output tokens/s, one line per path,
 one point per load level (labelled), so the façade's cost reads as the gap between the lines
-(with `--floor`, a third line: the bare grpc.aio relay, bare_relay.py).
+(with `--floor`, three more: the bare grpc.aio relay, the byte hop and the direct path again;
+report.FLOORS).
 """
 
 from __future__ import annotations
@@ -10,6 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from autoglm.server.bench.report import BenchReport, RunResult
+
+_STYLES = (
+    ("direct", "o-"),
+    ("facade", "s--"),
+    ("relay", "^:"),
+    ("hop", "v:"),
+    ("control", "x-."),
+)
 
 
 def plot(report: BenchReport, out_dir: Path) -> list[Path]:
@@ -32,10 +41,10 @@ def plot(report: BenchReport, out_dir: Path) -> list[Path]:
             ),
             strict=True,
         ):
-            for path, style in (("direct", "o-"), ("facade", "s--"), ("relay", "^:")):
+            for path, style in _STYLES:
                 pts: list[RunResult] = [r for r in runs if r.path == path]
                 if not pts:
-                    continue  # "relay": only with --floor
+                    continue  # the floors: only with --floor
                 xs = [r.summary.tokens_per_s for r in pts]
                 ys = [get(r) for r in pts]
                 ax.plot(xs, ys, style, label=path)

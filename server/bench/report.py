@@ -15,7 +15,7 @@ class RunResult:
     scenario: str  # paced | unpaced | cpu-model
     model: str
     level: str  # "c=64" or "rate=20/s"
-    path: str  # direct | facade | relay (bare_relay.py, with --floor)
+    path: str  # direct | facade; with --floor also relay | hop | control (FLOORS)
     summary: Summary
     foreign_cpu_s: float = math.nan  # machine CPU used by other processes in the window
 
@@ -66,7 +66,9 @@ def to_json(report: BenchReport) -> dict[str, Any]:
             "config": report.config,
             "runs": [run_json(r) for r in report.runs],
             "comparisons": [comparison(d, f) for d, f in report.pairs()],
-            "floor_comparisons": [floor_comparison(d, r) for d, r in report.pairs("relay")],
+            "floor_comparisons": [
+                floor_comparison(d, r) for path in FLOORS for d, r in report.pairs(path)
+            ],
             "checks": {k: [asdict(c) for c in v] for k, v in report.checks.items()},
             "notes": report.notes,
         }
@@ -107,12 +109,30 @@ def comparison(direct: RunResult, facade: RunResult) -> dict[str, Any]:
     }
 
 
-def floor_comparison(direct: RunResult, relay: RunResult) -> dict[str, Any]:
-    """What the bare grpc.aio relay (bare_relay.py) adds to the direct path: the floor."""
+# With --floor, what the façade is read against besides the direct path (runner.py).
+FLOORS = {
+    "relay": "a bare grpc.aio relay (bench/bare_relay.py: mTLS, tokenize, Triton, ids; "
+    "no auth, tracing, metrics, text): the floor under any grpc.aio façade",
+    "hop": "the direct consumer through a process that only forwards bytes (bench/byte_hop.py): "
+    "the floor under any Python process on the way",
+    "control": "the direct path again: what this run reads when nothing is added (its noise)",
+}
+
+
+def _cpu_group(path: str) -> str:
+    """The process group a path's own hop is billed to (the direct consumer: the load generator)."""
+    return path if path in ("relay", "hop") else "facade" if path == "facade" else "loadgen"
+
+
+def floor_comparison(direct: RunResult, other: RunResult) -> dict[str, Any]:
+    """What a floor path (FLOORS) adds to the direct path, same level."""
+    group = _cpu_group(other.path)
     return {
-        **_against_direct(direct, relay),
-        "relay_cpu_us_per_token": relay.summary.cpu_us_per_token("relay"),
-        "relay_path_cores_busy": relay.summary.cores_busy,
+        **_against_direct(direct, other),
+        "path": other.path,
+        "cpu_group": group,
+        "cpu_us_per_token": other.summary.cpu_us_per_token(group),
+        "cores_busy": other.summary.cores_busy,
     }
 
 
@@ -136,7 +156,7 @@ def _row(r: RunResult) -> str:
     ttft = _triple((s.ttft_ms.p50, s.ttft_ms.p90, s.ttft_ms.p99), 1)
     itl = _triple((s.itl_ms.p50, s.itl_ms.p90, s.itl_ms.p99), 2)
     e2e = _triple((s.e2e_ms.p50, s.e2e_ms.p99), 0)
-    first = "relay" if r.path == "relay" else "facade"  # the hop being measured
+    first = r.path if r.path in ("relay", "hop") else "facade"  # the hop being measured
     cpu = _triple(tuple(s.cpu_us_per_token(k) for k in (first, "triton", "loadgen")), 0)
     return (
         f"{r.scenario:<9} {r.level:<8} {r.path:<7} {s.ok:>6} {sum(s.errors.values()):>4} "
@@ -170,22 +190,20 @@ def table(report: BenchReport) -> str:
             f"cores busy: direct path {_f(c['direct_path_cores_busy'], 0, 2)}, façade path "
             f"{_f(c['facade_path_cores_busy'], 0, 2)}{of_cores}"
         )
-    floor = report.pairs("relay")
-    if floor:
-        lines.append("")
-        lines.append(
-            "floor: a bare grpc.aio relay (bench/bare_relay.py: mTLS, tokenize, Triton, ids; "
-            "no auth, tracing, metrics, text) vs direct (same run):"
-        )
-    for d, r in floor:
-        c = floor_comparison(d, r)
-        lines.append(
-            f"  {c['scenario']:<9} {c['level']:<8} tok/s ×{_f(c['tokens_per_s_ratio'], 0, 3)}  "
-            f"+TTFT p50 {_f(c['added_ttft_p50_ms'], 0, 2)} ms  "
-            f"+ITL p99 {_f(c['added_itl_p99_ms'], 0, 2)} ms  "
-            f"CPU/token relay {_f(c['relay_cpu_us_per_token'], 0, 0)} µs; "
-            f"cores busy {_f(c['relay_path_cores_busy'], 0, 2)}{of_cores}"
-        )
+    for path, what in FLOORS.items():
+        floor = report.pairs(path)
+        if floor:
+            lines += ["", f"{path}: {what}; vs direct (same run):"]
+        for d, r in floor:
+            c = floor_comparison(d, r)
+            lines.append(
+                f"  {c['scenario']:<9} {c['level']:<8} "
+                f"tok/s ×{_f(c['tokens_per_s_ratio'], 0, 3)}  "
+                f"+TTFT p50 {_f(c['added_ttft_p50_ms'], 0, 2)} ms  "
+                f"+ITL p99 {_f(c['added_itl_p99_ms'], 0, 2)} ms  "
+                f"CPU/token {c['cpu_group']} {_f(c['cpu_us_per_token'], 0, 0)} µs; "
+                f"cores busy {_f(c['cores_busy'], 0, 2)}{of_cores}"
+            )
     if report.checks:
         lines.append("")
         lines.append("targets:")

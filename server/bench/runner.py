@@ -1,7 +1,8 @@
 """One benchmark run: every scenario × load level on both paths, side by side, in one process.
 
-Per level, the direct and the façade path run back to back on the same Triton (the order
-alternates between levels so neither path always runs "second"); the CPU of the façade, of
+Per level, the direct and the façade path (with --floor also the floors and the direct path
+again: `_floor_paths`) run back to back on the same Triton (the order reverses between levels
+so no path always runs last); the CPU of the façade, of
 Triton (with its python-backend stubs) and of this process (the load generator = the bare
 direct consumer) is read from /proc at the edges of each measurement window, together with the
 machine's total, so time taken by other people's processes shows up as "foreign" CPU.
@@ -73,6 +74,8 @@ async def _one(
     groups = {"facade": stack.facade_pids(), "triton": triton, "loadgen": [os.getpid()]}
     if relay := stack.relay_pids():
         groups["relay"] = relay
+    if hop := stack.hop_pids():
+        groups["hop"] = hop
     meter = CpuMeter(groups)
     result = await run_load(path.stream, workload, load, meter.mark)
     summary = summarize(result.records, result.window, meter.delta())
@@ -103,12 +106,8 @@ async def run_all(
             connections=1 if workers == 1 else 4 * workers,
         )
         paths: tuple[DirectPath | FacadePath, ...] = (direct, facade)
-        relay = None
-        if stack.relay_endpoint is not None and sc.model.tokens_per_second is not None:
-            relay = FacadePath(
-                stack.relay_endpoint, stack.pki, stack.token, sc.model.name, name="relay"
-            )
-            paths = (direct, facade, relay)
+        if sc.model.tokens_per_second is not None:  # the synthetic engine
+            paths += _floor_paths(stack, sc, m)
         try:
             for load in sc.loads:
                 order = paths if step % 2 == 0 else paths[::-1]
@@ -136,10 +135,31 @@ async def run_all(
             if cfg.profile_seconds > 0 and sc.name in ("paced", "unpaced"):
                 await _profile(stack, facade, sc, cfg, _workload(cfg, sc, m), report, log)
         finally:
-            await direct.close()
-            await facade.close()
-            if relay is not None:
-                await relay.close()
+            for path in paths:
+                await path.close()
+
+
+def _floor_paths(
+    stack: BenchStack, sc: Scenario, m: ServedModel
+) -> tuple[DirectPath | FacadePath, ...]:
+    """With --floor: what the façade is read against besides the direct path.
+
+    - relay: the façade's own client against bare_relay.py (the floor under any grpc.aio
+      façade);
+    - hop: the direct path's consumer through byte_hop.py (the floor under any Python process
+      on the way);
+    - control: the direct path again, on a channel of its own (the run's own noise: what
+      "added" reads when nothing is added).
+    """
+    if stack.relay_endpoint is None or stack.hop_target is None:
+        return ()
+    assert stack.triton is not None
+    name = sc.model.name
+    return (
+        FacadePath(stack.relay_endpoint, stack.pki, stack.token, name, name="relay"),
+        DirectPath(stack.hop_target, stack.link, name, m.end_id, m.pad_id, name="hop"),
+        DirectPath(stack.triton.grpc_target, stack.link, name, m.end_id, m.pad_id, name="control"),
+    )
 
 
 # Other processes may use this much of the machine's CPU time in a window before a run counts
@@ -158,7 +178,8 @@ def _judge(
     d, f = pair["direct"].summary, pair["facade"].summary
     key = f"{sc.name} {load.label}"
     if sc.name == "paced" and load.concurrency == cfg.check_concurrency:
-        report.checks[key] = paced_checks(d, f)
+        control = pair.get("control")
+        report.checks[key] = paced_checks(d, f, control.summary if control else None)
     elif sc.name == "unpaced":
         report.checks[key] = unpaced_checks(d, f)
         if load.concurrency == cfg.check_concurrency:

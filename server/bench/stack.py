@@ -34,6 +34,7 @@ from autoglm.triton_models.synthetic import render_synthetic_model
 _LISTENING = re.compile(r"listening on port (\d+)")
 _WORKERS_LISTENING = re.compile(r"\d+ workers listening on port (\d+)")  # workers.py
 _RELAY_LISTENING = re.compile(r"bare relay listening on port (\d+)")  # bare_relay.py
+_HOP_LISTENING = re.compile(r"byte hop listening on (\S+)")  # byte_hop.py
 _UNLIMITED = 1_000_000  # admission limits far above any benchmark load
 
 
@@ -56,7 +57,9 @@ class StackOptions:
     facade_workers: int = 1  # `autoglm serve --workers`: processes sharing the port
     engine_reader: str = "lean"  # `autoglm serve --engine-reader`
     engine_link: str = "unix"  # "unix": Triton's gRPC on a unix socket; "tls": mTLS over TCP
-    bare_relay: bool = False  # also start bare_relay.py (the floor under any grpc.aio façade)
+    # The floors (`autoglm bench --floor`): also start bare_relay.py (the floor under any
+    # grpc.aio façade) and byte_hop.py (the floor under any Python process on the way).
+    floors: bool = False
 
 
 class BenchStack:
@@ -68,8 +71,8 @@ class BenchStack:
         work.mkdir(parents=True, exist_ok=True)
         if opts.engine_link not in ("unix", "tls"):
             raise ValueError(f"engine_link: {opts.engine_link!r} is not unix or tls")
-        if opts.bare_relay and opts.engine_link != "unix":
-            raise ValueError("bare_relay: the bare relay reaches Triton by its unix socket only")
+        if opts.floors and opts.engine_link != "unix":
+            raise ValueError("floors: the floors reach Triton by its unix socket only")
         self.link: EngineLink = (
             unix_link() if opts.engine_link == "unix" else dev_engine_link(work / "pki-engine")
         )
@@ -84,6 +87,8 @@ class BenchStack:
         self.facade_port = 0
         self._relay: subprocess.Popen[bytes] | None = None
         self.relay_port = 0
+        self._hop: subprocess.Popen[bytes] | None = None
+        self.hop_target: str | None = None  # unix:/… of byte_hop.py, with floors
         self.facade_log = work / "facade.log"
 
     # ---- Triton ------------------------------------------------------------------------------
@@ -226,20 +231,29 @@ class BenchStack:
             cmd += ["--model", f"{m.name}={m.name}:{self.opts.tokenizer_dir}"]
         return cmd
 
-    def _start_relay(self, timeout_s: float = 60.0) -> None:
-        log_path = self.opts.workdir / "bare-relay.log"
-        with open(log_path, "wb") as log:
-            self._relay = subprocess.Popen(
-                self.relay_command(), stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + timeout_s
-        while not self.relay_port:
-            if self._relay.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"bare relay did not start:\n{log_path.read_text()[-3000:]}")
-            if m := _RELAY_LISTENING.search(log_path.read_text(errors="replace")):
-                self.relay_port = int(m.group(1))
-            else:
-                time.sleep(0.05)
+    def _start_relay(self) -> None:
+        self._relay, port = _spawn(
+            self.relay_command(), self.opts.workdir / "bare-relay.log", _RELAY_LISTENING
+        )
+        self.relay_port = int(port)
+
+    # ---- the byte hop (benchmark tool: the floor under any Python process on the way) -------
+    def _start_hop(self) -> None:
+        assert self.triton is not None
+        cmd = [
+            sys.executable,
+            "-m",
+            "autoglm.server.bench.byte_hop",
+            "--listen",
+            str(self.opts.workdir / "byte-hop.sock"),
+            "--triton",
+            self.triton.grpc_target,
+        ]
+        self._hop, path = _spawn(cmd, self.opts.workdir / "byte-hop.log", _HOP_LISTENING)
+        self.hop_target = f"unix:{path}"
+
+    def hop_pids(self) -> list[int]:
+        return [self._hop.pid] if self._hop is not None else []
 
     @property
     def relay_endpoint(self) -> str | None:
@@ -280,15 +294,16 @@ class BenchStack:
         try:
             self._start_triton()
             self._start_facade()
-            if self.opts.bare_relay:
+            if self.opts.floors:
                 self._start_relay()
+                self._start_hop()
         except BaseException:
             self.__exit__()
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for proc in (self._relay, self._facade):
+        for proc in (self._hop, self._relay, self._facade):
             if proc is not None and proc.poll() is None:
                 proc.terminate()
                 try:
@@ -299,6 +314,22 @@ class BenchStack:
         if self.triton is not None:
             self.triton.stop()
         self.sink.__exit__()
+
+
+def _spawn(
+    cmd: list[str], log_path: Path, ready: re.Pattern[str], timeout_s: float = 60.0
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a bench tool's process; wait for its `ready` line in its log (its first group)."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if m := ready.search(log_path.read_text(errors="replace")):
+            return proc, m.group(1)
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"{cmd[2]} did not start:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager

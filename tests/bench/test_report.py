@@ -84,20 +84,45 @@ def test_scaleout_check_and_per_core_figures() -> None:
 
 
 def test_floor_comparison_and_table() -> None:
-    """--floor: the bare relay's run is compared with direct, apart from the façade's checks."""
+    """--floor: the floors' runs are compared with direct, apart from the façade's checks."""
     report = BenchReport({"nproc": 2}, {})
     d = RunResult("paced", "m", "c=64", "direct", _summary(100, 30, 25, {"loadgen": 0.01}), 0.1)
     f = RunResult("paced", "m", "c=64", "facade", _summary(99, 34, 28, {"facade": 0.02}), 0.1)
     r = RunResult("paced", "m", "c=64", "relay", _summary(100, 32, 27, {"relay": 0.015}), 0.1)
-    report.runs += [d, f, r]
+    h = RunResult("paced", "m", "c=64", "hop", _summary(100, 31, 26, {"hop": 0.004}), 0.1)
+    c = RunResult("paced", "m", "c=64", "control", _summary(100, 29.5, 26, {"loadgen": 0.011}))
+    report.runs += [d, f, r, h, c]
     data = to_json(report)
     assert len(data["comparisons"]) == 1  # the façade's, judged by the targets
-    (floor,) = data["floor_comparisons"]
-    assert floor["added_ttft_p50_ms"] == 2.0 and floor["added_itl_p99_ms"] == 2.0
-    assert floor["relay_cpu_us_per_token"] == 150.0
+    relay, hop, control = data["floor_comparisons"]
+    assert [x["path"] for x in (relay, hop, control)] == ["relay", "hop", "control"]
+    assert relay["added_ttft_p50_ms"] == 2.0 and relay["added_itl_p99_ms"] == 2.0
+    assert relay["cpu_group"] == "relay" and relay["cpu_us_per_token"] == 150.0
+    assert hop["added_ttft_p50_ms"] == 1.0 and hop["cpu_us_per_token"] == 40.0
+    # the control is the direct consumer again: its CPU is the load generator's
+    assert control["added_ttft_p50_ms"] == -0.5 and control["cpu_group"] == "loadgen"
+    assert control["cpu_us_per_token"] == 110.0
     out = table(report)
-    assert "floor: a bare grpc.aio relay" in out
+    assert "relay: a bare grpc.aio relay" in out and "hop: the direct consumer through" in out
+    assert "control: the direct path again" in out
     assert "+TTFT p50 2.00 ms  +ITL p99 2.00 ms  CPU/token relay 150 µs" in out
-    # the relay's row shows the relay's CPU per token in the first CPU column
-    (row,) = [line for line in out.splitlines() if line.startswith("paced") and " relay " in line]
-    assert "150/-/-" in row
+    assert "+TTFT p50 1.00 ms  +ITL p99 1.00 ms  CPU/token hop 40 µs" in out
+    assert "+TTFT p50 -0.50 ms  +ITL p99 1.00 ms  CPU/token loadgen 110 µs" in out
+    # each floor's row shows its own process's CPU per token in the first CPU column
+    rows = [line for line in out.splitlines() if line.startswith("paced")]
+    (relay_row,) = [line for line in rows if " relay " in line]
+    (hop_row,) = [line for line in rows if " hop " in line]
+    assert "150/-/-" in relay_row and "40/-/-" in hop_row
+
+
+def test_paced_checks_carry_the_runs_own_noise() -> None:
+    """With the direct path measured twice, each paced check prints how far apart the two
+    direct runs were: a difference within that is this run's noise."""
+    direct = _summary(10_000, 30.0, 26.0, {})
+    control = _summary(9_900, 31.5, 23.0, {})
+    checks = paced_checks(direct, _summary(9_950, 30.8, 27.5, {}), control)
+    assert [c.passed for c in checks] == [True, True, True]  # the verdicts do not change
+    assert [round(c.noise, 6) for c in checks] == [0.01, 1.5, 3.0]
+    assert "direct vs direct again in this run: ±1.500 ms" in checks[1].line()
+    assert all(math.isnan(c.noise) for c in paced_checks(direct, direct))
+    assert "again" not in paced_checks(direct, direct)[0].line()

@@ -1,6 +1,6 @@
 """Smoke run of `autoglm bench --floor`: real Triton (synthetic engine) + the façade subprocess +
-the bare relay, a few seconds at concurrency 2 on the three paths. Asserts sane, non-empty
-results — never timings."""
+the bare relay + the byte hop, a few seconds at concurrency 2 on the five paths (with the
+direct path again as the control). Asserts sane, non-empty results — never timings."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from autoglm.server.bench.harness import BenchOptions, run_bench
 from autoglm.server.bench.workload import LengthDist
 
 pytestmark = pytest.mark.integration
+
+_PATHS = ("direct", "facade", "relay", "hop", "control")
 
 
 def test_bench_smoke(model_dir: Path, tmp_path: Path) -> None:
@@ -33,7 +35,7 @@ def test_bench_smoke(model_dir: Path, tmp_path: Path) -> None:
     report = run_bench(opts, log=lambda _: None)
 
     assert {(r.scenario, r.path) for r in report.runs} == {
-        (s, p) for s in ("paced", "unpaced") for p in ("direct", "facade", "relay")
+        (s, p) for s in ("paced", "unpaced") for p in _PATHS
     }
     for r in report.runs:
         s = r.summary
@@ -45,21 +47,27 @@ def test_bench_smoke(model_dir: Path, tmp_path: Path) -> None:
             assert 0 <= d.p50 <= d.p90 <= d.p99
         assert s.ttft_ms.p50 <= s.e2e_ms.p50
         assert s.cpu["triton"] > 0 and s.cpu["loadgen"] > 0
-        if r.path in ("facade", "relay"):
+        if r.path in ("facade", "relay", "hop"):  # each hop's own process did the work
             assert s.cpu[r.path] > 0
         if r.path == "relay":  # one message per batch of ids, as the façade coalesces
             assert s.tokens_per_chunk >= 1
-    assert len(report.pairs()) == 2 and len(report.pairs("relay")) == 2
+    assert all(len(report.pairs(p)) == 2 for p in _PATHS[1:])
     assert set(report.checks) == {"paced c=2", "unpaced c=2", "unpaced c=2 scale-out"}
+    # the paced checks carry the run's own noise (the control's distance from direct)
+    assert all(c.noise >= 0 for c in report.checks["paced c=2"])
     data = json.loads((opts.out_dir / "results.json").read_text())
-    assert len(data["runs"]) == 6 and len(data["comparisons"]) == 2
-    assert [c["scenario"] for c in data["floor_comparisons"]] == ["paced", "unpaced"]
-    assert all(c["relay_cpu_us_per_token"] > 0 for c in data["floor_comparisons"])
+    assert len(data["runs"]) == 10 and len(data["comparisons"]) == 2
+    floors = data["floor_comparisons"]
+    assert [(c["path"], c["scenario"]) for c in floors] == [
+        (p, s) for p in ("relay", "hop", "control") for s in ("paced", "unpaced")
+    ]
+    assert all(c["cpu_us_per_token"] > 0 for c in floors)
     for c in data["comparisons"]:  # relay figures of the façade
         assert c["facade_tokens_per_core_s"] > 0 and c["facade_cores_for_h100"] > 0
         assert c["facade_tokens_per_message"] >= 1
     text = (opts.out_dir / "results.txt").read_text()
-    assert "façade vs direct" in text and "floor: a bare grpc.aio relay" in text
+    assert "façade vs direct" in text and "relay: a bare grpc.aio relay" in text
+    assert "hop: the direct consumer through" in text and "control: the direct path again" in text
     # paced: the streams' starts are spread over one request's length (16 tokens at 200/s, at
     # most the warm-up)
     assert any("ramp-up): paced 0.06 s, unpaced 0 s" in n for n in report.notes), report.notes
