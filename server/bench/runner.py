@@ -22,7 +22,7 @@ from autoglm.server.bench.direct import DirectPath
 from autoglm.server.bench.facade import FacadePath
 from autoglm.server.bench.loadgen import LoadSpec, run_load
 from autoglm.server.bench.procstat import CpuMeter, descendants
-from autoglm.server.bench.report import BenchReport, RunResult
+from autoglm.server.bench.report import FLOORS, BenchReport, RunResult
 from autoglm.server.bench.stack import BenchStack, EngineModel
 from autoglm.server.bench.stats import summarize
 from autoglm.server.bench.targets import paced_checks, scaleout_checks, unpaced_checks
@@ -178,8 +178,8 @@ def _judge(
     d, f = pair["direct"].summary, pair["facade"].summary
     key = f"{sc.name} {load.label}"
     if sc.name == "paced" and load.concurrency == cfg.check_concurrency:
-        control = pair.get("control")
-        report.checks[key] = paced_checks(d, f, control.summary if control else None)
+        floors = {path: pair[path].summary for path in FLOORS if path in pair}
+        report.checks[key] = paced_checks(d, f, floors)
     elif sc.name == "unpaced":
         report.checks[key] = unpaced_checks(d, f)
         if load.concurrency == cfg.check_concurrency:

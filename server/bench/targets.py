@@ -10,7 +10,7 @@ takes to carry one H100's output (28,000 tokens/s, the issue's figure) <= 2.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from autoglm.server.bench.stats import Summary
@@ -40,15 +40,17 @@ class Check:
     limit: float
     unit: str
     passed: bool
-    # With --floor: the same figure for the direct path measured twice in the run (A/A), as a
-    # magnitude. A measured value within it is as large as this run's own noise.
-    noise: float = math.nan
+    # With --floor: the same figure for the floors' paths in the same run (report.FLOORS),
+    # e.g. (("relay", 6.9), ("hop", 0.2), ("control", -1.5)) for an added TTFT. The control is
+    # the direct path again: its figure is what this run reads when nothing is added.
+    same_run: tuple[tuple[str, float], ...] = ()
 
     def line(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
         text = f"[{verdict}] {self.name}: {self.measured:.3f} {self.unit} (target {self.limit:g})"
-        if not math.isnan(self.noise):
-            text += f"; direct vs direct again in this run: ±{self.noise:.3f} {self.unit}"
+        if self.same_run:
+            figures = ", ".join(f"{path} {value:.3f}" for path, value in self.same_run)
+            text += f"; the same in this run for {figures}"
         return text
 
 
@@ -60,17 +62,29 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b else math.nan
 
 
-def paced_checks(direct: Summary, facade: Summary, control: Summary | None = None) -> list[Check]:
-    """`control`: the direct path run again (--floor), whose differences from `direct` are
-    the run's noise; each latency check carries it, and the throughput check its ratio's
-    distance from 1."""
+def paced_checks(
+    direct: Summary, facade: Summary, floors: Mapping[str, Summary] | None = None
+) -> list[Check]:
+    """`floors` (--floor): the floors' runs at the same level, by path ("relay", "hop",
+    "control"); each check then carries their figure against the same direct run, so a
+    verdict reads against what the floors (and the run's own noise) reach."""
 
-    def noise(figure: Callable[[Summary], float]) -> float:
-        return math.nan if control is None else abs(figure(control) - figure(direct))
+    def added(figure: Callable[[Summary], float]) -> float:
+        return figure(facade) - figure(direct)
 
-    ratio = _ratio(facade.tokens_per_s, direct.tokens_per_s)
-    ttft = facade.ttft_ms.p50 - direct.ttft_ms.p50
-    itl = facade.itl_ms.p99 - direct.itl_ms.p99
+    def same_run(figure: Callable[[Summary], float]) -> tuple[tuple[str, float], ...]:
+        return tuple((path, figure(s) - figure(direct)) for path, s in (floors or {}).items())
+
+    def throughput(s: Summary) -> float:
+        return _ratio(s.tokens_per_s, direct.tokens_per_s)
+
+    def ttft(s: Summary) -> float:
+        return s.ttft_ms.p50
+
+    def itl(s: Summary) -> float:
+        return s.itl_ms.p99
+
+    ratio = throughput(facade)
     return [
         Check(
             "façade/direct tokens/s",
@@ -78,15 +92,15 @@ def paced_checks(direct: Summary, facade: Summary, control: Summary | None = Non
             THROUGHPUT_RATIO_MIN,
             "×",
             not math.isnan(ratio) and ratio >= THROUGHPUT_RATIO_MIN,
-            noise(lambda s: _ratio(s.tokens_per_s, direct.tokens_per_s)),
+            tuple((path, throughput(s)) for path, s in (floors or {}).items()),
         ),
         replace(
-            _at_most("added p50 TTFT", ttft, ADDED_TTFT_P50_MAX_MS, "ms"),
-            noise=noise(lambda s: s.ttft_ms.p50),
+            _at_most("added p50 TTFT", added(ttft), ADDED_TTFT_P50_MAX_MS, "ms"),
+            same_run=same_run(ttft),
         ),
         replace(
-            _at_most("added p99 ITL", itl, ADDED_ITL_P99_MAX_MS, "ms"),
-            noise=noise(lambda s: s.itl_ms.p99),
+            _at_most("added p99 ITL", added(itl), ADDED_ITL_P99_MAX_MS, "ms"),
+            same_run=same_run(itl),
         ),
     ]
 

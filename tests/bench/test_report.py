@@ -115,14 +115,23 @@ def test_floor_comparison_and_table() -> None:
     assert "150/-/-" in relay_row and "40/-/-" in hop_row
 
 
-def test_paced_checks_carry_the_runs_own_noise() -> None:
-    """With the direct path measured twice, each paced check prints how far apart the two
-    direct runs were: a difference within that is this run's noise."""
+def test_paced_checks_carry_the_floors_figures() -> None:
+    """With --floor, each paced check prints the same figure for the floors' paths against the
+    same direct run — the control (direct again) being the run's own noise."""
     direct = _summary(10_000, 30.0, 26.0, {})
-    control = _summary(9_900, 31.5, 23.0, {})
-    checks = paced_checks(direct, _summary(9_950, 30.8, 27.5, {}), control)
+    floors = {
+        "relay": _summary(9_950, 33.0, 27.0, {}),
+        "hop": _summary(10_000, 30.5, 26.5, {}),
+        "control": _summary(9_900, 29.0, 23.0, {}),
+    }
+    checks = paced_checks(direct, _summary(9_950, 30.8, 27.5, {}), floors)
     assert [c.passed for c in checks] == [True, True, True]  # the verdicts do not change
-    assert [round(c.noise, 6) for c in checks] == [0.01, 1.5, 3.0]
-    assert "direct vs direct again in this run: ±1.500 ms" in checks[1].line()
-    assert all(math.isnan(c.noise) for c in paced_checks(direct, direct))
-    assert "again" not in paced_checks(direct, direct)[0].line()
+    got = [[(p, round(v, 6)) for p, v in c.same_run] for c in checks]
+    assert got == [
+        [("relay", 0.995), ("hop", 1.0), ("control", 0.99)],
+        [("relay", 3.0), ("hop", 0.5), ("control", -1.0)],
+        [("relay", 1.0), ("hop", 0.5), ("control", -3.0)],
+    ]
+    line = checks[1].line()
+    assert line.endswith("; the same in this run for relay 3.000, hop 0.500, control -1.000")
+    assert "the same in this run" not in paced_checks(direct, direct)[0].line()

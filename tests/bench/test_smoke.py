@@ -53,8 +53,9 @@ def test_bench_smoke(model_dir: Path, tmp_path: Path) -> None:
             assert s.tokens_per_chunk >= 1
     assert all(len(report.pairs(p)) == 2 for p in _PATHS[1:])
     assert set(report.checks) == {"paced c=2", "unpaced c=2", "unpaced c=2 scale-out"}
-    # the paced checks carry the run's own noise (the control's distance from direct)
-    assert all(c.noise >= 0 for c in report.checks["paced c=2"])
+    # the paced checks carry the floors' figures of the same run
+    for check in report.checks["paced c=2"]:
+        assert [path for path, _ in check.same_run] == ["relay", "hop", "control"]
     data = json.loads((opts.out_dir / "results.json").read_text())
     assert len(data["runs"]) == 10 and len(data["comparisons"]) == 2
     floors = data["floor_comparisons"]
