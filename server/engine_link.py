@@ -26,7 +26,7 @@ from pathlib import Path
 import grpc
 
 from autoglm.server.engine_h2 import client_ssl_context
-from autoglm.server.pki import ensure_dev_pki
+from autoglm.server.pki import ensure_dev_pki, write_atomic
 
 # Every protocol group but "health" (ServerLive/ServerReady/ModelReady stay open for probes).
 RESTRICTED_PROTOCOLS = (
@@ -77,6 +77,12 @@ class EngineLink:
             f"--grpc-restricted-protocol={','.join(RESTRICTED_PROTOCOLS)}:"
             f"{self.header_key}={self.secret}",
         ]
+
+    def write_secret(self, path: Path) -> Path:
+        """The secret in a file for `autoglm serve --triton-secret-file`: mode 0600 from the
+        start (never readable by others, not even briefly), written atomically."""
+        write_atomic(path, self.secret.encode(), mode=0o600)
+        return path
 
     def channel_credentials(self) -> grpc.ChannelCredentials | None:
         """mTLS credentials for a grpc channel; None (insecure channel) on a unix-socket link."""

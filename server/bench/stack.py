@@ -126,10 +126,7 @@ class BenchStack:
 
     # ---- façade ------------------------------------------------------------------------------
     def _secret_file(self) -> Path:
-        secret = self.opts.workdir / "triton-secret"
-        secret.write_text(self.link.secret)
-        secret.chmod(0o600)
-        return secret
+        return self.link.write_secret(self.opts.workdir / "triton-secret")
 
     def facade_command(self) -> list[str]:
         assert self.triton is not None

@@ -91,9 +91,7 @@ def test_sigterm_drains_in_flight_streams(
     """SIGTERM: new calls are refused, the stream in flight still completes, exit code 0."""
     tls = engine_link.tls
     assert tls is not None
-    secret_file = tmp_path / "triton-secret"
-    secret_file.write_text(engine_link.secret)
-    secret_file.chmod(0o600)
+    secret_file = engine_link.write_secret(tmp_path / "triton-secret")
     serve = start_serve(
         triton_target=triton.grpc_target,
         model=MODEL,

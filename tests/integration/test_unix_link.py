@@ -184,9 +184,7 @@ def test_serve_over_the_socket_with_only_the_secret(
     tmp_path: Path,
 ) -> None:
     """`autoglm serve --triton unix:… --triton-secret-file F`: no link certificates needed."""
-    secret_file = tmp_path / "triton-secret"
-    secret_file.write_text(link.secret)
-    secret_file.chmod(0o600)
+    secret_file = link.write_secret(tmp_path / "triton-secret")
     serve = start_serve(
         triton_target=unix_triton.grpc_target,
         model=MODEL,

@@ -42,6 +42,18 @@ def test_unix_link_has_no_tls_flags_and_keeps_the_secret(tmp_path: Path) -> None
     assert unix_link().secret != link.secret
 
 
+def test_the_secret_file_is_private_from_the_start_and_read_back_by_serve(
+    tmp_path: Path,
+) -> None:
+    link = unix_link()
+    path = link.write_secret(tmp_path / "triton-secret")
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.read_text() == link.secret
+    assert [p.name for p in tmp_path.iterdir()] == ["triton-secret"]  # no temporary file left
+    args = _serve_args("--triton", "unix:/run/a/grpc:1", "--triton-secret-file", str(path))
+    assert _engine_link(args) == EngineLink(secret=link.secret)  # type: ignore[arg-type]
+
+
 def test_a_private_socket_directory_is_accepted(tmp_path: Path) -> None:
     d = tmp_path / "run"
     d.mkdir(mode=0o750)
