@@ -63,10 +63,11 @@ class _Caller(_Pipe):
     def __init__(self, target: str) -> None:
         super().__init__()
         self._target = target
+        self._connecting: asyncio.Task[None] | None = None  # held: the loop keeps weak refs
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        asyncio.get_running_loop().create_task(self._connect())
+        self._connecting = asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -75,6 +76,9 @@ class _Caller(_Pipe):
             upstream, pipe = await loop.create_unix_connection(_Pipe, self._target)
         except OSError:
             self.transport.close()
+            return
+        if self.transport.is_closing():  # the caller left while Triton's side was connecting
+            upstream.close()
             return
         pipe.attach(self.transport)
         self.attach(upstream)
