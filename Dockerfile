@@ -10,8 +10,8 @@ RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --upgrade pip \
  && /opt/venv/bin/pip install --no-cache-dir \
       --extra-index-url https://download.pytorch.org/whl/cpu . \
- # the python backend stub for this Python (server/triton_process.py, facts.md)
- && /opt/venv/bin/python -c "from autoglm.server.triton_process import prepare_python_backend; prepare_python_backend()"
+ # the python backend stub for this Python (server/devstack/triton_process.py, facts.md)
+ && /opt/venv/bin/python -c "from autoglm.server.devstack.triton_process import prepare_python_backend; prepare_python_backend()"
 
 FROM python:3.11-slim-bookworm AS facade
 RUN groupadd --gid 10001 autoglm && useradd --uid 10001 --gid 10001 --no-create-home autoglm

@@ -14,7 +14,7 @@ $(BIN)/.installed: pyproject.toml setup.py $(wildcard proto/autoglm/v1/*.proto)
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $@
 
 install: $(BIN)/.installed
@@ -34,6 +34,7 @@ run: model
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python .ci/lint_imports.py
 
 test: model lint
 	$(BIN)/pytest -ra --durations=15

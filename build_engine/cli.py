@@ -37,7 +37,7 @@ from autoglm.build_engine.quality import (
 from autoglm.build_engine.quantize import QuantizeError
 from autoglm.build_engine.skus import KV_CACHE_DTYPES, PRECISIONS, SKUS, SkuError, get_sku
 from autoglm.build_engine.texts import TextError
-from autoglm.server.version_plan import (
+from autoglm.build_engine.version_plan import (
     Override,
     OverrideError,
     merge_overrides,
@@ -282,7 +282,7 @@ def cmd_install(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_list_profiles(args: argparse.Namespace, console: Console) -> int:
-    # The serving side's own decision (server/version_plan.py): what `autoglm serve` would load.
+    # The serving side's own decision (version_plan.py): what `autoglm serve` would load.
 
     hardware = mf.detect_hardware()
     overrides = [parse_override(o) for o in args.profile]

@@ -143,7 +143,7 @@ def build_generate_request(
 def new_request_id() -> str:
     """A request id for a call whose caller gave none, made once per call so that every retry
     of it carries the same id (server logs and audit records then show one request). Same shape
-    as the ids the server makes up (server/validation.py: 16 hex characters)."""
+    as the ids the server makes up (server/api/validation.py: 16 hex characters)."""
     return secrets.token_hex(8)
 
 

@@ -35,7 +35,7 @@ from autoglm.client._version import __version__
 __all__ = ["SERVICE", "TRACE_ID_KEY", "RpcSpan", "operation_for", "trace_id_from"]
 
 SERVICE = "autoglm.v1.TextGeneration"
-TRACE_ID_KEY = "x-trace-id"  # trailing metadata the server sets (server/service.py)
+TRACE_ID_KEY = "x-trace-id"  # trailing metadata the server sets (server/api/service.py)
 
 _log = logging.getLogger("autoglm.client")
 
@@ -86,7 +86,7 @@ class RpcSpan:
             attrs["gen_ai.request.model"] = model
         if operation:
             attrs["gen_ai.operation.name"] = operation
-            attrs["gen_ai.system"] = "autoglm"  # the server's value (server/tracing.py)
+            attrs["gen_ai.system"] = "autoglm"  # the server's value (server/telemetry/tracing.py)
         self.span = _tracer.start_span(
             f"{SERVICE}/{method}", kind=SpanKind.CLIENT, attributes=attrs
         )

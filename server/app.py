@@ -13,21 +13,21 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from autoglm.build_engine import manifest as mf
-from autoglm.server import tracing
-from autoglm.server.audit import AuditWriter
-from autoglm.server.auth import AuthInterceptor
-from autoglm.server.decoding import DecodeInterceptor
-from autoglm.server.engine_client import EngineClient
-from autoglm.server.health import EngineHealth
-from autoglm.server.limits import Admission
-from autoglm.server.metrics import FacadeMetrics, MetricsServer
-from autoglm.server.model_versions import ModelVersions
+from autoglm.build_engine.version_plan import parse_override
+from autoglm.server.api.request_decoding import DecodeInterceptor
+from autoglm.server.api.service import TextGenerationService
+from autoglm.server.audit.writer import AuditWriter
+from autoglm.server.engine.client import EngineClient
+from autoglm.server.engine.health import EngineHealth
+from autoglm.server.engine.model_versions import ModelVersions
 from autoglm.server.models import ModelRegistry, ModelSpec, load_model
-from autoglm.server.service import TextGenerationService
+from autoglm.server.security.auth import AuthInterceptor
+from autoglm.server.security.bearer_tokens import TokenStore
+from autoglm.server.security.limits import Admission
+from autoglm.server.security.tls import reloading_server_credentials
 from autoglm.server.settings import Settings, split_host_port
-from autoglm.server.tls import reloading_server_credentials
-from autoglm.server.tokens import TokenStore
-from autoglm.server.version_plan import parse_override
+from autoglm.server.telemetry import tracing
+from autoglm.server.telemetry.metrics import FacadeMetrics, MetricsServer
 from autoglm.v1 import text_generation_pb2 as pb
 from autoglm.v1 import text_generation_pb2_grpc as pb_grpc
 

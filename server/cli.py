@@ -14,11 +14,11 @@ from rich.console import Console
 from autoglm.server.settings import ENGINE_READERS, SettingsError, autoglm_home
 
 if TYPE_CHECKING:
-    from autoglm.server.engine_link import EngineLink
+    from autoglm.server.engine.link import EngineLink
 
 
 def _dev(args: argparse.Namespace) -> int:
-    from autoglm.server.dev import DevOptions, run_dev
+    from autoglm.server.devstack.dev import DevOptions, run_dev
 
     opts = DevOptions(
         home=args.home,
@@ -31,7 +31,7 @@ def _dev(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         triton_trace_url=args.triton_trace_url,
     )
-    from autoglm.server import tracing
+    from autoglm.server.telemetry import tracing
 
     tracing.setup_tracing()  # configured by the standard OTEL_* variables; off without them
     try:
@@ -45,7 +45,7 @@ def _engine_link(args: argparse.Namespace) -> EngineLink | None:
     """The engine link the `--triton*` flags describe; None when none of them is given."""
     if not (args.triton_ca or args.triton_cert or args.triton_key or args.triton_secret_file):
         return None
-    from autoglm.server.engine_link import EngineLink, TlsFiles
+    from autoglm.server.engine.link import EngineLink, TlsFiles
 
     tls_flags = (
         ("--triton-ca", args.triton_ca),
@@ -78,11 +78,11 @@ def _engine_link(args: argparse.Namespace) -> EngineLink | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from autoglm.server import tracing
     from autoglm.server.app import serve_until_signal, start_server
-    from autoglm.server.limits import LimitSettings
     from autoglm.server.models import ModelSpec
+    from autoglm.server.security.limits import LimitSettings
     from autoglm.server.settings import Settings, TlsSettings
+    from autoglm.server.telemetry import tracing
 
     models = []
     for item in args.model:
@@ -154,20 +154,20 @@ def _model_prepare(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from autoglm.server.audit_verify import audit_cli
+    from autoglm.server.audit.verify import audit_cli
 
     return audit_cli(args.rest)
 
 
 def _store(args: argparse.Namespace):
-    from autoglm.server.tokens import TokenStore
+    from autoglm.server.security.bearer_tokens import TokenStore
 
     return TokenStore(args.store or args.home / "dev" / "tokens.json")
 
 
 def _token_create(args: argparse.Namespace) -> int:
     ttl = timedelta(hours=args.ttl_hours) if args.ttl_hours else None
-    from autoglm.server.limits import PrincipalLimits
+    from autoglm.server.security.limits import PrincipalLimits
 
     limits = None
     if args.max_streams or args.requests_per_minute or args.max_tokens_per_request:
@@ -348,9 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_build_commands(sub)  # `autoglm build skus|plan|quantize|quality|compile|install|…`
 
-    from autoglm.server.bench.cli import add_bench_command
-
-    add_bench_command(sub)  # `autoglm bench`: direct Triton vs the façade, side by side
+    # `autoglm bench` lives in its own package (autoglm.bench, the `[bench]` extra) and parses
+    # its own flags: only its name is known here, the rest of the line is handed to it.
+    sub.add_parser(
+        "bench",
+        help="load-test the gRPC API: direct Triton vs the façade (needs the [bench] extra)",
+        add_help=False,
+    ).set_defaults(func=_bench)
 
     audit = sub.add_parser("audit", help="verify the audit log's hash chain")
     audit.add_argument("rest", nargs=argparse.REMAINDER, help="verify [PATH|DIR]")
@@ -386,9 +390,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+BENCH_EXTRA_HINT = (
+    "`autoglm bench` needs the [bench] extra: .venv/bin/pip install -e '.[bench]'"
+    " (from a checkout) or pip install 'open-autoglm[bench]'"
+)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    """Load the bench package only now, and only if its extra is installed."""
+    import importlib
+
+    try:
+        bench_cli = importlib.import_module("autoglm.bench.cli")
+        bench_cli.require_extra()
+    except ImportError as exc:
+        print(f"autoglm: error: {BENCH_EXTRA_HINT} ({exc})", file=sys.stderr)
+        return 2
+    return int(bench_cli.main(args.rest, home=args.home))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from autoglm.server import logs
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.rest = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    from autoglm.server.telemetry import logs
 
     logs.setup_logging(
         args.log_level or ("DEBUG" if args.verbose else "INFO"),

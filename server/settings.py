@@ -7,10 +7,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autoglm.server.engine_link import EngineLink
-from autoglm.server.limits import LimitSettings
+from autoglm.server.engine.link import EngineLink
+from autoglm.server.engine.replicas import TargetError, parse_target, unix_socket_path
 from autoglm.server.models import ModelSpec
-from autoglm.server.replicas import TargetError, parse_target, unix_socket_path
+from autoglm.server.security.limits import LimitSettings
 
 
 class SettingsError(ValueError):

@@ -53,8 +53,8 @@ def _worker_main(
     """Entry point of one worker process: a whole façade; reports its bound port on `conn`."""
     import asyncio
 
-    from autoglm.server import logs, tracing
     from autoglm.server.app import serve_until_signal, start_server
+    from autoglm.server.telemetry import logs, tracing
 
     logs.setup_logging(log_level, log_format)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from autoglm.server.bench import byte_hop
+from autoglm.bench import byte_hop
 
 
 async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from autoglm.server.bench.harness import BenchOptions, ramp_up_for
-from autoglm.server.bench.workload import LengthDist
+from autoglm.bench.harness import BenchOptions, ramp_up_for
+from autoglm.bench.workload import LengthDist
 
 
 def _opts(**kw: object) -> BenchOptions:

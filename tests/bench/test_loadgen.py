@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from autoglm.server.bench.loadgen import LoadSpec, run_load
-from autoglm.server.bench.workload import BenchRequest, LengthDist, Workload
+from autoglm.bench.loadgen import LoadSpec, run_load
+from autoglm.bench.workload import BenchRequest, LengthDist, Workload
 
 
 def _workload() -> Workload:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from autoglm.server.bench.profile import by_area, summarize_collapsed
+from autoglm.bench.profile import by_area, summarize_collapsed
 
 COLLAPSED = """\
 main (/x/lib/python3.11/asyncio/base_events.py:1);_run (/x/site-packages/grpc/aio/_call.py:9) 6
-main (/x/lib/python3.11/asyncio/base_events.py:1);add (/work/main/server/detokenizer.py:5) 3
+main (/x/lib/python3.11/asyncio/base_events.py:1);add (/w/server/generation/detokenizer.py:5) 3
 main (/x/lib/python3.11/asyncio/base_events.py:1) 1
 garbage line
 """
@@ -21,7 +21,7 @@ def test_summarize_collapsed() -> None:
     assert top[0].self_pct == pytest.approx(60.0)
     by_frame = {t.frame: t for t in top}
     assert by_frame["main (asyncio/base_events.py:1)"].total_pct == pytest.approx(100.0)
-    assert by_frame["add (server/detokenizer.py:5)"].self_pct == pytest.approx(30.0)
+    assert by_frame["add (server/generation/detokenizer.py:5)"].self_pct == pytest.approx(30.0)
     assert summarize_collapsed("") == (0, [])
 
 

@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from autoglm.server.bench.report import BenchReport, RunResult, table, to_json
-from autoglm.server.bench.stats import Dist, Summary
-from autoglm.server.bench.targets import paced_checks, unpaced_checks
+from autoglm.bench.report import BenchReport, RunResult, table, to_json
+from autoglm.bench.stats import Dist, Summary
+from autoglm.bench.targets import paced_checks, unpaced_checks
 
 
 def _summary(tokens: int, ttft: float, itl: float, cpu: dict[str, float]) -> Summary:
@@ -68,8 +68,8 @@ def test_report_json_and_table() -> None:
 
 
 def test_scaleout_check_and_per_core_figures() -> None:
-    from autoglm.server.bench.stats import Dist, Summary
-    from autoglm.server.bench.targets import cores_for, scaleout_checks, tokens_per_core_s
+    from autoglm.bench.stats import Dist, Summary
+    from autoglm.bench.targets import cores_for, scaleout_checks, tokens_per_core_s
 
     dist = Dist(1.0, 1.0, 1.0, 1.0, 1)
     # 20,000 tokens relayed with 1.0 façade CPU-second: 20,000 tokens/s per core.

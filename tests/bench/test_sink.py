@@ -6,7 +6,7 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from autoglm.server.bench.sink import OtlpSink
+from autoglm.bench.sink import OtlpSink
 
 
 def test_counts_spans_and_keeps_them_once_asked() -> None:

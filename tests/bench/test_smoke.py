@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from autoglm.server.bench.harness import BenchOptions, run_bench
-from autoglm.server.bench.workload import LengthDist
+from autoglm.bench.harness import BenchOptions, run_bench
+from autoglm.bench.workload import LengthDist
 
 pytestmark = pytest.mark.integration
 

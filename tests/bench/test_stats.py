@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from autoglm.server.bench.stats import Dist, RequestRecord, percentile, summarize
+from autoglm.bench.stats import Dist, RequestRecord, percentile, summarize
 
 
 @pytest.mark.parametrize("q", [0, 1, 25, 50, 90, 99, 99.9, 100])

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from autoglm.server.bench.workload import LengthDist, Workload, token_cycle
+from autoglm.bench.workload import LengthDist, Workload, token_cycle
 
 
 def _encode(text: str) -> list[int]:

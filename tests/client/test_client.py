@@ -149,7 +149,7 @@ def test_insecure_metadata_and_deadline() -> None:
         client.generate("Hi", model="m")
         client.generate("Hi", model="m", timeout=2.0)
     # W3C trace headers appear once any test in this process installed an OTel SDK provider
-    # (server/tracing.py sets the global one): they are the tracing tests' business.
+    # (server/telemetry/tracing.py sets the global one): they are the tracing tests' business.
     first = stub.calls[0][2]
     assert first["timeout"] == 30.0
     assert [kv for kv in first["metadata"] if kv[0] not in ("traceparent", "tracestate")] == [

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from autoglm.server.cli import build_parser
-from autoglm.server.engine_link import HEADER_KEY, RESTRICTED_PROTOCOLS
+from autoglm.server.engine.link import HEADER_KEY, RESTRICTED_PROTOCOLS
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 

@@ -22,15 +22,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from autoglm.client import AsyncClient, Client, ClientConfig
-from autoglm.server import tracing
 from autoglm.server.app import RunningServer, start_server
-from autoglm.server.engine_link import EngineLink, dev_engine_link
+from autoglm.server.devstack.links import dev_engine_link
+from autoglm.server.devstack.pki import DevPki, ensure_dev_pki
+from autoglm.server.devstack.triton_process import TritonOptions, TritonProcess
+from autoglm.server.engine.link import EngineLink
 from autoglm.server.models import ModelSpec
-from autoglm.server.pki import DevPki, ensure_dev_pki
+from autoglm.server.security.bearer_tokens import TokenStore
 from autoglm.server.settings import Settings, TlsSettings
-from autoglm.server.tokens import TokenStore
-from autoglm.server.tracing import TracingSettings
-from autoglm.server.triton_process import TritonOptions, TritonProcess
+from autoglm.server.telemetry import tracing
+from autoglm.server.telemetry.tracing import TracingSettings
 from autoglm.triton_models.repository import CpuEngineConfig, render_cpu_model
 from tests.support.otlp_receiver import OtlpReceiver
 from tests.support.triton_crashes import CrashScanner

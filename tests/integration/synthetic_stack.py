@@ -18,9 +18,9 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from autoglm.bench.stack import BenchStack, StackOptions
 from autoglm.client import ClientConfig
-from autoglm.server.bench.stack import BenchStack, StackOptions
-from autoglm.server.limits import LimitSettings
+from autoglm.server.security.limits import LimitSettings
 
 from .conftest import scrape
 

@@ -32,12 +32,12 @@ from autoglm.client import (
     RetryPolicy,
     UnavailableError,
 )
-from autoglm.server.engine_link import EngineLink
+from autoglm.server.devstack.pki import DevPki
+from autoglm.server.devstack.triton_process import TritonOptions, TritonProcess
+from autoglm.server.engine.link import EngineLink
 from autoglm.server.models import ModelSpec
-from autoglm.server.pki import DevPki
+from autoglm.server.security.bearer_tokens import TokenStore
 from autoglm.server.settings import Settings, TlsSettings
-from autoglm.server.tokens import TokenStore
-from autoglm.server.triton_process import TritonOptions, TritonProcess
 from autoglm.triton_models.repository import CpuEngineConfig, render_cpu_model
 
 from .conftest import LONG_PROMPT, MODEL, FacadeThread

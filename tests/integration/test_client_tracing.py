@@ -14,7 +14,7 @@ from opentelemetry.trace import TracerProvider
 
 from autoglm.client import AsyncClient, Client, ClientConfig, Completion, InvalidArgumentError
 from autoglm.client import _tracing as client_tracing
-from autoglm.server import tracing
+from autoglm.server.telemetry import tracing
 from tests.support.otlp_receiver import OtlpReceiver, ReceivedSpan
 
 from .conftest import MODEL, Facade

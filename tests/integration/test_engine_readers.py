@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from autoglm.server import engine_client
-from autoglm.server.bench.direct import GREEDY
-from autoglm.server.engine_client import EngineClient, EngineRequest
-from autoglm.server.engine_link import EngineLink
+from autoglm.bench.direct import GREEDY
+from autoglm.server.devstack.triton_process import TritonProcess
+from autoglm.server.engine import client as engine_client
+from autoglm.server.engine.client import EngineClient, EngineRequest
+from autoglm.server.engine.link import EngineLink
 from autoglm.server.errors import DeadlineExceeded, EngineFailure, EngineUnavailable
-from autoglm.server.triton_process import TritonProcess
 
 from .conftest import MODEL, engine_metric
 

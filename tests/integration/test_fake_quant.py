@@ -18,11 +18,11 @@ from tokenizers import Tokenizer
 
 from autoglm.build_engine import manifest as mf
 from autoglm.build_engine.install import Installed, install
-from autoglm.server.engine_client import EngineClient, EngineRequest
-from autoglm.server.engine_link import EngineLink, dev_engine_link
-from autoglm.server.model_versions import LoadedVersion, ModelVersions
-from autoglm.server.triton_process import TritonOptions, TritonProcess
-from autoglm.server.validation import EngineSampling
+from autoglm.server.devstack.links import dev_engine_link
+from autoglm.server.devstack.triton_process import TritonOptions, TritonProcess
+from autoglm.server.engine.client import EngineClient, EngineRequest, EngineSampling
+from autoglm.server.engine.link import EngineLink
+from autoglm.server.engine.model_versions import LoadedVersion, ModelVersions
 from autoglm.triton_models.cpu_engine.request import EngineRequest as RunnerRequest
 from autoglm.triton_models.cpu_engine.runner import CausalLMRunner
 from autoglm.triton_models.cpu_engine.sampling import SamplingConfig

@@ -15,8 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from autoglm.server.pki import DevPki
-from autoglm.server.tokens import TokenStore
+from autoglm.server.devstack.pki import DevPki
+from autoglm.server.security.bearer_tokens import TokenStore
 from autoglm.v1 import text_generation_pb2 as pb
 from autoglm.v1 import text_generation_pb2_grpc as pb_grpc
 

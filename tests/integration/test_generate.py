@@ -19,7 +19,7 @@ from autoglm.client import (
     InvalidArgumentError,
     NotFoundError,
 )
-from autoglm.server.triton_process import TritonProcess
+from autoglm.server.devstack.triton_process import TritonProcess
 
 from .conftest import LONG_PROMPT, MODEL, engine_metric
 

@@ -20,15 +20,15 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
+from autoglm.bench.stack import EngineModel, StackOptions
 from autoglm.client import AsyncClient, ClientConfig
-from autoglm.server.bench.stack import EngineModel, StackOptions
-from autoglm.server.engine_link import EngineLink
-from autoglm.server.limits import LimitSettings, PrincipalLimits
+from autoglm.server.devstack.pki import DevPki
+from autoglm.server.devstack.triton_process import TritonOptions, TritonProcess
+from autoglm.server.engine.link import EngineLink
 from autoglm.server.models import ModelSpec, ServedModel, load_model
-from autoglm.server.pki import DevPki
+from autoglm.server.security.bearer_tokens import TokenStore
+from autoglm.server.security.limits import LimitSettings, PrincipalLimits
 from autoglm.server.settings import Settings, TlsSettings
-from autoglm.server.tokens import TokenStore
-from autoglm.server.triton_process import TritonOptions, TritonProcess
 from autoglm.triton_models.repository import CpuEngineConfig, render_cpu_model
 
 from .conftest import MODEL, FacadeThread, scrape

@@ -18,19 +18,20 @@ import pytest
 from autoglm.build_engine import manifest as mf
 from autoglm.build_engine.install import Installed, install
 from autoglm.build_engine.plan import BuildPlan
+from autoglm.build_engine.version_plan import Override, remove_pin, write_pin
 from autoglm.client import Client, ClientConfig
-from autoglm.server.engine_client import (
+from autoglm.server.devstack.links import dev_engine_link
+from autoglm.server.devstack.triton_process import TritonOptions, TritonProcess
+from autoglm.server.engine.client import (
     EngineClient,
     EngineRequest,
+    EngineSampling,
     ModelControlError,
     RepositoryEntry,
 )
-from autoglm.server.engine_link import EngineLink, dev_engine_link
-from autoglm.server.model_versions import ModelVersions, VersionRefused
+from autoglm.server.engine.link import EngineLink
+from autoglm.server.engine.model_versions import ModelVersions, VersionRefused
 from autoglm.server.settings import Settings
-from autoglm.server.triton_process import TritonOptions, TritonProcess
-from autoglm.server.validation import EngineSampling
-from autoglm.server.version_plan import Override, remove_pin, write_pin
 
 from .conftest import FacadeThread, engine_metric
 

@@ -8,8 +8,8 @@ from collections.abc import Callable
 import pytest
 
 from autoglm.client import AuthenticationError, Client, ClientConfig, InvalidArgumentError
-from autoglm.server.audit_verify import verify_dir
-from autoglm.server.triton_process import TritonProcess
+from autoglm.server.audit.verify import verify_dir
+from autoglm.server.devstack.triton_process import TritonProcess
 from tests.support.otlp_receiver import OtlpReceiver, ReceivedSpan
 
 from .conftest import MODEL, Facade, scrape

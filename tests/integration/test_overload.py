@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
+from autoglm.bench.stack import EngineModel, StackOptions
 from autoglm.client import AsyncClient, ResourceExhaustedError
-from autoglm.server.bench.stack import EngineModel, StackOptions
-from autoglm.server.limits import CONCURRENCY_RETRY_AFTER_S, LimitSettings
 from autoglm.server.models import ModelSpec, load_model
+from autoglm.server.security.limits import CONCURRENCY_RETRY_AFTER_S, LimitSettings
 
 from .synthetic_stack import FacadeStack, cycle_ids, expected_ids, wait_until
 

@@ -12,12 +12,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from autoglm.client import Client, ClientConfig, UnavailableError
-from autoglm.server.engine_link import EngineLink
+from autoglm.server.devstack.pki import DevPki
+from autoglm.server.devstack.triton_process import SHM_DIR, TritonOptions, TritonProcess
+from autoglm.server.engine.link import EngineLink
 from autoglm.server.models import ModelSpec
-from autoglm.server.pki import DevPki
+from autoglm.server.security.bearer_tokens import TokenStore
 from autoglm.server.settings import Settings, TlsSettings
-from autoglm.server.tokens import TokenStore
-from autoglm.server.triton_process import SHM_DIR, TritonOptions, TritonProcess
 from autoglm.triton_models.repository import CpuEngineConfig, render_cpu_model
 
 from .conftest import LONG_PROMPT, MODEL, FacadeThread, secure_channel

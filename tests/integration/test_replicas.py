@@ -32,12 +32,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tokenizers import Tokenizer
 
 from autoglm.client import AsyncClient, Client, ClientConfig, UnavailableError
-from autoglm.server.engine_link import EngineLink
+from autoglm.server.devstack.pki import DevPki
+from autoglm.server.devstack.triton_process import TritonOptions, TritonProcess
+from autoglm.server.engine.link import EngineLink
 from autoglm.server.models import ModelSpec, load_model
-from autoglm.server.pki import DevPki
+from autoglm.server.security.bearer_tokens import TokenStore
 from autoglm.server.settings import Settings, TlsSettings
-from autoglm.server.tokens import TokenStore
-from autoglm.server.triton_process import TritonOptions, TritonProcess
 from autoglm.triton_models.synthetic import render_synthetic_model
 
 from .conftest import FacadeThread, scrape, secure_channel

@@ -20,21 +20,21 @@ from autoglm.client import (
     ResourceExhaustedError,
     UnavailableError,
 )
-from autoglm.server.engine_link import EngineLink
-from autoglm.server.limits import PrincipalLimits
-from autoglm.server.models import ModelSpec
-from autoglm.server.pki import (
+from autoglm.server.devstack.pki import (
     CLIENT_AUTH,
     SERVER_AUTH,
     DevPki,
     IssuedCertificate,
     client_spiffe_id,
     issue_certificate,
-    write_atomic,
 )
+from autoglm.server.devstack.triton_process import TritonProcess
+from autoglm.server.engine.link import EngineLink
+from autoglm.server.files import write_atomic
+from autoglm.server.models import ModelSpec
+from autoglm.server.security.bearer_tokens import TokenStore
+from autoglm.server.security.limits import PrincipalLimits
 from autoglm.server.settings import Settings, TlsSettings
-from autoglm.server.tokens import TokenStore
-from autoglm.server.triton_process import TritonProcess
 
 from .conftest import LONG_PROMPT, MODEL, Facade, FacadeThread, secure_channel
 

@@ -14,10 +14,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from autoglm.client import AuthenticationError, Client, ClientConfig, UnavailableError
-from autoglm.server.engine_link import EngineLink
-from autoglm.server.pki import DevPki
-from autoglm.server.tokens import TokenStore
-from autoglm.server.triton_process import TritonProcess
+from autoglm.server.devstack.pki import DevPki
+from autoglm.server.devstack.triton_process import TritonProcess
+from autoglm.server.engine.link import EngineLink
+from autoglm.server.security.bearer_tokens import TokenStore
 from tests.support.serve_process import start_serve
 
 from .conftest import MODEL, Facade, secure_channel

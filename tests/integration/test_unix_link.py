@@ -18,13 +18,14 @@ import pytest
 from tokenizers import Tokenizer
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from autoglm.bench.direct import GREEDY
 from autoglm.client import Client, ClientConfig
-from autoglm.server.bench.direct import GREEDY
-from autoglm.server.engine_client import EngineClient, EngineRequest
-from autoglm.server.engine_link import EngineLink, unix_link
-from autoglm.server.pki import DevPki
-from autoglm.server.tokens import TokenStore
-from autoglm.server.triton_process import TritonOptions, TritonProcess
+from autoglm.server.devstack.links import unix_link
+from autoglm.server.devstack.pki import DevPki
+from autoglm.server.devstack.triton_process import TritonOptions, TritonProcess
+from autoglm.server.engine.client import EngineClient, EngineRequest
+from autoglm.server.engine.link import EngineLink
+from autoglm.server.security.bearer_tokens import TokenStore
 from autoglm.triton_models.repository import CpuEngineConfig, render_cpu_model
 from tests.support.serve_process import start_serve
 

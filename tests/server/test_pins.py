@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from autoglm.server.version_plan import (
+from autoglm.build_engine.version_plan import (
     PIN,
     Candidate,
     Override,

@@ -10,8 +10,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autoglm.server.pki import DevPki
-from autoglm.server.tokens import TokenStore
+from autoglm.server.devstack.pki import DevPki
+from autoglm.server.security.bearer_tokens import TokenStore
 
 
 @dataclass

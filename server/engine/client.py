@@ -1,0 +1,472 @@
+"""The façade's client of the engine model in Triton: one `ModelStreamInfer` stream per request.
+
+Inference is read by the lean reader (reader.py: all calls to an endpoint on one HTTP/2
+connection, read in batches) unless the operator chose `--engine-reader grpc` or the target is
+a unix socket; health.py's one-token probes go the same way. Readiness checks and model
+control use grpc.aio channels (engine_routes.py).
+
+Requests carry the TensorRT-LLM backend's tensors (contract.py) as raw little-endian bytes.
+`triton_enable_empty_final_response` makes Triton close every request with an explicit final
+response (tritonclient's aio `stream_infer` ignores that flag, so the raw generated stub is used,
+facts.md). Every call sends its one request and half-closes. A call that got its final response
+ends on Triton's OK status, never by a cancel (Triton 2.51 can leak requests cancelled just after
+their final response, and the model version then never unloads: `let_finish`). Leaving an
+unfinished stream — by a stop string, an error or the caller's cancellation — cancels the gRPC
+call, which makes Triton cancel the request in the engine model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import ssl
+import struct
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2
+
+from autoglm.server.engine import reader, replicas
+from autoglm.server.engine.routes import EngineRoutes
+from autoglm.server.errors import DeadlineExceeded, EngineFailure, EngineUnavailable
+from autoglm.server.telemetry import tracing
+from autoglm.triton_models import contract
+
+_FINAL = "triton_final_response"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSampling:
+    """Sampling values as the TensorRT-LLM backend's tensors take them."""
+
+    temperature: float
+    runtime_top_k: int
+    runtime_top_p: float
+    seed: int
+    repetition_penalty: float
+
+
+@dataclass(frozen=True, slots=True)
+class EngineRequest:
+    triton_model: str
+    request_id: str
+    input_ids: Sequence[int]
+    max_new_tokens: int
+    end_id: int
+    pad_id: int
+    sampling: EngineSampling
+    stop_words: Sequence[Sequence[int]] = ()
+
+
+# struct codes of the contract's data types, packed little-endian ("<"), as Triton reads raw
+# tensor contents. struct instead of numpy: building a request with numpy arrays (one per
+# scalar) was ~9 % of the event loop's busy time per request in a profile (docs/benchmarks.md,
+# "Session 8"); struct also refuses a value its type cannot hold instead of wrapping it.
+_PACK = {"TYPE_INT32": "i", "TYPE_UINT64": "Q", "TYPE_FP32": "f", "TYPE_BOOL": "?"}
+
+
+def _add(
+    req: service_pb2.ModelInferRequest,
+    spec: contract.TensorSpec,
+    shape: tuple[int, ...],
+    values: Sequence[int | float | bool],
+) -> None:
+    tensor = req.inputs.add()
+    tensor.name = spec.name
+    tensor.datatype = spec.wire_dtype
+    tensor.shape.extend(shape)
+    req.raw_input_contents.append(struct.pack(f"<{len(values)}{_PACK[spec.data_type]}", *values))
+
+
+def build_infer_request(r: EngineRequest) -> service_pb2.ModelInferRequest:
+    """The ModelInferRequest for one generation (batch 1, streaming, input excluded)."""
+    req = service_pb2.ModelInferRequest(model_name=r.triton_model, id=r.request_id)
+    req.parameters["triton_enable_empty_final_response"].bool_param = True
+    s = r.sampling
+    _add(req, contract.INPUT_IDS, (1, len(r.input_ids)), r.input_ids)  # [batch, tokens]
+    for spec, value in (  # each [batch, 1]
+        (contract.INPUT_LENGTHS, len(r.input_ids)),
+        (contract.REQUEST_OUTPUT_LEN, r.max_new_tokens),
+        (contract.END_ID, r.end_id),
+        (contract.PAD_ID, r.pad_id),
+        (contract.STREAMING, True),
+        (contract.EXCLUDE_INPUT_IN_OUTPUT, True),
+        (contract.TEMPERATURE, s.temperature),
+        (contract.RUNTIME_TOP_K, s.runtime_top_k),
+        (contract.RUNTIME_TOP_P, s.runtime_top_p),
+        (contract.SEED, s.seed),
+        (contract.REPETITION_PENALTY, s.repetition_penalty),
+    ):
+        _add(req, spec, (1, 1), (value,))
+    if r.stop_words:
+        words = contract.to_stop_words_list([list(w) for w in r.stop_words])
+        _add(req, contract.STOP_WORDS_LIST, (1, *words.shape), words.ravel().tolist())
+    return req
+
+
+def parse_stream_response(resp: service_pb2.ModelStreamInferResponse) -> tuple[list[int], bool]:
+    """(new token ids, is final) of one streamed response; EngineFailure on an error."""
+    if resp.error_message:
+        raise EngineFailure(resp.error_message)
+    infer = resp.infer_response
+    final = infer.parameters[_FINAL].bool_param if _FINAL in infer.parameters else False
+    for i, out in enumerate(infer.outputs):
+        if out.name == contract.OUTPUT_IDS.name:
+            # [batch, beam, tokens]; beam width is 1, so every id is a new token.
+            ids = np.frombuffer(infer.raw_output_contents[i], dtype=np.int32)
+            return ids.tolist(), final
+    return [], final
+
+
+class ModelControlError(RuntimeError):
+    """Triton refused a model-repository call (load, unload, index); carries its gRPC code."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RepositoryEntry(NamedTuple):
+    """One row of Triton's RepositoryIndex: a model version and its state (READY, UNAVAILABLE…)."""
+
+    name: str
+    version: str
+    state: str
+    reason: str
+
+
+class EngineClient:
+    """Talks to Triton: one endpoint, or several replicas (replicas.py); share one per process.
+
+    Inference goes over one channel with gRPC's `round_robin` over the endpoints currently
+    judged healthy (`use_endpoints`, driven by health.py); each endpoint also has a channel of
+    its own for probes and model control, which must reach every replica.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        tls_name: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        lean_reader: bool = True,
+    ) -> None:
+        self._routes = EngineRoutes(target, credentials=credentials, tls_name=tls_name)
+        self.spec = self._routes.spec
+        self.target = target
+        self._metadata = tuple(metadata)
+        # The lean reader needs the link's TLS as an ssl context (or a plaintext/unix link).
+        self._lean = lean_reader and (credentials is None or ssl_context is not None)
+        self._ssl = ssl_context if credentials is not None else None
+        self._tls_name = tls_name or self.spec.tls_name
+        self._lean_endpoints: dict[str, reader.Endpoint] = {}
+        self._turn = itertools.count()
+        # triton model -> monotonic time its engine last streamed tokens (evidence for health.py)
+        self.last_token_at: dict[str, float] = {}
+
+    # ---- endpoints (replicas; engine_routes.py) ---------------------------------------------
+
+    async def endpoints(self) -> list[str]:
+        """The endpoints to probe now: the target itself, or what the replica target resolves to."""
+        return await self._routes.endpoints()
+
+    @property
+    def healthy_endpoints(self) -> tuple[str, ...]:
+        return self._routes.healthy
+
+    async def use_endpoints(
+        self, healthy: Sequence[str], *, connect_timeout_s: float = 5.0, drain_s: float = 3600.0
+    ) -> bool:
+        """Route new calls over `healthy` only; True if that changed it (EngineRoutes.use)."""
+        return await self._routes.use(healthy, connect_timeout_s=connect_timeout_s, drain_s=drain_s)
+
+    async def forget_endpoints(self, keep: Sequence[str]) -> None:
+        """Close the probe/control channels of endpoints that are gone (DNS no longer lists),
+        and their inference connections once the calls on them have ended."""
+        await self._routes.forget(keep)
+        for address in [a for a in self._lean_endpoints if a not in keep and a != self.target]:
+            self._lean_endpoints.pop(address).retire()
+
+    async def close(self, finish_grace_s: float = 5.0) -> None:
+        """Close the lean connections and the channels.
+
+        Calls whose final response has arrived are first given up to `finish_grace_s` to end on
+        Triton's status: closing would cancel them right after their final response, the
+        pattern that leaks requests in Triton 2.51 (`let_finish`). Seen in CI: a client closed
+        just after its last streams left the model version they ran on loaded for good.
+        """
+        lean = [
+            asyncio.ensure_future(endpoint.finished())
+            for endpoint in self._lean_endpoints.values()
+            if endpoint.finishing_calls
+        ]
+        grpc_route = [asyncio.ensure_future(call.code()) for call in tuple(_FINISHING)]
+        if lean or grpc_route:
+            await asyncio.wait([*lean, *grpc_route], timeout=finish_grace_s)
+            for waiter in lean:
+                waiter.cancel()  # (a grpc.aio call's status ends with its channel below)
+        for endpoint in self._lean_endpoints.values():
+            endpoint.close()
+        self._lean_endpoints.clear()
+        await self._routes.close()
+
+    def _lean_endpoint(self) -> reader.Endpoint | None:
+        """The endpoint of the next inference call (round robin over the healthy ones), or None
+        for the grpc.aio route (lean reader off, or replicas not yet resolved)."""
+        healthy = self._routes.healthy
+        if not self._lean or not healthy:
+            return None
+        address = healthy[0] if len(healthy) == 1 else healthy[next(self._turn) % len(healthy)]
+        return self._lean_endpoint_at(address)
+
+    def _lean_endpoint_at(self, address: str) -> reader.Endpoint:
+        endpoint = self._lean_endpoints.get(address)
+        if endpoint is None:
+            unix_path = replicas.unix_socket_path(address)
+            # A unix socket has no host: "localhost" names it in `:authority` (as grpc does).
+            hp = replicas.parse_target(address).hosts[0] if unix_path is None else None
+            host = hp.host if hp else "localhost"
+            endpoint = self._lean_endpoints[address] = reader.Endpoint(
+                host,
+                hp.port if hp else 0,
+                ssl_context=self._ssl,
+                server_hostname=self._tls_name or host,
+                metadata=self._metadata,
+                unix_path=unix_path,
+            )
+        return endpoint
+
+    async def probe(self, endpoint: str, request: EngineRequest, *, timeout: float) -> int:
+        """Run `request` (meant: a one-token generation) on `endpoint` alone; tokens generated.
+
+        Goes the way inference goes (the lean reader unless it is off), so a probe tests the
+        path that serves traffic. Raises EngineUnavailable / EngineFailure / DeadlineExceeded
+        like a real call.
+        """
+        count = 0
+
+        def add(ids: list[int]) -> None:
+            nonlocal count
+            count += len(ids)
+
+        if self._lean:
+            await _lean_call(self._lean_endpoint_at(endpoint), request, add, (), timeout)
+            return count
+        call = self._routes.endpoint_stub(endpoint).ModelStreamInfer(
+            metadata=self._metadata, timeout=timeout
+        )
+        await _read_until_final(call, request, add)
+        return count
+
+    async def model_ready(
+        self, name: str, *, version: str = "", timeout: float = 2.0, endpoint: str | None = None
+    ) -> bool:
+        """ModelReady (of `endpoint`, else of the data path); `version` "" = as Triton's
+        version policy picks (the highest loaded)."""
+        stub = self._routes.stub if endpoint is None else self._routes.endpoint_stub(endpoint)
+        try:
+            resp = await stub.ModelReady(
+                service_pb2.ModelReadyRequest(name=name, version=version),
+                timeout=timeout,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError:
+            return False
+        return bool(resp.ready)
+
+    # ---- model control (Triton started with --model-control-mode=explicit) -----------------
+    # The "model-repository" protocol group is restricted (engine_link.py): these calls need the
+    # link metadata like inference does. Request shapes: Triton's grpc_service.proto
+    # (RepositoryModelLoad/Unload/Index) and the model_repository protocol extension, where the
+    # `config` parameter is a JSON ModelConfig that replaces config.pbtxt for this load.
+
+    async def load_model(
+        self, name: str, *, config_json: str | None = None, timeout: float = 600.0
+    ) -> None:
+        """Load (or reload) `name`; returns once Triton has finished loading it."""
+        req = service_pb2.RepositoryModelLoadRequest(model_name=name)
+        if config_json is not None:
+            req.parameters["config"].string_param = config_json
+        await self._control("RepositoryModelLoad", req, timeout)
+
+    async def unload_model(self, name: str, *, timeout: float = 120.0) -> None:
+        req = service_pb2.RepositoryModelUnloadRequest(model_name=name)
+        await self._control("RepositoryModelUnload", req, timeout)
+
+    async def repository_index(
+        self, *, ready_only: bool = False, timeout: float = 10.0
+    ) -> list[RepositoryEntry]:
+        req = service_pb2.RepositoryIndexRequest(ready=ready_only)
+        resp = await self._control("RepositoryIndex", req, timeout)
+        return [RepositoryEntry(m.name, m.version, m.state, m.reason) for m in resp.models]
+
+    async def _control(self, method: str, request, timeout: float):  # type: ignore[no-untyped-def]
+        """Call `method` on every endpoint (each replica loads its own models); first answer."""
+        results = []
+        try:
+            stubs = await self._routes.control_stubs()
+            if not stubs:
+                raise ModelControlError(f"{self.target}: resolves to no endpoint", None)
+            for stub in stubs:
+                call = getattr(stub, method)
+                results.append(await call(request, timeout=timeout, metadata=self._metadata))
+            return results[0]
+        except grpc.aio.AioRpcError as exc:
+            raise ModelControlError(
+                f"{type(request).__name__.removesuffix('Request')} "
+                f"{getattr(request, 'model_name', '') or ''}: {exc.code().name}: {exc.details()}",
+                exc.code(),
+            ) from None
+
+    async def generate(
+        self, request: EngineRequest, *, timeout: float | None = None
+    ) -> AsyncIterator[list[int]]:
+        """Yield lists of new token ids as the engine streams them: `stream_into` behind a queue.
+
+        For callers that want an iterator (tests, tools); the relay uses `stream_into` itself.
+        Use with `contextlib.aclosing` so that leaving early cancels the engine request at once.
+        An engine error is raised after the tokens that arrived before it.
+        """
+        queue: asyncio.Queue[list[int] | None] = asyncio.Queue()
+        task = asyncio.create_task(self.stream_into(request, queue.put_nowait, timeout=timeout))
+        task.add_done_callback(lambda _: queue.put_nowait(None))
+        try:
+            while (ids := await queue.get()) is not None:
+                yield ids
+            await task
+        finally:
+            task.cancel()
+
+    async def stream_into(
+        self,
+        request: EngineRequest,
+        on_ids: Callable[[list[int]], None],
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        """Hand every response's new token ids to `on_ids` until the final response.
+
+        The relay's reading loop (relay.py): one coroutine, no async-generator layer per token.
+        Run it as a task; cancelling the task cancels the call, hence the engine request, at once.
+        """
+        model, stamps = request.triton_model, self.last_token_at
+
+        def push(ids: list[int]) -> None:
+            stamps[model] = time.monotonic()  # evidence of health (health.py)
+            on_ids(ids)
+
+        with tracing.engine_span(model):
+            endpoint = self._lean_endpoint()
+            if endpoint is None:
+                metadata = (*self._metadata, *tracing.inject_traceparent())
+                call = self._routes.stub.ModelStreamInfer(metadata=metadata, timeout=timeout)
+                await _read_until_final(call, request, push)
+                return
+
+            await _lean_call(endpoint, request, push, tracing.inject_traceparent(), timeout)
+
+
+async def _lean_call(
+    endpoint: reader.Endpoint,
+    request: EngineRequest,
+    on_ids: Callable[[list[int]], None],
+    metadata: Sequence[tuple[str, str]],
+    timeout: float | None,
+) -> None:
+    """`_read_until_final` on the lean reader: the same request, ids, final and error mapping."""
+
+    def on_message(payload: bytes) -> bool:
+        ids, final = parse_stream_response(service_pb2.ModelStreamInferResponse.FromString(payload))
+        if ids:
+            on_ids(ids)
+        return final
+
+    try:
+        await endpoint.call(
+            build_infer_request(request).SerializeToString(),
+            on_message,
+            metadata=metadata,
+            timeout=timeout,
+        )
+    except reader.CallError as exc:
+        raise _map_status(exc.code, exc.details) from None
+
+
+async def _read_until_final(
+    call: grpc.aio.StreamStreamCall, request: EngineRequest, on_ids: Callable[[list[int]], None]
+) -> None:
+    """Send `request` on `call` (and half-close), hand each response's new ids to `on_ids` until
+    the final one.
+
+    A finished call is left to end on Triton's OK status (`let_finish`); an unfinished one — an
+    error, a stop, the caller's cancellation — is cancelled on the way out, and Triton cancels
+    the request in the engine. Errors map through `_map_status`.
+    """
+    finished = False
+    try:
+        await call.write(build_infer_request(request))
+        await call.done_writing()
+        while True:
+            resp = await call.read()
+            if resp is grpc.aio.EOF:
+                raise EngineUnavailable("the engine closed the stream before the final response")
+            ids, final = parse_stream_response(resp)
+            if ids:
+                on_ids(ids)
+            if final:
+                finished = True
+                return
+    except grpc.aio.AioRpcError as exc:
+        raise _map_status(exc.code(), exc.details()) from None
+    finally:
+        if finished:
+            let_finish(call)
+        else:
+            with contextlib.suppress(Exception):
+                call.cancel()
+
+
+# Calls whose final response has been read, kept referenced until Triton's OK status arrives
+# (grpc.aio cancels a call that is garbage-collected unfinished).
+_FINISHING: set[grpc.aio.StreamStreamCall] = set()
+
+
+def let_finish(call: grpc.aio.StreamStreamCall) -> None:
+    """Let a call whose final response has arrived end on Triton's own status, not a cancel.
+
+    Triton 2.51 can leak a request it had already completed when its stream is cancelled right
+    after the final response: the model version it ran on then never finishes unloading (20 such
+    streams were enough, test_model_versions.py). Ending the stream normally avoids Triton's
+    cancellation path entirely. Cancelled after `reader.FINISH_GRACE_S` if the status never
+    comes.
+    """
+    if call.done():
+        return
+    _FINISHING.add(call)
+    timer = asyncio.get_running_loop().call_later(reader.FINISH_GRACE_S, call.cancel)
+
+    def finished(_: object) -> None:
+        timer.cancel()
+        _FINISHING.discard(call)
+
+    call.add_done_callback(finished)
+
+
+def _map_status(code: grpc.StatusCode, details: str | None) -> Exception:
+    """A Triton call's gRPC status as the façade's error (mapped to the caller in errors.py)."""
+    if code in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.UNIMPLEMENTED,
+    ):
+        return EngineUnavailable(f"engine unavailable: {details}")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded("deadline exceeded while waiting for the engine")
+    return EngineFailure(f"{code.name}: {details}")

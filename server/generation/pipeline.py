@@ -1,0 +1,145 @@
+"""One generation, from checked plan to text deltas: tokenize → engine → detokenize → stop.
+
+Independent of gRPC's servicer API: it yields `Delta`s, which the service turns into messages
+(streaming) or folds into one response (unary), so both RPCs share exactly one code path and
+the streamed text always concatenates to the unary text.
+
+The engine stream is read by a relay task (relay.py); each delta is everything that arrived
+while the previous one was being written, detokenized and stop-checked in one step, so a slow
+caller gets fewer, larger messages and the per-token work is a list append.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from autoglm.server.engine.client import EngineClient, EngineRequest
+from autoglm.server.errors import InvalidArgument
+from autoglm.server.generation.detokenizer import IncrementalDetokenizer
+from autoglm.server.generation.plan import (
+    GeneratePlan,
+    PromptInput,
+    engine_sampling,
+    resolve_max_tokens,
+)
+from autoglm.server.generation.relay import Push, Relay
+from autoglm.server.generation.stop_strings import StopStringMatcher
+from autoglm.server.models import ServedModel
+from autoglm.server.telemetry import tracing
+from autoglm.server.tokenization import ChatTemplateError
+from autoglm.v1 import text_generation_pb2 as pb
+
+
+@dataclass(slots=True)
+class Delta:
+    """Text and the ids it came from; the last delta carries finish reason and usage."""
+
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: int = pb.FINISH_REASON_UNSPECIFIED
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    # When the engine delivered the first and the last of `token_ids` (time.perf_counter s; 0
+    # without ids): metrics and traces time tokens by their arrival, not by their write.
+    first_at: float = 0.0
+    last_at: float = 0.0
+
+
+def encode_input(model: ServedModel, prompt_input: PromptInput) -> list[int]:
+    try:
+        if prompt_input.prompt is not None:
+            ids = model.encoder.encode_prompt(prompt_input.prompt)
+        else:
+            ids = model.encoder.encode_chat(prompt_input.messages)
+    except ChatTemplateError as exc:
+        raise InvalidArgument([("messages", str(exc))]) from None
+    if not ids:
+        raise InvalidArgument([("prompt", "encodes to no tokens")])
+    return ids
+
+
+async def generate(
+    plan: GeneratePlan, model: ServedModel, engine: EngineClient, *, timeout: float | None
+) -> AsyncIterator[Delta]:
+    """Yield text deltas; the last one has finish_reason and usage set."""
+    perf = time.perf_counter
+    t = perf()
+    prompt_ids = encode_input(model, plan.input)
+    # On the generation span (the current one), as the detokenizing time below.
+    tracing.annotate(
+        {
+            "autoglm.tokenize_seconds": round(perf() - t, 6),
+            "gen_ai.usage.input_tokens": len(prompt_ids),
+        }
+    )
+    spec = model.spec
+    max_new = resolve_max_tokens(
+        plan.sampling.max_tokens,
+        prompt_tokens=len(prompt_ids),
+        max_context=spec.max_context_tokens,
+        max_output=spec.max_output_tokens,
+        default=spec.default_max_tokens,
+    )
+    request = EngineRequest(
+        triton_model=spec.triton_model,
+        request_id=plan.request_id,
+        input_ids=prompt_ids,
+        max_new_tokens=max_new,
+        end_id=model.end_id,
+        pad_id=model.pad_id,
+        sampling=engine_sampling(plan.sampling),
+    )
+    detok = IncrementalDetokenizer(model.encoder.tokenizer)
+    stops = StopStringMatcher(plan.sampling.stop)
+    # With stop strings a batch is fed token by token, so that the ids (and the completion
+    # count) end at the token that completed the stop whatever the coalescing was.
+    per_token = bool(plan.sampling.stop)
+    completion = 0
+    stopped = False
+    detok_s = 0.0  # time spent detokenizing, put on the generation span (a span per token
+    # would cost more than the work it measures)
+
+    def read(push: Push) -> Coroutine[Any, Any, None]:
+        return engine.stream_into(request, push, timeout=timeout)
+
+    # Leaving this block (end, stop string, error, the caller gone) cancels the engine request.
+    async with Relay(read) as relay:
+        while (batch := await relay.take()) is not None:
+            ids = batch.ids
+            t = perf()
+            if per_token:
+                text, used = _feed_until_stop(detok, stops, ids)
+                stopped = stops.stopped
+                ids = ids[:used]
+            else:
+                text, stopped = stops.feed(detok.add(ids))
+            detok_s += perf() - t
+            completion += len(ids)
+            yield Delta(text, ids, first_at=batch.first_at, last_at=batch.last_at)
+            if stopped:
+                break
+    tail = ""
+    if not stopped:
+        tail, stopped = stops.feed(detok.flush())
+        if not stopped:
+            tail += stops.flush()  # may still confirm a stop (a longer candidate never completed)
+            stopped = stops.stopped
+    tracing.annotate({"autoglm.detokenize_seconds": round(detok_s, 6)})
+    finish = pb.FINISH_REASON_STOP if stopped or completion < max_new else pb.FINISH_REASON_LENGTH
+    yield Delta(tail, [], finish, len(prompt_ids), completion)
+
+
+def _feed_until_stop(
+    detok: IncrementalDetokenizer, stops: StopStringMatcher, ids: list[int]
+) -> tuple[str, int]:
+    """(text to emit, ids used): feeds one id at a time and stops at the one completing a stop."""
+    out: list[str] = []
+    for i, token in enumerate(ids):
+        text, stopped = stops.feed(detok.add((token,)))
+        out.append(text)
+        if stopped:
+            return "".join(out), i + 1
+    return "".join(out), len(ids)
