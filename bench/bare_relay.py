@@ -2,8 +2,9 @@
 
 A bare grpc.aio server (a subprocess of `autoglm bench --floor`) whose `GenerateStream` does
 only what a text API in front of Triton cannot skip: decode the request, tokenize the prompt,
-call Triton through the façade's own engine reader (engine_client.py, relay.py) and stream the
-token ids back, one message per batch, over the same mTLS as the façade. No bearer token, no
+call Triton through the façade's own engine client and relay (server/engine/client.py,
+server/generation/relay.py) and stream the token ids back, one message per batch, over the same
+mTLS as the façade. No bearer token, no
 tracing, no metrics, no validation, no admission, no detokenization, no log line, no audit.
 
 Measured side by side with the direct path and the façade, it tells what the façade's targets
@@ -32,7 +33,7 @@ from autoglm.server.models import ModelSpec, ServedModel, load_model
 from autoglm.v1 import text_generation_pb2 as pb
 from autoglm.v1 import text_generation_pb2_grpc as pb_grpc
 
-# What the façade sends for temperature 0 (validation.engine_sampling: greedy = top_k 1).
+# What the façade sends for temperature 0 (generation/plan.py engine_sampling: greedy = top_k 1).
 _GREEDY = EngineSampling(
     temperature=1.0, runtime_top_k=1, runtime_top_p=1.0, seed=0, repetition_penalty=1.0
 )

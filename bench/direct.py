@@ -1,6 +1,6 @@
 """Path (a): straight to Triton's `ModelStreamInfer`, as a bare grpc.aio consumer.
 
-It uses the façade's own request building and response parsing (engine_client.py) and the
+It uses the façade's own request building and response parsing (server/engine/client.py) and the
 engine link's mTLS + restricted-protocol secret, and nothing else: no tokenization (the
 workload carries the prompt's ids), no detokenization, no auth, no tracing, no metrics.
 """
@@ -23,7 +23,7 @@ from autoglm.server.engine.client import (
 )
 from autoglm.server.engine.link import EngineLink
 
-# What the façade sends for temperature 0 (validation.engine_sampling: greedy = top_k 1).
+# What the façade sends for temperature 0 (generation/plan.py engine_sampling: greedy = top_k 1).
 GREEDY = EngineSampling(
     temperature=1.0, runtime_top_k=1, runtime_top_p=1.0, seed=0, repetition_penalty=1.0
 )

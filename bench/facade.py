@@ -2,7 +2,7 @@
 
 A raw generated stub rather than autoglm.client, so the load generator's own cost stays as
 small as the direct path's. The token goes as per-call metadata on the mTLS channel, exactly as
-the direct path sends Triton's secret (and as autoglm.client does since session 8), rather than
+the direct path sends Triton's secret (and as autoglm.client does), rather than
 as composed call credentials: gRPC Python runs a credentials plugin,
 `access_token_call_credentials` included, on a new thread for every call (counted: one
 `threading.Thread` per RPC), which would bill the load generator's thread start-ups to the

@@ -6,8 +6,8 @@ auth/async_customized_auth_client.py` does. The bearer token goes as per-call me
 example (and style.md #5) has it: gRPC Python runs every call-credentials plugin,
 `access_token_call_credentials` included, on a new thread for every call (counted: one
 `threading.Thread` per RPC). That cost callers ~0.4–0.8 ms of time to first token at low load
-in the benchmark (docs/benchmarks.md, "Session 7"). The server receives the same header either
-way. What call credentials guarantee — the token never crosses plaintext — holds by
+in the benchmark (`autoglm bench`, 2-core development VM). The server receives the same header
+either way. What call credentials guarantee — the token never crosses plaintext — holds by
 construction here: the metadata and the channel come from the same `ClientConfig`, and its
 channel is TLS unless the operator chose the insecure mode, which `ClientConfig` allows on
 loopback only.

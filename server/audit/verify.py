@@ -1,6 +1,6 @@
 """Verification of the audit log's hash chain, and `autoglm audit verify`.
 
-Reads the files `AuditWriter` (audit.py) writes, in rotation order, and names the first record
+Reads the files `AuditWriter` (writer.py) writes, in rotation order, and names the first record
 that was edited, deleted, reordered or is not valid JSON. Separate from the writer: it runs as a
 command on any host that holds a copy of the log, with no server around.
 """

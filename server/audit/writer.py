@@ -48,8 +48,9 @@ GENESIS = "0" * 64
 FORMAT_VERSION = 1
 DEFAULT_NAME = "audit.jsonl"
 _READ_CHUNK = 64 * 1024
-# The bearer token format of tokens.py. A full token given as token_id, or pasted into a prompt, is
-# cut down to its id: the secret must never reach the log, whatever the caller passes.
+# The bearer token format of security/bearer_tokens.py. A full token given as token_id, or
+# pasted into a prompt, is cut down to its id: the secret must never reach the log, whatever the
+# caller passes.
 _TOKEN_RE = re.compile(r"agm_([0-9a-f]{12})_[A-Za-z0-9_-]{43}")
 
 

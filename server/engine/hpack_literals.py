@@ -1,8 +1,8 @@
 """Request header fields as HPACK literals that never enter the dynamic table (RFC 7541).
 
-The lean reader (engine_h2.py) encodes every call's headers on the event loop. The pure-Python
-`hpack.Encoder` took ~34 µs per request for its nine fields against ~1 µs here
-(docs/benchmarks.md, "Session 8"). Stateless fields also make the constant part of every
+The engine reader (reader.py) encodes every call's headers on the event loop. The pure-Python
+`hpack.Encoder` took ~34 µs per request for its nine fields against ~1 µs here (measured on
+the 2-core development VM). Stateless fields also make the constant part of every
 request's header block one precomputed byte string. Triton's secret goes "never indexed", as
 RFC 7541 §7.1.3 advises for values an attacker must not probe, so it is never in a compression
 table. Decoding responses stays with the `hpack` package.

@@ -9,9 +9,9 @@ health must carry the header `triton-grpc-protocol-<key>: <secret>`) and HTTP of
   - on a unix socket (`unix_link`): only processes that may enter the socket's directory (mode
     0700, the service's user) can connect, so the secret is a second lock rather than the only
     one, and nothing crosses a network to encrypt. Without asyncio's TLS the lean reader spends
-    ~25–35 µs less CPU per streamed token, the whole façade ~10–15 µs (~5 %; docs/benchmarks.md,
-    "Session 10"), and the secret on Triton's command line (visible in `ps`) no longer opens
-    Triton to other local users.
+    ~25–35 µs less CPU per streamed token, the whole façade ~10–15 µs (~5 %, measured with
+    `autoglm bench` on the 2-core development VM), and the secret on Triton's command line
+    (visible in `ps`) no longer opens Triton to other local users.
 So nothing but the façade can run inference even on a shared host. Flags as in Triton 2.51
 `tritonserver --help` (facts.md).
 """
@@ -106,7 +106,7 @@ class EngineLink:
         )
 
     def ssl_context(self) -> ssl.SSLContext | None:
-        """The same client side for the lean inference reader (engine_h2.py)."""
+        """The same client side for the engine reader (reader.py)."""
         if self.tls is None:
             return None
         return client_ssl_context(

@@ -1,7 +1,7 @@
 """Coalescing relay: the engine stream is read in its own task, the caller takes what piled up.
 
-Why (issue #8, docs/benchmarks.md): the façade's CPU went to gRPC's per-message cost — one
-`GenerateResponse`, HTTP/2 frame, TLS record and `sendmsg` per token — not to its own logic.
+Why (issue #8, measured with `autoglm bench`): the façade's CPU went to gRPC's per-message cost
+— one `GenerateResponse`, HTTP/2 frame, TLS record and `sendmsg` per token — not to its own logic.
 Reading and writing are therefore decoupled: a reader task appends every engine response's
 token ids to a buffer as they arrive; the writer (the RPC handler) takes the whole buffer each
 time its previous message has been written. When the caller or the network is slower than the
@@ -10,7 +10,7 @@ once on its own (no added latency).
 
 Under pressure — tokens were already waiting when the writer came back for more, i.e. it is
 behind — the writer lingers `linger_s` (1 ms) before taking, so the reader gets another turn:
-measured on grpc.aio (docs/benchmarks.md), a saturated event loop otherwise runs reader and
+measured on grpc.aio on the 2-core development VM, a saturated event loop otherwise runs reader and
 writer in lock-step, one read and one write per token per loop turn, and never coalesces even
 with a backlog piling up in gRPC's buffers. A writer that keeps up never lingers.
 

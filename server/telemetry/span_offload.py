@@ -1,6 +1,6 @@
 """A span processor that exports from a child process: OTLP encoding off the façade's GIL.
 
-Why (issue #8, docs/benchmarks.md "Session 9"): OpenTelemetry's `BatchSpanProcessor` encodes
+Why (issue #8; measured with `autoglm bench`): OpenTelemetry's `BatchSpanProcessor` encodes
 spans into OTLP protobuf in pure Python on its worker thread, ~21 µs a span (~11 ms for a batch
 of 512 here). That thread holds the GIL in slices while the façade's event loop waits for it,
 and every token in flight waits with the loop: with export on, paced 64-stream runs added

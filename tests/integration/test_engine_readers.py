@@ -1,4 +1,4 @@
-"""The two ways the façade reads Triton (engine_h2.py's lean reader, the default, and a grpc.aio
+"""The two ways the façade reads Triton (server/engine/reader.py, the default, and a grpc.aio
 call per request) against the real Triton + CPU model: same tokens, same errors, cancellation."""
 
 from __future__ import annotations

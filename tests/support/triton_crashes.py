@@ -3,7 +3,7 @@ to the failing test's report).
 
 tritonserver prints the fatal signal before it dies (`Signal (11) received.`, or `Signal (6)`
 after `boost::interprocess::lock_exception` in the python backend); a SIGKILL from a test
-(engine-failure tests) prints nothing and is not counted. In session 4 such crashes came from
+(engine-failure tests) prints nothing and is not counted. Such crashes once came from
 our CPU engine updating custom metrics from two threads at once (docs/reliability.md).
 """
 

@@ -1,6 +1,6 @@
-"""The engine link's two forms (engine_link.py) as the settings and `autoglm serve` flags take
-them: mTLS over TCP, or a unix socket in a private directory. Pure: no Triton here (the real
-one over a unix socket is in tests/integration/test_unix_link.py)."""
+"""The engine link's two forms (server/engine/link.py) as the settings and `autoglm serve`
+flags take them: mTLS over TCP, or a unix socket in a private directory. Pure: no Triton here
+(the real one over a unix socket is in tests/integration/test_unix_link.py)."""
 
 from __future__ import annotations
 
