@@ -1,4 +1,5 @@
-"""Session fixtures: the real Triton with the real model, and the real façade (mTLS + token).
+"""Fixtures shared by the whole test run: the real Triton with the real model, and the real
+façade (mTLS + token).
 
 Triton is the `tritonserver` binary from nvidia-pytriton hosting the CPU reference engine with
 SmolLM2-135M-Instruct. The façade runs in its own thread with its own event loop, so the sync
