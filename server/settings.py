@@ -102,7 +102,6 @@ class Settings:
     # How inference streams are read from Triton: "lean" = engine_h2.py (every call on one
     # HTTP/2 connection per endpoint, read in batches); "grpc" = a grpc.aio call per request.
     engine_reader: str = "lean"
-    extra: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
         host, _ = split_host_port(self.listen)
