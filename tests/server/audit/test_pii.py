@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from autoglm.server.audit.pii import mask_pii
 from autoglm.server.audit import pii
+from autoglm.server.audit.pii import mask_pii
 
 # The GB 11643-1999 specimen number (check character X) and another published sample.
 ID_X = "11010519491231002X"
