@@ -11,15 +11,18 @@ import asyncio
 import json
 import logging
 import os
-from dataclasses import dataclass
+import signal
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 
 from autoglm.build_engine import default_model
-from autoglm.server.app import RunningServer, serve_until_signal, start_server
+from autoglm.server.app import RunningServer, start_server
 from autoglm.server.devstack.links import unix_link
 from autoglm.server.devstack.pki import ensure_dev_pki
+from autoglm.server.devstack.supervised_triton import SupervisedTriton
+from autoglm.server.devstack.supervisor import RestartPolicy
 from autoglm.server.devstack.triton_process import TritonOptions, TritonProcess
 from autoglm.server.models import ModelSpec
 from autoglm.server.security.bearer_tokens import AuthError, TokenStore
@@ -30,6 +33,15 @@ log = logging.getLogger("autoglm.dev")
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEV_SCOPES = ("generate", "models:read")
+
+
+class TritonGaveUp(SystemExit):
+    """Triton kept dying and the supervisor gave up (its console said why): `autoglm dev`
+    exits with status 1. A SystemExit, so that it leaves asyncio.run and the CLI as an exit
+    status, without a traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +56,7 @@ class DevOptions:
     metrics_port: int = 0
     triton_trace_url: str | None = None  # OTLP/HTTP traces URL for Triton's own spans
     self_check: bool = True
+    restart_policy: RestartPolicy = field(default_factory=RestartPolicy)  # supervisor.py
 
 
 def client_profile_path() -> Path:
@@ -97,6 +110,7 @@ async def _self_check(profile: Path, model: str, console: Console) -> None:
 
 
 async def run_dev(opts: DevOptions, console: Console) -> None:
+    """Run until SIGINT/SIGTERM, or until Triton keeps dying (then raise TritonGaveUp)."""
     home = opts.home
     model_dir = ensure_model(home, console)
     state = home / "dev"
@@ -116,7 +130,7 @@ async def run_dev(opts: DevOptions, console: Console) -> None:
     profile_path = opts.client_profile or client_profile_path()
     token = _token_for(store, profile_path)
 
-    # Triton on this host: its gRPC on a unix socket in a private directory (engine_link.py).
+    # Triton on this host: its gRPC on a unix socket in a private directory (engine/link.py).
     link = unix_link()
     triton = TritonProcess(
         TritonOptions(
@@ -133,10 +147,11 @@ async def run_dev(opts: DevOptions, console: Console) -> None:
         # (PR_SET_PDEATHSIG), and an executor thread may exit while Triton should run on.
         triton.start()
     console.print(
-        f"Triton ready: gRPC {triton.grpc_target}, metrics {triton.metrics_url}"
+        f"Triton ready (pid {triton.pid}): gRPC {triton.grpc_target}, metrics {triton.metrics_url}"
         f" (log: {triton.log_path})"
     )
     running: RunningServer | None = None
+    supervised: SupervisedTriton | None = None
     try:
         settings = Settings(
             listen=f"127.0.0.1:{opts.port}",
@@ -152,7 +167,15 @@ async def run_dev(opts: DevOptions, console: Console) -> None:
             metrics_listen=f"127.0.0.1:{opts.metrics_port}",
             audit_dir=state / "audit",
         )
-        running = await start_server(settings)
+        running = facade = await start_server(settings)
+        # From here on Triton is restarted when it dies; the façade readmits it by itself.
+        supervised = SupervisedTriton(
+            triton,
+            say=lambda line: console.print(line, style="yellow", markup=False, highlight=False),
+            policy=opts.restart_policy,
+            serving=lambda: _serving(facade),
+        )
+        supervised.watch()
         endpoint = f"127.0.0.1:{running.port}"
         write_profile(
             profile_path,
@@ -177,17 +200,45 @@ async def run_dev(opts: DevOptions, console: Console) -> None:
             f"  Triton metrics: {triton.metrics_url}\n"
             f"  audit log: {state / 'audit' / 'audit.jsonl'}"
             f"  (verify: .venv/bin/autoglm audit verify {state / 'audit'})\n"
-            f"  Ctrl-C (or SIGTERM) stops both.\n"
+            f"  Triton is restarted if it dies. Ctrl-C (or SIGTERM) stops both.\n"
         )
         if opts.self_check:
             await _self_check(profile_path, opts.model_name, console)
-        await serve_until_signal(running, grace=5.0)
+        gave_up = await _until_stopped(supervised)
+        await supervised.close()  # no restart during shutdown
+        log.info("shutting down: health NOT_SERVING, 5 s grace for in-flight calls")
+        await running.stop(5.0)
         running = None
+        if gave_up:
+            raise TritonGaveUp
     finally:
+        if supervised is not None:
+            await supervised.close()
         if running is not None:
             await running.stop(1.0)
         await asyncio.to_thread(triton.stop)
         console.print("stopped.")
+
+
+async def _until_stopped(supervised: SupervisedTriton) -> bool:
+    """Until SIGTERM/SIGINT (False) or the supervisor gives up on Triton (True)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((stopped, supervised.gave_up), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    return supervised.gave_up.done()
+
+
+async def _serving(running: RunningServer) -> bool:
+    from grpc_health.v1 import health_pb2
+
+    resp = await running.health.Check(health_pb2.HealthCheckRequest(service=""), None)
+    return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 async def _wait_serving(running: RunningServer, timeout: float = 30.0) -> None:

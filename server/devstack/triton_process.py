@@ -9,6 +9,7 @@ a virtualenv (facts.md, each seen to fail without it):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -152,7 +153,7 @@ class TritonOptions:
     exit_timeout_s: int = 10
     startup_timeout_s: float = 180.0
     extra_args: tuple[str, ...] = field(default=())
-    # mTLS or unix socket + restricted-protocol secret (engine_link.py); None = plaintext
+    # mTLS or unix socket + restricted-protocol secret (engine/link.py); None = plaintext
     # loopback (tests of the engine alone only: the façade's own settings decide what it needs).
     link: EngineLink | None = None
     # gRPC on a unix socket in a private (0700) directory made at start, removed at stop,
@@ -230,6 +231,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
+# Triton opens its gRPC port only once the models given with --load-model are loaded, so every
+# connection attempt before that fails. gRPC's default reconnect backoff (1 s, growing by 1.6x
+# with jitter) then noticed a restarted Triton up to seconds late (seen: 5.8 s to notice a Triton
+# that answered calls at 4.5 s); retrying every 100–500 ms costs nothing on loopback.
+_READY_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
+
+
 class TritonProcess:
     """A tritonserver child process; `start()` returns once every model is ready."""
 
@@ -240,6 +252,8 @@ class TritonProcess:
         self.http_port = options.http_port or free_port(options.host)
         self.metrics_port = options.metrics_port or free_port(options.host)
         self._proc: subprocess.Popen[bytes] | None = None
+        self._group_killed = False  # the current process group was SIGKILLed (stop/kill)
+        self.ready_at: float | None = None  # time.monotonic() when it last answered ready
         self._log_path = options.log_file or options.model_repository.parent / "triton.log"
         self.shm_prefix = shm_prefix()
         self._socket_dir: Path | None = None
@@ -331,6 +345,21 @@ class TritonProcess:
         return cmd
 
     def start(self) -> None:
+        """`launch`, then `wait_ready`; on failure Triton is stopped and cleaned up."""
+        self.launch()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def launch(self) -> None:
+        """Spawn tritonserver and return at once (a restart: after `stop`, on the same ports
+        and socket path).
+
+        Call it from a thread that lives as long as Triton should: the exec shim's
+        PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not the process
+        (prctl(2)), so a launch from a short-lived executor thread would SIGTERM Triton."""
         prepare_python_backend()
         remove_shm_regions(self.shm_prefix)  # of an earlier run of ours that crashed
         sweep_orphan_shm()
@@ -352,17 +381,48 @@ class TritonProcess:
                     env=triton_env(),
                     start_new_session=True,  # our Ctrl-C is handled by us, then we stop Triton
                 )
-            self._wait_ready()
+            self._group_killed = False
+            self.ready_at = None
         except BaseException:
-            self.stop()
-            self._remove_socket_dir()  # also when Triton never started
+            self._remove_socket_dir()  # Triton never started
             raise
 
-    def _wait_ready(self) -> None:
+    async def exited(self) -> int:
+        """Wait until tritonserver exits, reap it (no zombie) and return its return code.
+
+        Woken by the kernel, not by polling: a pidfd (Linux ≥ 5.3, pidfd_open(2)) becomes
+        readable when the process exits, and the event loop watches it like a socket. Elsewhere
+        a thread blocks in waitpid instead."""
+        proc = self._proc
+        if proc is None:
+            raise RuntimeError("exited: Triton was never launched")
+        if proc.poll() is not None:
+            return proc.returncode
+        try:
+            fd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):  # no pidfd here, or reaped meanwhile (ESRCH)
+            return await asyncio.to_thread(proc.wait)
+        loop = asyncio.get_running_loop()
+        gone: asyncio.Future[None] = loop.create_future()
+        try:
+            loop.add_reader(fd, lambda: gone.done() or gone.set_result(None))
+            try:
+                await gone
+            finally:
+                loop.remove_reader(fd)
+        finally:
+            os.close(fd)
+        return proc.wait()  # it has exited: returns at once
+
+    def wait_ready(self) -> None:
+        """Block until Triton and every model answer ready; TritonStartError if Triton exits
+        first or is not ready within `startup_timeout_s` (it is left running then)."""
         deadline = time.monotonic() + self.options.startup_timeout_s
-        link = self.options.link
+        creds = self.options.link.channel_credentials() if self.options.link else None
         channel = (
-            link.channel(self.grpc_target) if link else grpc.insecure_channel(self.grpc_target)
+            grpc.secure_channel(self.grpc_target, creds, _READY_CHANNEL_OPTIONS)
+            if creds
+            else grpc.insecure_channel(self.grpc_target, _READY_CHANNEL_OPTIONS)
         )
         with channel:
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
@@ -376,6 +436,7 @@ class TritonProcess:
                         stub.ModelReady(service_pb2.ModelReadyRequest(name=m), timeout=1).ready
                         for m in self.options.models
                     ):
+                        self.ready_at = time.monotonic()
                         return
                 time.sleep(0.1)
         raise TritonStartError(
@@ -402,9 +463,12 @@ class TritonProcess:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         # A tritonserver that crashed leaves its python-backend stubs running (seen here after
-        # SIGSEGV/SIGABRT: orphans of ~0.2–1 GB each); they share its process group.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        # SIGSEGV/SIGABRT: orphans of ~0.2–1 GB each); they share its process group. Once only:
+        # after the group is gone its id may be reused by someone else's process group.
+        if not self._group_killed:
+            self._group_killed = True
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
         remove_shm_regions(self.shm_prefix)
         self._remove_socket_dir()
         return proc.returncode
@@ -417,6 +481,7 @@ class TritonProcess:
         """SIGKILL the whole process group (tests of engine failure)."""
         if self._proc and self._proc.poll() is None:
             os.killpg(self._proc.pid, signal.SIGKILL)
+            self._group_killed = True
             self._proc.wait()
             remove_shm_regions(self.shm_prefix)
             self._remove_socket_dir()
