@@ -3,7 +3,8 @@
 Imported only inside a Triton python-backend stub, where `triton_python_backend_utils` exists:
 reading a config parameter, taking a request's contract inputs inside `execute` (the request
 object must not reach a worker thread: model.py of cpu_reference explains the segfault), and
-building the `output_ids` / error responses.
+building the `output_ids` / error responses: a refusal (the caller's bad tensor, refusal.py) is
+Triton's INVALID_ARG, anything else INTERNAL.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from autoglm.triton_models import contract
+from autoglm.triton_models.refusal import Refusal
 
 
 def param(config: dict[str, Any], key: str) -> str:
@@ -47,4 +49,11 @@ def ids_response(ids: list[int]) -> Any:
 
 
 def error_response(message: str) -> Any:
+    """The engine failed (INTERNAL): not the caller's fault."""
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+
+
+def refusal_response(refusal: Refusal) -> Any:
+    """The request is refused (INVALID_ARG); the message names the tensor (refusal.py)."""
+    error = pb_utils.TritonError(str(refusal), pb_utils.TritonError.INVALID_ARG)
+    return pb_utils.InferenceResponse(error=error)

@@ -1,4 +1,7 @@
-"""The autoglm.v1.TextGeneration servicer: validate → admit → pipeline → messages.
+"""The autoglm.v1.TextGeneration servicer: validate → prepare → admit → generate → messages.
+
+`pipeline.prepare` tokenizes and resolves max_tokens once; admission and the generation span
+take that number, and the engine gets it (pipeline.py).
 
 Both generation RPCs run through one code path (`_generate`), so metrics, traces, limits and the
 audit record are the same for unary and streaming calls. Errors are mapped in errors.py only.
@@ -21,7 +24,7 @@ from autoglm.server.api.validation import validate_count_tokens, validate_genera
 from autoglm.server.audit.writer import AuditRecord, AuditWriter, principal_fields
 from autoglm.server.engine.client import EngineClient
 from autoglm.server.generation import pipeline
-from autoglm.server.generation.plan import GeneratePlan, check_max_output
+from autoglm.server.generation.plan import GeneratePlan
 from autoglm.server.models import ModelRegistry, ServedModel
 from autoglm.server.security.auth import current_principal
 from autoglm.server.security.limits import Admission
@@ -135,24 +138,24 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
             out.plan = plan = validate_generate(request)
             out.request_id = plan.request_id
             logs.bind_request_id(plan.request_id)  # every log line of this RPC carries it
-            model = self._model(plan.model)
-            check_max_output(plan.sampling.max_tokens, model.spec.max_output_tokens)
-            requested = plan.sampling.max_tokens or model.spec.default_max_tokens
+            # Tokenized before admission: the budget admission checks is the one the engine gets
+            # (the room the prompt leaves in the context can lower the model's default).
+            prepared = pipeline.prepare(plan, self._model(plan.model))
             ticket = self.admission.admit(
                 principal.name if principal else ANONYMOUS,
                 principal.limits if principal else None,
-                requested,
+                prepared.max_new_tokens,
             )
             with tracing.generation_span(
                 model=plan.model,
                 request_id=plan.request_id,
-                max_tokens=requested,
+                max_tokens=prepared.max_new_tokens,
                 temperature=plan.sampling.temperature,
                 top_p=plan.sampling.top_p,
             ) as span:
                 first = True
                 generation = pipeline.generate(
-                    plan, model, self.engine, timeout=context.time_remaining()
+                    prepared, self.engine, timeout=context.time_remaining()
                 )
                 # One pass per delta — per coalesced message, not per token: metrics are
                 # batched, and timed by the engine's arrival times carried on the delta.

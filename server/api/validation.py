@@ -13,6 +13,10 @@ import secrets
 from autoglm.server.errors import InvalidArgument
 from autoglm.server.generation.plan import GeneratePlan, PromptInput, Sampling
 from autoglm.server.tokenization import Message
+from autoglm.triton_models.sampling_bounds import (
+    MIN_REPETITION_PENALTY,
+    MIN_REPETITION_PENALTY_F32,
+)
 from autoglm.v1 import text_generation_pb2 as pb
 
 MAX_PROMPT_BYTES = 1 << 20
@@ -71,6 +75,7 @@ def check_sampling(s: pb.SamplingParams, errors: list[tuple[str, str]]) -> Sampl
         errors.append(
             (f + "max_tokens", f"must be >= 0 (0 = the model's default), got {s.max_tokens}")
         )
+    # Any temperature in range is servable: below 1e-5 it is greedy (plan.engine_sampling).
     temperature = s.temperature if s.HasField("temperature") else 1.0
     if not (math.isfinite(temperature) and 0.0 <= temperature <= 2.0):
         errors.append((f + "temperature", f"must be in [0, 2], got {temperature}"))
@@ -80,9 +85,12 @@ def check_sampling(s: pb.SamplingParams, errors: list[tuple[str, str]]) -> Sampl
     top_k = s.top_k if s.HasField("top_k") else 0
     if not 0 <= top_k <= MAX_TOP_K:
         errors.append((f + "top_k", f"must be in [0, {MAX_TOP_K}], got {top_k}"))
+    # Bounded away from 0: the engine divides logits by it (sampling_bounds.py has the why).
     penalty = s.repetition_penalty if s.HasField("repetition_penalty") else 1.0
-    if not (math.isfinite(penalty) and 0.0 < penalty <= 2.0):
-        errors.append((f + "repetition_penalty", f"must be in (0, 2], got {penalty}"))
+    if not (math.isfinite(penalty) and MIN_REPETITION_PENALTY_F32 <= penalty <= 2.0):
+        errors.append(
+            (f + "repetition_penalty", f"must be in [{MIN_REPETITION_PENALTY}, 2], got {penalty}")
+        )
     if len(s.stop) > MAX_STOP_STRINGS:
         errors.append((f + "stop", f"at most {MAX_STOP_STRINGS} stop strings, got {len(s.stop)}"))
     for i, stop in enumerate(s.stop):

@@ -33,7 +33,12 @@ from tritonclient.grpc import service_pb2
 
 from autoglm.server.engine import reader, replicas
 from autoglm.server.engine.routes import EngineRoutes
-from autoglm.server.errors import DeadlineExceeded, EngineFailure, EngineUnavailable
+from autoglm.server.errors import (
+    DeadlineExceeded,
+    EngineFailure,
+    EngineUnavailable,
+    InvalidArgument,
+)
 from autoglm.server.telemetry import tracing
 from autoglm.triton_models import contract
 
@@ -469,4 +474,8 @@ def _map_status(code: grpc.StatusCode, details: str | None) -> Exception:
         return EngineUnavailable(f"engine unavailable: {details}")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceeded("deadline exceeded while waiting for the engine")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        # The engine refused a value (its message names the tensor, triton_models/refusal.py):
+        # the caller's error, not the server's; the pipeline names the request field.
+        return InvalidArgument([("engine", f"refused the request: {details}")])
     return EngineFailure(f"{code.name}: {details}")

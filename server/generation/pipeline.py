@@ -1,28 +1,35 @@
 """One generation, from checked plan to text deltas: tokenize → engine → detokenize → stop.
 
+Two steps. `prepare` tokenizes the prompt and resolves the output budget once, into a frozen
+`Prepared`; the caller admits the request with `Prepared.max_new_tokens` (limits.py), and
+`generate` sends exactly that number to the engine — admission, the generation span and the
+engine request cannot disagree about it.
+
 Independent of gRPC's servicer API: it yields `Delta`s, which the service turns into messages
 (streaming) or folds into one response (unary), so both RPCs share exactly one code path and
 the streamed text always concatenates to the unary text.
 
 The engine stream is read by a relay task (relay.py); each delta is everything that arrived
 while the previous one was being written, detokenized and stop-checked in one step, so a slow
-caller gets fewer, larger messages and the per-token work is a list append.
+caller gets fewer, larger messages and the per-token work is a list append. An engine's refusal
+of a tensor (refusal.py) reaches the caller as INVALID_ARGUMENT naming the request field.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from autoglm.server.engine.client import EngineClient, EngineRequest
-from autoglm.server.errors import InvalidArgument
+from autoglm.server.errors import EngineFailure, InvalidArgument, ServiceError
 from autoglm.server.generation.detokenizer import IncrementalDetokenizer
 from autoglm.server.generation.plan import (
     GeneratePlan,
     PromptInput,
+    check_max_output,
     engine_sampling,
+    refused_field,
     resolve_max_tokens,
 )
 from autoglm.server.generation.relay import Push, Relay
@@ -30,6 +37,7 @@ from autoglm.server.generation.stop_strings import StopStringMatcher
 from autoglm.server.models import ServedModel
 from autoglm.server.telemetry import tracing
 from autoglm.server.tokenization import ChatTemplateError
+from autoglm.triton_models.refusal import parse_refusal
 from autoglm.v1 import text_generation_pb2 as pb
 
 
@@ -61,21 +69,25 @@ def encode_input(model: ServedModel, prompt_input: PromptInput) -> list[int]:
     return ids
 
 
-async def generate(
-    plan: GeneratePlan, model: ServedModel, engine: EngineClient, *, timeout: float | None
-) -> AsyncIterator[Delta]:
-    """Yield text deltas; the last one has finish_reason and usage set."""
-    perf = time.perf_counter
-    t = perf()
-    prompt_ids = encode_input(model, plan.input)
-    # On the generation span (the current one), as the detokenizing time below.
-    tracing.annotate(
-        {
-            "autoglm.tokenize_seconds": round(perf() - t, 6),
-            "gen_ai.usage.input_tokens": len(prompt_ids),
-        }
-    )
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A checked plan made ready for the engine: its prompt ids and its one output budget."""
+
+    plan: GeneratePlan
+    model: ServedModel
+    prompt_ids: tuple[int, ...]
+    max_new_tokens: int  # resolved once: admission, the span and the engine request use it
+    tokenize_seconds: float
+
+
+def prepare(plan: GeneratePlan, model: ServedModel) -> Prepared:
+    """Tokenize and resolve max_tokens (InvalidArgument when the request cannot fit the model)."""
     spec = model.spec
+    # Before tokenizing: a max_tokens no prompt could make valid costs no tokenization.
+    check_max_output(plan.sampling.max_tokens, spec.max_output_tokens)
+    t = time.perf_counter()
+    prompt_ids = encode_input(model, plan.input)
+    tokenize_s = time.perf_counter() - t
     max_new = resolve_max_tokens(
         plan.sampling.max_tokens,
         prompt_tokens=len(prompt_ids),
@@ -83,8 +95,25 @@ async def generate(
         max_output=spec.max_output_tokens,
         default=spec.default_max_tokens,
     )
+    return Prepared(plan, model, tuple(prompt_ids), max_new, tokenize_s)
+
+
+async def generate(
+    prepared: Prepared, engine: EngineClient, *, timeout: float | None
+) -> AsyncIterator[Delta]:
+    """Yield text deltas; the last one has finish_reason and usage set."""
+    perf = time.perf_counter
+    plan, model, prompt_ids = prepared.plan, prepared.model, prepared.prompt_ids
+    # On the generation span (the current one), as the detokenizing time below.
+    tracing.annotate(
+        {
+            "autoglm.tokenize_seconds": round(prepared.tokenize_seconds, 6),
+            "gen_ai.usage.input_tokens": len(prompt_ids),
+        }
+    )
+    max_new = prepared.max_new_tokens
     request = EngineRequest(
-        triton_model=spec.triton_model,
+        triton_model=model.spec.triton_model,
         request_id=plan.request_id,
         input_ids=prompt_ids,
         max_new_tokens=max_new,
@@ -102,8 +131,11 @@ async def generate(
     detok_s = 0.0  # time spent detokenizing, put on the generation span (a span per token
     # would cost more than the work it measures)
 
-    def read(push: Push) -> Coroutine[Any, Any, None]:
-        return engine.stream_into(request, push, timeout=timeout)
+    async def read(push: Push) -> None:
+        try:
+            await engine.stream_into(request, push, timeout=timeout)
+        except (EngineFailure, InvalidArgument) as exc:
+            raise _engine_error(exc) from None
 
     # Leaving this block (end, stop string, error, the caller gone) cancels the engine request.
     async with Relay(read) as relay:
@@ -130,6 +162,21 @@ async def generate(
     tracing.annotate({"autoglm.detokenize_seconds": round(detok_s, 6)})
     finish = pb.FINISH_REASON_STOP if stopped or completion < max_new else pb.FINISH_REASON_LENGTH
     yield Delta(tail, [], finish, len(prompt_ids), completion)
+
+
+def _engine_error(exc: EngineFailure | InvalidArgument) -> ServiceError:
+    """What the caller is told of an engine error: InvalidArgument naming the request field when
+    the engine refused one of the caller's values; INTERNAL when it refused a value the façade
+    chose itself (our fault); otherwise the error as the engine client mapped it.
+
+    A refusal comes as the text of a stream error (EngineFailure: Triton drops the code on
+    ModelStreamInfer unless asked to keep it, refusal.py) or with gRPC INVALID_ARGUMENT (the
+    engine client's status mapping); either way its text names the tensor.
+    """
+    refusal = parse_refusal(exc.message)
+    if refusal is None:
+        return exc
+    return refused_field(refusal) or EngineFailure(exc.message)
 
 
 def _feed_until_stop(

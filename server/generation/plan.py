@@ -4,7 +4,8 @@ Pure (no I/O). The API layers (gRPC validation, the HTTP front door) build a `Ge
 the pipeline resolves its output budget once (`resolve_max_tokens`) and maps its sampling onto
 the engine's tensors (`engine_sampling`). The engine mapping follows TensorRT-LLM's sampling
 semantics: greedy is `runtime_top_k = 1` (its documented way to get argmax), never
-temperature 0.
+temperature 0. An engine's refusal of one of those tensors maps back onto the request field it
+came from (`refused_field`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from dataclasses import dataclass
 from autoglm.server.engine.client import EngineSampling
 from autoglm.server.errors import InvalidArgument
 from autoglm.server.tokenization import Message
+from autoglm.triton_models import contract
+from autoglm.triton_models.refusal import Refusal
+from autoglm.triton_models.sampling_bounds import GREEDY_TEMPERATURE_BELOW
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +85,34 @@ def resolve_max_tokens(
 
 
 def engine_sampling(s: Sampling) -> EngineSampling:
-    if s.temperature == 0.0 or s.top_k == 1:
+    # A temperature below 1e-5 is greedy, as in vLLM (sampling_bounds.py): the engine would
+    # divide the logits by it, and 1e-45 (a float32 denormal) makes every one of them inf.
+    if s.temperature < GREEDY_TEMPERATURE_BELOW or s.top_k == 1:
         # Greedy: TensorRT-LLM takes the argmax with top_k = 1; temperature is then irrelevant.
         return EngineSampling(1.0, 1, 1.0, s.seed, s.repetition_penalty)
     return EngineSampling(s.temperature, s.top_k, s.top_p, s.seed, s.repetition_penalty)
+
+
+# The request field each engine tensor carries a caller's value of (engine_sampling,
+# EngineRequest). The others (end_id, pad_id, streaming, …) hold the façade's own values: an
+# engine refusing one of those is the façade's fault, not the caller's.
+_FIELD_OF_TENSOR = {
+    contract.INPUT_IDS.name: "prompt",
+    contract.INPUT_LENGTHS.name: "prompt",
+    contract.REQUEST_OUTPUT_LEN.name: "sampling.max_tokens",
+    contract.TEMPERATURE.name: "sampling.temperature",
+    contract.RUNTIME_TOP_K.name: "sampling.top_k",
+    contract.RUNTIME_TOP_P.name: "sampling.top_p",
+    contract.SEED.name: "sampling.seed",
+    contract.REPETITION_PENALTY.name: "sampling.repetition_penalty",
+    contract.STOP_WORDS_LIST.name: "sampling.stop",
+}
+
+
+def refused_field(refusal: Refusal) -> InvalidArgument | None:
+    """The caller's error for an engine's refusal of a tensor, naming the request field (and the
+    tensor); None when the tensor carries no value of the caller's."""
+    field = _FIELD_OF_TENSOR.get(refusal.tensor)
+    if field is None:
+        return None
+    return InvalidArgument([(field, f"the engine refused it ({refusal})")])

@@ -12,6 +12,7 @@ from autoglm.triton_models import contract
 from autoglm.triton_models.contract import to_stop_words_list
 from autoglm.triton_models.cpu_engine.request import EngineRequest, RequestError, parse_request
 from autoglm.triton_models.cpu_engine.sampling import SamplingConfig
+from autoglm.triton_models.refusal import Refusal, parse_refusal
 
 VOCAB = 49152
 PROMPT = [504, 3575, 282, 4649, 314]
@@ -189,26 +190,68 @@ def test_request_output_len_below_one(value: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "value", "field"),
+    ("name", "value"),
     [
-        ("temperature", -0.5, "temperature"),
-        ("temperature", math.nan, "temperature"),
-        ("temperature", math.inf, "temperature"),
-        ("runtime_top_k", -1, "top_k"),
-        ("runtime_top_p", 1.5, "top_p"),
-        ("runtime_top_p", -0.1, "top_p"),
-        ("runtime_top_p", math.nan, "top_p"),
-        ("repetition_penalty", 0.0, "repetition_penalty"),
-        ("repetition_penalty", -1.0, "repetition_penalty"),
-        ("repetition_penalty", math.nan, "repetition_penalty"),
+        ("temperature", -0.5),
+        ("temperature", math.nan),
+        ("temperature", math.inf),
+        ("temperature", -math.inf),
+        ("runtime_top_k", -1),
+        ("runtime_top_k", -(2**31)),
+        ("runtime_top_p", 1.5),
+        ("runtime_top_p", -0.1),
+        ("runtime_top_p", math.nan),
+        ("repetition_penalty", 0.0),
+        ("repetition_penalty", 1e-45),  # a float32 denormal: logits / it overflow
+        ("repetition_penalty", 0.0099),
+        ("repetition_penalty", -1.0),
+        ("repetition_penalty", math.nan),
+        ("repetition_penalty", math.inf),
     ],
 )
-def test_bad_sampling_values(name: str, value: float, field: str) -> None:
+def test_bad_sampling_values_name_their_tensor(name: str, value: float) -> None:
     tensors = minimal()
     tensors[name] = scalar(name, value)
-    msg = error_of(tensors)
-    assert msg.startswith("sampling tensors:")
-    assert field in msg
+    with pytest.raises(RequestError) as info:
+        parse(tensors)
+    assert info.value.tensor == name
+    assert str(info.value).startswith(f"invalid input tensor '{name}': ")
+
+
+@pytest.mark.parametrize(
+    "tensors",
+    [
+        {"input_ids": None},
+        {"input_ids": np.array(PROMPT, dtype=np.int32)},
+        {"input_lengths": scalar("input_lengths", 0)},
+        {"request_output_len": scalar("request_output_len", -(2**31))},
+        {"temperature": scalar("temperature", math.nan)},
+        {"stop_words_list": np.full((1, 3, 2), -1, dtype=np.int32)},
+    ],
+)
+def test_every_error_is_a_refusal_the_facade_can_read_back(
+    tensors: dict[str, np.ndarray | None],
+) -> None:
+    request = {**minimal(), **tensors}
+    with pytest.raises(Refusal) as info:
+        parse({k: v for k, v in request.items() if v is not None})
+    back = parse_refusal(f"generation failed: {info.value}")  # wherever it sits in the text
+    assert back is not None
+    assert (back.tensor, back.reason) == (info.value.tensor, info.value.reason)
+    assert back.tensor == next(iter(tensors))
+
+
+@pytest.mark.parametrize("value", [0.0, -0.0, 5e-324, 1e-45, 9.99e-6])
+def test_near_zero_temperature_is_greedy(value: float) -> None:
+    tensors = minimal()
+    tensors["temperature"] = scalar("temperature", value)
+    assert parse(tensors).sampling.is_greedy
+
+
+def test_repetition_penalty_bound_as_fp32_carries_it() -> None:
+    tensors = minimal()
+    tensors["repetition_penalty"] = scalar("repetition_penalty", 0.01)  # 0.0099999998 in FP32
+    assert parse(tensors).sampling.repetition_penalty == pytest.approx(0.01)
 
 
 @pytest.mark.parametrize(

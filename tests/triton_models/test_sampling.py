@@ -8,11 +8,16 @@ from collections import Counter
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from autoglm.triton_models.cpu_engine.sampling import Sampler, SamplingConfig, torch_seed
+from autoglm.triton_models.refusal import Refusal
 
 VOCAB = 49152
 NO_HISTORY = torch.empty(0, dtype=torch.int64)
+# The tensors a sampling value arrives in (contract.py).
+TENSORS = {"temperature", "runtime_top_k", "runtime_top_p", "repetition_penalty", "seed"}
 
 
 def random_logits(seed: int, vocab: int = VOCAB) -> torch.Tensor:
@@ -45,8 +50,11 @@ def draw(config: SamplingConfig, logits: torch.Tensor, n: int, previous=NO_HISTO
         ("top_p", 1.01),
         ("top_p", math.nan),
         ("repetition_penalty", 0.0),
+        ("repetition_penalty", 1e-45),
+        ("repetition_penalty", 0.0099),
         ("repetition_penalty", -1.0),
         ("repetition_penalty", math.nan),
+        ("repetition_penalty", math.inf),
         ("seed", -1),
         ("seed", 2**64),
         ("seed", 1.5),
@@ -54,9 +62,10 @@ def draw(config: SamplingConfig, logits: torch.Tensor, n: int, previous=NO_HISTO
 )
 def test_validate_names_the_field(field: str, value: object) -> None:
     config = SamplingConfig(**{field: value})  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(Refusal, match=field) as info:
         config.validate()
-    with pytest.raises(ValueError, match=field):
+    assert info.value.tensor in TENSORS
+    with pytest.raises(Refusal, match=field):
         Sampler(config)
 
 
@@ -81,6 +90,11 @@ def test_validate_accepts_range_bounds(config: SamplingConfig) -> None:
         SamplingConfig(top_k=1, temperature=1.0, seed=1),
         SamplingConfig(top_k=1, temperature=100.0, seed=1),
         SamplingConfig(top_k=1, temperature=1e-3, top_p=0.5, seed=1),
+        # Below 1e-5 (vLLM's _SAMPLING_EPS) temperature is greedy: never logits / 1e-45.
+        SamplingConfig(temperature=1e-45, seed=1),
+        SamplingConfig(temperature=5e-324, top_k=50, top_p=0.9, seed=1),
+        SamplingConfig(temperature=-0.0, seed=1),
+        SamplingConfig(temperature=9.99e-6, seed=1),
     ],
 )
 def test_greedy_equals_argmax(config: SamplingConfig) -> None:
@@ -219,9 +233,10 @@ def test_top_p_nucleus_on_a_full_vocabulary(scale: float, shortcut: bool) -> Non
     assert len(counts) > 1
 
 
-def test_top_p_keeps_at_least_one_token() -> None:
+@pytest.mark.parametrize("top_p", [1e-6, 1e-45, 5e-324])  # 5e-324 is 0 as a float32
+def test_top_p_keeps_at_least_one_token(top_p: float) -> None:
     logits = logits_from_probs([0.4, 0.35, 0.25])
-    assert set(draw(SamplingConfig(top_p=1e-6, seed=3), logits, 200)) == {0}
+    assert set(draw(SamplingConfig(top_p=top_p, seed=3), logits, 200)) == {0}
 
 
 def test_top_p_one_keeps_everything() -> None:
@@ -281,3 +296,98 @@ def test_repetition_penalty_comes_before_top_k() -> None:
     history = torch.tensor([0, 1], dtype=torch.int64)
     counts = draw(SamplingConfig(top_k=2, repetition_penalty=4.0, seed=2), logits, 300, history)
     assert set(counts) == {0, 2}  # 3/4 = 0.75 and 1.0 survive; 2/4 = 0.5 does not
+
+
+# --- numbers that cannot be sampled ------------------------------------------------------------
+
+
+def test_temperature_that_overflows_the_logits_is_refused() -> None:
+    logits = torch.tensor([1e34, 0.0, -1e34])  # finite; / 1e-5 is beyond float32
+    with pytest.raises(Refusal) as info:
+        Sampler(SamplingConfig(temperature=1e-5, seed=1))(logits, NO_HISTORY)
+    assert info.value.tensor == "temperature"
+
+
+def test_repetition_penalty_that_overflows_the_logits_is_refused() -> None:
+    logits = torch.tensor([3e38, 1.0])
+    history = torch.tensor([0], dtype=torch.int64)
+    with pytest.raises(Refusal) as info:
+        Sampler(SamplingConfig(repetition_penalty=0.01, seed=1))(logits, history)
+    assert info.value.tensor == "repetition_penalty"
+
+
+def test_repetition_penalty_that_masks_every_token_is_refused() -> None:
+    """Every token seen and negative: a huge penalty sends them all to -inf (softmax NaN)."""
+    logits = torch.tensor([-2.0, -3.0])  # x 3e38: both beyond float32
+    history = torch.tensor([0, 1], dtype=torch.int64)
+    with pytest.raises(Refusal, match="repetition_penalty"):
+        Sampler(SamplingConfig(repetition_penalty=3e38, temperature=0.0))(logits, history)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_logits_from_the_model_are_an_engine_fault(bad: float) -> None:
+    logits = torch.tensor([1.0, bad, 0.0])
+    with pytest.raises(FloatingPointError):  # INTERNAL, not the caller's INVALID_ARGUMENT
+        Sampler(SamplingConfig(seed=1))(logits, NO_HISTORY)
+
+
+def test_masked_logits_are_fine() -> None:
+    logits = torch.tensor([-math.inf, 0.5, -math.inf])  # a model may mask tokens with -inf
+    assert set(draw(SamplingConfig(seed=2), logits, 50)) == {1}
+
+
+# The extremes of every numeric field, as a caller (or Triton's FP32 / INT32 / UINT64 tensors)
+# can send them: denormals, ±inf, NaN, -0.0, the float32 and integer limits.
+FLOAT_EXTREMES = [
+    0.0, -0.0, 5e-324, 1e-45, 1.17549435e-38, 9.99e-6, 1e-5, 0.0099, 0.01, 0.5, 1.0, 2.0,
+    3.4028235e38, 1.7976931348623157e308, math.inf, -math.inf, math.nan, -1e-45, -1.0,
+]  # fmt: skip
+INT_EXTREMES = [0, -1, 1, 2, 2**31 - 1, -(2**31), 2**63 - 1, 2**64 - 1, -(2**63)]
+floats = st.sampled_from(FLOAT_EXTREMES) | st.floats(width=32)
+ints = st.sampled_from(INT_EXTREMES) | st.integers(-(2**31), 2**31 - 1)
+# Logits a model can produce: finite float32 (extremes included) or -inf (a masked token).
+logit = st.sampled_from([0.0, -0.0, 1e-45, 3.4028235e38, -3.4028235e38, -math.inf]) | st.floats(
+    width=32, allow_nan=False, allow_infinity=False
+)
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    temperature=floats,
+    top_k=ints,
+    top_p=floats,
+    penalty=floats,
+    seed=st.none() | st.sampled_from([*INT_EXTREMES, 2**64]),
+    logits=st.lists(logit, min_size=1, max_size=64),
+    data=st.data(),
+)
+def test_sampler_refuses_or_samples_never_fails(
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    penalty: float,
+    seed: int | None,
+    logits: list[float],
+    data: st.DataObject,
+) -> None:
+    """Whatever the numbers: a Refusal naming a tensor, or a token id — never torch's
+    "probability tensor contains either inf, nan or element < 0" or any other error."""
+    history = data.draw(st.lists(st.integers(0, len(logits) - 1), max_size=8))
+    config = SamplingConfig(temperature, top_k, top_p, penalty, seed)
+    try:
+        sampler = Sampler(config)
+    except Refusal as refusal:
+        assert refusal.tensor in TENSORS
+        return
+    tensor = torch.tensor(logits, dtype=torch.float32)
+    if not math.isfinite(float(tensor.max())):  # every token masked: the model's fault
+        with pytest.raises(FloatingPointError):
+            sampler(tensor, torch.tensor(history, dtype=torch.int64))
+        return
+    try:
+        token = sampler(tensor, torch.tensor(history, dtype=torch.int64))
+    except Refusal as refusal:
+        assert refusal.tensor in {"temperature", "repetition_penalty"}
+        return
+    assert 0 <= token < len(logits)
+    assert logits[token] != -math.inf  # a masked token has probability 0

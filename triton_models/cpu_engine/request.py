@@ -1,7 +1,9 @@
 """Parse one engine request from its tensors (the TensorRT-LLM contract) into plain values.
 
 Pure: takes numpy arrays by tensor name, so it is tested without Triton. Defaults follow the
-TensorRT-LLM backend's behaviour when an optional tensor is absent (see contract.py).
+TensorRT-LLM backend's behaviour when an optional tensor is absent (see contract.py). A bad
+tensor is a RequestError, a Refusal naming that tensor (refusal.py): the engine answers it with
+INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import numpy as np
 
 from autoglm.triton_models import contract
 from autoglm.triton_models.cpu_engine.sampling import SamplingConfig
+from autoglm.triton_models.refusal import Refusal
 
 
-class RequestError(ValueError):
-    """A request tensor is missing or malformed; the message names the tensor."""
+class RequestError(Refusal):
+    """A request tensor is missing, malformed or out of range; names the tensor."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,12 +39,10 @@ def _scalar(
     arr = tensors.get(spec.name)
     if arr is None:
         if not spec.optional:
-            raise RequestError(f"missing required input tensor '{spec.name}'")
+            raise RequestError(spec.name, "required, missing")
         return default
     if arr.size != 1:
-        raise RequestError(
-            f"input tensor '{spec.name}' must hold one value per request, got shape {arr.shape}"
-        )
+        raise RequestError(spec.name, f"must hold one value per request, got shape {arr.shape}")
     return arr.reshape(-1)[0].item()
 
 
@@ -49,24 +50,20 @@ def parse_request(tensors: Mapping[str, np.ndarray], *, vocab_size: int) -> Engi
     """Validate the tensors of one request (batch size 1) and return an EngineRequest."""
     ids_arr = tensors.get(contract.INPUT_IDS.name)
     if ids_arr is None:
-        raise RequestError("missing input tensor 'input_ids' (input embeddings are not supported)")
+        raise RequestError("input_ids", "missing (input embeddings are not supported)")
     if ids_arr.ndim != 2 or ids_arr.shape[0] != 1:
-        raise RequestError(
-            f"input tensor 'input_ids' must be [1, tokens], got shape {ids_arr.shape}"
-        )
+        raise RequestError("input_ids", f"must be [1, tokens], got shape {ids_arr.shape}")
     length = int(_scalar(tensors, contract.INPUT_LENGTHS, 0))  # type: ignore[arg-type]
     if not 0 < length <= ids_arr.shape[1]:
         raise RequestError(
-            f"input tensor 'input_lengths' = {length} does not fit input_ids of {ids_arr.shape[1]}"
+            "input_lengths", f"{length} does not fit input_ids of {ids_arr.shape[1]}"
         )
     ids = tuple(int(t) for t in ids_arr[0, :length])
     if any(t < 0 or t >= vocab_size for t in ids):
-        raise RequestError(
-            f"input tensor 'input_ids' holds ids outside the vocabulary [0, {vocab_size})"
-        )
+        raise RequestError("input_ids", f"holds ids outside the vocabulary [0, {vocab_size})")
     max_new = int(_scalar(tensors, contract.REQUEST_OUTPUT_LEN, 0))  # type: ignore[arg-type]
     if max_new < 1:
-        raise RequestError(f"input tensor 'request_output_len' must be >= 1, got {max_new}")
+        raise RequestError("request_output_len", f"must be >= 1, got {max_new}")
     end_id = _scalar(tensors, contract.END_ID, None)
     seed = _scalar(tensors, contract.SEED, None)
     sampling = SamplingConfig(
@@ -78,15 +75,13 @@ def parse_request(tensors: Mapping[str, np.ndarray], *, vocab_size: int) -> Engi
     )
     try:
         sampling.validate()
-    except ValueError as exc:
-        raise RequestError(f"sampling tensors: {exc}") from None
+    except Refusal as exc:
+        raise RequestError(exc.tensor, exc.reason) from None
     stop_words: tuple[tuple[int, ...], ...] = ()
     words_arr = tensors.get(contract.STOP_WORDS_LIST.name)
     if words_arr is not None:
         if words_arr.ndim != 3 or words_arr.shape[:2] != (1, 2):
-            raise RequestError(
-                f"input tensor 'stop_words_list' must be [1, 2, n], got shape {words_arr.shape}"
-            )
+            raise RequestError("stop_words_list", f"must be [1, 2, n], got shape {words_arr.shape}")
         stop_words = tuple(tuple(w) for w in contract.from_stop_words_list(words_arr[0]) if w)
     return EngineRequest(
         input_ids=ids,

@@ -7,14 +7,23 @@ must mean the same thing. Source: TensorRT-LLM `docs/source/advanced/gpt-runtime
 
 * repetitionPenalty: "multiplicative, irrespective of appearances count", range [0, +inf), 1.0 =
   no effect, and "the tokens of input prompt are included". Applied HF/CTRL style (divide a
-  positive logit, multiply a negative one) before anything else.
+  positive logit, multiply a negative one) before anything else. Accepted from
+  `MIN_REPETITION_PENALTY` (0.01, sampling_bounds.py) up: near 0 the division overflows.
 * temperature: range [0, +inf), 1.0 = no modulation; 0 selects greedy here, as in TensorRT-LLM's
-  LLM API ("temperature=0" is its greedy example, `examples/llm-api/llm_sampling.py`).
+  LLM API ("temperature=0" is its greedy example, `examples/llm-api/llm_sampling.py`), and so
+  does any temperature below `GREEDY_TEMPERATURE_BELOW` (1e-5, vLLM's `_SAMPLING_EPS`): dividing
+  by a denormal such as 1e-45 would turn every logit into inf.
 * topK in [0, 1024], 0 = off; topP in [0, 1]. "If setting topK = 0 and topP = 0.0f, greedy
   search is performed"; "topK > 0 and topP = 0.0f" is plain TopK sampling (so topP = 0 means
   *off* when topK is set); with both set, the topK tokens are renormalised and then
   nucleus-filtered ("TopKTopP sampling"). topP = 1.0 keeps everything, i.e. is also off.
 * randomSeed: Int64 in [0, 2^64 - 1].
+
+Numbers that cannot be sampled are refused, never passed on: a value out of range fails
+`SamplingConfig.validate`, and a value that makes the logits overflow (say temperature 1e-5 on
+logits above 3.4e33) fails the step with a `Refusal` naming its tensor, so the engine answers
+INVALID_ARGUMENT instead of torch.multinomial's "probability tensor contains either `inf`, `nan`
+or element < 0". Non-finite logits from the model itself are the engine's fault (INTERNAL).
 
 Pure logic (torch only, no Triton), so it is tested on its own.
 """
@@ -26,6 +35,14 @@ import secrets
 from dataclasses import dataclass
 
 import torch
+
+from autoglm.triton_models import contract
+from autoglm.triton_models.refusal import Refusal
+from autoglm.triton_models.sampling_bounds import (
+    GREEDY_TEMPERATURE_BELOW,
+    MIN_REPETITION_PENALTY,
+    MIN_REPETITION_PENALTY_F32,
+)
 
 __all__ = ["Sampler", "SamplingConfig", "torch_seed"]
 
@@ -44,25 +61,37 @@ class SamplingConfig:
     seed: int | None = None
 
     def validate(self) -> None:
-        """Raises ValueError naming the first out-of-range field (for an INVALID_ARGUMENT)."""
-        # `not (x >= 0)` rather than `x < 0` so that NaN is rejected too.
+        """Raises a Refusal naming the tensor of the first out-of-range field."""
+        # `not (x >= 0)` rather than `x < 0` so that NaN is refused too.
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+            raise Refusal(
+                contract.TEMPERATURE.name, f"must be a finite number >= 0, got {self.temperature}"
+            )
         if not _is_int(self.top_k) or self.top_k < 0:
-            raise ValueError(f"top_k must be an integer >= 0, got {self.top_k!r}")
+            raise Refusal(
+                contract.RUNTIME_TOP_K.name, f"must be an integer >= 0, got {self.top_k!r}"
+            )
         if not (0.0 <= self.top_p <= 1.0):
-            raise ValueError(f"top_p must be in [0, 1], got {self.top_p}")
-        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
-            raise ValueError(
-                f"repetition_penalty must be a finite number > 0, got {self.repetition_penalty}"
+            raise Refusal(contract.RUNTIME_TOP_P.name, f"must be in [0, 1], got {self.top_p}")
+        penalty = self.repetition_penalty
+        if not (math.isfinite(penalty) and penalty >= MIN_REPETITION_PENALTY_F32):
+            raise Refusal(
+                contract.REPETITION_PENALTY.name,
+                f"must be a finite number >= {MIN_REPETITION_PENALTY}, got {penalty}",
             )
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < _SEED_LIMIT):
-            raise ValueError(f"seed must be an integer in [0, 2**64), got {self.seed!r}")
+            raise Refusal(
+                contract.SEED.name, f"must be an integer in [0, 2**64), got {self.seed!r}"
+            )
 
     @property
     def is_greedy(self) -> bool:
-        """Argmax selection: top_k == 1, temperature == 0, or (top_k == 0 and top_p == 0)."""
-        return self.top_k == 1 or self.temperature == 0 or (self.top_k == 0 and self.top_p == 0)
+        """Argmax selection: top_k == 1, temperature ~ 0, or (top_k == 0 and top_p == 0)."""
+        return (
+            self.top_k == 1
+            or self.temperature < GREEDY_TEMPERATURE_BELOW
+            or (self.top_k == 0 and self.top_p == 0)
+        )
 
 
 def _is_int(value: object) -> bool:
@@ -103,11 +132,15 @@ class Sampler:
         plus the tokens generated so far (the repetition penalty covers both).
         """
         config = self.config
+        if not math.isfinite(float(logits.max())):  # NaN propagates through max
+            raise FloatingPointError("the model produced non-finite logits")
         if config.repetition_penalty != 1.0 and previous_ids.numel() > 0:
             logits = _apply_repetition_penalty(logits, previous_ids, config.repetition_penalty)
+            _refuse_overflow(logits, contract.REPETITION_PENALTY.name, config.repetition_penalty)
         if config.is_greedy:
             return int(torch.argmax(logits))
         logits = logits / config.temperature  # a new tensor: the caller's logits stay intact
+        _refuse_overflow(logits, contract.TEMPERATURE.name, config.temperature)
         # TensorRT-LLM: topP == 0 with topK > 0 is plain TopK sampling; topP == 1 keeps everything.
         use_top_p = 0.0 < config.top_p < 1.0
         if 0 < config.top_k < logits.numel():
@@ -124,6 +157,17 @@ class Sampler:
             probs = _nucleus(probs, config.top_p)
         choice = torch.multinomial(probs, 1, generator=self._gen)
         return int(indices[choice])
+
+
+def _refuse_overflow(logits: torch.Tensor, tensor: str, value: float) -> None:
+    """A Refusal naming `tensor` when scaling by its `value` left no finite largest logit.
+
+    With a finite maximum the softmax is well defined (it subtracts the maximum; -inf entries get
+    probability 0); an inf maximum, or every entry -inf, would give NaN probabilities.
+    """
+    top = float(logits.max())
+    if not math.isfinite(top):
+        raise Refusal(tensor, f"{value!r} scales the logits beyond float32 (largest: {top})")
 
 
 # Top-p alone needs the tokens in probability order only until their mass reaches top_p, which
@@ -158,7 +202,10 @@ def _nucleus(sorted_probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """Zeroes the tail beyond the smallest prefix whose mass reaches ``top_p``.
 
     ``sorted_probs`` is descending. A token is kept when the mass *before* it is still below
-    top_p, so the most likely token is always kept (0 < top_p). multinomial renormalises.
+    top_p; the most likely token is kept whatever top_p is: a top_p below float32's smallest
+    denormal (5e-324, found by the fuzz in test_sampling.py) compares as 0 in the float32
+    tensor, which would keep nothing and fail multinomial. multinomial renormalises.
     """
-    mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-    return torch.where(mass_before < top_p, sorted_probs, torch.zeros_like(sorted_probs))
+    keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p  # mass before each token
+    keep[0] = True
+    return torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))

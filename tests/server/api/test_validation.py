@@ -174,6 +174,11 @@ def test_missing_request_id_gets_a_fresh_one() -> None:
         ({"top_k": MAX_TOP_K + 1}, "sampling.top_k"),
         ({"top_k": -1}, "sampling.top_k"),
         ({"repetition_penalty": 0.0}, "sampling.repetition_penalty"),
+        ({"repetition_penalty": -0.0}, "sampling.repetition_penalty"),
+        # Denormals: the engine would divide logits by them (inf, then NaN probabilities).
+        ({"repetition_penalty": 1e-45}, "sampling.repetition_penalty"),
+        ({"repetition_penalty": 1.17549435e-38}, "sampling.repetition_penalty"),
+        ({"repetition_penalty": 0.0099}, "sampling.repetition_penalty"),
         ({"repetition_penalty": -1.0}, "sampling.repetition_penalty"),
         ({"repetition_penalty": 2.01}, "sampling.repetition_penalty"),
         ({"repetition_penalty": math.nan}, "sampling.repetition_penalty"),
@@ -193,6 +198,8 @@ def test_sampling_out_of_range(sampling: dict[str, Any], field: str) -> None:
         {"max_tokens": 0},
         {"max_tokens": 1},
         {"temperature": 0.0},
+        {"temperature": -0.0},
+        {"temperature": 1e-45},  # a float32 denormal: greedy (engine_sampling)
         {"temperature": 2.0},
         {"top_p": 1.0},
         {"top_p": 1e-6},
@@ -372,7 +379,17 @@ def test_engine_sampling_passes_values_through() -> None:
     )
 
 
-@pytest.mark.parametrize("overrides", [{"temperature": 0.0}, {"top_k": 1}])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"temperature": 0.0},
+        {"temperature": -0.0},
+        {"temperature": 1e-45},
+        {"temperature": 5e-324},
+        {"temperature": 9.99e-6},
+        {"top_k": 1},
+    ],
+)
 def test_greedy_is_runtime_top_k_1(overrides: dict[str, Any]) -> None:
     e = engine_sampling(sampling(**overrides))
     assert e.runtime_top_k == 1
@@ -380,6 +397,18 @@ def test_greedy_is_runtime_top_k_1(overrides: dict[str, Any]) -> None:
     assert e.temperature > 0
     assert e.seed == 123
     assert e.repetition_penalty == 1.1
+
+
+def test_temperature_from_1e_5_is_sampled() -> None:
+    # vLLM's _SAMPLING_EPS: 1e-5 and above is a temperature, below it greedy.
+    e = engine_sampling(sampling(temperature=2e-5))
+    assert (e.temperature, e.runtime_top_k) == (2e-5, 40)
+
+
+def test_repetition_penalty_message_names_the_bound() -> None:
+    [(field, desc)] = violations(generate(sampling={"repetition_penalty": 1e-45}))
+    assert field == "sampling.repetition_penalty"
+    assert "[0.01, 2]" in desc
 
 
 def test_engine_sampling_defaults_are_off() -> None:

@@ -59,7 +59,8 @@ async def run(
         )
     )
     out = []
-    gen = pipeline.generate(plan, model, engine, timeout=None)  # type: ignore[arg-type]
+    prepared = pipeline.prepare(plan, model)
+    gen = pipeline.generate(prepared, engine, timeout=None)  # type: ignore[arg-type]
     async for delta in gen:
         out.append(delta)
         for _ in range(writer_lag):  # a slow write: the engine keeps pushing meanwhile

@@ -11,7 +11,9 @@ vLLM's python models do. Seen here (Triton 2.51): a worker thread touching a req
 cancelled while it waited in the pool (a caller's deadline expired in the queue) segfaults
 tritonserver (libtriton_python → libtritonserver, SIGSEGV).
 
-Cancellations are counted in a custom metric in Triton's own /metrics endpoint
+A refused request (a bad tensor, or a value the sampler cannot use: cpu_engine/sampling.py)
+gets Triton's INVALID_ARG with a message naming the tensor (refusal.py); any other failure is
+INTERNAL. Cancellations are counted in a custom metric in Triton's own /metrics endpoint
 (`autoglm_engine_requests_total{outcome="cancelled"}`). A quantized CPU version (parameters
 `precision`, `fake_quant_dir`) serves the build's ModelOpt fake-quant model
 (cpu_engine/fake_quant.py).
@@ -26,9 +28,16 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
-from autoglm.triton_models.backend_io import error_response, ids_response, param, take_inputs
-from autoglm.triton_models.cpu_engine.request import RequestError, parse_request
+from autoglm.triton_models.backend_io import (
+    error_response,
+    ids_response,
+    param,
+    refusal_response,
+    take_inputs,
+)
+from autoglm.triton_models.cpu_engine.request import parse_request
 from autoglm.triton_models.cpu_engine.runner import CausalLMRunner
+from autoglm.triton_models.refusal import Refusal
 
 
 class TritonPythonModel:
@@ -98,12 +107,12 @@ class TritonPythonModel:
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         try:
             req = parse_request(tensors, vocab_size=self.runner.vocab_size)
-        except RequestError as exc:
+        except Refusal as exc:
             self._count("rejected")
-            sender.send(error_response(str(exc)), flags=final)
+            sender.send(refusal_response(exc), flags=final)
             return
+        generated: list[int] = []
         try:
-            generated: list[int] = []
             for token in self.runner.generate(req, is_cancelled=sender.is_cancelled):
                 generated.append(token)
                 if req.streaming:
@@ -118,6 +127,10 @@ class TritonPythonModel:
                 sender.send(ids_response(ids))
             self._count("completed")
             sender.send(flags=final)
+        except Refusal as exc:  # a value the sampler cannot use (e.g. logits / it overflow)
+            self._add_tokens(len(generated))
+            self._count("rejected")
+            sender.send(refusal_response(exc), flags=final)
         except Exception as exc:  # the engine must always close the request
             self._count("failed")
             self.logger.log_error(f"generation failed: {exc!r}")
