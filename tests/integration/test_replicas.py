@@ -110,6 +110,14 @@ def _wait(predicate: Callable[[], bool], timeout: float) -> float:
     return time.monotonic() - start
 
 
+async def _until(predicate: Callable[[], bool], timeout: float) -> None:
+    """`_wait` for code on the event loop: the streams it waits for run meanwhile."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"not within {timeout} s"
+        await asyncio.sleep(0.02)
+
+
 @pytest.fixture(scope="module")
 def replicas(
     tmp_path_factory: pytest.TempPathFactory, model_dir: Path, engine_link: EngineLink
@@ -317,8 +325,10 @@ def test_wedged_model_turns_readiness_off(
     print(f"readiness off {off:.2f} s after the model wedged; serving again after restart")
 
 
-async def _stream(client: AsyncClient, seed: int, n: int) -> list[int] | BaseException:
-    ids: list[int] = []
+async def _stream(
+    client: AsyncClient, seed: int, n: int, ids: list[int]
+) -> list[int] | BaseException:
+    """Streams into `ids` (the caller watches it grow); the ids, or the UnavailableError."""
     try:
         async for delta in client.generate_stream("hi", max_tokens=n, seed=seed, temperature=1.0):
             ids.extend(delta.token_ids)
@@ -336,8 +346,11 @@ def test_dead_replica_fails_only_its_streams_then_rejoins(
 
     async def scenario() -> tuple[list[list[int] | BaseException], float, float]:
         async with AsyncClient(config) as c:
-            tasks = [asyncio.create_task(_stream(c, seed, n)) for seed in range(1, 9)]
-            await asyncio.sleep(1.0)  # every stream under way
+            received: list[list[int]] = [[] for _ in range(8)]
+            tasks = [
+                asyncio.create_task(_stream(c, seed, n, received[seed - 1])) for seed in range(1, 9)
+            ]
+            await _until(lambda: all(received), 10)  # every stream under way
             replicas.tritons[0].kill()
             killed = time.monotonic()
             first_failure = None
