@@ -109,12 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="façade processes sharing its port (`autoglm serve --workers N`, SO_REUSEPORT)",
     )
     b.add_argument(
-        "--facade-engine-reader",
-        choices=("lean", "grpc"),
-        default="lean",
-        help="how the façade reads Triton (`autoglm serve --engine-reader`)",
-    )
-    b.add_argument(
         "--engine-link",
         choices=("unix", "tls"),
         default="unix",
@@ -177,7 +171,6 @@ def run(args: argparse.Namespace) -> int:
         num_requests=args.requests,
         check_concurrency=args.check_concurrency,
         facade_workers=args.facade_workers,
-        facade_engine_reader=args.facade_engine_reader,
         engine_link=args.engine_link,
         floor=args.floor,
         profile_seconds=args.profile_seconds,

@@ -7,6 +7,7 @@ workload carries the prompt's ids), no detokenization, no auth, no tracing, no m
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator
 
@@ -18,10 +19,10 @@ from autoglm.server.engine.client import (
     EngineRequest,
     EngineSampling,
     build_infer_request,
-    let_finish,
     parse_stream_response,
 )
 from autoglm.server.engine.link import EngineLink
+from autoglm.server.engine.reader import FINISH_GRACE_S
 
 # What the façade sends for temperature 0 (generation/plan.py engine_sampling: greedy = top_k 1).
 GREEDY = EngineSampling(
@@ -83,3 +84,25 @@ class DirectPath:
 
     async def close(self) -> None:
         await self._channel.close()
+
+
+# Calls whose final response has been read, kept referenced until Triton's OK status arrives
+# (grpc.aio cancels a call that is garbage-collected unfinished).
+_FINISHING: set[grpc.aio.StreamStreamCall] = set()
+
+
+def let_finish(call: grpc.aio.StreamStreamCall) -> None:
+    """Let a call whose final response has arrived end on Triton's own status, not a cancel, as
+    the façade's reader does (server/engine/reader.py): Triton 2.51 can leak a request cancelled
+    right after its final response, and the model version it ran on then never unloads.
+    Cancelled after `FINISH_GRACE_S` if the status never comes."""
+    if call.done():
+        return
+    _FINISHING.add(call)
+    timer = asyncio.get_running_loop().call_later(FINISH_GRACE_S, call.cancel)
+
+    def finished(_: object) -> None:
+        timer.cancel()
+        _FINISHING.discard(call)
+
+    call.add_done_callback(finished)

@@ -42,7 +42,6 @@ class BenchOptions:
     num_requests: int | None = None
     check_concurrency: int = 64
     facade_workers: int = 1  # `autoglm serve --workers N` (SO_REUSEPORT scale-out)
-    facade_engine_reader: str = "lean"  # `autoglm serve --engine-reader`
     engine_link: str = "unix"  # "unix" | "tls": how both paths reach Triton (stack.py)
     # Also measure the floors (bare_relay.py, byte_hop.py) and the direct path twice (the
     # run's own noise): runner.py, "floor" in report.py.
@@ -158,8 +157,7 @@ def run_bench(o: BenchOptions, log: Callable[[str], None] = print) -> BenchRepor
                 if o.engine_link == "unix"
                 else "mTLS over loopback TCP"
             )
-            + " + restricted-protocol secret, for both paths; Triton's own tracing off; "
-            f"façade engine reader: {o.facade_engine_reader}"
+            + " + restricted-protocol secret, for both paths; Triton's own tracing off"
         )
         if o.rate is None:
             ramps = ", ".join(f"{s} {ramp_up_for(o, s):g} s" for s in o.scenarios)
@@ -171,7 +169,6 @@ def run_bench(o: BenchOptions, log: Callable[[str], None] = print) -> BenchRepor
             used,
             cycle,
             facade_workers=o.facade_workers,
-            engine_reader=o.facade_engine_reader,
             engine_link=o.engine_link,
             floors=o.floor,
         )

@@ -56,7 +56,6 @@ class StackOptions:
     cpu_instances: int = 1
     cpu_max_concurrency: int = 8
     facade_workers: int = 1  # `autoglm serve --workers`: processes sharing the port
-    engine_reader: str = "lean"  # `autoglm serve --engine-reader`
     engine_link: str = "unix"  # "unix": Triton's gRPC on a unix socket; "tls": mTLS over TCP
     # The floors (`autoglm bench --floor`): also start bare_relay.py (the floor under any
     # grpc.aio façade) and byte_hop.py (the floor under any Python process on the way).
@@ -177,8 +176,6 @@ class BenchStack:
             "1",
             "--workers",
             str(self.opts.facade_workers),
-            "--engine-reader",
-            self.opts.engine_reader,
         ]
         for m in self.opts.models:
             cmd += ["--model", f"{m.name}={m.name}:{self.opts.tokenizer_dir}"]

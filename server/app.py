@@ -118,7 +118,6 @@ async def start_server(settings: Settings) -> RunningServer:
         metadata=link.metadata() if link else (),
         tls_name=settings.triton_tls_name,
         ssl_context=link.ssl_context() if link else None,
-        lean_reader=settings.engine_reader == "lean",
     )
     versions, specs = await _load_repository(settings, engine)
     registry = ModelRegistry([load_model(spec) for spec in (*settings.models, *specs)])

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from autoglm.server import settings_sources
-from autoglm.server.settings import ENGINE_READERS, SettingsError, autoglm_home
+from autoglm.server.settings import SettingsError, autoglm_home
 
 if TYPE_CHECKING:
     from autoglm.server.engine.link import EngineLink
@@ -119,7 +119,6 @@ def _serve(args: argparse.Namespace) -> int:
         health_interval_s=args.health_interval,
         health_probe_timeout_s=args.health_probe_timeout,
         triton_tls_name=args.triton_tls_name,
-        engine_reader=args.engine_reader,
         model_repository=args.model_repository,
         profile_overrides=tuple(args.profile),
         limits=LimitSettings(
@@ -290,13 +289,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--triton-tls-name",
         help="name Triton's certificate must carry (replicas by address) "
         "(default: the target's host name)",
-    )
-    serve.add_argument(
-        "--engine-reader",
-        choices=ENGINE_READERS,
-        default="lean",
-        help="how token streams are read from Triton: lean = all calls on one HTTP/2 "
-        "connection per endpoint, read in batches (default); grpc = a grpc.aio call each",
     )
     serve.add_argument(
         "--health-interval", type=float, default=2.0, help="seconds between deep health checks"

@@ -38,9 +38,6 @@ def split_host_port(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-ENGINE_READERS = ("lean", "grpc")
-
-
 def _check_socket_dir(socket: Path) -> None:
     """A unix-socket link is locked by its directory: it must exist and be closed to "others"
     (group access is allowed, for a Triton sidecar that shares a group with the façade)."""
@@ -99,9 +96,6 @@ class Settings:
     # TLS name to check Triton's certificate against when the target lists addresses (replicas);
     # None = the target's host name.
     triton_tls_name: str | None = None
-    # How inference streams are read from Triton: "lean" = engine_h2.py (every call on one
-    # HTTP/2 connection per endpoint, read in batches); "grpc" = a grpc.aio call per request.
-    engine_reader: str = "lean"
 
     def validate(self) -> None:
         host, _ = split_host_port(self.listen)
@@ -125,11 +119,6 @@ class Settings:
                 raise SettingsError(f"{name}: must be > 0, got {value}")
         if not self.models and self.model_repository is None:
             raise SettingsError("models: give --model or --model-repository")
-        if self.engine_reader not in ENGINE_READERS:
-            raise SettingsError(
-                f"engine_reader: must be one of {', '.join(ENGINE_READERS)},"
-                f" got {self.engine_reader!r}"
-            )
         if self.workers < 1:
             raise SettingsError(f"workers: must be >= 1, got {self.workers}")
         if self.workers > 1 and self.model_repository is not None:

@@ -1,24 +1,23 @@
-"""The façade's client of the engine model in Triton: one `ModelStreamInfer` stream per request.
+"""The façade's client of the engine model in Triton: one `ModelStreamInfer` call per request.
 
-Inference is read by the lean reader (reader.py: all calls to an endpoint on one HTTP/2
-connection, read in batches) unless the operator chose `--engine-reader grpc` or the target is
-a unix socket; health.py's one-token probes go the same way. Readiness checks and model
-control use grpc.aio channels (engine_routes.py).
+Inference and health.py's one-token probes are read by reader.py: every call to a Triton
+endpoint goes on one HTTP/2 connection (over TCP with the engine link's mTLS, or over Triton's
+unix socket), read in batches, round robin over the endpoints health.py judges healthy.
+Readiness checks and model control use grpc.aio channels (routes.py).
 
 Requests carry the TensorRT-LLM backend's tensors (contract.py) as raw little-endian bytes.
 `triton_enable_empty_final_response` makes Triton close every request with an explicit final
-response (tritonclient's aio `stream_infer` ignores that flag, so the raw generated stub is used,
-facts.md). Every call sends its one request and half-closes. A call that got its final response
-ends on Triton's OK status, never by a cancel (Triton 2.51 can leak requests cancelled just after
-their final response, and the model version then never unloads: `let_finish`). Leaving an
-unfinished stream — by a stop string, an error or the caller's cancellation — cancels the gRPC
-call, which makes Triton cancel the request in the engine model.
+response (tritonclient's aio `stream_infer` ignores that flag, so the raw generated messages are
+used, facts.md). Every call sends its one request and half-closes. A call that got its final
+response ends on Triton's OK status, never by a cancel (Triton 2.51 can leak requests cancelled
+just after their final response, and the model version then never unloads: reader.py). Leaving
+an unfinished stream — by a stop string, an error or the caller's cancellation — resets its
+HTTP/2 stream, which makes Triton cancel the request in the engine model.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import ssl
 import struct
@@ -70,8 +69,8 @@ class EngineRequest:
 
 # struct codes of the contract's data types, packed little-endian ("<"), as Triton reads raw
 # tensor contents. struct instead of numpy: building a request with numpy arrays (one per
-# scalar) was ~9 % of the event loop's busy time per request in a profile (docs/benchmarks.md,
-# "Session 8"); struct also refuses a value its type cannot hold instead of wrapping it.
+# scalar) was ~9 % of the event loop's busy time per request in a py-spy profile of the façade;
+# struct also refuses a value its type cannot hold instead of wrapping it.
 _PACK = {"TYPE_INT32": "i", "TYPE_UINT64": "Q", "TYPE_FP32": "f", "TYPE_BOOL": "?"}
 
 
@@ -148,9 +147,9 @@ class RepositoryEntry(NamedTuple):
 class EngineClient:
     """Talks to Triton: one endpoint, or several replicas (replicas.py); share one per process.
 
-    Inference goes over one channel with gRPC's `round_robin` over the endpoints currently
-    judged healthy (`use_endpoints`, driven by health.py); each endpoint also has a channel of
-    its own for probes and model control, which must reach every replica.
+    Inference goes round robin over the endpoints currently judged healthy (`use_endpoints`,
+    driven by health.py), each read by its reader.Endpoint; readiness checks and model control
+    go over grpc.aio channels (routes.py), one per endpoint where they must reach every replica.
     """
 
     def __init__(
@@ -161,22 +160,27 @@ class EngineClient:
         metadata: Sequence[tuple[str, str]] = (),
         tls_name: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
-        lean_reader: bool = True,
     ) -> None:
+        """`credentials` (grpc.aio) and `ssl_context` (reader.py) are the same mTLS client side
+        of the engine link (EngineLink.channel_credentials / ssl_context); neither for a
+        unix-socket link."""
+        if credentials is not None and ssl_context is None:
+            raise ValueError(
+                "ssl_context: a TLS engine link needs its client context for inference"
+                " (EngineLink.ssl_context())"
+            )
         self._routes = EngineRoutes(target, credentials=credentials, tls_name=tls_name)
         self.spec = self._routes.spec
         self.target = target
         self._metadata = tuple(metadata)
-        # The lean reader needs the link's TLS as an ssl context (or a plaintext/unix link).
-        self._lean = lean_reader and (credentials is None or ssl_context is not None)
         self._ssl = ssl_context if credentials is not None else None
         self._tls_name = tls_name or self.spec.tls_name
-        self._lean_endpoints: dict[str, reader.Endpoint] = {}
+        self._readers: dict[str, reader.Endpoint] = {}  # address -> its inference connections
         self._turn = itertools.count()
         # triton model -> monotonic time its engine last streamed tokens (evidence for health.py)
         self.last_token_at: dict[str, float] = {}
 
-    # ---- endpoints (replicas; engine_routes.py) ---------------------------------------------
+    # ---- endpoints (replicas; routes.py) ----------------------------------------------------
 
     async def endpoints(self) -> list[str]:
         """The endpoints to probe now: the target itself, or what the replica target resolves to."""
@@ -196,49 +200,48 @@ class EngineClient:
         """Close the probe/control channels of endpoints that are gone (DNS no longer lists),
         and their inference connections once the calls on them have ended."""
         await self._routes.forget(keep)
-        for address in [a for a in self._lean_endpoints if a not in keep and a != self.target]:
-            self._lean_endpoints.pop(address).retire()
+        for address in [a for a in self._readers if a not in keep and a != self.target]:
+            self._readers.pop(address).retire()
 
     async def close(self, finish_grace_s: float = 5.0) -> None:
-        """Close the lean connections and the channels.
+        """Close the inference connections and the channels.
 
         Calls whose final response has arrived are first given up to `finish_grace_s` to end on
         Triton's status: closing would cancel them right after their final response, the
-        pattern that leaks requests in Triton 2.51 (`let_finish`). Seen in CI: a client closed
+        pattern that leaks requests in Triton 2.51 (reader.py). Seen in CI: a client closed
         just after its last streams left the model version they ran on loaded for good.
         """
-        lean = [
+        finishing = [
             asyncio.ensure_future(endpoint.finished())
-            for endpoint in self._lean_endpoints.values()
+            for endpoint in self._readers.values()
             if endpoint.finishing_calls
         ]
-        grpc_route = [asyncio.ensure_future(call.code()) for call in tuple(_FINISHING)]
-        if lean or grpc_route:
-            await asyncio.wait([*lean, *grpc_route], timeout=finish_grace_s)
-            for waiter in lean:
-                waiter.cancel()  # (a grpc.aio call's status ends with its channel below)
-        for endpoint in self._lean_endpoints.values():
+        if finishing:
+            await asyncio.wait(finishing, timeout=finish_grace_s)
+            for waiter in finishing:
+                waiter.cancel()
+        for endpoint in self._readers.values():
             endpoint.close()
-        self._lean_endpoints.clear()
+        self._readers.clear()
         await self._routes.close()
 
-    def _lean_endpoint(self) -> reader.Endpoint | None:
-        """The endpoint of the next inference call (round robin over the healthy ones), or None
-        for the grpc.aio route (lean reader off, or replicas not yet resolved)."""
-        healthy = self._routes.healthy
-        if not self._lean or not healthy:
-            return None
-        address = healthy[0] if len(healthy) == 1 else healthy[next(self._turn) % len(healthy)]
-        return self._lean_endpoint_at(address)
+    async def _next_endpoint(self) -> reader.Endpoint:
+        """The endpoint of the next inference call: round robin over the healthy ones (before
+        health.py's first verdict on a replicated target: over what it resolves to)."""
+        pool = self._routes.healthy or tuple(await self._routes.endpoints())
+        if not pool:
+            raise EngineUnavailable(f"engine unavailable: {self.target} resolves to no endpoint")
+        address = pool[0] if len(pool) == 1 else pool[next(self._turn) % len(pool)]
+        return self._endpoint_at(address)
 
-    def _lean_endpoint_at(self, address: str) -> reader.Endpoint:
-        endpoint = self._lean_endpoints.get(address)
+    def _endpoint_at(self, address: str) -> reader.Endpoint:
+        endpoint = self._readers.get(address)
         if endpoint is None:
             unix_path = replicas.unix_socket_path(address)
             # A unix socket has no host: "localhost" names it in `:authority` (as grpc does).
             hp = replicas.parse_target(address).hosts[0] if unix_path is None else None
             host = hp.host if hp else "localhost"
-            endpoint = self._lean_endpoints[address] = reader.Endpoint(
+            endpoint = self._readers[address] = reader.Endpoint(
                 host,
                 hp.port if hp else 0,
                 ssl_context=self._ssl,
@@ -251,8 +254,8 @@ class EngineClient:
     async def probe(self, endpoint: str, request: EngineRequest, *, timeout: float) -> int:
         """Run `request` (meant: a one-token generation) on `endpoint` alone; tokens generated.
 
-        Goes the way inference goes (the lean reader unless it is off), so a probe tests the
-        path that serves traffic. Raises EngineUnavailable / EngineFailure / DeadlineExceeded
+        Goes the way inference goes (reader.py), so a probe tests the path that serves
+        traffic. Raises EngineUnavailable / EngineFailure / DeadlineExceeded
         like a real call.
         """
         count = 0
@@ -261,13 +264,7 @@ class EngineClient:
             nonlocal count
             count += len(ids)
 
-        if self._lean:
-            await _lean_call(self._lean_endpoint_at(endpoint), request, add, (), timeout)
-            return count
-        call = self._routes.endpoint_stub(endpoint).ModelStreamInfer(
-            metadata=self._metadata, timeout=timeout
-        )
-        await _read_until_final(call, request, add)
+        await _call(self._endpoint_at(endpoint), request, add, (), timeout)
         return count
 
     async def model_ready(
@@ -287,7 +284,7 @@ class EngineClient:
         return bool(resp.ready)
 
     # ---- model control (Triton started with --model-control-mode=explicit) -----------------
-    # The "model-repository" protocol group is restricted (engine_link.py): these calls need the
+    # The "model-repository" protocol group is restricted (link.py): these calls need the
     # link metadata like inference does. Request shapes: Triton's grpc_service.proto
     # (RepositoryModelLoad/Unload/Index) and the model_repository protocol extension, where the
     # `config` parameter is a JSON ModelConfig that replaces config.pbtxt for this load.
@@ -368,24 +365,19 @@ class EngineClient:
             on_ids(ids)
 
         with tracing.engine_span(model):
-            endpoint = self._lean_endpoint()
-            if endpoint is None:
-                metadata = (*self._metadata, *tracing.inject_traceparent())
-                call = self._routes.stub.ModelStreamInfer(metadata=metadata, timeout=timeout)
-                await _read_until_final(call, request, push)
-                return
-
-            await _lean_call(endpoint, request, push, tracing.inject_traceparent(), timeout)
+            endpoint = await self._next_endpoint()
+            await _call(endpoint, request, push, tracing.inject_traceparent(), timeout)
 
 
-async def _lean_call(
+async def _call(
     endpoint: reader.Endpoint,
     request: EngineRequest,
     on_ids: Callable[[list[int]], None],
     metadata: Sequence[tuple[str, str]],
     timeout: float | None,
 ) -> None:
-    """`_read_until_final` on the lean reader: the same request, ids, final and error mapping."""
+    """One inference call on `endpoint`: each response's new ids to `on_ids` until the final
+    one; Triton's errors as the façade's (`_map_status`)."""
 
     def on_message(payload: bytes) -> bool:
         ids, final = parse_stream_response(service_pb2.ModelStreamInferResponse.FromString(payload))
@@ -402,66 +394,6 @@ async def _lean_call(
         )
     except reader.CallError as exc:
         raise _map_status(exc.code, exc.details) from None
-
-
-async def _read_until_final(
-    call: grpc.aio.StreamStreamCall, request: EngineRequest, on_ids: Callable[[list[int]], None]
-) -> None:
-    """Send `request` on `call` (and half-close), hand each response's new ids to `on_ids` until
-    the final one.
-
-    A finished call is left to end on Triton's OK status (`let_finish`); an unfinished one — an
-    error, a stop, the caller's cancellation — is cancelled on the way out, and Triton cancels
-    the request in the engine. Errors map through `_map_status`.
-    """
-    finished = False
-    try:
-        await call.write(build_infer_request(request))
-        await call.done_writing()
-        while True:
-            resp = await call.read()
-            if resp is grpc.aio.EOF:
-                raise EngineUnavailable("the engine closed the stream before the final response")
-            ids, final = parse_stream_response(resp)
-            if ids:
-                on_ids(ids)
-            if final:
-                finished = True
-                return
-    except grpc.aio.AioRpcError as exc:
-        raise _map_status(exc.code(), exc.details()) from None
-    finally:
-        if finished:
-            let_finish(call)
-        else:
-            with contextlib.suppress(Exception):
-                call.cancel()
-
-
-# Calls whose final response has been read, kept referenced until Triton's OK status arrives
-# (grpc.aio cancels a call that is garbage-collected unfinished).
-_FINISHING: set[grpc.aio.StreamStreamCall] = set()
-
-
-def let_finish(call: grpc.aio.StreamStreamCall) -> None:
-    """Let a call whose final response has arrived end on Triton's own status, not a cancel.
-
-    Triton 2.51 can leak a request it had already completed when its stream is cancelled right
-    after the final response: the model version it ran on then never finishes unloading (20 such
-    streams were enough, test_model_versions.py). Ending the stream normally avoids Triton's
-    cancellation path entirely. Cancelled after `reader.FINISH_GRACE_S` if the status never
-    comes.
-    """
-    if call.done():
-        return
-    _FINISHING.add(call)
-    timer = asyncio.get_running_loop().call_later(reader.FINISH_GRACE_S, call.cancel)
-
-    def finished(_: object) -> None:
-        timer.cancel()
-        _FINISHING.discard(call)
-
-    call.add_done_callback(finished)
 
 
 def _map_status(code: grpc.StatusCode, details: str | None) -> Exception:

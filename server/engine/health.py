@@ -5,8 +5,9 @@ Every `interval_s`, for every endpoint (one Triton, or each replica of a replica
   2. each model must have produced a token recently: either real traffic streamed one within the
      last interval (single endpoint only: with several, traffic cannot be attributed to one), or
      a one-token generation probe on that endpoint succeeds within `probe_timeout_s`.
-An endpoint that fails is ejected from the inference channel's round_robin (client.py
-`use_endpoints`) until it passes again; the façade is SERVING while at least one endpoint passes.
+An endpoint that fails is ejected from inference's round robin (client.py `use_endpoints`)
+until it passes again (the probes go the way inference goes: reader.py); the façade is
+SERVING while at least one endpoint passes.
 So a wedged engine — port open, Triton "ready", but no tokens — turns readiness off within
 `interval_s + probe_timeout_s`, and a dead or wedged replica stops receiving new calls.
 """

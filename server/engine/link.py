@@ -8,7 +8,7 @@ health must carry the header `triton-grpc-protocol-<key>: <secret>`) and HTTP of
     certificate does not open Triton; or
   - on a unix socket (`unix_link`): only processes that may enter the socket's directory (mode
     0700, the service's user) can connect, so the secret is a second lock rather than the only
-    one, and nothing crosses a network to encrypt. Without asyncio's TLS the lean reader spends
+    one, and nothing crosses a network to encrypt. Without asyncio's TLS the engine reader spends
     ~25–35 µs less CPU per streamed token, the whole façade ~10–15 µs (~5 %, measured with
     `autoglm bench` on the 2-core development VM), and the secret on Triton's command line
     (visible in `ps`) no longer opens Triton to other local users.

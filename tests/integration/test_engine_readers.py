@@ -1,5 +1,6 @@
-"""The two ways the façade reads Triton (server/engine/reader.py, the default, and a grpc.aio
-call per request) against the real Triton + CPU model: same tokens, same errors, cancellation."""
+"""The façade's reader of Triton (reader.py) against the real Triton + CPU model: the tokens a
+grpc.aio consumer (an independent HTTP/2 and gRPC implementation) reads, Triton's errors
+mapped, finished streams left to end on Triton's status, cancellation reaching the engine."""
 
 from __future__ import annotations
 
@@ -9,21 +10,25 @@ import dataclasses
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 from tokenizers import Tokenizer
+from tritonclient.grpc import service_pb2_grpc
 
 from autoglm.bench.direct import GREEDY
 from autoglm.server.devstack.triton_process import TritonProcess
-from autoglm.server.engine import client as engine_client
-from autoglm.server.engine.client import EngineClient, EngineRequest
+from autoglm.server.engine.client import (
+    EngineClient,
+    EngineRequest,
+    build_infer_request,
+    parse_stream_response,
+)
 from autoglm.server.engine.link import EngineLink
 from autoglm.server.errors import DeadlineExceeded, EngineFailure, EngineUnavailable
 
 from .conftest import MODEL, engine_metric
 
 pytestmark = pytest.mark.integration
-
-READERS = ("lean", "grpc")
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +37,13 @@ def prompt(model_dir: Path) -> list[int]:
     return tokenizer.encode("The capital of France is", add_special_tokens=False).ids
 
 
-def engine(triton: TritonProcess, link: EngineLink, reader: str, **kw: object) -> EngineClient:
+def engine(triton: TritonProcess, link: EngineLink, **kw: object) -> EngineClient:
     link = dataclasses.replace(link, **kw)  # type: ignore[arg-type]
     return EngineClient(
         triton.grpc_target,
         credentials=link.channel_credentials(),
         metadata=link.metadata(),
         ssl_context=link.ssl_context(),
-        lean_reader=reader == "lean",
     )
 
 
@@ -55,41 +59,59 @@ async def tokens(client: EngineClient, req: EngineRequest, **kw: object) -> list
     return out
 
 
-async def test_both_readers_stream_the_same_tokens(
+async def grpc_aio_tokens(triton: TritonProcess, link: EngineLink, req: EngineRequest) -> list[int]:
+    """The same request read by grpc.aio, to its final response and Triton's status."""
+    channel = link.aio_channel(triton.grpc_target)
+    try:
+        call = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(
+            metadata=link.metadata()
+        )
+        await call.write(build_infer_request(req))
+        await call.done_writing()
+        out: list[int] = []
+        async for resp in call:
+            ids, final = parse_stream_response(resp)
+            out.extend(ids)
+            if final:
+                break
+        assert await call.code() == grpc.StatusCode.OK
+        return out
+    finally:
+        await channel.close()
+
+
+async def test_the_reader_streams_what_grpc_aio_reads(
     triton: TritonProcess, engine_link: EngineLink, prompt: list[int]
 ) -> None:
-    got = {}
-    for reader in READERS:
-        client = engine(triton, engine_link, reader)
-        try:
-            # Four at once: on the lean reader they share one HTTP/2 connection.
-            runs = await asyncio.gather(
-                *(tokens(client, request(f"{reader}-{i}", prompt, 12)) for i in range(4))
-            )
-        finally:
-            await client.close()
-        assert all(r == runs[0] for r in runs)
-        got[reader] = runs[0]
-    assert len(got["lean"]) == 12
-    assert got["lean"] == got["grpc"]
+    client = engine(triton, engine_link)
+    try:
+        # Four at once: they share one HTTP/2 connection.
+        runs = await asyncio.gather(
+            *(tokens(client, request(f"reader-{i}", prompt, 12)) for i in range(4))
+        )
+        assert len(client._readers) == 1
+        (endpoint,) = client._readers.values()
+        assert len(endpoint._connections) == 1
+    finally:
+        await client.close()
+    reference = await grpc_aio_tokens(triton, engine_link, request("grpc-aio", prompt, 12))
+    assert len(reference) == 12
+    assert all(run == reference for run in runs)
 
 
-@pytest.mark.parametrize("reader", READERS)
 async def test_finished_streams_end_on_tritons_status(
-    triton: TritonProcess, engine_link: EngineLink, reader: str, prompt: list[int]
+    triton: TritonProcess, engine_link: EngineLink, prompt: list[int]
 ) -> None:
     """A call returns at its final response, then its stream ends on Triton's OK trailers
     (not by our cancel: see test_model_versions.py for why) and leaves nothing open."""
-    client = engine(triton, engine_link, reader)
+    client = engine(triton, engine_link)
 
     def still_open() -> int:
-        if reader == "grpc":
-            return len(engine_client._FINISHING)
-        return sum(c.open_calls for e in client._lean_endpoints.values() for c in e._connections)
+        return sum(c.open_calls for e in client._readers.values() for c in e._connections)
 
     try:
         runs = await asyncio.gather(
-            *(tokens(client, request(f"end-{reader}-{i}", prompt, 3)) for i in range(4))
+            *(tokens(client, request(f"end-{i}", prompt, 3)) for i in range(4))
         )
         assert [len(r) for r in runs] == [3] * 4
         deadline = time.monotonic() + 10
@@ -100,11 +122,10 @@ async def test_finished_streams_end_on_tritons_status(
         await client.close()
 
 
-@pytest.mark.parametrize("reader", READERS)
-async def test_errors_map_the_same(
-    triton: TritonProcess, engine_link: EngineLink, reader: str, prompt: list[int]
+async def test_errors_map_to_the_facades(
+    triton: TritonProcess, engine_link: EngineLink, prompt: list[int]
 ) -> None:
-    client = engine(triton, engine_link, reader)
+    client = engine(triton, engine_link)
     try:
         # Triton answers an unknown model with an error response on the stream.
         with pytest.raises(EngineFailure, match="no-such-model"):
@@ -113,7 +134,7 @@ async def test_errors_map_the_same(
             await tokens(client, request("deadline", prompt, 500), timeout=0.3)
     finally:
         await client.close()
-    wrong_secret = engine(triton, engine_link, reader, secret="not-the-secret")
+    wrong_secret = engine(triton, engine_link, secret="not-the-secret")
     try:
         # The restricted protocol refuses a call without the right header.
         with pytest.raises((EngineFailure, EngineUnavailable)) as err:
@@ -123,17 +144,15 @@ async def test_errors_map_the_same(
         await wrong_secret.close()
 
 
-@pytest.mark.parametrize("reader", READERS)
 async def test_leaving_early_cancels_the_engine_request(
-    triton: TritonProcess, engine_link: EngineLink, reader: str, prompt: list[int]
+    triton: TritonProcess, engine_link: EngineLink, prompt: list[int]
 ) -> None:
     metric = "autoglm_engine_requests_total"
     before = engine_metric(triton, metric, outcome="cancelled")
-    client = engine(triton, engine_link, reader)
+    client = engine(triton, engine_link)
     try:
         received = 0
-        req = request(f"leave-{reader}", prompt, 500)
-        async with contextlib.aclosing(client.generate(req)) as s:
+        async with contextlib.aclosing(client.generate(request("leave", prompt, 500))) as s:
             async for ids in s:
                 received += len(ids)
                 if received >= 2:

@@ -70,7 +70,10 @@ def triton(
 async def engine(triton: tuple[TritonProcess, EngineLink]) -> AsyncIterator[EngineClient]:
     proc, link = triton
     client = EngineClient(
-        proc.grpc_target, credentials=link.channel_credentials(), metadata=link.metadata()
+        proc.grpc_target,
+        credentials=link.channel_credentials(),
+        metadata=link.metadata(),
+        ssl_context=link.ssl_context(),
     )
     yield client
     await client.close()

@@ -76,7 +76,10 @@ def triton(plan: BuildPlan, link: EngineLink) -> Iterator[TritonProcess]:
 @pytest.fixture(scope="module")
 async def engine(triton: TritonProcess, link: EngineLink) -> AsyncIterator[EngineClient]:
     client = EngineClient(
-        triton.grpc_target, credentials=link.channel_credentials(), metadata=link.metadata()
+        triton.grpc_target,
+        credentials=link.channel_credentials(),
+        metadata=link.metadata(),
+        ssl_context=link.ssl_context(),
     )
     yield client
     await client.close()
@@ -118,7 +121,9 @@ async def test_select_verify_load(
     assert await engine.model_ready(MODEL, version="1")
     assert len(await generate(engine, 4)) == 4
     # model-repository is a restricted protocol: without the link's header Triton refuses.
-    bare = EngineClient(triton.grpc_target, credentials=link.channel_credentials())
+    bare = EngineClient(
+        triton.grpc_target, credentials=link.channel_credentials(), ssl_context=link.ssl_context()
+    )
     try:
         with pytest.raises(ModelControlError, match="restricted") as err:
             await bare.load_model(MODEL)
@@ -208,7 +213,6 @@ async def test_switch_while_streaming(
     )
 
 
-@pytest.mark.parametrize("reader", ["lean", "grpc"])
 @pytest.mark.timeout(600)
 async def test_old_version_unloads_after_many_finished_streams(
     versions: ModelVersions,
@@ -216,7 +220,6 @@ async def test_old_version_unloads_after_many_finished_streams(
     plan: BuildPlan,
     triton: TritonProcess,
     link: EngineLink,
-    reader: str,
 ) -> None:
     """Each stream ends on Triton's OK trailers, not a cancel after the final response: Triton
     2.51 leaks some requests cancelled that way, and the version they ran on then never unloads
@@ -227,7 +230,6 @@ async def test_old_version_unloads_after_many_finished_streams(
         credentials=link.channel_credentials(),
         metadata=link.metadata(),
         ssl_context=link.ssl_context(),
-        lean_reader=reader == "lean",
     )
     new = install(plan)
     v_old = str(versions.loaded[MODEL].version)

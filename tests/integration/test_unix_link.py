@@ -103,17 +103,16 @@ async def _tokens(client: EngineClient, rid: str, prompt_ids: list[int]) -> list
     return out
 
 
-def _client(target: str, link: EngineLink, *, lean: bool) -> EngineClient:
+def _client(target: str, link: EngineLink) -> EngineClient:
     return EngineClient(
         target,
         credentials=link.channel_credentials(),
         metadata=link.metadata(),
         ssl_context=link.ssl_context(),
-        lean_reader=lean,
     )
 
 
-async def test_both_readers_over_the_socket_match_the_tls_link(
+async def test_the_reader_over_the_socket_matches_the_tls_link(
     unix_triton: TritonProcess,
     link: EngineLink,
     triton: TritonProcess,
@@ -121,25 +120,23 @@ async def test_both_readers_over_the_socket_match_the_tls_link(
     prompt_ids: list[int],
 ) -> None:
     got: dict[str, list[list[int]]] = {}
-    for name, target, lnk, lean in (
-        ("unix-lean", unix_triton.grpc_target, link, True),
-        ("unix-grpc", unix_triton.grpc_target, link, False),
-        ("tls-lean", triton.grpc_target, engine_link, True),
+    for name, target, lnk in (
+        ("unix", unix_triton.grpc_target, link),
+        ("tls", triton.grpc_target, engine_link),
     ):
-        client = _client(target, lnk, lean=lean)
+        client = _client(target, lnk)
         try:
-            # Three at once: on the lean reader they share one connection to the socket.
+            # Three at once: they share one connection (to the socket, or over TLS).
             got[name] = list(
                 await asyncio.gather(
                     *(_tokens(client, f"{name}-{i}", prompt_ids) for i in range(3))
                 )
             )
-            # The lean reader really read them, on one connection (no silent grpc.aio fallback).
-            lean = [c for e in client._lean_endpoints.values() for c in e._connections]
-            assert len(lean) == (1 if name.endswith("lean") else 0), name
+            connections = [c for e in client._readers.values() for c in e._connections]
+            assert len(connections) == 1, name
         finally:
             await client.close()
-    first = got["tls-lean"][0]
+    first = got["tls"][0]
     assert len(first) == 12
     assert all(run == first for runs in got.values() for run in runs), got
 
@@ -147,7 +144,7 @@ async def test_both_readers_over_the_socket_match_the_tls_link(
 async def test_model_control_over_the_socket(unix_triton: TritonProcess, link: EngineLink) -> None:
     """`serve --model-repository` selects and loads models through these calls (restricted
     protocols, so the secret is sent): readiness, the repository index, an unload and a load."""
-    client = _client(unix_triton.grpc_target, link, lean=True)
+    client = _client(unix_triton.grpc_target, link)
     try:
         assert await client.model_ready(MODEL)
         index = {e.name: e.state for e in await client.repository_index()}
@@ -160,12 +157,12 @@ async def test_model_control_over_the_socket(unix_triton: TritonProcess, link: E
         await client.close()
 
 
-async def test_the_lean_reader_names_the_socket_when_triton_is_gone(
+async def test_the_reader_names_the_socket_when_triton_is_gone(
     tmp_path: Path, link: EngineLink, prompt_ids: list[int]
 ) -> None:
     d = tmp_path / "run"
     d.mkdir(mode=0o700)
-    client = _client(f"unix:{d}/grpc:1", link, lean=True)
+    client = _client(f"unix:{d}/grpc:1", link)
     try:
         with pytest.raises(Exception, match=re.escape(f"{d}/grpc:1")) as failed:
             await _tokens(client, "gone", prompt_ids)
@@ -212,7 +209,7 @@ async def test_a_restarted_triton_keeps_its_socket_path(
     """stop() removes the directory; start() again makes the same path (the façade's target)."""
     target = unix_triton.grpc_target
     socket_dir = unix_triton.grpc_socket.parent  # type: ignore[union-attr]
-    client = _client(target, link, lean=True)
+    client = _client(target, link)
     try:
         before = await _tokens(client, "before", prompt_ids)
         # Stopped from a thread, so that this loop sees the old connection end, as a running
