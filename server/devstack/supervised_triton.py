@@ -3,7 +3,7 @@
 The I/O half of supervision; the decisions (delays, when to give up) are supervisor.py's.
 A restart is the same Triton as the first start (`TritonProcess.stop` then `launch`): same
 model repository and `--load-model`, same ports and unix socket path, so the façade's channels
-and its lean reader reconnect to the address they know, and its deep-health loop readmits the
+and its engine reader reconnect to the address they know, and its deep-health loop readmits the
 engine on its own once the model answers (health.py). Nothing here talks to the façade except
 to report when it says SERVING again.
 

@@ -1,9 +1,9 @@
-"""Triton channels of one EngineClient: the inference route and one channel per endpoint.
+"""grpc.aio channels of one EngineClient to Triton: readiness checks and model control.
 
-One endpoint: one channel for everything. Several replicas (replicas.py): inference goes over
-one channel with gRPC's `round_robin` over the endpoints health.py judged healthy
-(`use`), and each endpoint has a channel of its own for probes and model control, which must
-reach every replica.
+Inference does not use them (engine/reader.py has its own connections). One endpoint: one
+channel. Several replicas (replicas.py): one channel with gRPC's `round_robin` over the endpoints
+health.py judged healthy (`use`; `ModelReady` of "the data path" asks it), and a channel per
+endpoint for probes and model control, which must reach every replica.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class EngineRoutes:
             self._healthy = (target,)
             self._channel = self._open(target)
             self._endpoint_channels[target] = (self._channel, Stub(self._channel))
-        self.stub = Stub(self._channel)  # the inference route, replaced by `use`
+        self.stub = Stub(self._channel)  # the healthy endpoints' channel, replaced by `use`
 
     def _initial_target(self) -> str:
         if self.spec.raw.startswith("dns:"):
