@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from autoglm.bench.workload import LengthDist
+from autoglm.server.telemetry.span_export import DEFAULT_SPAN_EXPORT, SPAN_EXPORTS
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -109,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="façade processes sharing its port (`autoglm serve --workers N`, SO_REUSEPORT)",
     )
     b.add_argument(
+        "--facade-span-export",
+        choices=SPAN_EXPORTS,
+        default=DEFAULT_SPAN_EXPORT,
+        help="how the façade exports its spans (`autoglm serve --span-export`); "
+        "default: %(default)s",
+    )
+    b.add_argument(
         "--engine-link",
         choices=("unix", "tls"),
         default="unix",
@@ -171,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
         num_requests=args.requests,
         check_concurrency=args.check_concurrency,
         facade_workers=args.facade_workers,
+        facade_span_export=args.facade_span_export,
         engine_link=args.engine_link,
         floor=args.floor,
         profile_seconds=args.profile_seconds,

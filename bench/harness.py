@@ -18,6 +18,7 @@ from autoglm.bench.runner import RunConfig, Scenario, run_all, scenario_loads
 from autoglm.bench.stack import BenchStack, EngineModel, StackOptions
 from autoglm.bench.workload import LengthDist, token_cycle
 from autoglm.server.models import ModelSpec, load_model
+from autoglm.server.telemetry.span_export import DEFAULT_SPAN_EXPORT
 
 SCENARIOS = ("paced", "unpaced", "cpu-model")
 
@@ -42,6 +43,7 @@ class BenchOptions:
     num_requests: int | None = None
     check_concurrency: int = 64
     facade_workers: int = 1  # `autoglm serve --workers N` (SO_REUSEPORT scale-out)
+    facade_span_export: str = DEFAULT_SPAN_EXPORT  # `autoglm serve --span-export`
     engine_link: str = "unix"  # "unix" | "tls": how both paths reach Triton (stack.py)
     # Also measure the floors (bare_relay.py, byte_hop.py) and the direct path twice (the
     # run's own noise): runner.py, "floor" in report.py.
@@ -150,7 +152,13 @@ def run_bench(o: BenchOptions, log: Callable[[str], None] = print) -> BenchRepor
         report = BenchReport(machine_info(), _options_json(o))
         report.notes.append(
             "façade: subprocess `autoglm serve` with mTLS + bearer token + tracing "
-            "(OTLP/gRPC, exported by its span exporter child process, counted as the façade's CPU) "
+            "(OTLP/gRPC, "
+            + (
+                "exported by its span exporter child process, counted as the façade's CPU"
+                if o.facade_span_export == "child"
+                else "exported by the SDK's BatchSpanProcessor in the façade's process"
+            )
+            + ") "
             "to an in-harness no-op sink; Triton: engine link "
             + (
                 "unix socket in a private directory"
@@ -169,6 +177,7 @@ def run_bench(o: BenchOptions, log: Callable[[str], None] = print) -> BenchRepor
             used,
             cycle,
             facade_workers=o.facade_workers,
+            span_export=o.facade_span_export,
             engine_link=o.engine_link,
             floors=o.floor,
         )

@@ -29,6 +29,7 @@ from autoglm.server.engine.link import EngineLink
 from autoglm.server.models import ModelSpec, load_model
 from autoglm.server.security.bearer_tokens import TokenStore
 from autoglm.server.security.limits import PrincipalLimits
+from autoglm.server.telemetry.span_export import DEFAULT_SPAN_EXPORT
 from autoglm.triton_models.repository import CpuEngineConfig, render_cpu_model
 from autoglm.triton_models.synthetic import render_synthetic_model
 
@@ -56,6 +57,7 @@ class StackOptions:
     cpu_instances: int = 1
     cpu_max_concurrency: int = 8
     facade_workers: int = 1  # `autoglm serve --workers`: processes sharing the port
+    span_export: str = DEFAULT_SPAN_EXPORT  # `autoglm serve --span-export`
     engine_link: str = "unix"  # "unix": Triton's gRPC on a unix socket; "tls": mTLS over TCP
     # The floors (`autoglm bench --floor`): also start bare_relay.py (the floor under any
     # grpc.aio façade) and byte_hop.py (the floor under any Python process on the way).
@@ -176,6 +178,8 @@ class BenchStack:
             "1",
             "--workers",
             str(self.opts.facade_workers),
+            "--span-export",
+            self.opts.span_export,
         ]
         for m in self.opts.models:
             cmd += ["--model", f"{m.name}={m.name}:{self.opts.tokenizer_dir}"]
@@ -183,8 +187,9 @@ class BenchStack:
 
     def _start_facade(self, timeout_s: float = 60.0) -> None:
         env = dict(os.environ)
-        # Tracing on, exporting over OTLP/gRPC to the in-harness sink (from the façade's span
-        # exporter child process, span_offload.py: a descendant, so its CPU is the façade's).
+        # Tracing on, exporting over OTLP/gRPC to the in-harness sink (with --span-export child,
+        # from the façade's span exporter child process, span_offload.py: a descendant, so its
+        # CPU is the façade's; with batch, from the façade's own process).
         env.update(
             OTEL_EXPORTER_OTLP_ENDPOINT=self.sink.endpoint,
             OTEL_EXPORTER_OTLP_PROTOCOL="grpc",

@@ -15,6 +15,7 @@ from rich.console import Console
 
 from autoglm.server import settings_sources
 from autoglm.server.settings import SettingsError, autoglm_home
+from autoglm.server.telemetry.span_export import DEFAULT_SPAN_EXPORT, SPAN_EXPORTS
 
 if TYPE_CHECKING:
     from autoglm.server.engine.link import EngineLink
@@ -41,7 +42,8 @@ def _dev(args: argparse.Namespace) -> int:
     )
     from autoglm.server.telemetry import tracing
 
-    tracing.setup_tracing()  # configured by the standard OTEL_* variables; off without them
+    # Configured by the standard OTEL_* variables; off without them.
+    tracing.setup_tracing(tracing.TracingSettings(span_export=args.span_export))
     try:
         asyncio.run(run_dev(opts, Console(stderr=True)))
     finally:
@@ -130,6 +132,7 @@ def _serve(args: argparse.Namespace) -> int:
         audit_dir=args.audit_dir,
         audit_text=args.audit_text,
         workers=args.workers,
+        span_export=args.span_export,
     )
     settings.validate()  # --print-config refuses what serve would, with the same message
     if args.print_config:
@@ -147,7 +150,8 @@ def _serve(args: argparse.Namespace) -> int:
         running = await start_server(settings)
         await serve_until_signal(running, settings.grace_period_s)
 
-    tracing.setup_tracing()  # configured by the standard OTEL_* variables; off without them
+    # Configured by the standard OTEL_* variables; off without them.
+    tracing.setup_tracing(tracing.TracingSettings(span_export=settings.span_export))
     try:
         asyncio.run(main())
     finally:
@@ -221,6 +225,17 @@ def _token_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_span_export(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--span-export",
+        choices=SPAN_EXPORTS,
+        default=DEFAULT_SPAN_EXPORT,
+        help="how the façade's spans are exported (when OTEL_* turn tracing on): child = "
+        "encoded and sent by a child process, off the façade's GIL; batch = the SDK's "
+        "BatchSpanProcessor in the façade's process (honours OTEL_BSP_*); default: %(default)s",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="autoglm", description=__doc__)
     p.add_argument("--home", type=Path, default=autoglm_home(), help="state folder (AUTOGLM_HOME)")
@@ -260,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--triton-trace-url", help="OTLP/HTTP traces URL for Triton, e.g. 127.0.0.1:4318/v1/traces"
     )
     dev.add_argument("--no-self-check", action="store_true", help="skip the first client call")
+    _add_span_export(dev)
     dev.set_defaults(func=_dev)
 
     serve = sub.add_parser("serve", help="run the façade in front of an existing Triton")
@@ -290,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="name Triton's certificate must carry (replicas by address) "
         "(default: the target's host name)",
     )
+    _add_span_export(serve)
     serve.add_argument(
         "--health-interval", type=float, default=2.0, help="seconds between deep health checks"
     )

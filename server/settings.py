@@ -11,6 +11,7 @@ from autoglm.server.engine.link import EngineLink
 from autoglm.server.engine.replicas import TargetError, parse_target, unix_socket_path
 from autoglm.server.models import ModelSpec
 from autoglm.server.security.limits import LimitSettings
+from autoglm.server.telemetry.span_export import DEFAULT_SPAN_EXPORT, check_span_export
 
 
 class SettingsError(ValueError):
@@ -96,6 +97,9 @@ class Settings:
     # TLS name to check Triton's certificate against when the target lists addresses (replicas);
     # None = the target's host name.
     triton_tls_name: str | None = None
+    # Which span processor exports the façade's spans (telemetry/span_export.py): "child" =
+    # the export child process, "batch" = the SDK's BatchSpanProcessor in this process.
+    span_export: str = DEFAULT_SPAN_EXPORT
 
     def validate(self) -> None:
         host, _ = split_host_port(self.listen)
@@ -119,6 +123,10 @@ class Settings:
                 raise SettingsError(f"{name}: must be > 0, got {value}")
         if not self.models and self.model_repository is None:
             raise SettingsError("models: give --model or --model-repository")
+        try:
+            check_span_export(self.span_export)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
         if self.workers < 1:
             raise SettingsError(f"workers: must be >= 1, got {self.workers}")
         if self.workers > 1 and self.model_repository is not None:

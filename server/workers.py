@@ -64,7 +64,8 @@ def _worker_main(
         conn.close()
         await serve_until_signal(running, settings.grace_period_s)
 
-    tracing.setup_tracing()  # per process: the SDK's exporter threads do not survive a fork
+    # Per process: the SDK's exporter threads do not survive a fork.
+    tracing.setup_tracing(tracing.TracingSettings(span_export=settings.span_export))
     try:
         asyncio.run(main())
     finally:

@@ -5,6 +5,8 @@ Spec of the variables: https://opentelemetry.io/docs/specs/otel/configuration/sd
 _PROTOCOL, OTEL_TRACES_SAMPLER[_ARG], OTEL_SDK_DISABLED). The SDK and the exporters read most of
 them themselves; this module only chooses the exporter class from the protocol (the exporters do
 not read OTEL_EXPORTER_OTLP_PROTOCOL) and applies the explicit `TracingSettings` overrides.
+Which span processor exports (`span_export`: the export child or the SDK's BatchSpanProcessor,
+span_export.py) is a setting of its own (`autoglm serve --span-export`).
 
 Tracing is ON only when an endpoint is configured (flag or env) or `enabled=True`, and never
 with OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none: the SDK's own default
@@ -32,11 +34,12 @@ from opentelemetry import context, trace
 from opentelemetry.propagate import inject
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from autoglm.server.telemetry import logs
+from autoglm.server.telemetry.span_export import DEFAULT_SPAN_EXPORT, check_span_export
 from autoglm.server.telemetry.span_offload import OffloadSpanProcessor
 
 log = logging.getLogger("autoglm.server.telemetry.tracing")
@@ -63,12 +66,16 @@ class TracingSettings:
     sample_ratio: float | None = None  # parentbased_traceidratio; else OTEL_TRACES_SAMPLER
     insecure: bool | None = None  # grpc only; else inferred from the scheme (http:// = plain)
     batch: bool = True  # False = export each span at once (tests, debugging)
+    # With batch: "child" = the export child process, "batch" = the SDK's BatchSpanProcessor
+    # in this process (span_export.py).
+    span_export: str = DEFAULT_SPAN_EXPORT
 
     def validate(self) -> None:
         if self.protocol is not None and self.protocol not in ("grpc", "http/protobuf"):
             raise ValueError(f"tracing.protocol: {self.protocol!r} is not grpc or http/protobuf")
         if self.sample_ratio is not None and not 0.0 <= self.sample_ratio <= 1.0:
             raise ValueError(f"tracing.sample_ratio: {self.sample_ratio} is not within [0, 1]")
+        check_span_export(self.span_export, "tracing.span_export")
 
 
 _provider: TracerProvider | None = None
@@ -111,7 +118,7 @@ def _protocol(settings: TracingSettings) -> str:
 
 def exporter_for(settings: TracingSettings) -> SpanExporter:
     """The OTLP exporter the settings and the OTEL_* variables ask for (in the span exporter
-    process, span_export_child.py, unless `settings.batch` is off)."""
+    process, span_export_child.py, when `settings.span_export` is "child" and `batch` is on)."""
     protocol = _protocol(settings)
     headers = dict(settings.headers) if settings.headers is not None else None
     # Imported here so that a façade with tracing off never loads the exporters.
@@ -154,7 +161,13 @@ def setup_tracing(settings: TracingSettings | None = None) -> TracerProvider | N
         sampler = ParentBased(TraceIdRatioBased(settings.sample_ratio))
     provider = TracerProvider(resource=resource, sampler=sampler)
     processor: SpanProcessor
-    if settings.batch:
+    if not settings.batch:
+        processor = SimpleSpanProcessor(exporter_for(settings))
+    elif settings.span_export == "batch":
+        # The SDK's processor reads OTEL_BSP_SCHEDULE_DELAY, _MAX_QUEUE_SIZE,
+        # _MAX_EXPORT_BATCH_SIZE and _EXPORT_TIMEOUT itself.
+        processor = BatchSpanProcessor(exporter_for(settings))
+    else:
         # Built once here and dropped, so that a bad configuration fails at start-up with the
         # exporter's own error, not in a child process restarted every few seconds.
         exporter_for(settings).shutdown()
@@ -163,15 +176,17 @@ def setup_tracing(settings: TracingSettings | None = None) -> TracerProvider | N
         processor = OffloadSpanProcessor(
             dataclasses.asdict(settings), resource, log_setup=logs.current_setup()
         )
-    else:
-        processor = SimpleSpanProcessor(exporter_for(settings))
     provider.add_span_processor(processor)
     if not _global_set:
         trace.set_tracer_provider(provider)
         _global_set = True
     _provider = provider
     _tracer = provider.get_tracer("autoglm.server")
-    log.info("tracing on: service %s", resource.attributes.get(SERVICE_NAME))
+    log.info(
+        "tracing on: service %s, spans exported by %s",
+        resource.attributes.get(SERVICE_NAME),
+        type(processor).__name__,
+    )
     return provider
 
 

@@ -7,7 +7,6 @@ import io
 import os
 import signal
 import sys
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -97,10 +96,8 @@ def test_a_dead_child_is_replaced(receiver: OtlpReceiver) -> None:
     assert first is not None
     first.proc.kill()
     first.proc.wait()
-    deadline = time.monotonic() + 5
-    while first.alive and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not first.alive
+    with processor._cond:  # the ack reader sees the end of the child's stdout
+        assert processor._cond.wait_for(lambda: not first.alive, 10)
     with tracer.start_as_current_span("after"):
         pass
     assert processor.force_flush(20_000)
@@ -150,8 +147,11 @@ def test_child_outlives_ctrl_c_and_sigterm_until_its_input_ends(receiver: OtlpRe
     assert child is not None
     os.kill(child.proc.pid, signal.SIGINT)
     os.kill(child.proc.pid, signal.SIGTERM)
-    time.sleep(0.3)
-    assert child.proc.poll() is None
+    # Both signals are pending (or discarded, when ignored) once kill() returns; a fatal one
+    # would end the child before it reads the next frame. An answered flush is the condition
+    # that it read on past them: the same child, still running.
+    assert processor.force_flush(20_000)
+    assert processor._child is child and child.proc.poll() is None
     with provider.get_tracer("t").start_as_current_span("after signals"):
         pass
     provider.shutdown()
