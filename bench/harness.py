@@ -100,7 +100,7 @@ def ramp_up_for(o: BenchOptions, scenario: str) -> float:
     streams then start evenly over one cycle and new requests arrive steadily, as they would
     at a GPU serving 64 streams. Started in the same instant, streams of equal length at the
     same pace stay in lock-step: a burst of every new request at once, once per cycle
-    (docs/benchmarks.md, "Session 8"). `--ramp-up 0` measures that burst.
+    (docs/benchmarks.md, "What a run sets up"). `--ramp-up 0` measures that burst.
     """
     if o.ramp_up_s is not None:
         return o.ramp_up_s
