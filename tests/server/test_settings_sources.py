@@ -250,14 +250,28 @@ def test_print_form_reads_back_as_the_same_settings() -> None:
     assert "# admin_token = <unset>" in text and "insecure_dev = true" in text
 
 
+def _pem_key_first_line() -> str:
+    """The first line of a private key made now (no key material lives in the repository)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return pem.decode().splitlines()[0]
+
+
 def test_secrets_are_redacted_paths_to_them_are_not() -> None:
+    key_line = _pem_key_first_line()
     got = layered(
         ["--admin-token", "hunter2", "--triton-secret-file", "/run/secret"],
         {"AUTOGLM_LISTEN": f"Bearer {TOKEN}"},  # a token's content in a harmless-named setting
-        f'profile = ["{TOKEN}", "-----BEGIN PRIVATE KEY-----"]',
+        f'profile = ["{TOKEN}", "{key_line}"]',
     )
     text = render_toml(opts(), got)
-    for secret in ("hunter2", TOKEN, "BEGIN PRIVATE KEY"):
+    for secret in ("hunter2", TOKEN, key_line):
         assert secret not in text
     lines = {line.split(" = ")[0].lstrip("# "): line for line in text.splitlines()[2:]}
     assert lines["admin_token"].startswith(f"# admin_token = {REDACTED}")
