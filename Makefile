@@ -34,7 +34,7 @@ run: model
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python .ci/lint_imports.py
+	$(BIN)/lint-imports --no-logo
 
 test: model lint
 	$(BIN)/pytest -ra --durations=15
