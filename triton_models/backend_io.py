@@ -3,8 +3,8 @@
 Imported only inside a Triton python-backend stub, where `triton_python_backend_utils` exists:
 reading a config parameter, taking a request's contract inputs inside `execute` (the request
 object must not reach a worker thread: model.py of cpu_reference explains the segfault), and
-building the `output_ids` / error responses: a refusal (the caller's bad tensor, refusal.py) is
-Triton's INVALID_ARG, anything else INTERNAL.
+building the `output_ids` (and `output_log_probs`) / error responses: a refusal (the caller's
+bad tensor, refusal.py) is Triton's INVALID_ARG, anything else INTERNAL.
 """
 
 from __future__ import annotations
@@ -36,16 +36,21 @@ def take_inputs(request: Any) -> dict[str, np.ndarray]:
     return tensors
 
 
-def ids_response(ids: list[int]) -> Any:
-    """One response carrying `ids` as output_ids [batch 1, beam 1, tokens] + sequence_length."""
+def ids_response(ids: list[int], log_probs: list[float] | None = None) -> Any:
+    """One response carrying `ids` as output_ids [batch 1, beam 1, tokens] + sequence_length,
+    and `log_probs` (when given) as output_log_probs [batch 1, beam 1, steps]: TensorRT-LLM sends
+    every log-probability generated so far there, also when `ids` are only the new tokens
+    (contract.OUTPUT_LOG_PROBS)."""
     output_ids = np.asarray(ids, dtype=np.int32).reshape(1, 1, -1)
     lengths = np.asarray([[len(ids)]], dtype=np.int32)  # [batch, beam]
-    return pb_utils.InferenceResponse(
-        output_tensors=[
-            pb_utils.Tensor(contract.OUTPUT_IDS.name, output_ids),
-            pb_utils.Tensor(contract.SEQUENCE_LENGTH.name, lengths),
-        ]
-    )
+    tensors = [
+        pb_utils.Tensor(contract.OUTPUT_IDS.name, output_ids),
+        pb_utils.Tensor(contract.SEQUENCE_LENGTH.name, lengths),
+    ]
+    if log_probs is not None:
+        values = np.asarray(log_probs, dtype=np.float32).reshape(1, 1, -1)
+        tensors.append(pb_utils.Tensor(contract.OUTPUT_LOG_PROBS.name, values))
+    return pb_utils.InferenceResponse(output_tensors=tensors)
 
 
 def error_response(message: str) -> Any:

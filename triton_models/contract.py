@@ -12,6 +12,7 @@ serves TensorRT engines through Triton's `tensorrtllm` backend). Dims exclude th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +58,13 @@ REPETITION_PENALTY = TensorSpec("repetition_penalty", "TYPE_FP32", (1,), optiona
 # [batch, 2, n]: row 0 the flattened token ids of all stop words, row 1 their end offsets
 # into row 0, padded with -1 (TensorRT-LLM's `to_word_list_format`).
 STOP_WORDS_LIST = TensorSpec("stop_words_list", "TYPE_INT32", (2, -1), optional=True)
+# Additive penalties (TensorRT-LLM `presencePenalty` / `frequencyPenalty`; the semantics the CPU
+# engine copies are in cpu_engine/sampling.py). Input and output of the real file checked at
+# NVIDIA/TensorRT-LLM commit 0c8de69a1ca6213eebb20a51873890ff128666c2 (1.2.0rc8), same path.
+FREQUENCY_PENALTY = TensorSpec("frequency_penalty", "TYPE_FP32", (1,), optional=True)
+PRESENCE_PENALTY = TensorSpec("presence_penalty", "TYPE_FP32", (1,), optional=True)
+# Ask for `output_log_probs` in the responses.
+RETURN_LOG_PROBS = TensorSpec("return_log_probs", "TYPE_BOOL", (1,), optional=True)
 
 INPUTS: tuple[TensorSpec, ...] = (
     INPUT_IDS,
@@ -72,13 +80,24 @@ INPUTS: tuple[TensorSpec, ...] = (
     SEED,
     REPETITION_PENALTY,
     STOP_WORDS_LIST,
+    FREQUENCY_PENALTY,
+    PRESENCE_PENALTY,
+    RETURN_LOG_PROBS,
 )
 
 # Response tensors.
 OUTPUT_IDS = TensorSpec("output_ids", "TYPE_INT32", (-1, -1))  # [batch, beam, tokens]
 SEQUENCE_LENGTH = TensorSpec("sequence_length", "TYPE_INT32", (-1,))  # [batch, beam]
+# [batch, beam, steps], only when `return_log_probs` is set: the log-probability of each
+# generated token. In a streamed response TensorRT-LLM sends every value generated so far, not
+# only those of the response's new ids: its executor puts the request's whole log-prob list into
+# each result while `output_ids` carries only the unsent tokens (`LlmRequest::createResult`,
+# cpp/tensorrt_llm/batch_manager/llmRequest.cpp; the LLM API accumulates the "streamwise
+# monotonically growing list" accordingly, NVIDIA/TensorRT-LLM PR #7580). The CPU reference
+# engine sends the same; a reader takes the values of its new ids by position (`new_log_probs`).
+OUTPUT_LOG_PROBS = TensorSpec("output_log_probs", "TYPE_FP32", (-1, -1))
 
-OUTPUTS: tuple[TensorSpec, ...] = (OUTPUT_IDS, SEQUENCE_LENGTH)
+OUTPUTS: tuple[TensorSpec, ...] = (OUTPUT_IDS, SEQUENCE_LENGTH, OUTPUT_LOG_PROBS)
 
 INPUTS_BY_NAME = {t.name: t for t in INPUTS}
 OUTPUTS_BY_NAME = {t.name: t for t in OUTPUTS}
@@ -115,3 +134,18 @@ def from_stop_words_list(arr: np.ndarray) -> list[list[int]]:
         words.append([int(t) for t in ids[start:end]])
         start = int(end)
     return words
+
+
+def new_log_probs(values: Sequence[float], count: int, seen: int) -> list[float]:
+    """The log-probabilities of a response's `count` new ids, `seen` ids having come before.
+
+    `values` is the response's `output_log_probs` (beam 0). An engine that sends the values of
+    the new ids only (`len(values) == count`) and one that sends the whole list so far, as
+    TensorRT-LLM does (see OUTPUT_LOG_PROBS), are both read right; ValueError when `values`
+    cannot hold the new ids' values.
+    """
+    if len(values) == count or count == 0:
+        return list(values[:count])
+    if len(values) < seen + count:
+        raise ValueError(f"output_log_probs: {len(values)} values for {count} new ids after {seen}")
+    return list(values[seen : seen + count])

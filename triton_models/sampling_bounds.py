@@ -26,3 +26,11 @@ MIN_REPETITION_PENALTY = 0.01
 # The bound as a proto `float` or an FP32 tensor carries it (0.0099999998): a caller's 0.01
 # arrives as this value and must pass. Compare with this one; name MIN_REPETITION_PENALTY.
 MIN_REPETITION_PENALTY_F32 = struct.unpack("<f", struct.pack("<f", MIN_REPETITION_PENALTY))[0]
+
+# The range the façade accepts for the additive presence and frequency penalties: OpenAI's
+# ("Number between -2.0 and 2.0", API reference for chat completions) and vLLM's
+# (`SamplingParams._verify_args`: "presence_penalty must be in [-2, 2]", the same for
+# frequency_penalty). TensorRT-LLM takes any float ("(-inf, +inf)", docs/source/advanced/
+# gpt-runtime.md), and so does the CPU engine, as long as the result stays finite. 2.0 is exact
+# in float32, so a caller's 2.0 arrives as 2.0.
+MAX_ABS_PENALTY = 2.0

@@ -115,6 +115,10 @@ def test_every_contract_tensor_has_a_numpy_dtype(spec: TensorSpec) -> None:
         (contract.STOP_WORDS_LIST, "INT32", (2, -1), True),
         (contract.OUTPUT_IDS, "INT32", (-1, -1), False),
         (contract.SEQUENCE_LENGTH, "INT32", (-1,), False),
+        (contract.FREQUENCY_PENALTY, "FP32", (1,), True),
+        (contract.PRESENCE_PENALTY, "FP32", (1,), True),
+        (contract.RETURN_LOG_PROBS, "BOOL", (1,), True),
+        (contract.OUTPUT_LOG_PROBS, "FP32", (-1, -1), False),
     ],
     ids=lambda v: v.name if isinstance(v, TensorSpec) else None,
 )
@@ -130,3 +134,31 @@ def test_names_are_unique_and_indexed() -> None:
     assert len(contract.OUTPUTS_BY_NAME) == len(contract.OUTPUTS)
     assert not set(contract.INPUTS_BY_NAME) & set(contract.OUTPUTS_BY_NAME)
     assert contract.INPUTS_BY_NAME["seed"] is contract.SEED
+
+
+# --- output_log_probs: the values of a response's new ids ---------------------------------------
+
+
+def test_new_log_probs_of_an_engine_sending_the_new_values_only() -> None:
+    assert contract.new_log_probs([-0.5], 1, seen=7) == [-0.5]
+    assert contract.new_log_probs([-0.5, -1.0], 2, seen=0) == [-0.5, -1.0]
+
+
+def test_new_log_probs_of_tensorrt_llm_s_growing_list() -> None:
+    """TensorRT-LLM streams every value so far (LlmRequest::createResult): take the new ones."""
+    stream = [[-0.1], [-0.1, -0.2], [-0.1, -0.2, -0.3, -0.4]]  # new ids: 1, 1, 2
+    seen, got = 0, []
+    for values, count in zip(stream, (1, 1, 2), strict=True):
+        got += contract.new_log_probs(values, count, seen)
+        seen += count
+    assert got == [-0.1, -0.2, -0.3, -0.4]
+
+
+def test_new_log_probs_without_new_ids() -> None:
+    assert contract.new_log_probs([-0.1, -0.2], 0, seen=2) == []
+
+
+@pytest.mark.parametrize(("values", "count", "seen"), [([], 1, 0), ([-0.1, -0.2], 1, 2)])
+def test_new_log_probs_missing_values(values: list[float], count: int, seen: int) -> None:
+    with pytest.raises(ValueError, match="output_log_probs"):
+        contract.new_log_probs(values, count, seen)

@@ -52,6 +52,9 @@ def complete(shape: tuple[int, ...] = (1,)) -> dict[str, np.ndarray]:
         "seed": scalar("seed", 2**64 - 1, shape),
         "repetition_penalty": scalar("repetition_penalty", 1.1, shape),
         "stop_words_list": words[np.newaxis],  # [batch=1, 2, n]
+        "frequency_penalty": scalar("frequency_penalty", 0.5, shape),
+        "presence_penalty": scalar("presence_penalty", -1.5, shape),
+        "return_log_probs": scalar("return_log_probs", True, shape),
     }
 
 
@@ -82,6 +85,9 @@ def test_complete_request(shape: tuple[int, ...]) -> None:
     assert s.repetition_penalty == pytest.approx(1.1)
     assert s.seed == 2**64 - 1
     assert type(s.seed) is int
+    assert s.frequency_penalty == 0.5
+    assert s.presence_penalty == -1.5
+    assert req.return_log_probs is True
 
 
 def test_defaults_for_absent_optional_tensors() -> None:
@@ -96,6 +102,8 @@ def test_defaults_for_absent_optional_tensors() -> None:
         stop_words=(),
     )
     assert req.sampling.seed is None
+    assert (req.sampling.frequency_penalty, req.sampling.presence_penalty) == (0.0, 0.0)
+    assert req.return_log_probs is False
 
 
 def test_input_lengths_shorter_than_padded_ids() -> None:
@@ -207,6 +215,10 @@ def test_request_output_len_below_one(value: int) -> None:
         ("repetition_penalty", -1.0),
         ("repetition_penalty", math.nan),
         ("repetition_penalty", math.inf),
+        ("frequency_penalty", math.nan),
+        ("frequency_penalty", math.inf),
+        ("presence_penalty", -math.inf),
+        ("presence_penalty", math.nan),
     ],
 )
 def test_bad_sampling_values_name_their_tensor(name: str, value: float) -> None:
@@ -299,3 +311,20 @@ def test_false_flags() -> None:
     req = parse(tensors)
     assert req.streaming is False
     assert req.exclude_input_in_output is False
+
+
+@pytest.mark.parametrize("value", [-3.4e38, -2.0, 0.0, 2.0, 3.4e38])
+def test_any_finite_additive_penalty_is_accepted(value: float) -> None:
+    # TensorRT-LLM's range is (-inf, +inf) (gpt-runtime.md); [-2, 2] is the façade's rule.
+    tensors = minimal()
+    tensors["frequency_penalty"] = scalar("frequency_penalty", value)
+    tensors["presence_penalty"] = scalar("presence_penalty", value)
+    sampling = parse(tensors).sampling
+    assert sampling.frequency_penalty == pytest.approx(value)
+    assert sampling.presence_penalty == pytest.approx(value)
+
+
+def test_return_log_probs_false_is_false() -> None:
+    tensors = minimal()
+    tensors["return_log_probs"] = scalar("return_log_probs", False)
+    assert parse(tensors).return_log_probs is False

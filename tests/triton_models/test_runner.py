@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from tokenizers import Tokenizer
 
 from autoglm.triton_models.cpu_engine.request import EngineRequest
@@ -41,6 +42,7 @@ def request(
     end_id: int | None = None,
     sampling: SamplingConfig = GREEDY,
     stop_words: tuple[tuple[int, ...], ...] = (),
+    return_log_probs: bool = False,
 ) -> EngineRequest:
     return EngineRequest(
         input_ids=prompt_ids,
@@ -50,6 +52,7 @@ def request(
         exclude_input_in_output=True,
         sampling=sampling,
         stop_words=stop_words,
+        return_log_probs=return_log_probs,
     )
 
 
@@ -168,3 +171,22 @@ def test_different_seeds_differ(runner: CausalLMRunner, prompt_ids: tuple[int, .
         run(runner, request(prompt_ids, 4, sampling=SamplingConfig(seed=seed))) for seed in (1, 2)
     )
     assert first != second
+
+
+def test_greedy_log_probs_are_the_model_s_own(
+    runner: CausalLMRunner, prompt_ids: tuple[int, ...], greedy: list[int]
+) -> None:
+    """Each step's value is the log-softmax maximum of the model's logits at that position
+    (one full forward pass over prompt + output checks the KV-cached steps)."""
+    steps = list(runner.steps(request(prompt_ids, 3, return_log_probs=True), is_cancelled=never))
+    assert [token for token, _ in steps] == greedy[:3]
+    with torch.inference_mode():
+        ids = torch.tensor([[*prompt_ids, *greedy[:2]]])
+        logits = runner.model(input_ids=ids).logits[0, len(prompt_ids) - 1 :].float()
+    expected = torch.log_softmax(logits, dim=-1).max(dim=-1).values.tolist()  # [3]
+    assert [lp for _, lp in steps] == pytest.approx(expected, abs=1e-4)
+    assert all(lp is not None and lp <= 0.0 for _, lp in steps)
+
+
+def test_no_log_probs_unless_asked(runner: CausalLMRunner, prompt_ids: tuple[int, ...]) -> None:
+    assert [lp for _, lp in runner.steps(request(prompt_ids, 1), is_cancelled=never)] == [None]

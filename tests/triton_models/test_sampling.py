@@ -17,7 +17,15 @@ from autoglm.triton_models.refusal import Refusal
 VOCAB = 49152
 NO_HISTORY = torch.empty(0, dtype=torch.int64)
 # The tensors a sampling value arrives in (contract.py).
-TENSORS = {"temperature", "runtime_top_k", "runtime_top_p", "repetition_penalty", "seed"}
+TENSORS = {
+    "temperature",
+    "runtime_top_k",
+    "runtime_top_p",
+    "repetition_penalty",
+    "seed",
+    "frequency_penalty",
+    "presence_penalty",
+}
 
 
 def random_logits(seed: int, vocab: int = VOCAB) -> torch.Tensor:
@@ -58,6 +66,10 @@ def draw(config: SamplingConfig, logits: torch.Tensor, n: int, previous=NO_HISTO
         ("seed", -1),
         ("seed", 2**64),
         ("seed", 1.5),
+        ("frequency_penalty", math.nan),
+        ("frequency_penalty", math.inf),
+        ("presence_penalty", -math.inf),
+        ("presence_penalty", math.nan),
     ],
 )
 def test_validate_names_the_field(field: str, value: object) -> None:
@@ -298,6 +310,166 @@ def test_repetition_penalty_comes_before_top_k() -> None:
     assert set(counts) == {0, 2}  # 3/4 = 0.75 and 1.0 survive; 2/4 = 0.5 does not
 
 
+# --- presence and frequency penalties (TensorRT-LLM penaltyKernels.cu) ------------------------
+
+
+@pytest.mark.parametrize(
+    ("presence", "frequency", "expected"),
+    [
+        # logits [1, 1, 1, 1], history: token 0 three times, token 1 once, tokens 2-3 never.
+        (0.5, 0.0, [0.5, 0.5, 1.0, 1.0]),  # presence: once, whatever the count
+        (0.0, 0.5, [-0.5, 0.5, 1.0, 1.0]),  # frequency: per occurrence (3 x 0.5, 1 x 0.5)
+        (0.5, 0.5, [-1.0, 0.0, 1.0, 1.0]),  # both add up
+        (-1.0, 0.0, [2.0, 2.0, 1.0, 1.0]),  # negative: encourages repeating
+        (0.0, -1.0, [4.0, 2.0, 1.0, 1.0]),
+    ],
+)
+def test_additive_penalties_math(presence: float, frequency: float, expected: list[float]) -> None:
+    logits = torch.ones(4, dtype=torch.float32)
+    history = torch.tensor([0, 1, 0, 0], dtype=torch.int64)
+    config = SamplingConfig(temperature=0.0, presence_penalty=presence, frequency_penalty=frequency)
+    token, log_prob = Sampler(config).choose(logits, history, with_log_prob=True)
+    want = torch.tensor(expected)
+    assert token == int(torch.argmax(want))
+    assert log_prob == pytest.approx(float(torch.log_softmax(want, dim=-1).max()), abs=1e-6)
+
+
+def test_presence_and_frequency_differ_on_a_repeated_token() -> None:
+    """Token 0 seen 4 times, token 1 once: presence 1.0 leaves them tied, frequency 1.0
+    does not (4 against 1), so greedy picks differently."""
+    logits = torch.tensor([5.0, 5.0, 0.0])
+    history = torch.tensor([0, 0, 0, 0, 1], dtype=torch.int64)
+    presence = Sampler(SamplingConfig(temperature=0.0, presence_penalty=1.0))
+    frequency = Sampler(SamplingConfig(temperature=0.0, frequency_penalty=1.0))
+    # Tied logits: argmax takes the first; frequency moves token 0 below token 1.
+    assert presence(logits, history) == 0
+    assert frequency(logits, history) == 1
+    # And neither is the repetition penalty (multiplicative: 5 / 2 for both seen tokens).
+    repetition = Sampler(SamplingConfig(temperature=0.0, repetition_penalty=2.0))
+    assert repetition(logits, history) == 0
+
+
+def test_prompt_tokens_count_for_the_penalties() -> None:
+    # TensorRT-LLM: "The tokens of input prompt are included" (gpt-runtime.md). The engine
+    # cannot tell prompt from output in previous_ids: every id in it counts.
+    logits = torch.tensor([2.0, 1.9])
+    history = torch.tensor([0], dtype=torch.int64)  # e.g. the prompt's last token
+    sampler = Sampler(SamplingConfig(temperature=0.0, presence_penalty=0.2))
+    assert sampler(logits, history) == 1
+    assert sampler(logits, NO_HISTORY) == 0
+
+
+def test_additive_penalties_come_after_temperature() -> None:
+    """TensorRT-LLM scales by 1 / temperature first, then subtracts: logit / T - p."""
+    logits = torch.tensor([2.0, 0.0])
+    history = torch.tensor([0], dtype=torch.int64)
+    config = SamplingConfig(temperature=0.5, presence_penalty=1.0, seed=1)
+    token, log_prob = Sampler(config).choose(logits, history, with_log_prob=True)
+    after = torch.log_softmax(torch.tensor([2.0 / 0.5 - 1.0, 0.0]), dim=-1)  # from [3, 0]
+    before = torch.log_softmax(torch.tensor([(2.0 - 1.0) / 0.5, 0.0]), dim=-1)  # from [2, 0]
+    assert log_prob == pytest.approx(float(after[token]), abs=1e-6)
+    assert log_prob != pytest.approx(float(before[token]), abs=1e-3)
+
+
+def test_frequency_penalty_comes_before_top_k() -> None:
+    logits = torch.tensor([3.0, 2.0, 1.0, 0.0])
+    history = torch.tensor([0, 0, 1], dtype=torch.int64)  # 3 - 2 = 1.0, 2 - 1 = 1.0
+    counts = draw(SamplingConfig(top_k=3, frequency_penalty=1.0, seed=2), logits, 300, history)
+    assert set(counts) == {0, 1, 2}  # token 3 (0.0) is the one cut
+    counts = draw(SamplingConfig(top_k=2, frequency_penalty=1.5, seed=2), logits, 300, history)
+    assert set(counts) == {1, 2}  # 3 - 3 = 0.0 and 2 - 1.5 = 0.5 against 1.0
+
+
+def test_penalties_do_not_modify_callers_logits() -> None:
+    logits = random_logits(1)
+    before = logits.clone()
+    history = torch.arange(50, dtype=torch.int64).repeat(2)
+    config = SamplingConfig(temperature=0.0, presence_penalty=0.7, frequency_penalty=-0.3)
+    Sampler(config)(logits, history)
+    assert torch.equal(logits, before)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("presence_penalty", -3e38), ("frequency_penalty", -3e38)],
+)
+def test_additive_penalty_that_overflows_the_logits_is_refused(field: str, value: float) -> None:
+    logits = torch.tensor([3e38, 1.0])  # + 3e38 (or + 2 x 3e38) is beyond float32
+    history = torch.tensor([0, 0], dtype=torch.int64)
+    with pytest.raises(Refusal) as info:
+        Sampler(SamplingConfig(temperature=0.0, **{field: value}))(logits, history)
+    assert info.value.tensor == field
+
+
+def test_additive_penalty_that_masks_every_token_is_refused() -> None:
+    logits = torch.tensor([-3e38, -3e38])
+    history = torch.tensor([0, 1], dtype=torch.int64)
+    with pytest.raises(Refusal, match="presence_penalty"):
+        Sampler(SamplingConfig(temperature=0.0, presence_penalty=3e38))(logits, history)
+
+
+# --- log-probabilities of the chosen tokens -----------------------------------------------------
+
+
+def test_greedy_log_prob_is_the_log_softmax_maximum() -> None:
+    sampler = Sampler(SamplingConfig(top_k=1, seed=1))
+    for step in range(10):
+        logits = random_logits(step)
+        token, log_prob = sampler.choose(logits, NO_HISTORY, with_log_prob=True)
+        log_softmax = torch.log_softmax(logits, dim=-1)
+        assert token == int(torch.argmax(logits))
+        assert log_prob == pytest.approx(float(log_softmax.max()), abs=1e-6)
+        assert log_prob <= 0.0
+
+
+def test_greedy_log_prob_is_of_the_penalised_logits() -> None:
+    logits = random_logits(3)
+    history = torch.topk(logits, 5).indices  # the five best tokens, all penalised
+    config = SamplingConfig(temperature=0.0, frequency_penalty=2.0, repetition_penalty=1.5)
+    token, log_prob = Sampler(config).choose(logits, history, with_log_prob=True)
+    processed = logits.clone()
+    processed[history] = torch.where(
+        processed[history] > 0, processed[history] / 1.5, processed[history] * 1.5
+    )
+    processed[history] -= 2.0
+    assert token == int(torch.argmax(processed))
+    assert token not in history.tolist()
+    assert log_prob == pytest.approx(float(torch.log_softmax(processed, dim=-1).max()), abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        SamplingConfig(temperature=0.7, seed=5),
+        SamplingConfig(temperature=1.3, top_k=40, seed=5),
+        SamplingConfig(temperature=0.9, top_p=0.8, seed=5),
+        SamplingConfig(temperature=0.8, top_k=20, top_p=0.9, presence_penalty=0.4, seed=5),
+    ],
+)
+def test_sampled_log_prob_is_of_the_scaled_full_vocabulary(config: SamplingConfig) -> None:
+    """TensorRT-LLM's unnormalised value: log P(token | vocab) after temperature and penalties,
+    not renormalised over the top-k / top-p survivors."""
+    history = torch.arange(10, dtype=torch.int64)
+    sampler = Sampler(config)
+    for step in range(10):
+        logits = random_logits(100 + step)
+        token, log_prob = sampler.choose(logits, history, with_log_prob=True)
+        processed = logits / config.temperature
+        processed[history] -= config.presence_penalty
+        assert log_prob == pytest.approx(float(torch.log_softmax(processed, -1)[token]), abs=1e-5)
+
+
+def test_log_prob_does_not_change_the_tokens() -> None:
+    config = SamplingConfig(temperature=0.9, top_k=50, top_p=0.95, frequency_penalty=0.5, seed=9)
+    history = torch.arange(30, dtype=torch.int64)
+    plain, with_log_prob = Sampler(config), Sampler(config)
+    for step in range(20):
+        logits = random_logits(step)
+        token, log_prob = with_log_prob.choose(logits, history, with_log_prob=True)
+        assert plain.choose(logits, history) == (token, None)
+        assert log_prob is not None
+
+
 # --- numbers that cannot be sampled ------------------------------------------------------------
 
 
@@ -358,6 +530,7 @@ logit = st.sampled_from([0.0, -0.0, 1e-45, 3.4028235e38, -3.4028235e38, -math.in
     top_p=floats,
     penalty=floats,
     seed=st.none() | st.sampled_from([*INT_EXTREMES, 2**64]),
+    additive=st.tuples(st.just(0.0) | floats, st.just(0.0) | floats),
     logits=st.lists(logit, min_size=1, max_size=64),
     data=st.data(),
 )
@@ -367,13 +540,14 @@ def test_sampler_refuses_or_samples_never_fails(
     top_p: float,
     penalty: float,
     seed: int | None,
+    additive: tuple[float, float],
     logits: list[float],
     data: st.DataObject,
 ) -> None:
     """Whatever the numbers: a Refusal naming a tensor, or a token id — never torch's
     "probability tensor contains either inf, nan or element < 0" or any other error."""
     history = data.draw(st.lists(st.integers(0, len(logits) - 1), max_size=8))
-    config = SamplingConfig(temperature, top_k, top_p, penalty, seed)
+    config = SamplingConfig(temperature, top_k, top_p, penalty, seed, *additive)
     try:
         sampler = Sampler(config)
     except Refusal as refusal:
@@ -385,9 +559,13 @@ def test_sampler_refuses_or_samples_never_fails(
             sampler(tensor, torch.tensor(history, dtype=torch.int64))
         return
     try:
-        token = sampler(tensor, torch.tensor(history, dtype=torch.int64))
+        token, log_prob = sampler.choose(
+            tensor, torch.tensor(history, dtype=torch.int64), with_log_prob=True
+        )
     except Refusal as refusal:
-        assert refusal.tensor in {"temperature", "repetition_penalty"}
+        assert refusal.tensor in TENSORS - {"runtime_top_k", "runtime_top_p", "seed"}
         return
     assert 0 <= token < len(logits)
     assert logits[token] != -math.inf  # a masked token has probability 0
+    assert log_prob is not None
+    assert -math.inf < log_prob <= 0.0

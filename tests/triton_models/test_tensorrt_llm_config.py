@@ -63,6 +63,8 @@ def test_default_parameters(rendered: model_config_pb2.ModelConfig) -> None:
     assert params["batch_scheduler_policy"] == "guaranteed_no_evict"
     assert params["max_beam_width"] == "1"
     assert params["gpu_device_ids"] == "0"
+    # log P(token | vocab), as the CPU engine reports it (the backend's default would be true).
+    assert params["normalize_log_probs"] == "false"
     # Read by the backend outside any try/catch: must be present (empty = no guided decoding).
     for key in ("tokenizer_dir", "guided_decoding_backend", "xgrammar_tokenizer_info_path"):
         assert params[key] == ""

@@ -31,6 +31,7 @@ class EngineRequest:
     exclude_input_in_output: bool
     sampling: SamplingConfig
     stop_words: tuple[tuple[int, ...], ...] = field(default=())
+    return_log_probs: bool = False
 
 
 def _scalar(
@@ -72,6 +73,8 @@ def parse_request(tensors: Mapping[str, np.ndarray], *, vocab_size: int) -> Engi
         top_p=float(_scalar(tensors, contract.RUNTIME_TOP_P, 1.0)),  # type: ignore[arg-type]
         repetition_penalty=float(_scalar(tensors, contract.REPETITION_PENALTY, 1.0)),  # type: ignore[arg-type]
         seed=None if seed is None else int(seed),  # type: ignore[call-overload]
+        frequency_penalty=float(_scalar(tensors, contract.FREQUENCY_PENALTY, 0.0)),  # type: ignore[arg-type]
+        presence_penalty=float(_scalar(tensors, contract.PRESENCE_PENALTY, 0.0)),  # type: ignore[arg-type]
     )
     try:
         sampling.validate()
@@ -91,4 +94,5 @@ def parse_request(tensors: Mapping[str, np.ndarray], *, vocab_size: int) -> Engi
         exclude_input_in_output=bool(_scalar(tensors, contract.EXCLUDE_INPUT_IN_OUTPUT, False)),
         sampling=sampling,
         stop_words=stop_words,
+        return_log_probs=bool(_scalar(tensors, contract.RETURN_LOG_PROBS, False)),
     )

@@ -54,13 +54,22 @@ class CausalLMRunner:
     def generate(
         self, request: EngineRequest, *, is_cancelled: Callable[[], bool]
     ) -> Iterator[int]:
-        """Yield generated token ids one at a time.
+        """Yield generated token ids one at a time (`steps` without the log-probabilities)."""
+        for token, _ in self.steps(request, is_cancelled=is_cancelled):
+            yield token
+
+    def steps(
+        self, request: EngineRequest, *, is_cancelled: Callable[[], bool]
+    ) -> Iterator[tuple[int, float | None]]:
+        """Yield (token id, its log-probability) one token at a time; the log-probability is
+        None unless `request.return_log_probs` (sampling.py says which value it is).
 
         Ends when `end_id` is produced (not yielded, as TensorRT-LLM excludes it from the
         sequence length), when a stop word's ids complete (yielded, as TensorRT-LLM keeps stop
         words in the output), after `max_new_tokens`, or as soon as `is_cancelled()` is true.
         """
         sampler = Sampler(request.sampling)
+        with_log_prob = request.return_log_probs
         history = torch.tensor(request.input_ids, dtype=torch.long)
         generated: list[int] = []
         input_ids = history.unsqueeze(0)  # [1, prompt_tokens]
@@ -72,11 +81,11 @@ class CausalLMRunner:
                 out = self.model(input_ids=input_ids, past_key_values=past, use_cache=True)
                 past = out.past_key_values
                 logits = out.logits[0, -1].float()  # [vocab]
-                token = sampler(logits, history)
+                token, log_prob = sampler.choose(logits, history, with_log_prob=with_log_prob)
                 if token == request.end_id:
                     return
                 generated.append(token)
-                yield token
+                yield token, log_prob
                 if _ends_with_stop_word(generated, request.stop_words):
                     return
                 history = torch.cat([history, torch.tensor([token], dtype=torch.long)])

@@ -18,6 +18,24 @@ must mean the same thing. Source: TensorRT-LLM `docs/source/advanced/gpt-runtime
   *off* when topK is set); with both set, the topK tokens are renormalised and then
   nucleus-filtered ("TopKTopP sampling"). topP = 1.0 keeps everything, i.e. is also off.
 * randomSeed: Int64 in [0, 2^64 - 1].
+* presencePenalty / frequencyPenalty: "additive, irrespective of appearances count" /
+  "additive, dependent on appearances count", range (-inf, +inf), 0.0 = no effect, and again
+  "the tokens of input prompt are included" (unlike vLLM and OpenAI, which count the output
+  only). The kernel (`batchApplyPenalty`, cpp/tensorrt_llm/kernels/penaltyKernels.cu) counts
+  each token's occurrences in prompt + output, scales the logits by 1 / temperature, then for
+  every token that occurred applies repetition, `logit -= presencePenalty`, `logit -=
+  frequencyPenalty * count`, in that order. Here too the additive penalties come after the
+  temperature (logit / T - p, not (logit - p) / T); the repetition penalty keeps its place before
+  it, which gives the same logits since dividing by T > 0 keeps every logit's sign. Greedy
+  selection scales nothing and takes the argmax of the penalised logits. Any finite value is
+  accepted (the façade keeps callers to [-2, 2], sampling_bounds.py).
+
+Log-probabilities (`return_log_probs`): the chosen token's log-probability in the step's
+distribution over the whole vocabulary, after temperature and penalties, before top-k / top-p
+truncation: `log_softmax(logits)[token]` (greedy: the maximum of the log-softmax). That is
+TensorRT-LLM's unnormalised value, "log_prob = log P(i | i is in vocab)" (`topKStage2Sampling`,
+cpp/tensorrt_llm/kernels/samplingTopKKernels.cu, "NOT normalized (same way as OpenAI does)"),
+which templates/tensorrt_llm/config.pbtxt selects with `normalize_log_probs` false.
 
 Numbers that cannot be sampled are refused, never passed on: a value out of range fails
 `SamplingConfig.validate`, and a value that makes the logits overflow (say temperature 1e-5 on
@@ -59,6 +77,8 @@ class SamplingConfig:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     seed: int | None = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
 
     def validate(self) -> None:
         """Raises a Refusal naming the tensor of the first out-of-range field."""
@@ -83,6 +103,12 @@ class SamplingConfig:
             raise Refusal(
                 contract.SEED.name, f"must be an integer in [0, 2**64), got {self.seed!r}"
             )
+        for spec, value in (
+            (contract.FREQUENCY_PENALTY, self.frequency_penalty),
+            (contract.PRESENCE_PENALTY, self.presence_penalty),
+        ):
+            if not math.isfinite(value):
+                raise Refusal(spec.name, f"must be a finite number, got {value}")
 
     @property
     def is_greedy(self) -> bool:
@@ -126,21 +152,40 @@ class Sampler:
         self._gen.manual_seed(torch_seed(seed))
 
     def __call__(self, logits: torch.Tensor, previous_ids: torch.Tensor) -> int:
-        """Returns the next token id.
+        """Returns the next token id (`choose` without its log-probability)."""
+        return self.choose(logits, previous_ids)[0]
+
+    def choose(
+        self, logits: torch.Tensor, previous_ids: torch.Tensor, *, with_log_prob: bool = False
+    ) -> tuple[int, float | None]:
+        """(next token id, its log-probability when `with_log_prob`, else None).
 
         logits: [vocab] float32, the last position's logits. previous_ids: [n] int64, the prompt
-        plus the tokens generated so far (the repetition penalty covers both).
+        plus the tokens generated so far (every penalty covers both).
         """
         config = self.config
         if not math.isfinite(float(logits.max())):  # NaN propagates through max
             raise FloatingPointError("the model produced non-finite logits")
-        if config.repetition_penalty != 1.0 and previous_ids.numel() > 0:
+        has_history = previous_ids.numel() > 0
+        if config.repetition_penalty != 1.0 and has_history:
             logits = _apply_repetition_penalty(logits, previous_ids, config.repetition_penalty)
             _refuse_overflow(logits, contract.REPETITION_PENALTY.name, config.repetition_penalty)
-        if config.is_greedy:
-            return int(torch.argmax(logits))
-        logits = logits / config.temperature  # a new tensor: the caller's logits stay intact
-        _refuse_overflow(logits, contract.TEMPERATURE.name, config.temperature)
+        greedy = config.is_greedy
+        if not greedy:
+            logits = logits / config.temperature  # a new tensor: the caller's logits stay intact
+            _refuse_overflow(logits, contract.TEMPERATURE.name, config.temperature)
+        if (config.presence_penalty or config.frequency_penalty) and has_history:
+            logits = _apply_additive_penalties(
+                logits, previous_ids, config.presence_penalty, config.frequency_penalty
+            )
+        token = int(torch.argmax(logits)) if greedy else self._sample(logits)
+        if not with_log_prob:
+            return token, None
+        return token, float(torch.log_softmax(logits, dim=-1)[token])
+
+    def _sample(self, logits: torch.Tensor) -> int:
+        """A token drawn from the (temperature-scaled, penalised) ``logits`` [vocab]."""
+        config = self.config
         # TensorRT-LLM: topP == 0 with topK > 0 is plain TopK sampling; topP == 1 keeps everything.
         use_top_p = 0.0 < config.top_p < 1.0
         if 0 < config.top_k < logits.numel():
@@ -195,6 +240,26 @@ def _apply_repetition_penalty(
     penalised = torch.where(selected > 0, selected / penalty, selected * penalty)
     logits = logits.clone()
     logits[ids] = penalised
+    return logits
+
+
+def _apply_additive_penalties(
+    logits: torch.Tensor, previous_ids: torch.Tensor, presence: float, frequency: float
+) -> torch.Tensor:
+    """TensorRT-LLM's presence then frequency penalty over the previous ids (a new tensor).
+
+    Each token that occurred loses `presence` once and `frequency` per occurrence. A value whose
+    result leaves no finite largest logit (a huge negative penalty overflowing to +inf, or every
+    token pushed to -inf) is refused naming its tensor, like the temperature.
+    """
+    ids, counts = torch.unique(previous_ids, return_counts=True)  # [u] each
+    logits = logits.clone()
+    if presence:
+        logits[ids] = logits[ids] - presence
+        _refuse_overflow(logits, contract.PRESENCE_PENALTY.name, presence)
+    if frequency:
+        logits[ids] = logits[ids] - frequency * counts.to(logits.dtype)
+        _refuse_overflow(logits, contract.FREQUENCY_PENALTY.name, frequency)
     return logits
 
 

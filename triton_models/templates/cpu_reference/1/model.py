@@ -2,7 +2,8 @@
 
 Thin on purpose: tensor parsing lives in cpu_engine/request.py, generation in
 cpu_engine/runner.py. Each request runs in a worker thread and streams one `output_ids` response
-per token (or one at the end when `streaming` is false), then a final empty response. It honours
+per token (or one at the end when `streaming` is false), with `output_log_probs` when the request
+sets `return_log_probs`, then a final empty response. It honours
 cancellation between tokens, as the tensorrtllm backend does every `cancellation_check_period_ms`.
 
 The request object is touched only inside `execute` (inputs read, response sender taken); worker
@@ -112,11 +113,16 @@ class TritonPythonModel:
             sender.send(refusal_response(exc), flags=final)
             return
         generated: list[int] = []
+        # With return_log_probs: every value so far, in each response, as TensorRT-LLM sends
+        # output_log_probs (contract.OUTPUT_LOG_PROBS); None keeps the tensor out.
+        log_probs: list[float] | None = [] if req.return_log_probs else None
         try:
-            for token in self.runner.generate(req, is_cancelled=sender.is_cancelled):
+            for token, log_prob in self.runner.steps(req, is_cancelled=sender.is_cancelled):
                 generated.append(token)
+                if log_probs is not None:
+                    log_probs.append(log_prob)  # type: ignore[arg-type]
                 if req.streaming:
-                    sender.send(ids_response([token]))
+                    sender.send(ids_response([token], log_probs))
             self._add_tokens(len(generated))
             if sender.is_cancelled():
                 self._count("cancelled")
@@ -124,7 +130,7 @@ class TritonPythonModel:
                 return
             if not req.streaming:
                 ids = generated if req.exclude_input_in_output else [*req.input_ids, *generated]
-                sender.send(ids_response(ids))
+                sender.send(ids_response(ids, log_probs))
             self._count("completed")
             sender.send(flags=final)
         except Refusal as exc:  # a value the sampler cannot use (e.g. logits / it overflow)

@@ -6,7 +6,8 @@ response per token at `tokens_per_second` per stream (0 = as fast as possible), 
 empty response; it checks `sender.is_cancelled()` before the first token and then every
 `cancellation_check_period_ms`, as the tensorrtllm backend does. As in the CPU reference
 engine, the request object is touched only inside `execute`. Requests are parsed by the CPU
-reference engine's parser, so both engines accept and reject exactly the same tensors. The
+reference engine's parser, so both engines accept and reject exactly the same tensors; the
+penalties are ignored and `return_log_probs` gets a synthetic 0.0 per token. The
 pure logic (id cycle, pacing, the cancellation check) lives in autoglm/triton_models/synthetic.py.
 """
 
@@ -29,6 +30,10 @@ from autoglm.triton_models.synthetic import (
 
 # The synthetic engine has no vocabulary of its own; accept any non-negative int32 id.
 _ANY_VOCAB = 2**31 - 1
+# SYNTHETIC, not a model's: with return_log_probs every token reports log-probability 0.0 (as if
+# certain), one value per response for its one new id (the façade reads the values of a
+# response's new ids either way, contract.new_log_probs). Penalties are parsed and ignored.
+_SYNTHETIC_LOG_PROB = [0.0]
 
 
 class TritonPythonModel:
@@ -66,6 +71,7 @@ class TritonPythonModel:
         pacer = Pacer(self.tokens_per_second, time.monotonic())
         check = CancellationCheck(self.check_period_s)
         generated: list[int] = []
+        log_probs = req.return_log_probs
         # The seed picks where in the cycle this stream starts (no seed: the beginning).
         start = req.sampling.seed or 0
         for token in synthetic_ids(self.cycle, req.max_new_tokens, req.end_id, start):
@@ -77,10 +83,10 @@ class TritonPythonModel:
                 return
             generated.append(token)
             if req.streaming:
-                sender.send(ids_response([token]))
+                sender.send(ids_response([token], _SYNTHETIC_LOG_PROB if log_probs else None))
         if not req.streaming:
             ids = generated if req.exclude_input_in_output else [*req.input_ids, *generated]
-            sender.send(ids_response(ids))
+            sender.send(ids_response(ids, [0.0] * len(generated) if log_probs else None))
         sender.send(flags=final)
 
     def finalize(self) -> None:
