@@ -1,4 +1,5 @@
-"""Assemble and run the façade: gRPC server, auth, health, reflection, graceful shutdown."""
+"""Assemble and run the façade: gRPC server, the OpenAI-compatible HTTP API beside it, auth,
+health, reflection, graceful shutdown."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from grpc_reflection.v1alpha import reflection
 
 from autoglm.build_engine import manifest as mf
 from autoglm.build_engine.version_plan import parse_override
+from autoglm.server.api.calls import Generations
+from autoglm.server.api.openai.http_server import RunningHttp, start_http
+from autoglm.server.api.openai.routes import FrontDoor
 from autoglm.server.api.request_decoding import DecodeInterceptor
 from autoglm.server.api.service import TextGenerationService
 from autoglm.server.audit.writer import AuditWriter
@@ -43,13 +47,20 @@ class RunningServer:
     engine: EngineClient
     health: health.aio.HealthServicer
     registry: ModelRegistry
-    service: TextGenerationService
+    generations: Generations
+    service: TextGenerationService  # the gRPC front door
     metrics: FacadeMetrics
     metrics_server: MetricsServer | None
     _watch: asyncio.Task[None]
     health_server: grpc.aio.Server | None = None
     health_port: int | None = None
     versions: ModelVersions | None = None
+    http: RunningHttp | None = None
+    draining: asyncio.Event | None = None
+
+    @property
+    def openai_port(self) -> int | None:
+        return self.http.port if self.http else None
 
     async def reload_versions(self) -> None:
         """Re-select and load the best version of each model (SIGHUP); refusals keep the old."""
@@ -69,17 +80,21 @@ class RunningServer:
 
     async def stop(self, grace: float | None) -> None:
         """Health flips to NOT_SERVING first, then in-flight calls get `grace` seconds."""
+        if self.draining is not None:
+            self.draining.set()  # /readyz answers 503 from now on
         await self.health.enter_graceful_shutdown()
         self._watch.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._watch
-        await self.server.stop(grace)
+        # Both front doors drain at once, within the same grace.
+        stops = [self.server.stop(grace)]
+        if self.http is not None:
+            stops.append(self.http.stop(grace))
+        await asyncio.gather(*stops)
         if self.health_server is not None:
             await self.health_server.stop(None)
         await self.engine.close()
-        self.service.close()  # drains the audit writer
-        if self.service.audit is not None:
-            self.service.audit.close()
+        self.generations.close()  # drains the audit writer
         if self.metrics_server is not None:
             self.metrics_server.stop()
 
@@ -149,9 +164,10 @@ async def start_server(settings: Settings) -> RunningServer:
     audit = None
     if settings.audit_dir is not None:
         audit = AuditWriter(settings.audit_dir / "audit.jsonl", record_text=settings.audit_text)
-    service = TextGenerationService(
+    generations = Generations(
         registry, engine, metrics=metrics, admission=Admission(settings.limits), audit=audit
     )
+    service = TextGenerationService(generations)
     pb_grpc.add_TextGenerationServicer_to_server(service, server)
     hs = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
@@ -198,6 +214,25 @@ async def start_server(settings: Settings) -> RunningServer:
         probe_timeout_s=settings.health_probe_timeout_s,
     )
     watch = asyncio.create_task(deep_health.run())
+    draining = asyncio.Event()
+    http = None
+    if settings.openai_listen is not None:
+        door = FrontDoor(
+            generations=generations,
+            tokens=None if settings.insecure_dev else TokenStore(settings.token_store),  # type: ignore[arg-type]
+            max_body_bytes=settings.openai_max_body_bytes,
+            # Ready as gRPC health says SERVING: the engine passed its deep check, and the
+            # façade is not draining (stop() flips it first).
+            ready=lambda: deep_health.ready is True and not draining.is_set(),
+            on_auth_failure=metrics.auth_failure,
+        )
+        http = await start_http(
+            door,
+            settings.openai_listen,
+            tls=None if settings.insecure_dev else settings.tls,
+            require_client_cert=settings.openai_require_client_cert,
+            reuse_port=settings.workers > 1,
+        )
     log.info("façade listening on port %d (models: %s)", port, ", ".join(registry.names()))
     return RunningServer(
         server,
@@ -205,6 +240,7 @@ async def start_server(settings: Settings) -> RunningServer:
         engine,
         hs,
         registry,
+        generations,
         service,
         metrics,
         metrics_server,
@@ -212,6 +248,8 @@ async def start_server(settings: Settings) -> RunningServer:
         health_server,
         health_port,
         versions,
+        http,
+        draining,
     )
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from autoglm.server import settings_sources
-from autoglm.server.settings import SettingsError, autoglm_home
+from autoglm.server.settings import DEFAULT_OPENAI_MAX_BODY_BYTES, SettingsError, autoglm_home
 from autoglm.server.telemetry.span_export import DEFAULT_SPAN_EXPORT, SPAN_EXPORTS
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ def _dev(args: argparse.Namespace) -> int:
     opts = DevOptions(
         home=args.home,
         port=args.port,
+        openai_port=args.openai_port,
         instances=args.instances,
         max_concurrency=args.max_concurrency,
         torch_threads=args.torch_threads,
@@ -133,6 +134,9 @@ def _serve(args: argparse.Namespace) -> int:
         audit_text=args.audit_text,
         workers=args.workers,
         span_export=args.span_export,
+        openai_listen=args.openai_listen or None,
+        openai_require_client_cert=args.openai_require_client_cert,
+        openai_max_body_bytes=args.openai_max_body_bytes,
     )
     settings.validate()  # --print-config refuses what serve would, with the same message
     if args.print_config:
@@ -257,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
         "dev", help="run real Triton + the CPU engine + the secured façade on loopback"
     )
     dev.add_argument("--port", type=int, default=50051, help="façade port (0 = any free port)")
+    dev.add_argument(
+        "--openai-port",
+        type=int,
+        default=8000,
+        help="port of the OpenAI-compatible API (0 = any free port)",
+    )
     dev.add_argument("--instances", type=int, default=1, help="engine model instances in Triton")
     dev.add_argument(
         "--max-concurrency", type=int, default=4, help="requests generated at once per instance"
@@ -355,6 +365,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-listen",
         default="127.0.0.1:9464",
         help="Prometheus /metrics host:port ('' = off)",
+    )
+    serve.add_argument(
+        "--openai-listen",
+        help="host:port of the OpenAI-compatible HTTP API (/v1/chat/completions, /v1/models…), "
+        "TLS + bearer token like gRPC (default: off)",
+    )
+    serve.add_argument(
+        "--openai-require-client-cert",
+        action="store_true",
+        help="refuse OpenAI-API callers without a client certificate from --client-ca "
+        "(default: verified when presented; OpenAI clients send only an API key)",
+    )
+    serve.add_argument(
+        "--openai-max-body-bytes",
+        type=int,
+        default=DEFAULT_OPENAI_MAX_BODY_BYTES,
+        help="largest OpenAI-API request body; larger ones get 413",
     )
     serve.add_argument(
         "--health-listen",

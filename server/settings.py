@@ -55,6 +55,9 @@ def _check_socket_dir(socket: Path) -> None:
         )
 
 
+DEFAULT_OPENAI_MAX_BODY_BYTES = 32 << 20
+
+
 @dataclass(frozen=True, slots=True)
 class TlsSettings:
     cert: Path
@@ -100,9 +103,18 @@ class Settings:
     # Which span processor exports the façade's spans (telemetry/span_export.py): "child" =
     # the export child process, "batch" = the SDK's BatchSpanProcessor in this process.
     span_export: str = DEFAULT_SPAN_EXPORT
+    # The OpenAI-compatible HTTP API (api/openai/) on its own host:port; None = off. Same TLS
+    # certificate and token store as gRPC; client certificates are verified when presented and
+    # required only with openai_require_client_cert (OpenAI clients send an API key only).
+    openai_listen: str | None = None
+    openai_require_client_cert: bool = False
+    # Request bodies above this are refused with 413 before parsing (a phone screenshot as a
+    # data: URL is ~1.2 MB; several per request in long agent sessions).
+    openai_max_body_bytes: int = DEFAULT_OPENAI_MAX_BODY_BYTES
 
     def validate(self) -> None:
         host, _ = split_host_port(self.listen)
+        self._validate_openai()
         try:
             parse_target(self.triton_target)
             socket_path = unix_socket_path(self.triton_target)
@@ -154,3 +166,27 @@ class Settings:
         ):
             if path is not None and not path.is_file():
                 raise SettingsError(f"{name}: {path} does not exist")
+
+    def _validate_openai(self) -> None:
+        if self.openai_max_body_bytes < 1024:
+            raise SettingsError(
+                f"openai_max_body_bytes: must be >= 1024, got {self.openai_max_body_bytes}"
+            )
+        if self.openai_listen is None:
+            if self.openai_require_client_cert:
+                raise SettingsError("openai_require_client_cert: needs openai_listen")
+            return
+        host, _ = split_host_port(self.openai_listen)
+        if self.insecure_dev:
+            if not is_loopback(host):
+                raise SettingsError(
+                    "openai_listen: plaintext without tokens is only allowed on loopback,"
+                    f" not {host!r}"
+                )
+            if self.openai_require_client_cert:
+                raise SettingsError("openai_require_client_cert: insecure dev mode has no TLS")
+            return
+        if self.openai_require_client_cert and (self.tls is None or self.tls.client_ca is None):
+            raise SettingsError(
+                "openai_require_client_cert: needs tls.client_ca to verify client certificates"
+            )

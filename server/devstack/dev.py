@@ -48,6 +48,8 @@ class TritonGaveUp(SystemExit):
 class DevOptions:
     home: Path
     port: int = 50051
+    # The OpenAI-compatible API: 8000 is the port OpenAI-API clients assume for a local server.
+    openai_port: int = 8000
     model_name: str = DEFAULT_MODEL
     instances: int = 1
     max_concurrency: int = 4
@@ -109,6 +111,29 @@ async def _self_check(profile: Path, model: str, console: Console) -> None:
     console.print()
 
 
+def openai_help(port: int | None, ca_cert: Path, profile: Path, model: str) -> str:
+    """How to reach the OpenAI-compatible API with the unchanged `openai` SDK (the API key is
+    read from the client profile, never printed)."""
+    if port is None:
+        return ""
+    base_url = f"https://localhost:{port}/v1"
+    return (
+        f"\n  OpenAI-compatible API: base_url {base_url}  (TLS + API key)\n"
+        f"    export SSL_CERT_FILE={ca_cert}   # trust the dev CA (the openai SDK reads it)\n"
+        f"    export OPENAI_API_KEY=$(.venv/bin/python -c"
+        f" \"import json; print(json.load(open('{profile}'))['token'])\")\n"
+        f"    .venv/bin/python - <<'EOF'\n"
+        f"    from openai import OpenAI\n"
+        f'    client = OpenAI(base_url="{base_url}")\n'
+        f"    for chunk in client.chat.completions.create(\n"
+        f'            model="{model}", stream=True,\n'
+        f'            messages=[{{"role": "user", "content": "Write a haiku about the sea"}}]):\n'
+        f'        print(chunk.choices[0].delta.content or "", end="", flush=True)\n'
+        f"    print()\n"
+        f"    EOF\n\n"
+    )
+
+
 async def run_dev(opts: DevOptions, console: Console) -> None:
     """Run until SIGINT/SIGTERM, or until Triton keeps dying (then raise TritonGaveUp)."""
     home = opts.home
@@ -166,6 +191,7 @@ async def run_dev(opts: DevOptions, console: Console) -> None:
             engine_link=link,
             metrics_listen=f"127.0.0.1:{opts.metrics_port}",
             audit_dir=state / "audit",
+            openai_listen=f"127.0.0.1:{opts.openai_port}",
         )
         running = facade = await start_server(settings)
         # From here on Triton is restarted when it dies; the façade readmits it by itself.
@@ -196,11 +222,13 @@ async def run_dev(opts: DevOptions, console: Console) -> None:
             f'  try:  .venv/bin/autoglm-client generate "The capital of France is"\n'
             f'        .venv/bin/autoglm-client generate --chat "Write a haiku about the sea"\n'
             f"        .venv/bin/autoglm-client models\n"
+            f"{openai_help(running.openai_port, pki.ca_cert, profile_path, opts.model_name)}"
             f"  façade metrics: http://127.0.0.1:{running.metrics_port}/metrics\n"
             f"  Triton metrics: {triton.metrics_url}\n"
             f"  audit log: {state / 'audit' / 'audit.jsonl'}"
             f"  (verify: .venv/bin/autoglm audit verify {state / 'audit'})\n"
-            f"  Triton is restarted if it dies. Ctrl-C (or SIGTERM) stops both.\n"
+            f"  Triton is restarted if it dies. Ctrl-C (or SIGTERM) stops both.\n",
+            soft_wrap=True,  # commands and the snippet must stay copy-pastable when piped
         )
         if opts.self_check:
             await _self_check(profile_path, opts.model_name, console)

@@ -54,6 +54,8 @@ class Delta:
     # without ids): metrics and traces time tokens by their arrival, not by their write.
     first_at: float = 0.0
     last_at: float = 0.0
+    # The chosen tokens' log-probabilities, one per id of `token_ids` (empty unless asked for).
+    logprobs: list[float] = field(default_factory=list)
 
 
 def encode_input(model: ServedModel, prompt_input: PromptInput) -> list[int]:

@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from autoglm.server.errors import PermissionDenied, Unauthenticated
 from autoglm.server.security.bearer_tokens import AuthError, AuthFailure, TokenRecord, TokenStore
 from autoglm.server.security.limits import PrincipalLimits
 from autoglm.server.security.tls import peer_identity
@@ -27,6 +28,7 @@ __all__ = [
     "DEFAULT_OPEN_METHODS",
     "AuthInterceptor",
     "Principal",
+    "authenticate_bearer",
     "current_principal",
 ]
 
@@ -138,6 +140,40 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 f"this token lacks the scope {needed!r} needed for {method}",
             )
         return _with_principal(handler, Principal.from_record(record))
+
+
+def authenticate_bearer(
+    store: TokenStore,
+    authorization: str | None,
+    *,
+    scope: str,
+    cert_identity: str | None,
+    on_failure: Callable[[str], None] | None = None,
+) -> Principal:
+    """The same decision as `AuthInterceptor`, for a front door without gRPC metadata (HTTP):
+    one `Authorization` header value in, the principal out, or Unauthenticated /
+    PermissionDenied with the same messages. Certificate binding is checked here too."""
+    fail = on_failure or (lambda _reason: None)
+    try:
+        token = _bearer_token([("authorization", authorization)] if authorization else None)
+        record = store.verify(token)
+    except AuthError as err:
+        logger.info("unauthenticated call: scope=%s reason=%s", scope, err.reason)
+        fail(err.reason)
+        _auth_attributes("UNAUTHENTICATED")
+        raise Unauthenticated(_MESSAGES[err.reason]) from None
+    if scope not in record.scopes and ADMIN_SCOPE not in record.scopes:
+        logger.info("permission denied: token=%s scope=%s", record.id, scope)
+        fail("scope")
+        _auth_attributes("PERMISSION_DENIED")
+        raise PermissionDenied(f"this token lacks the scope {scope!r} needed here")
+    principal = replace(Principal.from_record(record), cert_identity=cert_identity)
+    refusal = _binding_refusal(principal)
+    _auth_attributes("UNAUTHENTICATED" if refusal else "OK", principal)
+    if refusal is not None:
+        fail("cert_binding")
+        raise Unauthenticated(refusal)
+    return principal
 
 
 def _bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:

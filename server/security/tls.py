@@ -15,7 +15,9 @@ __all__ = [
     "CertificateFiles",
     "client_ssl_context",
     "peer_identity",
+    "peer_identity_of_cert",
     "reloading_server_credentials",
+    "reloading_ssl_context",
     "server_credentials",
 ]
 
@@ -135,3 +137,69 @@ def client_ssl_context(ca_cert: bytes, cert_file: str, key_file: str) -> ssl.SSL
     ctx.load_cert_chain(cert_file, key_file)
     ctx.set_alpn_protocols(["h2"])
     return ctx
+
+
+def _server_ssl_context(
+    cert: Path, key: Path, client_ca: Path | None, *, require_client_cert: bool
+) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    if client_ca is not None:
+        ctx.load_verify_locations(cafile=client_ca)
+        # Verified when presented; refused when absent only if required.
+        ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def reloading_ssl_context(
+    cert: Path, key: Path, client_ca: Path | None, *, require_client_cert: bool
+) -> tuple[ssl.SSLContext, CertificateFiles]:
+    """An `ssl.SSLContext` for the HTTP front door that picks up rotated files without restart.
+
+    Same rule as the gRPC credentials (CertificateFiles): at each handshake, if the files
+    changed and the new pair loads, later handshakes use it; established connections keep
+    theirs. The swap happens in the SNI callback, which OpenSSL runs on every ClientHello (with
+    or without a server name); assigning `SSLObject.context` there replaces the certificate,
+    key and trust store for that handshake (OpenSSL `SSL_set_SSL_CTX`).
+    """
+    if require_client_cert and client_ca is None:
+        raise ValueError("require_client_cert needs client_ca, the CA that issues client certs")
+    files = CertificateFiles(cert, key, client_ca)
+
+    def build() -> ssl.SSLContext:
+        return _server_ssl_context(cert, key, client_ca, require_client_cert=require_client_cert)
+
+    current = [build()]
+
+    def on_hello(sslobj: ssl.SSLObject | ssl.SSLSocket, _name: str | None, _ctx: Any) -> None:
+        if files.fetch() is not None:  # changed, and the new pair loads
+            try:
+                fresh = build()
+            except (OSError, ssl.SSLError) as exc:
+                logger.warning("TLS files changed but cannot be loaded yet (%s)", exc)
+            else:
+                fresh.sni_callback = on_hello
+                current[0] = fresh
+        if sslobj.context is not current[0]:
+            sslobj.context = current[0]
+
+    first = current[0]  # the server wraps every connection with this one; the callback swaps
+    first.sni_callback = on_hello
+    return first, files
+
+
+def peer_identity_of_cert(cert: dict[str, Any] | None) -> str | None:
+    """The identity `peer_identity` gives for gRPC, from Python's `getpeercert()` dict: the
+    first subjectAltName value in certificate order (as grpc's auth context lists them), else
+    the CN. None without a (verified) client certificate."""
+    if not cert:
+        return None
+    for _kind, value in cert.get("subjectAltName", ()):
+        return str(value)
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None

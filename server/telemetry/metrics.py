@@ -98,12 +98,17 @@ class RequestObserver:
     and `finish(code, …)` exactly once (later calls are ignored, so a `finally` is safe).
     """
 
-    __slots__ = ("_c", "_finished", "_last", "_metrics", "_model", "_rpc", "_start", "ttft_s")
+    __slots__ = (
+        "_api", "_c", "_finished", "_last", "_metrics", "_model", "_rpc", "_start", "ttft_s",
+    )  # fmt: skip
 
-    def __init__(self, metrics: FacadeMetrics, children: _ModelChildren, model: str, rpc: str):
+    def __init__(
+        self, metrics: FacadeMetrics, children: _ModelChildren, model: str, api: str, rpc: str
+    ) -> None:
         self._metrics = metrics
         self._c = children
         self._model = model
+        self._api = api
         self._rpc = rpc
         self._start = time.perf_counter()
         self._last: float | None = None  # time of the latest token; None until the first
@@ -149,8 +154,8 @@ class RequestObserver:
         self._finished = True
         self._c.in_flight.dec()
         name = _code_name(code)
-        self._metrics._requests_child(self._model, self._rpc, name).inc()
-        self._metrics._duration_child(self._model, self._rpc).observe(
+        self._metrics._requests_child(self._model, self._api, self._rpc, name).inc()
+        self._metrics._duration_child(self._model, self._api, self._rpc).observe(
             time.perf_counter() - self._start
         )
         if prompt_tokens > 0:
@@ -185,8 +190,9 @@ class FacadeMetrics:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
         self.requests = Counter(
-            "autoglm_requests", "Finished RPCs by gRPC status code.",
-            ["model", "rpc", "code"], registry=r,
+            "autoglm_requests",
+            "Finished calls by gRPC status code (HTTP calls by the code their status maps from).",
+            ["model", "api", "rpc", "code"], registry=r,
         )  # fmt: skip
         self.ttft = Histogram(
             "autoglm_time_to_first_token_seconds",
@@ -199,8 +205,8 @@ class FacadeMetrics:
             ["model"], buckets=ITL_BUCKETS, registry=r,
         )  # fmt: skip
         self.duration = Histogram(
-            "autoglm_request_duration_seconds", "End-to-end RPC duration in the façade.",
-            ["model", "rpc"], buckets=DURATION_BUCKETS, registry=r,
+            "autoglm_request_duration_seconds", "End-to-end call duration in the façade.",
+            ["model", "api", "rpc"], buckets=DURATION_BUCKETS, registry=r,
         )  # fmt: skip
         self.prompt_tokens = Histogram(
             "autoglm_prompt_tokens", "Prompt length in tokens per request.",
@@ -234,8 +240,8 @@ class FacadeMetrics:
             "autoglm_engine_up", "1 while every served model is ready in Triton.", registry=r
         )
         self._children: dict[str, _ModelChildren] = {}
-        self._req_cache: dict[tuple[str, str, str], Counter] = {}
-        self._dur_cache: dict[tuple[str, str], Histogram] = {}
+        self._req_cache: dict[tuple[str, str, str, str], Counter] = {}
+        self._dur_cache: dict[tuple[str, str, str], Histogram] = {}
         for m in (*models, UNKNOWN_MODEL):
             self._bind(m)
 
@@ -251,30 +257,31 @@ class FacadeMetrics:
         self._children[model] = c
         return c
 
-    def _requests_child(self, model: str, rpc: str, code: str) -> Counter:
-        key = (model, rpc, code)
+    def _requests_child(self, model: str, api: str, rpc: str, code: str) -> Counter:
+        key = (model, api, rpc, code)
         child = self._req_cache.get(key)
         if child is None:
-            child = self._req_cache[key] = self.requests.labels(model, rpc, code)
+            child = self._req_cache[key] = self.requests.labels(model, api, rpc, code)
         return child
 
-    def _duration_child(self, model: str, rpc: str) -> Histogram:
-        key = (model, rpc)
+    def _duration_child(self, model: str, api: str, rpc: str) -> Histogram:
+        key = (model, api, rpc)
         child = self._dur_cache.get(key)
         if child is None:
-            child = self._dur_cache[key] = self.duration.labels(model, rpc)
+            child = self._dur_cache[key] = self.duration.labels(model, api, rpc)
         return child
 
     # --- per request -------------------------------------------------------------------------
 
-    def request(self, model: str, rpc: str) -> RequestObserver:
-        """Start observing one RPC. `model` outside the served set counts as `_unknown`; `rpc`
-        is the method name ("Generate", "GenerateStream", "CountTokens"), a fixed set."""
+    def request(self, model: str, rpc: str, api: str = "grpc") -> RequestObserver:
+        """Start observing one call. `model` outside the served set counts as `_unknown`; `api`
+        is the front door ("grpc", "openai") and `rpc` its method ("Generate", "GenerateStream",
+        "CountTokens"; "chat.completions", "completions"), fixed sets."""
         children = self._children.get(model)
         if children is None:
             model = UNKNOWN_MODEL
             children = self._children[UNKNOWN_MODEL]
-        return RequestObserver(self, children, model, rpc)
+        return RequestObserver(self, children, model, api, rpc)
 
     # --- events outside a request ------------------------------------------------------------
 

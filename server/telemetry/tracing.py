@@ -259,6 +259,64 @@ def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
     return list(aio_client_interceptors(tracer_provider=_provider, filter_=skip))
 
 
+# --- the HTTP front door -------------------------------------------------------------------------
+
+
+class HttpServerSpan:
+    """The SERVER span of one HTTP call, parented by the caller's W3C `traceparent`.
+
+    Not a `with` block: a streamed response outlives its handler. `attach()` makes it current
+    while the handler runs (the generation span and the Triton call become its children, and
+    `traceparent` continues into Triton); `end(status)` closes it when the last byte is sent.
+    Attributes follow the HTTP semantic conventions (`http.request.method`, `http.route`,
+    `http.response.status_code`; 5xx marks it ERROR).
+    """
+
+    __slots__ = ("_span", "_token")
+
+    def __init__(self, span: Span) -> None:
+        self._span = span
+        self._token: object = None
+
+    def attach(self) -> None:
+        if self._span is not trace.INVALID_SPAN and self._token is None:
+            self._token = context.attach(trace.set_span_in_context(self._span))
+
+    def detach(self) -> None:
+        if self._token is not None:
+            context.detach(self._token)  # type: ignore[arg-type]
+            self._token = None
+
+    def end(self, status: int) -> None:
+        span = self._span
+        if span is trace.INVALID_SPAN:
+            return
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            span.set_status(Status(StatusCode.ERROR, str(status)))
+        span.end()
+
+
+def http_server_span(method: str, route: str, headers: dict[str, str]) -> HttpServerSpan:
+    """Start the server span of an HTTP call (`headers`: lower-case names → values); a no-op
+    span when tracing is off."""
+    tracer = _tracer
+    if tracer is None:
+        return HttpServerSpan(trace.INVALID_SPAN)
+    from opentelemetry.propagate import extract
+
+    parent = extract(headers)
+    span = tracer.start_span(
+        f"{method} {route}",
+        context=parent,
+        kind=SpanKind.SERVER,
+        attributes={"http.request.method": method, "http.route": route},
+        record_exception=False,
+        set_status_on_exception=False,
+    )
+    return HttpServerSpan(span)
+
+
 # --- spans with GenAI semantic conventions -----------------------------------------------------
 # https://opentelemetry.io/docs/specs/semconv/gen-ai/gen-ai-spans/ (attribute names below).
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from autoglm.server.api.calls import Generations
 from autoglm.server.api.service import TextGenerationService
 from autoglm.server.engine.client import EngineRequest
 from autoglm.server.generation.relay import Push
@@ -65,12 +66,13 @@ async def served(
     registry = ModelRegistry([load_model(spec)])
     engine = Engine()
     admission = RecordingAdmission(LimitSettings(max_tokens_per_request=CEILING))
-    service = TextGenerationService(
+    generations = Generations(
         registry,
         engine,  # type: ignore[arg-type]
         metrics=FacadeMetrics(registry.names(), process_metrics=False),
         admission=admission,
     )
+    service = TextGenerationService(generations)
     server = grpc.aio.server()
     pb_grpc.add_TextGenerationServicer_to_server(service, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -80,7 +82,7 @@ async def served(
             yield pb_grpc.TextGenerationStub(channel), engine, admission
     finally:
         await server.stop(None)
-        service.close()
+        generations.close()
 
 
 @pytest.mark.parametrize("rpc", ["Generate", "GenerateStream"])

@@ -127,7 +127,7 @@ def test_first_token_then_tokens_counts_one_ttft() -> None:
 def test_registries_are_independent_and_server_stops() -> None:
     a, b = FacadeMetrics([MODEL]), FacadeMetrics([MODEL])
     a.request(MODEL, "Generate").finish("OK")
-    labels = {"model": MODEL, "rpc": "Generate", "code": "OK"}
+    labels = {"model": MODEL, "api": "grpc", "rpc": "Generate", "code": "OK"}
     assert a.registry.get_sample_value("autoglm_requests_total", labels) == 1
     assert b.registry.get_sample_value("autoglm_requests_total", labels) is None
     server, port = b.start_http_server("127.0.0.1", 0)

@@ -1,0 +1,263 @@
+"""One generation call, whatever the front door: plan → model → prepare → admit → deltas.
+
+Both front doors (the gRPC servicer, service.py, and the OpenAI-compatible HTTP API, openai/)
+build a `GeneratePlan` their own way and hand it here, so the model permission, tokenization,
+admission, the generation span, metrics, the log line and the audit record exist once. Errors
+leave as the domain exceptions of errors.py; each front door maps them (gRPC status, HTTP
+status) in errors.py as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+import grpc
+
+from autoglm.server import errors
+from autoglm.server.audit.writer import AuditRecord, AuditWriter, principal_fields
+from autoglm.server.engine.client import EngineClient
+from autoglm.server.generation import pipeline
+from autoglm.server.generation.plan import GeneratePlan, PromptInput
+from autoglm.server.models import ModelRegistry, ServedModel
+from autoglm.server.security.auth import Principal
+from autoglm.server.security.limits import Admission
+from autoglm.server.telemetry import tracing
+from autoglm.server.telemetry.metrics import FacadeMetrics
+from autoglm.v1 import text_generation_pb2 as pb
+
+log = logging.getLogger("autoglm.server.requests")
+
+ANONYMOUS = "anonymous"  # the principal of insecure dev mode (no tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What a front door knows of one call before its request is checked."""
+
+    api: str  # "grpc" | "openai": a metrics label
+    rpc: str  # the method: "GenerateStream", "chat.completions", …
+    principal: Principal | None  # None in insecure dev mode
+    timeout: float | None = None  # seconds left of the caller's deadline
+    request_id: str = "-"  # the caller's raw id, for records of calls refused before the plan
+    model: str = ""  # the raw model name, for metrics of calls refused before the plan
+
+
+@dataclass
+class Outcome:
+    """What one generation did, filled in as it goes (for metrics, audit and the log)."""
+
+    request_id: str
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    last: pipeline.Delta | None = None
+    plan: GeneratePlan | None = None
+    prepared: pipeline.Prepared | None = None
+    completion: list[str] | None = field(default=None, repr=False)
+
+
+class Generations:
+    """The façade's generation service behind every front door."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        engine: EngineClient,
+        *,
+        metrics: FacadeMetrics,
+        admission: Admission,
+        audit: AuditWriter | None = None,
+    ) -> None:
+        self.registry = registry
+        self.engine = engine
+        self.metrics = metrics
+        self.admission = admission
+        self.audit = audit
+        # One writer thread keeps records in request-completion order, off the event loop
+        # (an fsync per record costs ~2 ms on this machine's disk).
+        self._audit_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
+
+    def model(self, name: str, principal: Principal | None) -> ServedModel:
+        # Checked before existence, so a token cannot probe which other models exist.
+        if principal is not None and not principal.allows_model(name):
+            raise errors.PermissionDenied(f"model: this token may not use {name!r}", field="model")
+        model = self.registry.get(name)
+        if model is None:
+            raise errors.NotFound(
+                f"model: no model named {name!r}; served: {self.registry.names()}", field="model"
+            )
+        return model
+
+    def visible_models(self, principal: Principal | None) -> Iterator[ServedModel]:
+        """The served models this caller may use (all of them in insecure dev mode)."""
+        return (
+            m for m in self.registry if principal is None or principal.allows_model(m.spec.name)
+        )
+
+    def count_tokens(self, call: Call, check: Callable[[], PromptInput]) -> list[int]:
+        obs = self.metrics.request(call.model, call.rpc, call.api)
+        code = grpc.StatusCode.OK
+        try:
+            prompt_input = check()
+            return pipeline.encode_input(self.model(call.model, call.principal), prompt_input)
+        except Exception as exc:
+            code = errors.code_of(exc)
+            raise
+        finally:
+            obs.finish(code)
+
+    async def generate(
+        self,
+        call: Call,
+        check: Callable[[], GeneratePlan],
+        *,
+        on_prepared: Callable[[pipeline.Prepared], None] | None = None,
+    ) -> AsyncIterator[pipeline.Delta]:
+        """Yield the deltas of one generation (the last has finish reason and usage).
+
+        `check` validates the front door's request into a plan; it runs inside, so that a call
+        refused for a bad field is counted, logged and audited like any other. `on_prepared`
+        sees the tokenized request once it is admitted, before the first delta. Exceptions are
+        the domain errors of errors.py (or anything unexpected): the front door maps them.
+        """
+        started = time.monotonic()
+        out = Outcome(request_id=call.request_id)
+        obs = self.metrics.request(call.model, call.rpc, call.api)
+        principal = call.principal
+        ticket = None
+        if self.audit and self.audit.record_text:
+            out.completion = []
+        trace_id = tracing.current_trace_id()
+        try:
+            out.plan = plan = check()
+            out.request_id = plan.request_id
+            # Tokenized before admission: the budget admission checks is the one the engine gets
+            # (the room the prompt leaves in the context can lower the model's default).
+            out.prepared = prepared = pipeline.prepare(plan, self.model(plan.model, principal))
+            ticket = self.admission.admit(
+                principal.name if principal else ANONYMOUS,
+                principal.limits if principal else None,
+                prepared.max_new_tokens,
+            )
+            if on_prepared is not None:
+                on_prepared(prepared)
+            with tracing.generation_span(
+                model=plan.model,
+                request_id=plan.request_id,
+                max_tokens=prepared.max_new_tokens,
+                temperature=plan.sampling.temperature,
+                top_p=plan.sampling.top_p,
+            ) as span:
+                first = True
+                generation = pipeline.generate(prepared, self.engine, timeout=call.timeout)
+                # One pass per delta — per coalesced message, not per token: metrics are
+                # batched, and timed by the engine's arrival times carried on the delta.
+                async with aclosing(generation) as deltas:
+                    async for delta in deltas:
+                        n = len(delta.token_ids)
+                        if n:
+                            if first:
+                                tracing.first_token(span, timestamp_ns=_wall_ns(delta.first_at))
+                                first = False
+                            obs.tokens(n, first_at=delta.first_at, at=delta.last_at)
+                        if out.completion is not None:
+                            out.completion.append(delta.text)
+                        out.last = delta
+                        yield delta
+                last = out.last
+                if last is not None:
+                    tracing.set_usage(
+                        span, input_tokens=last.prompt_tokens, output_tokens=last.completion_tokens
+                    )
+                    tracing.set_finish(
+                        span, [finish_name(last.finish_reason)], response_id=plan.request_id
+                    )
+        except (asyncio.CancelledError, GeneratorExit):
+            # The caller went away (gRPC cancellation, an HTTP client closing its stream).
+            out.code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:
+            if isinstance(exc, errors.ResourceExhausted):
+                self.metrics.limit_rejection(exc.limit)
+                tracing.annotate({"autoglm.limit": exc.limit})  # which limit refused the call
+            out.code = errors.code_of(exc)
+            raise
+        finally:
+            if ticket is not None:
+                ticket.release()
+            usage = out.last or pipeline.Delta("")
+            obs.finish(out.code, usage.prompt_tokens, usage.completion_tokens)
+            self._record(out, call, started, trace_id)
+
+    def _record(self, out: Outcome, call: Call, started: float, trace_id: str) -> None:
+        """Log line and audit record (counts, ids, timings; text only when configured)."""
+        duration = time.monotonic() - started
+        last = out.last or pipeline.Delta("")
+        finish = finish_name(last.finish_reason) if out.code == grpc.StatusCode.OK else None
+        model = out.plan.model if out.plan else None
+        log.info(
+            "%s %s trace=%s model=%s status=%s prompt_tokens=%d completion_tokens=%d "
+            "finish=%s duration=%.3fs",
+            call.rpc,
+            out.request_id,
+            trace_id or "-",
+            model or "-",
+            out.code.name,
+            last.prompt_tokens,
+            last.completion_tokens,
+            finish or "-",
+            duration,
+        )
+        if self.audit is None:
+            return
+        prompt = None
+        if out.completion is not None and out.plan is not None:
+            inp = out.plan.input
+            prompt = inp.prompt if inp.prompt is not None else _joined(inp.messages)
+        record = AuditRecord(
+            request_id=out.request_id,
+            rpc=call.rpc if call.api == "grpc" else f"{call.api}:{call.rpc}",
+            status=out.code,
+            trace_id=trace_id or None,
+            model=model,
+            prompt_tokens=last.prompt_tokens,
+            completion_tokens=last.completion_tokens,
+            duration_ms=round(duration * 1000, 3),
+            finish_reason=finish,
+            prompt=prompt,
+            completion="".join(out.completion) if out.completion is not None else None,
+            **principal_fields(call.principal),
+        )
+        future = self._audit_pool.submit(self.audit.write, record)
+        future.add_done_callback(_log_audit_failure)
+
+    def close(self) -> None:
+        """Drain the audit writer (after the front doors have stopped)."""
+        self._audit_pool.shutdown(wait=True)
+        if self.audit is not None:
+            self.audit.close()
+
+
+def finish_name(reason: int) -> str:
+    """ "stop", "length", "cancelled": the name of a FinishReason as both front doors spell it."""
+    return pb.FinishReason.Name(reason).removeprefix("FINISH_REASON_").lower()
+
+
+def _wall_ns(perf_at: float) -> int:
+    """A time.perf_counter instant as time.time_ns (span event timestamps are wall clock)."""
+    return time.time_ns() - int((time.perf_counter() - perf_at) * 1e9)
+
+
+def _joined(messages: tuple) -> str:  # type: ignore[type-arg]
+    return "\n".join(f"{m.role}: {m.content}" for m in messages)
+
+
+def _log_audit_failure(future: object) -> None:
+    exc = future.exception()  # type: ignore[attr-defined]
+    if exc is not None:
+        # Loud on purpose: an audit gap is an incident (alert on this log line / metric).
+        log.critical("AUDIT WRITE FAILED: %r", exc)

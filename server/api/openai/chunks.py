@@ -1,0 +1,205 @@
+"""OpenAI response bodies and Server-Sent Events, written with orjson.
+
+Pure (no I/O). A stream's constant part (`id`, `object`, `created`, `model`) is serialised
+once per stream into a prefix; each delta then costs one `orjson.dumps` of its text. The
+shapes are those the `openai` SDK parses (`ChatCompletionChunk`, `Completion`): the first chat
+chunk's delta carries `role: "assistant"`, the last one `finish_reason`, and with
+`stream_options.include_usage` a final chunk has `choices: []` and `usage`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+
+DONE = b"data: [DONE]\n\n"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def token_logprobs(tokens: Sequence[str], logprobs: Sequence[float]) -> list[dict[str, object]]:
+    """The chat API's `logprobs.content` entries (no alternatives: `top_logprobs` is [])."""
+    return [
+        {"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []}
+        for t, lp in zip(tokens, logprobs, strict=True)
+    ]
+
+
+def completion_logprobs(
+    tokens: Sequence[str], logprobs: Sequence[float], offset: int
+) -> dict[str, object]:
+    """The legacy completions API's `logprobs` object (`top_logprobs` entries are null)."""
+    offsets = []
+    for t in tokens:
+        offsets.append(offset)
+        offset += len(t)
+    return {
+        "tokens": list(tokens),
+        "token_logprobs": list(logprobs),
+        "top_logprobs": [None] * len(tokens),
+        "text_offset": offsets,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class StreamHeader:
+    id: str
+    created: int
+    model: str
+
+
+class ChatChunks:
+    """`chat.completion.chunk` events of one stream."""
+
+    __slots__ = ("_first", "_head", "_prefix")
+
+    def __init__(self, head: StreamHeader) -> None:
+        self._head = head
+        self._prefix = (
+            b'data: {"id":'
+            + orjson.dumps(head.id)
+            + b',"object":"chat.completion.chunk","created":'
+            + str(head.created).encode()
+            + b',"model":'
+            + orjson.dumps(head.model)
+        )
+        self._first = True
+
+    def delta(
+        self, text: str, *, finish_reason: str | None = None, logprobs: object = None
+    ) -> bytes:
+        role = b'"role":"assistant",' if self._first else b""
+        self._first = False
+        lp = b"null" if logprobs is None else orjson.dumps({"content": logprobs})
+        fr = b"null" if finish_reason is None else orjson.dumps(finish_reason)
+        return b"".join(
+            (
+                self._prefix,
+                b',"choices":[{"index":0,"delta":{',
+                role,
+                b'"content":',
+                orjson.dumps(text),
+                b'},"logprobs":',
+                lp,
+                b',"finish_reason":',
+                fr,
+                b"}]}\n\n",
+            )
+        )
+
+    def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
+        return b"".join(
+            (
+                self._prefix,
+                b',"choices":[],"usage":',
+                orjson.dumps(usage(prompt_tokens, completion_tokens)),
+                b"}\n\n",
+            )
+        )
+
+
+class CompletionChunks:
+    """`text_completion` events of one stream."""
+
+    __slots__ = ("_prefix",)
+
+    def __init__(self, head: StreamHeader) -> None:
+        self._prefix = (
+            b'data: {"id":'
+            + orjson.dumps(head.id)
+            + b',"object":"text_completion","created":'
+            + str(head.created).encode()
+            + b',"model":'
+            + orjson.dumps(head.model)
+        )
+
+    def delta(
+        self, text: str, *, finish_reason: str | None = None, logprobs: object = None
+    ) -> bytes:
+        lp = b"null" if logprobs is None else orjson.dumps(logprobs)
+        fr = b"null" if finish_reason is None else orjson.dumps(finish_reason)
+        return b"".join(
+            (
+                self._prefix,
+                b',"choices":[{"index":0,"text":',
+                orjson.dumps(text),
+                b',"logprobs":',
+                lp,
+                b',"finish_reason":',
+                fr,
+                b"}]}\n\n",
+            )
+        )
+
+    def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
+        return b"".join(
+            (
+                self._prefix,
+                b',"choices":[],"usage":',
+                orjson.dumps(usage(prompt_tokens, completion_tokens)),
+                b"}\n\n",
+            )
+        )
+
+
+def error_event(body: dict[str, object]) -> bytes:
+    """A failure after the stream began: one event with the `error` object (what the SDK's
+    stream reader raises as an APIError), then the stream closes without `[DONE]`."""
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+def chat_completion(
+    head: StreamHeader,
+    text: str,
+    finish_reason: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    logprobs: object = None,
+) -> bytes:
+    return orjson.dumps(
+        {
+            "id": head.id,
+            "object": "chat.completion",
+            "created": head.created,
+            "model": head.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": None if logprobs is None else {"content": logprobs},
+                    "finish_reason": finish_reason,
+                }
+            ],
+            "usage": usage(prompt_tokens, completion_tokens),
+        }
+    )
+
+
+def text_completion(
+    head: StreamHeader,
+    text: str,
+    finish_reason: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    logprobs: object = None,
+) -> bytes:
+    return orjson.dumps(
+        {
+            "id": head.id,
+            "object": "text_completion",
+            "created": head.created,
+            "model": head.model,
+            "choices": [
+                {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+            ],
+            "usage": usage(prompt_tokens, completion_tokens),
+        }
+    )

@@ -1,0 +1,185 @@
+"""The HTTP routes of the OpenAI-compatible front door (a Starlette app).
+
+Every API route authenticates the same way as gRPC (security/auth.py `authenticate_bearer`:
+the same token store, scopes, model allow-lists and certificate binding), reads its body up to
+the configured limit (413 beyond it, before any parsing), and is traced from the caller's
+`traceparent`. `/healthz` (liveness) and `/readyz` (the deep readiness gRPC health reports)
+take no credentials, as Kubernetes probes present none, and reveal nothing but up/down.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route as HttpRoute
+
+from autoglm.server.api.calls import Generations
+from autoglm.server.api.openai import serving
+from autoglm.server.api.validation import request_id_of
+from autoglm.server.errors import InvalidArgument, NotFound, RequestTooLarge, ServiceError
+from autoglm.server.security.auth import Principal, authenticate_bearer
+from autoglm.server.security.bearer_tokens import TokenStore
+from autoglm.server.telemetry import tracing
+
+# Where the TLS layer leaves the client certificate's identity in the ASGI scope (http_server.py).
+PEER_IDENTITY = "autoglm.peer_identity"
+OWNER = "autoglm"
+
+
+@dataclass(frozen=True)
+class FrontDoor:
+    generations: Generations
+    tokens: TokenStore | None  # None = insecure dev mode (loopback, no tokens)
+    max_body_bytes: int
+    ready: Callable[[], bool]  # the deep readiness of gRPC health (engine/health.py)
+    on_auth_failure: Callable[[str], None]
+    started: int = 0  # `created` of /v1/models entries: when this façade started
+
+
+def build_app(door: FrontDoor) -> Starlette:
+    door = FrontDoor(**{**door.__dict__, "started": door.started or int(time.time())})
+
+    async def chat(request: Request) -> Response:
+        return await _generate(door, serving.CHAT, request)
+
+    async def completions(request: Request) -> Response:
+        return await _generate(door, serving.COMPLETIONS, request)
+
+    async def models(request: Request) -> Response:
+        return _traced(request, "/v1/models", lambda principal: _models(door, principal), door)
+
+    async def model(request: Request) -> Response:
+        name = request.path_params["model"]
+        return _traced(
+            request, "/v1/models/{model}", lambda principal: _model(door, principal, name), door
+        )
+
+    async def healthz(_request: Request) -> Response:
+        return Response(b'{"status":"alive"}', media_type=serving.JSON)
+
+    async def readyz(_request: Request) -> Response:
+        if door.ready():
+            return Response(b'{"status":"ready"}', media_type=serving.JSON)
+        return Response(b'{"status":"not ready"}', status_code=503, media_type=serving.JSON)
+
+    return Starlette(
+        routes=[
+            HttpRoute("/v1/chat/completions", chat, methods=["POST"]),
+            HttpRoute("/v1/completions", completions, methods=["POST"]),
+            HttpRoute("/v1/models", models, methods=["GET"]),
+            HttpRoute("/v1/models/{model:path}", model, methods=["GET"]),
+            HttpRoute("/healthz", healthz, methods=["GET"]),
+            HttpRoute("/readyz", readyz, methods=["GET"]),
+        ]
+    )
+
+
+def _headers(request: Request) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}
+
+
+def _authenticate(door: FrontDoor, request: Request, scope: str) -> Principal | None:
+    if door.tokens is None:
+        return None
+    return authenticate_bearer(
+        door.tokens,
+        request.headers.get("authorization"),
+        scope=scope,
+        cert_identity=request.scope.get("extensions", {}).get(PEER_IDENTITY),
+        on_failure=door.on_auth_failure,
+    )
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestTooLarge(f"body: {declared} bytes exceed the limit of {limit} bytes")
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLarge(f"body: more than the limit of {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def _generate(door: FrontDoor, route: serving.Route, request: Request) -> Response:
+    span = tracing.http_server_span("POST", request.url.path, _headers(request))
+    span.attach()
+    try:
+        raw_id = request.headers.get("x-request-id", "")
+        rid = request_id_of(raw_id) if raw_id else ""
+        try:
+            principal = _authenticate(door, request, "generate")
+            body = await _read_body(request, door.max_body_bytes)
+        except ServiceError as exc:
+            response = serving.error_response(exc, request_id=rid or "-")
+            span.end(response.status_code)
+            return response
+        except ClientDisconnect:
+            span.end(499)
+            return Response(status_code=499)
+        if raw_id and raw_id != rid:
+            exc = InvalidArgument([("x-request-id", "must be 1..64 characters of [A-Za-z0-9._:-]")])
+            response = serving.error_response(exc, request_id=rid)
+            span.end(response.status_code)
+            return response
+        return await serving.serve(
+            route, door.generations, body, principal=principal, request_id=rid, span=span
+        )
+    finally:
+        span.detach()
+
+
+def _traced(
+    request: Request,
+    route: str,
+    answer: Callable[[Principal | None], bytes],
+    door: FrontDoor,
+) -> Response:
+    span = tracing.http_server_span("GET", route, _headers(request))
+    span.attach()
+    try:
+        try:
+            payload = answer(_authenticate(door, request, "models:read"))
+        except ServiceError as exc:
+            response = serving.error_response(exc, request_id="-")
+        else:
+            response = Response(payload, media_type=serving.JSON)
+        span.end(response.status_code)
+        return response
+    finally:
+        span.detach()
+
+
+def _model_entry(door: FrontDoor, name: str, context: int) -> dict[str, object]:
+    return {
+        "id": name,
+        "object": "model",
+        "created": door.started,
+        "owned_by": OWNER,
+        "max_model_len": context,
+    }
+
+
+def _models(door: FrontDoor, principal: Principal | None) -> bytes:
+    data = [
+        _model_entry(door, m.spec.name, m.spec.max_context_tokens)
+        for m in door.generations.visible_models(principal)
+    ]
+    return orjson.dumps({"object": "list", "data": data})
+
+
+def _model(door: FrontDoor, principal: Principal | None, name: str) -> bytes:
+    for m in door.generations.visible_models(principal):
+        if m.spec.name == name:
+            return orjson.dumps(_model_entry(door, name, m.spec.max_context_tokens))
+    # The same answer for a model that does not exist and one this token may not see.
+    raise NotFound(f"model: no model named {name!r}", field="model")
