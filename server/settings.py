@@ -32,10 +32,10 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def split_host_port(address: str) -> tuple[str, int]:
+def split_host_port(address: str, setting: str = "listen") -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
-        raise SettingsError(f"listen: {address!r} is not host:port")
+        raise SettingsError(f"{setting}: {address!r} is not host:port")
     return host.strip("[]"), int(port)
 
 
@@ -176,7 +176,7 @@ class Settings:
             if self.openai_require_client_cert:
                 raise SettingsError("openai_require_client_cert: needs openai_listen")
             return
-        host, _ = split_host_port(self.openai_listen)
+        host, _ = split_host_port(self.openai_listen, "openai_listen")
         if self.insecure_dev:
             if not is_loopback(host):
                 raise SettingsError(
