@@ -32,19 +32,35 @@ log = logging.getLogger("autoglm.server.workers")
 _START_TIMEOUT_S = 120.0
 
 
-def worker_settings(settings: Settings, index: int, port: int | None) -> Settings:
-    """Settings of worker `index`; `port` = the shared port (None for worker 0: as configured)."""
+def _with_port(address: str, port: int) -> str:
+    host, _ = split_host_port(address)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def worker_settings(
+    settings: Settings, index: int, port: int | None, openai_port: int | None = None
+) -> Settings:
+    """Settings of worker `index`; `port` / `openai_port` = the shared ports of the gRPC and the
+    OpenAI API (None for worker 0: as configured, so that port 0 is resolved once)."""
     listen = settings.listen
     if port is not None:
-        host, _ = split_host_port(listen)
-        listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        listen = _with_port(listen, port)
+    openai_listen = settings.openai_listen
+    if openai_listen is not None and openai_port is not None:
+        openai_listen = _with_port(openai_listen, openai_port)
     metrics = settings.metrics_listen
     if metrics:
         mhost, mport = split_host_port(metrics)
         if mport:
             metrics = f"[{mhost}]:{mport + index}" if ":" in mhost else f"{mhost}:{mport + index}"
     audit = settings.audit_dir / f"worker-{index}" if settings.audit_dir else None
-    return replace(settings, listen=listen, metrics_listen=metrics, audit_dir=audit)
+    return replace(
+        settings,
+        listen=listen,
+        openai_listen=openai_listen,
+        metrics_listen=metrics,
+        audit_dir=audit,
+    )
 
 
 def _worker_main(
@@ -60,7 +76,7 @@ def _worker_main(
 
     async def main() -> None:
         running = await start_server(settings)
-        conn.send(running.port)
+        conn.send((running.port, running.openai_port))
         conn.close()
         await serve_until_signal(running, settings.grace_period_s)
 
@@ -81,12 +97,14 @@ class _Supervisor:
         self.procs: list[BaseProcess] = []
         self.stopping = False
 
-    def start(self, index: int, port: int | None) -> int:
+    def start(
+        self, index: int, port: int | None, openai_port: int | None = None
+    ) -> tuple[int, int | None]:
         parent, child = self.ctx.Pipe(duplex=False)
         proc = self.ctx.Process(
             target=_worker_main,
             args=(
-                worker_settings(self.settings, index, port),
+                worker_settings(self.settings, index, port, openai_port),
                 index,
                 child,
                 self.log_level,
@@ -100,9 +118,9 @@ class _Supervisor:
         ready = wait([parent, proc.sentinel], timeout=_START_TIMEOUT_S)
         if parent not in ready:
             raise RuntimeError(f"worker {index} (pid {proc.pid}) did not start")
-        bound = int(parent.recv())
+        bound, openai_bound = parent.recv()
         parent.close()
-        return bound
+        return int(bound), openai_bound
 
     def signal_all(self, signum: int = signal.SIGTERM) -> None:
         for proc in self.procs:
@@ -130,9 +148,9 @@ def run_workers(settings: Settings, log_level: str, log_format: str) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     try:
-        port = sup.start(0, None)
+        port, openai_port = sup.start(0, None)
         for index in range(1, settings.workers):
-            sup.start(index, port)
+            sup.start(index, port, openai_port)
         pids = ", ".join(str(p.pid) for p in sup.procs)
         log.info("%d workers listening on port %d (pids %s)", settings.workers, port, pids)
         while not sup.stopping:

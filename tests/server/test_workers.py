@@ -39,6 +39,13 @@ def test_worker_zero_keeps_the_address_the_others_share_its_port() -> None:
     )
 
 
+def test_the_openai_port_is_shared_like_grpcs() -> None:
+    s = settings(openai_listen="127.0.0.1:0")
+    assert worker_settings(s, 0, None).openai_listen == "127.0.0.1:0"
+    assert worker_settings(s, 1, 41000, 42000).openai_listen == "127.0.0.1:42000"
+    assert worker_settings(settings(), 1, 41000, None).openai_listen is None
+
+
 def test_free_metrics_ports_stay_free_and_ipv6_is_bracketed() -> None:
     s = settings(listen="[::1]:0", metrics_listen="[::1]:0")
     w1 = worker_settings(s, 1, 5000)

@@ -132,10 +132,22 @@ async def _generate(door: FrontDoor, route: serving.Route, request: Request) -> 
             span.end(response.status_code)
             return response
         return await serving.serve(
-            route, door.generations, body, principal=principal, request_id=rid, span=span
+            route,
+            door.generations,
+            body,
+            principal=principal,
+            request_id=rid,
+            span=span,
+            disconnected=lambda: _disconnected(request),
         )
     finally:
         span.detach()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client closes the connection (the body has been read by then)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _traced(

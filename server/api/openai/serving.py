@@ -15,11 +15,13 @@ the client disconnects, and leaving `aclosing` closes the generation (calls.py, 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from starlette.responses import Response, StreamingResponse
@@ -35,6 +37,7 @@ from autoglm.server.security.auth import Principal
 from autoglm.server.telemetry.tracing import HttpServerSpan
 from autoglm.v1 import text_generation_pb2 as pb
 
+T = TypeVar("T")
 JSON = "application/json"
 SSE_HEADERS = {
     "cache-control": "no-cache",
@@ -89,6 +92,7 @@ async def serve(
     principal: Principal | None,
     request_id: str,
     span: HttpServerSpan,
+    disconnected: Callable[[], Awaitable[None]],
 ) -> Response:
     """Answer one generation request; `span` is ended when the answer's last byte is out."""
     try:
@@ -136,7 +140,10 @@ async def serve(
             events, media_type="text/event-stream", headers=SSE_HEADERS | headers
         )
     try:
-        text, last, lp = await _collect(first, gen, tokens)
+        text, last, lp = await _unless_disconnected(_collect(first, gen, tokens), disconnected)
+    except ClientGone:
+        span.end(499)
+        return Response(status_code=499)  # nobody reads it; uvicorn drops it
     except Exception as exc:
         response = error_response(exc, request_id=rid, prompt_field=route.prompt_field)
         span.end(response.status_code)
@@ -154,6 +161,29 @@ async def serve(
         )  # fmt: skip
     span.end(200)
     return Response(payload, media_type=JSON, headers=headers)
+
+
+async def _unless_disconnected(
+    work: Awaitable[T], disconnected: Callable[[], Awaitable[None]]
+) -> T:
+    """`work`, cancelled if the client goes away first (a non-streamed answer nobody will read
+    must not keep the engine busy; streamed ones are watched by Starlette)."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise ClientGone
+    return task.result()
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its answer was ready."""
 
 
 def _wants_logprobs(req: Any) -> bool:
@@ -179,11 +209,13 @@ async def _collect(
     lps = list(first.logprobs)
     last = first
     async with aclosing(gen):  # type: ignore[type-var]
-        while not last.finish_reason:
-            last = await anext(gen)
-            text.append(last.text)
-            ids.extend(last.token_ids)
-            lps.extend(last.logprobs)
+        # Read to the generator's end, not just to the delta with finish_reason: the call
+        # records its outcome after that one (closing it there would count as a cancellation).
+        async for delta in gen:
+            text.append(delta.text)
+            ids.extend(delta.token_ids)
+            lps.extend(delta.logprobs)
+            last = delta
     words = tokens(ids) if tokens is not None else []
     return "".join(text), last, (words, lps if tokens is not None else [])
 
@@ -218,9 +250,11 @@ async def _events(
                 # not sent, except the last, which carries finish_reason.
                 if delta.text or finish or logprobs is not None:
                     yield encoder.delta(delta.text, finish_reason=finish, logprobs=logprobs)
-                if finish:
+                # To the generator's end (see _collect), which comes right after finish_reason.
+                nxt = await anext(gen, None)
+                if nxt is None:
                     break
-                delta = await anext(gen)
+                delta = nxt
         if include_usage:
             yield encoder.usage(delta.prompt_tokens, delta.completion_tokens)
         yield chunks.DONE
