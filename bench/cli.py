@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from autoglm.bench.report import PATHS
 from autoglm.bench.workload import LengthDist
 from autoglm.server.telemetry.span_export import DEFAULT_SPAN_EXPORT, SPAN_EXPORTS
 
@@ -45,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = argparse.ArgumentParser(
         prog="autoglm bench",
         description="Starts its own Triton (synthetic engine, optionally the real CPU model) and "
-        "façade (subprocess, mTLS + token + tracing) on loopback and measures both paths.",
+        "façade (subprocess, mTLS + token + tracing) on loopback and measures direct Triton, the "
+        "façade's gRPC API and its OpenAI front door side by side.",
     )
     b.add_argument(
         "--scenario",
@@ -102,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=64,
         help="level at which the paced targets are judged",
+    )
+    b.add_argument(
+        "--paths",
+        default=",".join(PATHS),
+        help="comma list of direct (always), facade (the gRPC API), openai (the OpenAI front "
+        "door, SSE); default %(default)s",
     )
     b.add_argument(
         "--facade-workers",
@@ -178,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
         duration_s=None if args.requests else args.duration,
         num_requests=args.requests,
         check_concurrency=args.check_concurrency,
+        paths=tuple(p.strip() for p in args.paths.split(",") if p.strip()),
         facade_workers=args.facade_workers,
         facade_span_export=args.facade_span_export,
         engine_link=args.engine_link,

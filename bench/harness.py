@@ -1,4 +1,4 @@
-"""Start the stack, run every scenario on both paths, write JSON + table + plots."""
+"""Start the stack, run every scenario on every path, write JSON + table + plots."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from autoglm.bench.loadgen import LoadSpec
-from autoglm.bench.report import BenchReport, table, to_json
+from autoglm.bench.report import PATHS, BenchReport, table, to_json
 from autoglm.bench.runner import RunConfig, Scenario, run_all, scenario_loads
 from autoglm.bench.stack import BenchStack, EngineModel, StackOptions
 from autoglm.bench.workload import LengthDist, token_cycle
@@ -42,6 +42,9 @@ class BenchOptions:
     duration_s: float | None = 15.0
     num_requests: int | None = None
     check_concurrency: int = 64
+    # runner.PATHS: direct Triton (always: every figure is read against it), the façade's gRPC
+    # API ("facade") and its OpenAI front door ("openai", SSE)
+    paths: tuple[str, ...] = PATHS
     facade_workers: int = 1  # `autoglm serve --workers N` (SO_REUSEPORT scale-out)
     facade_span_export: str = DEFAULT_SPAN_EXPORT  # `autoglm serve --span-export`
     engine_link: str = "unix"  # "unix" | "tls": how both paths reach Triton (stack.py)
@@ -57,6 +60,12 @@ class BenchOptions:
         unknown = set(self.scenarios) - set(SCENARIOS)
         if unknown or not self.scenarios:
             raise ValueError(f"scenario: use {', '.join(SCENARIOS)}, got {sorted(unknown)}")
+        unknown_paths = set(self.paths) - set(PATHS)
+        if unknown_paths or "direct" not in self.paths:
+            raise ValueError(
+                f"paths: use {', '.join(PATHS)}, direct always (the baseline); "
+                f"got {', '.join(self.paths)}"
+            )
         if self.ramp_up_s is not None and not 0 <= self.ramp_up_s <= self.warmup_s:
             raise ValueError(
                 f"ramp_up: must be between 0 and the warm-up ({self.warmup_s:g} s), "
@@ -129,6 +138,7 @@ def _config(o: BenchOptions, models: dict[str, EngineModel]) -> RunConfig:
         scenarios=tuple(scenarios),
         prompt_len=o.prompt_len,
         check_concurrency=o.check_concurrency,
+        paths=o.paths,
         profile_seconds=o.profile_seconds,
         profile_dir=o.out_dir / "profiles",
         seed=o.seed,
@@ -165,8 +175,17 @@ def run_bench(o: BenchOptions, log: Callable[[str], None] = print) -> BenchRepor
                 if o.engine_link == "unix"
                 else "mTLS over loopback TCP"
             )
-            + " + restricted-protocol secret, for both paths; Triton's own tracing off"
+            + " + restricted-protocol secret, for every path; Triton's own tracing off"
         )
+        if "openai" in o.paths:
+            report.notes.append(
+                "openai path: the same façade's OpenAI front door (`serve --openai-listen`), "
+                "POST /v1/completions with the gRPC path's prompt text, max_tokens and "
+                "temperature 0, streamed (SSE) with stream_options.include_usage, over TLS "
+                "(server-authenticated, as OpenAI clients connect) + the same bearer token; "
+                "tokens per chunk from usage.completion_tokens (one a chunk when they agree, "
+                "else the surplus by text length: sse.token_split)"
+            )
         if o.rate is None:
             ramps = ", ".join(f"{s} {ramp_up_for(o, s):g} s" for s in o.scenarios)
             report.notes.append(f"streams' starts spread over (ramp-up): {ramps}")
@@ -180,10 +199,12 @@ def run_bench(o: BenchOptions, log: Callable[[str], None] = print) -> BenchRepor
             span_export=o.facade_span_export,
             engine_link=o.engine_link,
             floors=o.floor,
+            openai="openai" in o.paths,
         )
         with BenchStack(stack_opts) as stack:
+            openai = f", OpenAI on https://{stack.openai_endpoint}" if stack.openai_endpoint else ""
             log(
-                f"façade pid {stack.facade_pid} on {stack.facade_endpoint}; "
+                f"façade pid {stack.facade_pid} on {stack.facade_endpoint}{openai}; "
                 f"Triton pid {stack.triton.pid if stack.triton else '?'}"
             )
             asyncio.run(run_all(stack, served, _config(o, models), report, log))

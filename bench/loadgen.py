@@ -1,9 +1,12 @@
 """When to send: a fixed number of concurrent streams, or a Poisson request rate.
 
-The load generator times every streamed chunk itself (time.monotonic on arrival), so both
-paths are measured by the same code; a path only has to turn a BenchRequest into an async
-iterator of per-chunk token counts. Warm-up requests run under the same load but are left out
-of the latency figures; the measurement window is [end of warm-up, end of duration).
+The load generator times every streamed chunk itself (time.monotonic on arrival), so every
+path is measured by the same code; a path only has to turn a BenchRequest into an async
+iterator of per-chunk token counts. A path whose chunks do not say how many tokens they hold
+(the OpenAI SSE path: text only, the request's total in its last `usage` chunk) yields 1 per
+chunk as it arrives and finally a `Recount` with the true counts of those chunks. Warm-up
+requests run under the same load but are left out of the latency figures; the measurement
+window is [end of warm-up, end of duration).
 """
 
 from __future__ import annotations
@@ -19,7 +22,17 @@ import grpc
 from autoglm.bench.stats import RequestRecord
 from autoglm.bench.workload import BenchRequest, Workload
 
-Stream = Callable[[BenchRequest], AsyncIterator[int]]  # yields the token count of each chunk
+
+@dataclass(frozen=True, slots=True)
+class Recount:
+    """Yielded last by a stream: the token counts of every chunk it yielded before, in order
+    (replacing what it yielded for them; a 0 drops that chunk)."""
+
+    counts: tuple[int, ...]
+
+
+# yields the token count of each chunk (and at most one Recount, last)
+Stream = Callable[[BenchRequest], AsyncIterator[int | Recount]]
 Mark = Callable[[str], None]  # called with "start" / "end" of the measurement window
 
 
@@ -63,20 +76,25 @@ class LoadResult:
 
 
 async def timed(stream: Stream, req: BenchRequest) -> RequestRecord:
-    """Run one request; a failure becomes a record with its gRPC status name."""
+    """Run one request; a failure becomes a record with its gRPC status name (or the error's
+    `status_name`, e.g. an HTTP status, or else its type's name)."""
     start = time.monotonic()
     chunks: list[tuple[float, int]] = []
     status = "OK"
     try:
         async for n in stream(req):
-            if n:
+            if isinstance(n, Recount):
+                if len(n.counts) != len(chunks):
+                    raise ValueError(f"recount of {len(n.counts)} chunks, {len(chunks)} seen")
+                chunks = [(t, c) for (t, _), c in zip(chunks, n.counts, strict=True) if c]
+            elif n:
                 chunks.append((time.monotonic(), n))
     except grpc.aio.AioRpcError as exc:
         status = exc.code().name
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # a path's own failure (e.g. an engine error message)
-        status = type(exc).__name__
+        status = getattr(exc, "status_name", None) or type(exc).__name__
     return RequestRecord(start, time.monotonic(), tuple(chunks), status)
 
 

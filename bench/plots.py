@@ -1,9 +1,9 @@
 """PNG plots for people who would rather look than read (matplotlib, Agg backend, no display).
 
 Per scenario: latency (TTFT p50/p99 and ITL p99) against output tokens/s, one line per path,
-one point per load level (labelled), so the façade's cost reads as the gap between the lines
-(with `--floor`, three more: the bare grpc.aio relay, the byte hop and the direct path again;
-report.FLOORS).
+one point per load level (labelled), so the façade's cost reads as the gap between the lines:
+direct, the gRPC API ("facade") and the OpenAI front door ("openai", SSE) (with `--floor`,
+three more: the bare grpc.aio relay, the byte hop and the direct path again; report.FLOORS).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from autoglm.bench.report import BenchReport, RunResult
 _STYLES = (
     ("direct", "o-"),
     ("facade", "s--"),
+    ("openai", "D-"),
     ("relay", "^:"),
     ("hop", "v:"),
     ("control", "x-."),
@@ -44,7 +45,7 @@ def plot(report: BenchReport, out_dir: Path) -> list[Path]:
             for path, style in _STYLES:
                 pts: list[RunResult] = [r for r in runs if r.path == path]
                 if not pts:
-                    continue  # the floors: only with --floor
+                    continue  # the floors: only with --floor; a path --paths left out
                 xs = [r.summary.tokens_per_s for r in pts]
                 ys = [get(r) for r in pts]
                 ax.plot(xs, ys, style, label=path)
@@ -59,7 +60,10 @@ def plot(report: BenchReport, out_dir: Path) -> list[Path]:
             ax.set_title(title)
             ax.grid(True, alpha=0.3)
             ax.legend()
-        fig.suptitle(f"{scenario}: latency vs throughput, direct Triton vs façade (same run)")
+        fig.suptitle(
+            f"{scenario}: latency vs throughput, direct Triton vs the façade's gRPC API "
+            "and OpenAI front door (same run)"
+        )
         fig.tight_layout()
         path = out_dir / f"{scenario}-latency-vs-throughput.png"
         fig.savefig(path, dpi=110)

@@ -15,7 +15,9 @@ class RunResult:
     scenario: str  # paced | unpaced | cpu-model
     model: str
     level: str  # "c=64" or "rate=20/s"
-    path: str  # direct | facade; with --floor also relay | hop | control (FLOORS)
+    # direct | facade (the gRPC API) | openai (the OpenAI front door, SSE); with --floor also
+    # relay | hop | control (FLOORS)
+    path: str
     summary: Summary
     foreign_cpu_s: float = math.nan  # machine CPU used by other processes in the window
 
@@ -36,6 +38,11 @@ class BenchReport:
             for r in self.runs
             if r.path == path and (r.scenario, r.level) in direct
         ]
+
+    def openai_triples(self) -> list[tuple[RunResult, RunResult | None, RunResult]]:
+        """(direct, gRPC façade or None, OpenAI) runs of the same scenario and level."""
+        grpc = {(r.scenario, r.level): r for r in self.runs if r.path == "facade"}
+        return [(d, grpc.get((o.scenario, o.level)), o) for d, o in self.pairs("openai")]
 
 
 def _clean(value: Any) -> Any:
@@ -66,6 +73,7 @@ def to_json(report: BenchReport) -> dict[str, Any]:
             "config": report.config,
             "runs": [run_json(r) for r in report.runs],
             "comparisons": [comparison(d, f) for d, f in report.pairs()],
+            "openai_comparisons": [openai_comparison(*t) for t in report.openai_triples()],
             "floor_comparisons": [
                 floor_comparison(d, r) for path in FLOORS for d, r in report.pairs(path)
             ],
@@ -108,6 +116,35 @@ def comparison(direct: RunResult, facade: RunResult) -> dict[str, Any]:
         "facade_path_cores_busy": f.cores_busy,
     }
 
+
+def openai_comparison(
+    direct: RunResult, grpc: RunResult | None, openai: RunResult
+) -> dict[str, Any]:
+    """The OpenAI path against direct, and against the gRPC path (the same façade process)."""
+    d, o = direct.summary, openai.summary
+    g = grpc.summary if grpc is not None else None
+    nan = math.nan
+    sse_cpu = o.cpu_us_per_token("facade")
+    grpc_cpu = g.cpu_us_per_token("facade") if g is not None else nan
+    return {
+        **_against_direct(direct, openai),
+        "facade_cpu_us_per_token": sse_cpu,
+        "grpc_facade_cpu_us_per_token": grpc_cpu,
+        "cpu_per_token_vs_grpc": sse_cpu / grpc_cpu if grpc_cpu else nan,
+        "grpc_added_ttft_p50_ms": g.ttft_ms.p50 - d.ttft_ms.p50 if g is not None else nan,
+        "ttft_p50_minus_grpc_ms": o.ttft_ms.p50 - g.ttft_ms.p50 if g is not None else nan,
+        "tokens_per_s_vs_grpc": o.tokens_per_s / g.tokens_per_s if g and g.tokens_per_s else nan,
+        # the load generator's own cost per token on each path (it shares the machine)
+        "client_cpu_us_per_token": o.cpu_us_per_token("loadgen"),
+        "grpc_client_cpu_us_per_token": g.cpu_us_per_token("loadgen") if g is not None else nan,
+        "tokens_per_message": o.tokens_per_chunk,
+        "cores_busy": o.cores_busy,
+    }
+
+
+# `--paths`: direct Triton (the baseline of every figure), the façade's gRPC API, its OpenAI
+# front door (SSE).
+PATHS = ("direct", "facade", "openai")
 
 # With --floor, what the façade is read against besides the direct path (runner.py).
 FLOORS = {
@@ -189,6 +226,25 @@ def table(report: BenchReport) -> str:
             f"{_f(c['facade_tokens_per_message'], 0, 2)} tok/message; "
             f"cores busy: direct path {_f(c['direct_path_cores_busy'], 0, 2)}, façade path "
             f"{_f(c['facade_path_cores_busy'], 0, 2)}{of_cores}"
+        )
+    triples = report.openai_triples()
+    if triples:
+        head = "OpenAI front door (SSE, /v1/completions) vs direct and the gRPC path (same run):"
+        lines += ["", head]
+    for t in triples:
+        c = openai_comparison(*t)
+        lines.append(
+            f"  {c['scenario']:<9} {c['level']:<8} tok/s ×{_f(c['tokens_per_s_ratio'], 0, 3)}  "
+            f"+TTFT p50 {_f(c['added_ttft_p50_ms'], 0, 2)} ms "
+            f"(gRPC {_f(c['grpc_added_ttft_p50_ms'], 0, 2)} ms)  "
+            f"+ITL p99 {_f(c['added_itl_p99_ms'], 0, 2)} ms  "
+            f"CPU/token façade {_f(c['facade_cpu_us_per_token'], 0, 0)} µs vs gRPC "
+            f"{_f(c['grpc_facade_cpu_us_per_token'], 0, 0)} µs "
+            f"(×{_f(c['cpu_per_token_vs_grpc'], 0, 2)}); client "
+            f"{_f(c['client_cpu_us_per_token'], 0, 0)} µs vs gRPC client "
+            f"{_f(c['grpc_client_cpu_us_per_token'], 0, 0)} µs; "
+            f"{_f(c['tokens_per_message'], 0, 2)} tok/message; "
+            f"cores busy {_f(c['cores_busy'], 0, 2)}{of_cores}"
         )
     for path, what in FLOORS.items():
         floor = report.pairs(path)

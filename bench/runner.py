@@ -1,8 +1,9 @@
-"""One benchmark run: every scenario × load level on both paths, side by side, in one process.
+"""One benchmark run: every scenario × load level on every path, side by side, in one process.
 
-Per level, the direct and the façade path (with --floor also the floors and the direct path
-again: `_floor_paths`) run back to back on the same Triton (the order reverses between levels
-so no path always runs last); the CPU of the façade, of
+Per level, the direct path, the façade's gRPC API ("facade") and its OpenAI front door
+("openai", SSE; `--paths` chooses among the three; with --floor also the floors and the direct
+path again: `_floor_paths`) run back to back on the same Triton (the order reverses between
+levels so no path always runs last); the CPU of the façade, of
 Triton (with its python-backend stubs) and of this process (the load generator = the bare
 direct consumer) is read from /proc at the edges of each measurement window, together with the
 machine's total, so time taken by other people's processes shows up as "foreign" CPU.
@@ -21,15 +22,17 @@ from autoglm.bench import profile
 from autoglm.bench.direct import DirectPath
 from autoglm.bench.facade import FacadePath
 from autoglm.bench.loadgen import LoadSpec, run_load
+from autoglm.bench.openai_sse import OpenAIPath
 from autoglm.bench.procstat import CpuMeter, descendants
-from autoglm.bench.report import FLOORS, BenchReport, RunResult
+from autoglm.bench.report import FLOORS, PATHS, BenchReport, RunResult
 from autoglm.bench.stack import BenchStack, EngineModel
 from autoglm.bench.stats import summarize
-from autoglm.bench.targets import paced_checks, scaleout_checks, unpaced_checks
+from autoglm.bench.targets import openai_checks, paced_checks, scaleout_checks, unpaced_checks
 from autoglm.bench.workload import LengthDist, Workload
 from autoglm.server.models import ServedModel
 
 Log = Callable[[str], None]
+Path_ = DirectPath | FacadePath | OpenAIPath
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,7 @@ class RunConfig:
     scenarios: tuple[Scenario, ...]
     prompt_len: LengthDist
     check_concurrency: int = 64  # the level the paced targets are judged at
+    paths: tuple[str, ...] = PATHS  # which of PATHS run (direct always: the baseline)
     profile_seconds: float = 0.0  # > 0: py-spy the façade (extra, unmeasured runs)
     profile_dir: Path | None = None
     seed: int = 0
@@ -64,7 +68,7 @@ def _workload(cfg: RunConfig, sc: Scenario, served: ServedModel) -> Workload:
 
 async def _one(
     stack: BenchStack,
-    path: DirectPath | FacadePath,
+    path: Path_,
     scenario: Scenario,
     load: LoadSpec,
     workload: Workload,
@@ -96,16 +100,9 @@ async def run_all(
         m = served[sc.model.name]
         assert stack.triton is not None
         direct = DirectPath(stack.triton.grpc_target, stack.link, sc.model.name, m.end_id, m.pad_id)
-        workers = stack.opts.facade_workers
-        facade = FacadePath(
-            stack.facade_endpoint,
-            stack.pki,
-            stack.token,
-            sc.model.name,
-            # 4 connections per worker: the kernel hashes each to a worker, roughly evenly.
-            connections=1 if workers == 1 else 4 * workers,
-        )
-        paths: tuple[DirectPath | FacadePath, ...] = (direct, facade)
+        facade_paths = _facade_paths(stack, sc, cfg.paths)
+        openai = next((p for p in facade_paths if isinstance(p, OpenAIPath)), None)
+        paths: tuple[Path_, ...] = (direct, *facade_paths)
         if sc.model.tokens_per_second is not None:  # the synthetic engine
             paths += _floor_paths(stack, sc, m)
         try:
@@ -133,15 +130,44 @@ async def run_all(
                     )
                 _judge(cfg, sc, load, pair, report)
             if cfg.profile_seconds > 0 and sc.name in ("paced", "unpaced"):
-                await _profile(stack, facade, sc, cfg, _workload(cfg, sc, m), report, log)
+                for path in facade_paths:
+                    await _profile(stack, path, sc, cfg, _workload(cfg, sc, m), report, log)
         finally:
+            if openai is not None:
+                report.notes.append(
+                    f"openai path, {sc.name}: {openai.connections_opened} TLS connections opened "
+                    "(HTTP/1.1 keep-alive: one per stream in flight, reused across requests)"
+                )
             for path in paths:
                 await path.close()
 
 
-def _floor_paths(
-    stack: BenchStack, sc: Scenario, m: ServedModel
-) -> tuple[DirectPath | FacadePath, ...]:
+def _facade_paths(
+    stack: BenchStack, sc: Scenario, chosen: tuple[str, ...]
+) -> tuple[FacadePath | OpenAIPath, ...]:
+    """The façade's paths `--paths` chose: its gRPC API, its OpenAI front door (SSE)."""
+    out: list[FacadePath | OpenAIPath] = []
+    if "facade" in chosen:
+        workers = stack.opts.facade_workers
+        out.append(
+            FacadePath(
+                stack.facade_endpoint,
+                stack.pki,
+                stack.token,
+                sc.model.name,
+                # 4 connections per worker: the kernel hashes each to a worker, roughly evenly.
+                connections=1 if workers == 1 else 4 * workers,
+            )
+        )
+    if "openai" in chosen:
+        assert stack.openai_endpoint is not None, "StackOptions.openai"
+        # HTTP/1.1: one keep-alive connection per stream in flight, so the kernel spreads
+        # them over the workers as it does the gRPC path's connections.
+        out.append(OpenAIPath(stack.openai_endpoint, stack.pki, stack.token, sc.model.name))
+    return tuple(out)
+
+
+def _floor_paths(stack: BenchStack, sc: Scenario, m: ServedModel) -> tuple[Path_, ...]:
     """With --floor: what the façade is read against besides the direct path.
 
     - relay: the façade's own client against bare_relay.py (the floor under any grpc.aio
@@ -175,12 +201,16 @@ def disturbed(r: RunResult) -> bool:
 def _judge(
     cfg: RunConfig, sc: Scenario, load: LoadSpec, pair: dict[str, RunResult], report: BenchReport
 ) -> None:
-    d, f = pair["direct"].summary, pair["facade"].summary
+    d = pair["direct"].summary
+    f = pair["facade"].summary if "facade" in pair else None
     key = f"{sc.name} {load.label}"
     if sc.name == "paced" and load.concurrency == cfg.check_concurrency:
-        floors = {path: pair[path].summary for path in FLOORS if path in pair}
-        report.checks[key] = paced_checks(d, f, floors)
-    elif sc.name == "unpaced":
+        if f is not None:
+            floors = {path: pair[path].summary for path in FLOORS if path in pair}
+            report.checks[key] = paced_checks(d, f, floors)
+        if "openai" in pair:
+            report.checks[f"{key} openai"] = openai_checks(d, f, pair["openai"].summary)
+    elif sc.name == "unpaced" and f is not None:
         report.checks[key] = unpaced_checks(d, f)
         if load.concurrency == cfg.check_concurrency:
             report.checks[f"{key} scale-out"] = scaleout_checks(f)
@@ -188,36 +218,39 @@ def _judge(
 
 async def _profile(
     stack: BenchStack,
-    facade: FacadePath,
+    path: Path_,
     sc: Scenario,
     cfg: RunConfig,
     workload: Workload,
     report: BenchReport,
     log: Log,
 ) -> None:
-    """py-spy the façade under the check level's load (not measured: sampling perturbs it)."""
+    """py-spy the façade under the check level's load on one of its paths (the gRPC API or the
+    OpenAI front door; not measured: sampling perturbs it)."""
     assert cfg.profile_dir is not None
     cfg.profile_dir.mkdir(parents=True, exist_ok=True)
-    out = cfg.profile_dir / f"facade-{sc.name}.collapsed"
+    stem = "facade" if path.name == "facade" else f"facade-{path.name}"
+    out = cfg.profile_dir / f"{stem}-{sc.name}.collapsed"
     load = LoadSpec(
         concurrency=cfg.check_concurrency, warmup_s=1.0, duration_s=cfg.profile_seconds + 2.0
     )
     workers = stack.opts.facade_workers > 1
     spy = profile.start_py_spy(stack.facade_pid, cfg.profile_seconds, out, subprocesses=workers)
-    await run_load(facade.stream, workload, load)
+    await run_load(path.stream, workload, load)
     _, err = await asyncio.to_thread(spy.communicate)
     if spy.returncode != 0 or not out.is_file():
         report.notes.append(f"py-spy failed ({sc.name}): {err.decode(errors='replace')[-300:]}")
         return
     samples, top = profile.summarize_collapsed(out.read_text())
     lines = [
-        f"py-spy, façade, {sc.name} c={cfg.check_concurrency}: {samples} samples",
+        f"py-spy, façade ({path.name} path), {sc.name} c={cfg.check_concurrency}: "
+        f"{samples} samples",
         f"{'self %':>7} {'total %':>8}  frame",
     ]
     lines += [f"{t.self_pct:7.1f} {t.total_pct:8.1f}  {t.frame}" for t in top]
     lines += ["", "by area (innermost known frame):"]
     lines += [f"{pct:7.1f}  {area}" for area, pct in profile.by_area(out.read_text()).items()]
-    (cfg.profile_dir / f"facade-{sc.name}.top.txt").write_text("\n".join(lines) + "\n")
+    (cfg.profile_dir / f"{stem}-{sc.name}.top.txt").write_text("\n".join(lines) + "\n")
     log("\n".join(lines[:14]))
 
 

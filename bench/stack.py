@@ -6,6 +6,7 @@ its CPU time is its own process's. Patterns from tests/integration/conftest.py."
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import re
 import subprocess
@@ -19,6 +20,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from autoglm.bench.facade import facade_credentials
+from autoglm.bench.openai_sse import client_context
 from autoglm.bench.procstat import descendants
 from autoglm.bench.sink import OtlpSink
 from autoglm.bench.workload import token_cycle
@@ -37,6 +39,12 @@ _LISTENING = re.compile(r"listening on port (\d+)")
 _WORKERS_LISTENING = re.compile(r"\d+ workers listening on port (\d+)")  # workers.py
 _RELAY_LISTENING = re.compile(r"bare relay listening on port (\d+)")  # bare_relay.py
 _HOP_LISTENING = re.compile(r"byte hop listening on (\S+)")  # byte_hop.py
+# `autoglm serve --openai-listen HOST:0` logs the port it bound (api/openai/http_server.py:
+# "OpenAI-compatible API on https://HOST:PORT/v1"; with --workers N the port the workers share);
+# in the JSON log that is the message field's text.
+_OPENAI_LISTENING = re.compile(
+    r"(?:OpenAI-compatible API on|openai front door listening on) https://[^\s\"/]+:(\d+)"
+)
 _UNLIMITED = 1_000_000  # admission limits far above any benchmark load
 
 
@@ -62,6 +70,9 @@ class StackOptions:
     # The floors (`autoglm bench --floor`): also start bare_relay.py (the floor under any
     # grpc.aio façade) and byte_hop.py (the floor under any Python process on the way).
     floors: bool = False
+    # The façade also serves its OpenAI-compatible front door (`serve --openai-listen`), TLS
+    # with the same server certificate, bearer tokens from the same store.
+    openai: bool = False
 
 
 class BenchStack:
@@ -87,6 +98,7 @@ class BenchStack:
         self.triton: TritonProcess | None = None
         self._facade: subprocess.Popen[bytes] | None = None
         self.facade_port = 0
+        self.openai_port = 0
         self._relay: subprocess.Popen[bytes] | None = None
         self.relay_port = 0
         self._hop: subprocess.Popen[bytes] | None = None
@@ -181,6 +193,8 @@ class BenchStack:
             "--span-export",
             self.opts.span_export,
         ]
+        if self.opts.openai:
+            cmd += ["--openai-listen", "127.0.0.1:0"]
         for m in self.opts.models:
             cmd += ["--model", f"{m.name}={m.name}:{self.opts.tokenizer_dir}"]
         return cmd
@@ -210,6 +224,41 @@ class BenchStack:
             else:
                 time.sleep(0.05)
         self._wait_serving(deadline)
+        if self.opts.openai:
+            self._wait_openai(deadline)
+
+    def _wait_openai(self, deadline: float) -> None:
+        """The front door's port from the façade's log, then `GET /v1/models` answered 200 with
+        the bench's token (what an OpenAI client checks first, issue #21)."""
+        while not self.openai_port:
+            if self._facade is None or self._facade.poll() is not None:
+                raise RuntimeError(f"façade stopped:\n{self.facade_log.read_text()[-3000:]}")
+            if m := _OPENAI_LISTENING.search(self.facade_log.read_text(errors="replace")):
+                self.openai_port = int(m.group(1))
+            elif time.monotonic() > deadline:
+                raise RuntimeError(
+                    "the façade never logged `OpenAI-compatible API on https://HOST:PORT/v1`"
+                )
+            else:
+                time.sleep(0.05)
+        ctx = client_context(self.pki)
+        last = ""
+        while time.monotonic() < deadline:
+            conn = http.client.HTTPSConnection("127.0.0.1", self.openai_port, context=ctx)
+            conn.timeout = 2
+            try:
+                auth = {"Authorization": f"Bearer {self.token}"}
+                conn.request("GET", "/v1/models", headers=auth)
+                resp = conn.getresponse()
+                last = f"{resp.status} {resp.read()[:300]!r}"
+                if resp.status == 200:
+                    return
+            except OSError as exc:
+                last = repr(exc)
+            finally:
+                conn.close()
+            time.sleep(0.1)
+        raise RuntimeError(f"the OpenAI front door never answered GET /v1/models: {last}")
 
     # ---- the bare relay (benchmark tool: the floor under any grpc.aio façade) -----------------
     def relay_command(self) -> list[str]:
@@ -277,6 +326,11 @@ class BenchStack:
     @property
     def facade_endpoint(self) -> str:
         return f"127.0.0.1:{self.facade_port}"
+
+    @property
+    def openai_endpoint(self) -> str | None:
+        """HOST:PORT of the façade's OpenAI front door (with StackOptions.openai)."""
+        return f"127.0.0.1:{self.openai_port}" if self.openai_port else None
 
     @property
     def facade_pid(self) -> int:

@@ -5,6 +5,8 @@ Paced like a GPU (the synthetic engine at e.g. 40 tokens/s per stream, 64 stream
 Unpaced: façade CPU per relayed token <= the bare direct consumer's CPU per token.
 Scale-out (`serve --workers N`, SO_REUSEPORT): relay tokens/s per façade core, and the cores it
 takes to carry one H100's output (28,000 tokens/s, the issue's figure) <= 2.
+The OpenAI front door (issue #21), paced: its tokens/s >= 0.99 × direct, the façade's CPU per
+token on the SSE path <= 1.25 × on the gRPC path, and its added p50 TTFT <= the gRPC path's + 1 ms.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ ADDED_TTFT_P50_MAX_MS = 1.0
 ADDED_ITL_P99_MAX_MS = 2.0
 H100_TOKENS_PER_S = 28_000.0  # issue #8: what one H100 generates, to be carried by the façade
 H100_CORES_MAX = 2.0
+OPENAI_CPU_RATIO_MAX = 1.25  # issue #21: façade CPU/token, SSE path ÷ gRPC path
+OPENAI_ADDED_TTFT_OVER_GRPC_MAX_MS = 1.0  # issue #21: added p50 TTFT <= the gRPC path's + this
 
 
 def tokens_per_core_s(s: Summary) -> float:
@@ -123,4 +127,31 @@ def scaleout_checks(facade: Summary) -> list[Check]:
             H100_CORES_MAX,
             "cores",
         )
+    ]
+
+
+def openai_checks(direct: Summary, grpc: Summary | None, openai: Summary) -> list[Check]:
+    """The OpenAI path (SSE) against direct and against the gRPC path of the same run and level
+    (the façade process is billed on both: its CPU per token is compared like for like). Without
+    a gRPC run (`--paths direct,openai`) only the throughput is judged."""
+    ratio = _ratio(openai.tokens_per_s, direct.tokens_per_s)
+    checks = [
+        Check(
+            "OpenAI/direct tokens/s",
+            ratio,
+            THROUGHPUT_RATIO_MIN,
+            "×",
+            not math.isnan(ratio) and ratio >= THROUGHPUT_RATIO_MIN,
+        )
+    ]
+    if grpc is None:
+        return checks
+    cpu = _ratio(openai.cpu_us_per_token("facade"), grpc.cpu_us_per_token("facade"))
+    added = openai.ttft_ms.p50 - direct.ttft_ms.p50
+    limit = grpc.ttft_ms.p50 - direct.ttft_ms.p50 + OPENAI_ADDED_TTFT_OVER_GRPC_MAX_MS
+    return [
+        *checks,
+        _at_most("façade CPU/token, SSE ÷ gRPC", cpu, OPENAI_CPU_RATIO_MAX, "×"),
+        # the limit is this run's gRPC figure + 1 ms (NaN when unknown: never a pass)
+        _at_most("OpenAI added p50 TTFT (target: gRPC's + 1 ms)", added, limit, "ms"),
     ]

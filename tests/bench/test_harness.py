@@ -44,3 +44,18 @@ def test_floor_needs_the_unix_link() -> None:
     """The bare relay reaches Triton by its unix socket only: refused up front, naming it."""
     with pytest.raises(ValueError, match=r"floor: .*--engine-link unix"):
         _opts(floor=True, engine_link="tls").validate()
+
+
+def test_paths_default_to_all_three_and_need_direct() -> None:
+    assert _opts().paths == ("direct", "facade", "openai")
+    with pytest.raises(ValueError, match=r"paths: use direct, facade, openai, direct always"):
+        _opts(paths=("facade", "openai")).validate()
+    with pytest.raises(ValueError, match=r"paths: .*got direct, grpc"):
+        _opts(paths=("direct", "grpc")).validate()
+
+
+def test_cli_paths_flag() -> None:
+    from autoglm.bench.cli import build_parser
+
+    assert build_parser().parse_args([]).paths == "direct,facade,openai"
+    assert build_parser().parse_args(["--paths", "direct,openai"]).paths == "direct,openai"

@@ -135,3 +135,53 @@ def test_paced_checks_carry_the_floors_figures() -> None:
     line = checks[1].line()
     assert line.endswith("; the same in this run for relay 3.000, hop 0.500, control -1.000")
     assert "the same in this run" not in paced_checks(direct, direct)[0].line()
+
+
+def test_openai_checks() -> None:
+    """Paced, issue #21: tokens/s >= 0.99 × direct; façade CPU/token on SSE <= 1.25 × gRPC's;
+    added p50 TTFT <= the gRPC path's + 1 ms."""
+    from autoglm.bench.targets import openai_checks
+
+    direct = _summary(10_000, 30.0, 26.0, {"loadgen": 1.0})
+    grpc = _summary(9_950, 30.5, 27.0, {"facade": 1.0})  # 100 µs/token
+    ok = openai_checks(direct, grpc, _summary(9_950, 31.4, 27.0, {"facade": 1.2}))
+    assert [c.passed for c in ok] == [True, True, True]
+    assert [c.measured for c in ok] == pytest.approx([0.995, 1.2, 1.4])
+    assert ok[2].limit == pytest.approx(1.5)  # the gRPC path's 0.5 ms + 1 ms
+    bad = openai_checks(direct, grpc, _summary(9_800, 31.6, 27.0, {"facade": 1.3}))
+    assert [c.passed for c in bad] == [False, False, False]
+    # without the gRPC run only the throughput is judged; no CPU figure is never a pass
+    assert len(openai_checks(direct, None, grpc)) == 1
+    no_cpu = openai_checks(direct, _summary(9_950, 30.5, 27.0, {}), grpc)
+    assert not no_cpu[1].passed
+
+
+def test_openai_comparison_and_table() -> None:
+    report = BenchReport({"nproc": 2}, {})
+    d = RunResult("paced", "m", "c=64", "direct", _summary(100, 30, 25, {"loadgen": 0.01}), 0.1)
+    g = RunResult(
+        "paced", "m", "c=64", "facade", _summary(99, 31, 26, {"facade": 0.02, "loadgen": 0.005})
+    )
+    o = RunResult(
+        "paced", "m", "c=64", "openai", _summary(99, 31.5, 26, {"facade": 0.022, "loadgen": 0.003})
+    )
+    report.runs += [d, g, o]
+    data = to_json(report)
+    json.dumps(data, allow_nan=False)
+    assert len(data["comparisons"]) == 1  # the gRPC façade's
+    (c,) = data["openai_comparisons"]
+    assert c["tokens_per_s_ratio"] == 0.99 and c["added_ttft_p50_ms"] == 1.5
+    assert c["grpc_added_ttft_p50_ms"] == 1.0 and c["ttft_p50_minus_grpc_ms"] == 0.5
+    assert c["cpu_per_token_vs_grpc"] == pytest.approx(1.1)
+    assert c["client_cpu_us_per_token"] == pytest.approx(3000 / 99, abs=1e-3)
+    out = table(report)
+    assert "OpenAI front door (SSE, /v1/completions) vs direct and the gRPC path" in out
+    assert "+TTFT p50 1.50 ms (gRPC 1.00 ms)" in out and "(×1.10); client 30 µs" in out
+    # the OpenAI row's first CPU column is the façade's
+    (row,) = [line for line in out.splitlines() if line.startswith("paced") and " openai " in line]
+    assert "222/-/30" in row
+    # an OpenAI run without a gRPC run at its level: NaN figures print as "-"
+    report.runs.remove(g)
+    (c,) = to_json(report)["openai_comparisons"]
+    assert c["cpu_per_token_vs_grpc"] is None
+    assert "(gRPC - ms)" in table(report)
