@@ -240,7 +240,7 @@ def test_facade_probes_replicas_and_cli_flags(overlay: str) -> None:
     hpa = one(docs, "HorizontalPodAutoscaler", "autoglm-facade")
     assert hpa["spec"]["minReplicas"] >= 2
     svc = one(docs, "Service", "autoglm-facade")
-    assert {p["port"] for p in svc["spec"]["ports"]} == {50051, 9464}
+    assert {p["port"] for p in svc["spec"]["ports"]} == {50051, 8000, 9464}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -353,7 +353,7 @@ def test_network_policies(overlay: str) -> None:
                 ns = peer["namespaceSelector"]["matchLabels"]
                 assert ns == {"kubernetes.io/metadata.name": "monitoring"}
     facade_rules = rules_for(facade_labels)
-    assert {p["port"] for r in facade_rules for p in r["ports"]} == {50051, 9464}
+    assert {p["port"] for r in facade_rules for p in r["ports"]} == {50051, 8000, 9464}
     for r in facade_rules:
         if {p["port"] for p in r["ports"]} == {9464}:
             assert r["from"][0]["namespaceSelector"]["matchLabels"] == {
