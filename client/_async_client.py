@@ -103,6 +103,9 @@ class AsyncClient:
         seed: int | None = None,
         stop: Sequence[str] | str = (),
         repetition_penalty: float | None = None,
+        frequency_penalty: float | None = None,
+        presence_penalty: float | None = None,
+        logprobs: bool = False,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Completion:
@@ -118,6 +121,9 @@ class AsyncClient:
                 seed=seed,
                 stop=stop,
                 repetition_penalty=repetition_penalty,
+                frequency_penalty=frequency_penalty,
+                presence_penalty=presence_penalty,
+                logprobs=logprobs,
             ),
             request_id=request_id or new_request_id(),
         )
@@ -152,6 +158,9 @@ class AsyncClient:
         seed: int | None = None,
         stop: Sequence[str] | str = (),
         repetition_penalty: float | None = None,
+        frequency_penalty: float | None = None,
+        presence_penalty: float | None = None,
+        logprobs: bool = False,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> AsyncIterator[Delta]:
@@ -172,6 +181,9 @@ class AsyncClient:
                 seed=seed,
                 stop=stop,
                 repetition_penalty=repetition_penalty,
+                frequency_penalty=frequency_penalty,
+                presence_penalty=presence_penalty,
+                logprobs=logprobs,
             ),
             request_id=request_id or new_request_id(),
         )

@@ -104,6 +104,9 @@ class Client:
         seed: int | None = None,
         stop: Sequence[str] | str = (),
         repetition_penalty: float | None = None,
+        frequency_penalty: float | None = None,
+        presence_penalty: float | None = None,
+        logprobs: bool = False,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Completion:
@@ -119,6 +122,9 @@ class Client:
                 seed=seed,
                 stop=stop,
                 repetition_penalty=repetition_penalty,
+                frequency_penalty=frequency_penalty,
+                presence_penalty=presence_penalty,
+                logprobs=logprobs,
             ),
             request_id=request_id or new_request_id(),
         )
@@ -163,6 +169,9 @@ class Client:
         seed: int | None = None,
         stop: Sequence[str] | str = (),
         repetition_penalty: float | None = None,
+        frequency_penalty: float | None = None,
+        presence_penalty: float | None = None,
+        logprobs: bool = False,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Iterator[Delta]:
@@ -183,6 +192,9 @@ class Client:
                 seed=seed,
                 stop=stop,
                 repetition_penalty=repetition_penalty,
+                frequency_penalty=frequency_penalty,
+                presence_penalty=presence_penalty,
+                logprobs=logprobs,
             ),
             request_id=request_id or new_request_id(),
         )

@@ -64,6 +64,9 @@ class Sampling:
     seed: int | None = None
     stop: Sequence[str] | str = ()
     repetition_penalty: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logprobs: bool = False  # return each generated token's log-probability
 
     def to_proto(self) -> pb.SamplingParams:
         params = pb.SamplingParams()
@@ -76,6 +79,9 @@ class Sampling:
             "top_k": self.top_k,
             "seed": self.seed,
             "repetition_penalty": self.repetition_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "presence_penalty": self.presence_penalty,
+            "logprobs": self.logprobs or None,  # false is the proto's default: left unset
         }
         for name, value in values.items():
             if value is None:
@@ -183,6 +189,7 @@ def completion_from_response(response: pb.GenerateResponse, trace_id: str = "") 
         prompt_tokens=response.usage.prompt_tokens,
         completion_tokens=response.usage.completion_tokens,
         trace_id=trace_id,
+        logprobs=tuple(response.logprobs),
     )
 
 
@@ -195,6 +202,7 @@ def delta_from_response(response: pb.GenerateResponse) -> Delta:
         finish_reason=_finish_reason(response.finish_reason),
         prompt_tokens=response.usage.prompt_tokens if has_usage else None,
         completion_tokens=response.usage.completion_tokens if has_usage else None,
+        logprobs=tuple(response.logprobs),
     )
 
 

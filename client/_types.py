@@ -17,6 +17,8 @@ class Completion:
     token_ids include the ids of text cut by a stop string (see the proto).
     trace_id: the OpenTelemetry trace id (32 hex digits) the server recorded the request under,
     from its `x-trace-id` trailer; '' when the server does not trace. Quote it to find the trace.
+    logprobs: with `logprobs=True`, the log-probability of each of `token_ids`, in order (see
+    the proto's SamplingParams.logprobs); () otherwise.
     """
 
     request_id: str
@@ -27,6 +29,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     trace_id: str = ""
+    logprobs: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class Delta:
 
     `text` may be empty while the server holds back an incomplete UTF-8 character or a possible
     stop string. `finish_reason`, the usage counts and `trace_id` (see `Completion`) are set on
-    the last delta only.
+    the last delta only. `logprobs`: as in `Completion`, one per id of this delta's `token_ids`.
     """
 
     request_id: str
@@ -45,6 +48,7 @@ class Delta:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     trace_id: str = ""
+    logprobs: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int)
     gen.add_argument("--stop", action="append", default=[], metavar="S", help="repeatable")
     gen.add_argument("--repetition-penalty", type=float)
+    gen.add_argument("--frequency-penalty", type=float, help="additive, per occurrence; [-2, 2]")
+    gen.add_argument("--presence-penalty", type=float, help="additive, once per token; [-2, 2]")
+    gen.add_argument(
+        "--logprobs", action="store_true", help="return each token's log-probability (with --json)"
+    )
     gen.add_argument("--request-id", help="id echoed in responses and server logs")
     gen.add_argument(
         "--no-stream", action="store_true", help="wait for the whole completion (implied by --json)"
@@ -117,6 +122,9 @@ def _generate(client: Client, args: argparse.Namespace) -> int:
         "seed": args.seed,
         "stop": args.stop,
         "repetition_penalty": args.repetition_penalty,
+        "frequency_penalty": args.frequency_penalty,
+        "presence_penalty": args.presence_penalty,
+        "logprobs": args.logprobs,
         "request_id": args.request_id,
     }
     if args.json or args.no_stream:

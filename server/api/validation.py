@@ -14,6 +14,7 @@ from autoglm.server.errors import InvalidArgument
 from autoglm.server.generation.plan import GeneratePlan, PromptInput, Sampling
 from autoglm.server.tokenization import Message
 from autoglm.triton_models.sampling_bounds import (
+    MAX_ABS_PENALTY,
     MIN_REPETITION_PENALTY,
     MIN_REPETITION_PENALTY_F32,
 )
@@ -91,6 +92,8 @@ def check_sampling(s: pb.SamplingParams, errors: list[tuple[str, str]]) -> Sampl
         errors.append(
             (f + "repetition_penalty", f"must be in [{MIN_REPETITION_PENALTY}, 2], got {penalty}")
         )
+    frequency_penalty = _additive_penalty(s, "frequency_penalty", errors)
+    presence_penalty = _additive_penalty(s, "presence_penalty", errors)
     if len(s.stop) > MAX_STOP_STRINGS:
         errors.append((f + "stop", f"at most {MAX_STOP_STRINGS} stop strings, got {len(s.stop)}"))
     for i, stop in enumerate(s.stop):
@@ -106,7 +109,20 @@ def check_sampling(s: pb.SamplingParams, errors: list[tuple[str, str]]) -> Sampl
         seed=seed,
         repetition_penalty=penalty,
         stop=tuple(s.stop),
+        frequency_penalty=frequency_penalty,
+        presence_penalty=presence_penalty,
+        logprobs=s.logprobs,
     )
+
+
+def _additive_penalty(s: pb.SamplingParams, name: str, errors: list[tuple[str, str]]) -> float:
+    """An additive penalty (0 when unset): any finite value is servable, the range is OpenAI's
+    and vLLM's [-2, 2] (sampling_bounds.py)."""
+    value = getattr(s, name) if s.HasField(name) else 0.0
+    if not (math.isfinite(value) and -MAX_ABS_PENALTY <= value <= MAX_ABS_PENALTY):
+        bound = f"{MAX_ABS_PENALTY:g}"
+        errors.append((f"sampling.{name}", f"must be in [-{bound}, {bound}], got {value}"))
+    return float(value)
 
 
 def validate_generate(req: pb.GenerateRequest) -> GeneratePlan:

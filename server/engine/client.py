@@ -46,13 +46,21 @@ _FINAL = "triton_final_response"
 
 @dataclass(frozen=True, slots=True)
 class EngineSampling:
-    """Sampling values as the TensorRT-LLM backend's tensors take them."""
+    """Sampling values as the TensorRT-LLM backend's tensors take them.
+
+    The last three default to their neutral value, and a neutral value is not sent at all
+    (`build_infer_request`): a request without them is the same bytes as before they existed,
+    for engines that do not know them.
+    """
 
     temperature: float
     runtime_top_k: int
     runtime_top_p: float
     seed: int
     repetition_penalty: float
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    return_log_probs: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +118,13 @@ def build_infer_request(r: EngineRequest) -> service_pb2.ModelInferRequest:
     if r.stop_words:
         words = contract.to_stop_words_list([list(w) for w in r.stop_words])
         _add(req, contract.STOP_WORDS_LIST, (1, *words.shape), words.ravel().tolist())
+    # Only when they differ from the neutral value (EngineSampling).
+    if s.frequency_penalty:
+        _add(req, contract.FREQUENCY_PENALTY, (1, 1), (s.frequency_penalty,))
+    if s.presence_penalty:
+        _add(req, contract.PRESENCE_PENALTY, (1, 1), (s.presence_penalty,))
+    if s.return_log_probs:
+        _add(req, contract.RETURN_LOG_PROBS, (1, 1), (True,))
     return req
 
 
@@ -125,6 +140,27 @@ def parse_stream_response(resp: service_pb2.ModelStreamInferResponse) -> tuple[l
             ids = np.frombuffer(infer.raw_output_contents[i], dtype=np.int32)
             return ids.tolist(), final
     return [], final
+
+
+def parse_log_probs(
+    resp: service_pb2.ModelStreamInferResponse, count: int, seen: int
+) -> list[float]:
+    """The log-probabilities of a response's `count` new ids, `seen` ids having come before
+    (contract.new_log_probs: the engine may send every value so far, as TensorRT-LLM does).
+
+    For a request that set `return_log_probs`; EngineFailure when the response has new ids but
+    no `output_log_probs` for them (an engine that ignores the tensor).
+    """
+    infer = resp.infer_response
+    for i, out in enumerate(infer.outputs):
+        if out.name == contract.OUTPUT_LOG_PROBS.name:
+            # [batch, beam, steps]; beam width is 1.
+            values = np.frombuffer(infer.raw_output_contents[i], dtype=np.float32).tolist()
+            try:
+                return contract.new_log_probs(values, count, seen)
+            except ValueError as exc:
+                raise EngineFailure(f"engine response: {exc}") from None
+    raise EngineFailure(f"engine response: {count} token ids without their output_log_probs")
 
 
 class ModelControlError(RuntimeError):
@@ -352,11 +388,14 @@ class EngineClient:
         on_ids: Callable[[list[int]], None],
         *,
         timeout: float | None = None,
+        on_log_probs: Callable[[list[float]], None] | None = None,
     ) -> None:
         """Hand every response's new token ids to `on_ids` until the final response.
 
         The relay's reading loop (relay.py): one coroutine, no async-generator layer per token.
         Run it as a task; cancelling the task cancels the call, hence the engine request, at once.
+        With `on_log_probs` (for a request whose sampling sets `return_log_probs`), the ids'
+        log-probabilities go there first, one per id, then the ids to `on_ids`.
         """
         model, stamps = request.triton_model, self.last_token_at
 
@@ -366,7 +405,9 @@ class EngineClient:
 
         with tracing.engine_span(model):
             endpoint = await self._next_endpoint()
-            await _call(endpoint, request, push, tracing.inject_traceparent(), timeout)
+            await _call(
+                endpoint, request, push, tracing.inject_traceparent(), timeout, on_log_probs
+            )
 
 
 async def _call(
@@ -375,15 +416,34 @@ async def _call(
     on_ids: Callable[[list[int]], None],
     metadata: Sequence[tuple[str, str]],
     timeout: float | None,
+    on_log_probs: Callable[[list[float]], None] | None = None,
 ) -> None:
-    """One inference call on `endpoint`: each response's new ids to `on_ids` until the final
-    one; Triton's errors as the façade's (`_map_status`)."""
+    """One inference call on `endpoint`: each response's new ids to `on_ids` (and, with
+    `on_log_probs`, their log-probabilities there first) until the final one; Triton's errors as
+    the façade's (`_map_status`)."""
 
-    def on_message(payload: bytes) -> bool:
-        ids, final = parse_stream_response(service_pb2.ModelStreamInferResponse.FromString(payload))
-        if ids:
-            on_ids(ids)
-        return final
+    if on_log_probs is None:
+
+        def on_message(payload: bytes) -> bool:
+            ids, final = parse_stream_response(
+                service_pb2.ModelStreamInferResponse.FromString(payload)
+            )
+            if ids:
+                on_ids(ids)
+            return final
+
+    else:  # a handler of its own: the one above stays as cheap as without log-probabilities
+        seen = 0
+
+        def on_message(payload: bytes) -> bool:
+            nonlocal seen
+            resp = service_pb2.ModelStreamInferResponse.FromString(payload)
+            ids, final = parse_stream_response(resp)
+            if ids:
+                on_log_probs(parse_log_probs(resp, len(ids), seen))
+                seen += len(ids)
+                on_ids(ids)
+            return final
 
     try:
         await endpoint.call(

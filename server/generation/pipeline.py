@@ -54,7 +54,8 @@ class Delta:
     # without ids): metrics and traces time tokens by their arrival, not by their write.
     first_at: float = 0.0
     last_at: float = 0.0
-    # The chosen tokens' log-probabilities, one per id of `token_ids` (empty unless asked for).
+    # The chosen tokens' log-probabilities, one per id of `token_ids` (also when a stop string
+    # cut the ids short); empty unless the plan's sampling asks for them.
     logprobs: list[float] = field(default_factory=list)
 
 
@@ -133,14 +134,22 @@ async def generate(
     detok_s = 0.0  # time spent detokenizing, put on the generation span (a span per token
     # would cost more than the work it measures)
 
+    logprobs = plan.sampling.logprobs
+
     async def read(push: Push) -> None:
         try:
-            await engine.stream_into(request, push, timeout=timeout)
+            if logprobs:  # the ids' values go to the relay ahead of the ids (relay.py)
+                await engine.stream_into(
+                    request, push, timeout=timeout, on_log_probs=relay.push_logprobs
+                )
+            else:
+                await engine.stream_into(request, push, timeout=timeout)
         except (EngineFailure, InvalidArgument) as exc:
             raise _engine_error(exc) from None
 
+    relay = Relay(read, logprobs=logprobs)
     # Leaving this block (end, stop string, error, the caller gone) cancels the engine request.
-    async with Relay(read) as relay:
+    async with relay:
         while (batch := await relay.take()) is not None:
             ids = batch.ids
             t = perf()
@@ -152,7 +161,10 @@ async def generate(
                 text, stopped = stops.feed(detok.add(ids))
             detok_s += perf() - t
             completion += len(ids)
-            yield Delta(text, ids, first_at=batch.first_at, last_at=batch.last_at)
+            delta = Delta(text, ids, first_at=batch.first_at, last_at=batch.last_at)
+            if batch.logprobs is not None:  # one per id kept (a stop string may cut ids)
+                delta.logprobs = batch.logprobs[: len(ids)]
+            yield delta
             if stopped:
                 break
     tail = ""

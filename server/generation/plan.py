@@ -29,6 +29,10 @@ class Sampling:
     seed: int
     repetition_penalty: float
     stop: tuple[str, ...]
+    # Additive, with TensorRT-LLM's semantics: prompt tokens count (cpu_engine/sampling.py).
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logprobs: bool = False  # return the chosen tokens' log-probabilities (Delta.logprobs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +89,14 @@ def resolve_max_tokens(
 
 
 def engine_sampling(s: Sampling) -> EngineSampling:
+    extra = (s.frequency_penalty, s.presence_penalty, s.logprobs)
     # A temperature below 1e-5 is greedy, as in vLLM (sampling_bounds.py): the engine would
     # divide the logits by it, and 1e-45 (a float32 denormal) makes every one of them inf.
     if s.temperature < GREEDY_TEMPERATURE_BELOW or s.top_k == 1:
-        # Greedy: TensorRT-LLM takes the argmax with top_k = 1; temperature is then irrelevant.
-        return EngineSampling(1.0, 1, 1.0, s.seed, s.repetition_penalty)
-    return EngineSampling(s.temperature, s.top_k, s.top_p, s.seed, s.repetition_penalty)
+        # Greedy: TensorRT-LLM takes the argmax with top_k = 1; temperature 1 leaves the
+        # logits, hence the penalties and the log-probabilities, unscaled.
+        return EngineSampling(1.0, 1, 1.0, s.seed, s.repetition_penalty, *extra)
+    return EngineSampling(s.temperature, s.top_k, s.top_p, s.seed, s.repetition_penalty, *extra)
 
 
 # The request field each engine tensor carries a caller's value of (engine_sampling,
@@ -106,6 +112,9 @@ _FIELD_OF_TENSOR = {
     contract.SEED.name: "sampling.seed",
     contract.REPETITION_PENALTY.name: "sampling.repetition_penalty",
     contract.STOP_WORDS_LIST.name: "sampling.stop",
+    contract.FREQUENCY_PENALTY.name: "sampling.frequency_penalty",
+    contract.PRESENCE_PENALTY.name: "sampling.presence_penalty",
+    contract.RETURN_LOG_PROBS.name: "sampling.logprobs",
 }
 
 

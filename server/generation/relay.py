@@ -15,8 +15,11 @@ writer in lock-step, one read and one write per token per loop turn, and never c
 with a backlog piling up in gRPC's buffers. A writer that keeps up never lingers.
 
 The reader runs `read(push)` (e.g. `EngineClient.stream_into`), which calls `push(ids)` per
-engine response. Closing the relay — or the task that opened it finishing, for any reason —
-cancels the reader, which cancels the engine call at once.
+engine response. A relay made with `logprobs=True` also takes the ids' log-probabilities: the
+reader hands them to `push_logprobs` before the ids they belong to (EngineClient.stream_into's
+`on_log_probs`), so every batch carries exactly one value per id. Closing the relay — or the
+task that opened it finishing, for any reason — cancels the reader, which cancels the engine
+call at once.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class Batch:
     ids: list[int]
     first_at: float  # arrival of ids[0]
     last_at: float  # arrival of ids[-1]
+    logprobs: list[float] | None = None  # one per id, from a relay made with logprobs=True
 
 
 class Relay:
@@ -57,16 +61,18 @@ class Relay:
         "_ids",
         "_last_at",
         "_linger_s",
+        "_logprobs",
         "_owner",
         "_read",
         "_task",
         "_waiter",
     )
 
-    def __init__(self, read: Reader, *, linger_s: float = LINGER_S) -> None:
+    def __init__(self, read: Reader, *, linger_s: float = LINGER_S, logprobs: bool = False) -> None:
         self._read = read
         self._linger_s = linger_s
         self._ids: list[int] = []
+        self._logprobs: list[float] | None = [] if logprobs else None
         self._first_at = 0.0
         self._last_at = 0.0
         self._waiter: asyncio.Future[None] | None = None
@@ -104,6 +110,12 @@ class Relay:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def push_logprobs(self, values: list[float]) -> None:
+        """The log-probabilities of the ids the next `push` brings (one per id); a relay made
+        with logprobs=True only. No wake-up: the ids' push does that."""
+        assert self._logprobs is not None, "push_logprobs on a relay made without logprobs"
+        self._logprobs += values
+
     def _wake(self, _task: object = None) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -137,7 +149,10 @@ class Relay:
             finally:
                 self._waiter = None
         ids, self._ids = self._ids, []
-        return Batch(ids, self._first_at, self._last_at)
+        if self._logprobs is None:
+            return Batch(ids, self._first_at, self._last_at)
+        logprobs, self._logprobs = self._logprobs, []
+        return Batch(ids, self._first_at, self._last_at, logprobs)
 
     async def aclose(self) -> None:
         """Cancel the reader (hence the engine call) and wait until it has finished."""

@@ -133,6 +133,7 @@ def test_generate_options_are_passed_through(monkeypatch: pytest.MonkeyPatch) ->
     argv = [
         "generate", "Hi", "--model", "m", "--temperature", "0", "--top-p", "0.9", "--top-k", "40",
         "--seed", "7", "--stop", "\n", "--stop", "###", "--repetition-penalty", "1.1",
+        "--frequency-penalty", "0.5", "--presence-penalty", "-1", "--logprobs",
         "--request-id", "req-1",
     ]  # fmt: skip
     assert cli.main(argv) == 0
@@ -147,6 +148,9 @@ def test_generate_options_are_passed_through(monkeypatch: pytest.MonkeyPatch) ->
         "seed": 7,
         "stop": ["\n", "###"],
         "repetition_penalty": 1.1,
+        "frequency_penalty": 0.5,
+        "presence_penalty": -1.0,
+        "logprobs": True,
         "request_id": "req-1",
     }
 
@@ -186,6 +190,7 @@ def test_json_prints_the_whole_completion(capsys: pytest.CaptureFixture[str]) ->
         "prompt_tokens": 6,
         "completion_tokens": 2,
         "trace_id": "",  # the stand-in server does not trace
+        "logprobs": [],  # not asked for (--logprobs)
     }
 
 

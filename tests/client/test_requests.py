@@ -35,8 +35,9 @@ def test_sampling_sets_only_what_was_given() -> None:
     assert sampling.max_tokens == 16
     assert sampling.HasField("temperature") and sampling.temperature == 0.0  # 0 = greedy, kept
     assert sampling.HasField("seed") and sampling.seed == 7
-    for name in ("top_p", "top_k", "repetition_penalty"):
+    for name in ("top_p", "top_k", "repetition_penalty", "frequency_penalty", "presence_penalty"):
         assert not sampling.HasField(name)
+    assert sampling.logprobs is False
 
 
 def test_all_sampling_fields() -> None:
@@ -48,11 +49,22 @@ def test_all_sampling_fields() -> None:
         seed=2**64 - 1,
         stop=["\n", "###"],
         repetition_penalty=1.1,
+        frequency_penalty=0.5,
+        presence_penalty=-2.0,
+        logprobs=True,
     ).to_proto()
     assert sampling.top_p == pytest.approx(0.9) and sampling.top_k == 40
     assert sampling.seed == 2**64 - 1
     assert list(sampling.stop) == ["\n", "###"]
     assert sampling.repetition_penalty == pytest.approx(1.1)
+    assert (sampling.frequency_penalty, sampling.presence_penalty) == (0.5, -2.0)
+    assert sampling.logprobs is True
+
+
+def test_zero_penalties_are_sent_as_set() -> None:
+    # 0.0 is a value the caller chose (proto3 `optional`), distinguishable from unset.
+    sampling = Sampling(frequency_penalty=0.0, presence_penalty=0.0).to_proto()
+    assert sampling.HasField("frequency_penalty") and sampling.HasField("presence_penalty")
 
 
 def test_single_stop_string_is_not_split_into_characters() -> None:
@@ -66,6 +78,8 @@ def test_single_stop_string_is_not_split_into_characters() -> None:
         (Sampling(seed=-5), "sampling.seed"),
         (Sampling(temperature="hot"), "sampling.temperature"),  # type: ignore[arg-type]
         (Sampling(stop=["ok", 3]), "sampling.stop[1]"),  # type: ignore[list-item]
+        (Sampling(presence_penalty="high"), "sampling.presence_penalty"),  # type: ignore[arg-type]
+        (Sampling(logprobs="yes"), "sampling.logprobs"),  # type: ignore[arg-type]
     ],
 )
 def test_unrepresentable_sampling_is_invalid_argument(sampling: Sampling, field: str) -> None:
@@ -80,6 +94,7 @@ def test_range_checks_are_left_to_the_server() -> None:
     # (max_tokens and top_k are signed in the proto precisely so that a bad value reaches it).
     params = Sampling(max_tokens=-1, temperature=5.0, top_k=5000).to_proto()
     assert (params.max_tokens, params.temperature, params.top_k) == (-1, 5.0, 5000)
+    assert Sampling(frequency_penalty=7.0).to_proto().frequency_penalty == 7.0
 
 
 def test_request_id_passed_through() -> None:
@@ -176,6 +191,13 @@ def test_completion_from_response() -> None:
 def test_finish_reasons(reason: int, text: str) -> None:
     response = pb.GenerateResponse(finish_reason=reason)  # type: ignore[arg-type]
     assert completion_from_response(response).finish_reason == text
+
+
+def test_logprobs_are_carried_with_their_ids() -> None:
+    response = pb.GenerateResponse(token_ids=[7042, 30], logprobs=[-0.25, -1.5])
+    assert completion_from_response(response).logprobs == (-0.25, -1.5)
+    assert delta_from_response(response).logprobs == (-0.25, -1.5)
+    assert completion_from_response(pb.GenerateResponse(token_ids=[1])).logprobs == ()
 
 
 def test_middle_delta_has_no_finish_or_usage() -> None:

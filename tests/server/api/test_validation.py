@@ -183,6 +183,15 @@ def test_missing_request_id_gets_a_fresh_one() -> None:
         ({"repetition_penalty": 2.01}, "sampling.repetition_penalty"),
         ({"repetition_penalty": math.nan}, "sampling.repetition_penalty"),
         ({"repetition_penalty": math.inf}, "sampling.repetition_penalty"),
+        ({"frequency_penalty": 2.01}, "sampling.frequency_penalty"),
+        ({"frequency_penalty": -2.01}, "sampling.frequency_penalty"),
+        ({"frequency_penalty": math.nan}, "sampling.frequency_penalty"),
+        ({"frequency_penalty": math.inf}, "sampling.frequency_penalty"),
+        ({"frequency_penalty": -3.4e38}, "sampling.frequency_penalty"),
+        ({"presence_penalty": 2.5}, "sampling.presence_penalty"),
+        ({"presence_penalty": -2.01}, "sampling.presence_penalty"),
+        ({"presence_penalty": math.nan}, "sampling.presence_penalty"),
+        ({"presence_penalty": -math.inf}, "sampling.presence_penalty"),
         ({"stop": ["s"] * (MAX_STOP_STRINGS + 1)}, "sampling.stop"),
     ],
 )
@@ -208,6 +217,13 @@ def test_sampling_out_of_range(sampling: dict[str, Any], field: str) -> None:
         {"top_k": MAX_TOP_K},
         {"repetition_penalty": 2.0},
         {"repetition_penalty": 0.01},
+        {"frequency_penalty": 2.0},
+        {"frequency_penalty": -2.0},
+        {"frequency_penalty": -0.0},
+        {"presence_penalty": 2.0},
+        {"presence_penalty": -2.0},
+        {"presence_penalty": 1e-45},
+        {"logprobs": True},
         {"stop": ["s"] * MAX_STOP_STRINGS},
         {"stop": ["x" * MAX_STOP_BYTES]},
     ],
@@ -245,6 +261,8 @@ def test_all_violations_are_reported_together() -> None:
             top_p=0.0,
             top_k=5000,
             repetition_penalty=0.0,
+            frequency_penalty=3.0,
+            presence_penalty=-3.0,
             stop=["", "ok"],
         ),
     )
@@ -258,6 +276,8 @@ def test_all_violations_are_reported_together() -> None:
         "sampling.top_p",
         "sampling.top_k",
         "sampling.repetition_penalty",
+        "sampling.frequency_penalty",
+        "sampling.presence_penalty",
         "sampling.stop[0]",
     ]
 
@@ -283,6 +303,21 @@ def test_sampling_defaults_when_unset() -> None:
         (),
     )
     assert 0 <= s.seed < 2**63
+    assert (s.frequency_penalty, s.presence_penalty, s.logprobs) == (0.0, 0.0, False)
+
+
+def test_penalties_and_logprobs_are_kept() -> None:
+    s = validate_generate(
+        generate(sampling={"frequency_penalty": 0.5, "presence_penalty": -1.25, "logprobs": True})
+    ).sampling
+    assert (s.frequency_penalty, s.presence_penalty, s.logprobs) == (0.5, -1.25, True)
+
+
+@pytest.mark.parametrize("field", ["frequency_penalty", "presence_penalty"])
+def test_additive_penalty_message_names_the_range_and_value(field: str) -> None:
+    [(got, desc)] = violations(generate(sampling={field: 2.5}))
+    assert got == f"sampling.{field}"
+    assert "[-2, 2]" in desc and "2.5" in desc
 
 
 def test_unset_seed_is_random_per_request() -> None:
@@ -416,6 +451,21 @@ def test_engine_sampling_defaults_are_off() -> None:
     e = engine_sampling(plan.sampling)
     assert (e.temperature, e.runtime_top_k, e.runtime_top_p) == (1.0, 0, 1.0)
     assert e.seed == plan.sampling.seed
+    assert (e.frequency_penalty, e.presence_penalty, e.return_log_probs) == (0.0, 0.0, False)
+
+
+@pytest.mark.parametrize("greedy", [False, True])
+def test_engine_sampling_carries_penalties_and_logprobs(greedy: bool) -> None:
+    extra = {"frequency_penalty": -0.5, "presence_penalty": 1.5, "logprobs": True}
+    e = engine_sampling(sampling(**extra, **({"top_k": 1} if greedy else {})))
+    assert (e.frequency_penalty, e.presence_penalty, e.return_log_probs) == (-0.5, 1.5, True)
+    assert e.runtime_top_k == (1 if greedy else 40)
+
+
+def test_plan_sampling_new_fields_default_off() -> None:
+    # The lead's HTTP layer builds Sampling without them: the defaults are the neutral values.
+    s = sampling()
+    assert (s.frequency_penalty, s.presence_penalty, s.logprobs) == (0.0, 0.0, False)
 
 
 # --- validate_count_tokens -------------------------------------------------------------------

@@ -46,6 +46,13 @@ def _reference(r: EngineRequest) -> dict[str, tuple[str, list[int], bytes]]:
     if r.stop_words:
         words = contract.to_stop_words_list([list(w) for w in r.stop_words])
         values.append((contract.STOP_WORDS_LIST, words[np.newaxis]))
+    # Sent only when not neutral: a request without them is the bytes it was before them.
+    if s.frequency_penalty:
+        values.append((contract.FREQUENCY_PENALTY, np.array([[s.frequency_penalty]])))
+    if s.presence_penalty:
+        values.append((contract.PRESENCE_PENALTY, np.array([[s.presence_penalty]])))
+    if s.return_log_probs:
+        values.append((contract.RETURN_LOG_PROBS, np.array([[True]])))
     out = {}
     for spec, arr in values:
         arr = arr.astype(spec.numpy_dtype)
@@ -55,9 +62,22 @@ def _reference(r: EngineRequest) -> dict[str, tuple[str, list[int], bytes]]:
     return out
 
 
-@pytest.mark.parametrize("stop_words", [(), ((5, 6), (7,))])
-def test_tensors_match_tritonclient_encoding(stop_words: tuple[tuple[int, ...], ...]) -> None:
-    r = _request(stop_words=stop_words)
+@pytest.mark.parametrize(
+    ("stop_words", "sampling"),
+    [
+        ((), EngineSampling(0.7, 40, 0.9, 2**64 - 1, 1.1)),
+        (((5, 6), (7,)), EngineSampling(0.7, 40, 0.9, 2**64 - 1, 1.1)),
+        ((), EngineSampling(1.0, 1, 1.0, 3, 1.0, frequency_penalty=-2.0)),
+        ((), EngineSampling(1.0, 1, 1.0, 3, 1.0, presence_penalty=0.25)),
+        ((), EngineSampling(1.0, 1, 1.0, 3, 1.0, return_log_probs=True)),
+        (((9,),), EngineSampling(0.5, 0, 0.5, 0, 1.2, 1.5, -0.5, True)),
+    ],
+    ids=["plain", "stop_words", "frequency", "presence", "log_probs", "all"],
+)
+def test_tensors_match_tritonclient_encoding(
+    stop_words: tuple[tuple[int, ...], ...], sampling: EngineSampling
+) -> None:
+    r = _request(stop_words=stop_words, sampling=sampling)
     req = build_infer_request(r)
     got = {
         t.name: (t.datatype, list(t.shape), req.raw_input_contents[i])
@@ -71,3 +91,14 @@ def test_tensors_match_tritonclient_encoding(stop_words: tuple[tuple[int, ...], 
 def test_a_value_its_type_cannot_hold_is_refused_not_wrapped() -> None:
     with pytest.raises(struct.error, match="format requires"):
         build_infer_request(_request(input_ids=[2**31]))
+
+
+def test_neutral_new_values_leave_the_request_as_it_was() -> None:
+    """Defaults (0, 0, False) and explicit neutral values give the bytes of a request that
+    predates them: the hot path and older engine configs see nothing new."""
+    before = build_infer_request(_request(sampling=EngineSampling(0.7, 40, 0.9, 7, 1.1)))
+    neutral = EngineSampling(0.7, 40, 0.9, 7, 1.1, frequency_penalty=0.0, presence_penalty=-0.0)
+    after = build_infer_request(_request(sampling=neutral))
+    assert after.SerializeToString() == before.SerializeToString()
+    names = {t.name for t in after.inputs}
+    assert not names & {"frequency_penalty", "presence_penalty", "return_log_probs"}

@@ -104,6 +104,20 @@ async def test_near_zero_temperature_is_greedy(model: ServedModel, temperature: 
     assert (sampling.runtime_top_k, sampling.temperature) == (1, 1.0)
 
 
+async def test_the_engine_gets_penalties_but_no_log_prob_reader_unasked(
+    model: ServedModel,
+) -> None:
+    prepared = pipeline.prepare(
+        plan(max_tokens=1, frequency_penalty=0.5, presence_penalty=-0.25), model
+    )
+    engine = Engine()  # its stream_into takes no on_log_probs: the call must not pass one
+    deltas = await run(prepared, engine)
+    sampling = engine.requests[0].sampling
+    assert (sampling.frequency_penalty, sampling.presence_penalty) == (0.5, -0.25)
+    assert sampling.return_log_probs is False
+    assert all(d.logprobs == [] for d in deltas)
+
+
 def _refusal(tensor: str) -> str:
     return str(Refusal(tensor, "must be a finite number >= 0.01, got 1e-45"))
 
@@ -115,6 +129,9 @@ def _refusal(tensor: str) -> str:
         (EngineFailure(_refusal("repetition_penalty")), "sampling.repetition_penalty"),
         (EngineFailure(_refusal("temperature")), "sampling.temperature"),
         (EngineFailure(_refusal("runtime_top_k")), "sampling.top_k"),
+        (EngineFailure(_refusal("frequency_penalty")), "sampling.frequency_penalty"),
+        (EngineFailure(_refusal("presence_penalty")), "sampling.presence_penalty"),
+        (EngineFailure(_refusal("return_log_probs")), "sampling.logprobs"),
         # gRPC INVALID_ARGUMENT, as the engine client maps it
         (InvalidArgument([("engine", f"refused: {_refusal('runtime_top_p')}")]), "sampling.top_p"),
     ],

@@ -142,3 +142,36 @@ async def test_a_writer_that_keeps_up_never_lingers() -> None:
             async with asyncio.timeout(5.0):  # (in this task: the buffer is empty at take)
                 batch = await relay.take()
             assert batch is not None and batch.ids == expected
+
+
+async def test_a_logprobs_relay_batches_one_value_per_id() -> None:
+    engine = FakeEngine([[1], [2], [3, 4]])
+
+    async def read(push: Push) -> None:  # the values go ahead of their ids (pipeline.py)
+        def with_values(ids: list[int]) -> None:
+            relay.push_logprobs([-float(i) for i in ids])
+            push(ids)
+
+        await engine.read(with_values)
+
+    relay = Relay(read, logprobs=True)
+    async with relay:
+        engine.release(1)
+        first = await relay.take()
+        assert first is not None and (first.ids, first.logprobs) == ([1], [-1.0])
+        engine.release(2)
+        await until(lambda: engine.pushed == 3)
+        batch = await relay.take()
+        assert batch is not None
+        assert (batch.ids, batch.logprobs) == ([2, 3, 4], [-2.0, -3.0, -4.0])
+        assert await relay.take() is None
+
+
+async def test_a_plain_relay_has_no_logprobs() -> None:
+    engine = FakeEngine([[5]])
+    engine.release(1)
+    async with Relay(engine.read) as relay:
+        batch = await relay.take()
+        assert batch is not None and batch.logprobs is None
+        with pytest.raises(AssertionError):
+            relay.push_logprobs([0.0])
