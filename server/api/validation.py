@@ -112,6 +112,7 @@ def check_sampling(s: pb.SamplingParams, errors: list[tuple[str, str]]) -> Sampl
         frequency_penalty=frequency_penalty,
         presence_penalty=presence_penalty,
         logprobs=s.logprobs,
+        skip_special_tokens=s.skip_special_tokens if s.HasField("skip_special_tokens") else True,
     )
 
 

@@ -124,7 +124,9 @@ async def generate(
         pad_id=model.pad_id,
         sampling=engine_sampling(plan.sampling),
     )
-    detok = IncrementalDetokenizer(model.encoder.tokenizer)
+    detok = IncrementalDetokenizer(
+        model.encoder.tokenizer, skip_special_tokens=plan.sampling.skip_special_tokens
+    )
     stops = StopStringMatcher(plan.sampling.stop)
     # With stop strings a batch is fed token by token, so that the ids (and the completion
     # count) end at the token that completed the stop whatever the coalescing was.

@@ -33,6 +33,7 @@ class Sampling:
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     logprobs: bool = False  # return the chosen tokens' log-probabilities (Delta.logprobs)
+    skip_special_tokens: bool = True  # detokenize without special tokens (as vLLM's default)
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,7 +78,7 @@ class _Sampling(_Body):
     # Extras (vLLM's names): sampling the OpenAI API does not have.
     top_k: StrictInt | None = None
     repetition_penalty: _Number | None = None
-    # Defaults to True, as in vLLM and as this server's detokenizer always does.
+    # vLLM's extra, default True; older Open-AutoGLM clients send False to keep their tags.
     skip_special_tokens: StrictBool = True
     user: StrictStr | None = None
     logit_bias: dict[str, Any] | None = None
@@ -200,10 +200,6 @@ def _extra_keys(req: _Body, errors: list[tuple[str, str]]) -> None:
 def _sampling(req: _Sampling, max_tokens: int | None, errors: list[tuple[str, str]]) -> Any:
     if req.n != 1:
         errors.append(("n", f"must be 1 (one choice per request), got {req.n}"))
-    if not req.skip_special_tokens:
-        errors.append(
-            ("skip_special_tokens", "false is not supported: special tokens are always skipped")
-        )
     if req.logit_bias:
         errors.append(("logit_bias", "not supported by this server"))
     if req.seed is not None and req.seed < 0:
@@ -211,7 +207,9 @@ def _sampling(req: _Sampling, max_tokens: int | None, errors: list[tuple[str, st
     if max_tokens is not None and max_tokens < 1:
         errors.append(("max_tokens", f"must be >= 1, got {max_tokens}"))
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or ())
-    s = pb.SamplingParams(max_tokens=max(max_tokens or 0, 0), stop=stop)
+    s = pb.SamplingParams(
+        max_tokens=max(max_tokens or 0, 0), stop=stop, skip_special_tokens=req.skip_special_tokens
+    )
     for name in ("temperature", "top_p", "top_k", "repetition_penalty"):
         value = getattr(req, name)
         if value is not None:

@@ -78,7 +78,6 @@ def test_max_completion_tokens_wins_and_a_conflict_is_refused() -> None:
     [
         ({"n": 2}, "n"),
         ({"top_logprobs": 2, "logprobs": True}, "top_logprobs"),
-        ({"skip_special_tokens": False}, "skip_special_tokens"),
         ({"logit_bias": {"42": 5}}, "logit_bias"),
         ({"seed": -1}, "seed"),
         ({"max_tokens": 0}, "max_tokens"),
@@ -91,6 +90,13 @@ def test_max_completion_tokens_wins_and_a_conflict_is_refused() -> None:
 )
 def test_refusals_name_the_field(fields: dict[str, Any], param: str) -> None:
     assert refused(chat, **fields)[0][0] == param
+
+
+def test_skip_special_tokens_is_passed_on() -> None:
+    assert chat().sampling.skip_special_tokens is True
+    assert chat(skip_special_tokens=False).sampling.skip_special_tokens is False
+    assert validate_generate(chat(skip_special_tokens=False)).sampling.skip_special_tokens is False
+    assert validate_generate(chat()).sampling.skip_special_tokens is True
 
 
 def test_inert_keys_are_accepted() -> None:
