@@ -438,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     # its own flags: only its name is known here, the rest of the line is handed to it.
     sub.add_parser(
         "bench",
-        help="load-test the gRPC API: direct Triton vs the façade (needs the [bench] extra)",
+        help="load-test the façade: direct Triton vs its gRPC and OpenAI APIs ([bench] extra)",
         add_help=False,
     ).set_defaults(func=_bench)
 

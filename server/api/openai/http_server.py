@@ -64,7 +64,10 @@ class RunningHttp:
 def _bind(listen: str, *, reuse_port: bool) -> socket.socket:
     host, port = split_host_port(listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, not 0: asyncio sets TCP_NODELAY on accepted connections only when the
+    # listener's proto is IPPROTO_TCP (asyncio/base_events.py `_set_nodelay`). With Nagle on, the
+    # first SSE event waits for the client's delayed ACK of the headers: +40 ms of TTFT.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:  # several façade workers share the port, as they do gRPC's (workers.py)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
