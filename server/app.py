@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -37,6 +39,7 @@ from autoglm.v1 import text_generation_pb2_grpc as pb_grpc
 
 log = logging.getLogger("autoglm.server")
 
+T = TypeVar("T")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TextGeneration"].full_name
 
 
@@ -251,6 +254,17 @@ async def start_server(settings: Settings) -> RunningServer:
         http,
         draining,
     )
+
+
+def run_event_loop(main: Coroutine[Any, Any, T], event_loop: str) -> T:
+    """Run `main` on a new event loop of the kind settings name ("asyncio" or "uvloop")."""
+    factory = None
+    if event_loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
 
 
 async def serve_until_signal(running: RunningServer, grace: float) -> None:

@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from autoglm.server import settings_sources
-from autoglm.server.settings import DEFAULT_OPENAI_MAX_BODY_BYTES, SettingsError, autoglm_home
+from autoglm.server.settings import (
+    DEFAULT_OPENAI_MAX_BODY_BYTES,
+    EVENT_LOOPS,
+    SettingsError,
+    autoglm_home,
+)
 from autoglm.server.telemetry.span_export import DEFAULT_SPAN_EXPORT, SPAN_EXPORTS
 
 if TYPE_CHECKING:
@@ -89,7 +94,7 @@ def _engine_link(args: argparse.Namespace) -> EngineLink | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from autoglm.server.app import serve_until_signal, start_server
+    from autoglm.server.app import run_event_loop, serve_until_signal, start_server
     from autoglm.server.models import ModelSpec
     from autoglm.server.security.limits import LimitSettings
     from autoglm.server.settings import Settings, TlsSettings
@@ -137,6 +142,7 @@ def _serve(args: argparse.Namespace) -> int:
         openai_listen=args.openai_listen or None,
         openai_require_client_cert=args.openai_require_client_cert,
         openai_max_body_bytes=args.openai_max_body_bytes,
+        event_loop=args.event_loop,
     )
     settings.validate()  # --print-config refuses what serve would, with the same message
     if args.print_config:
@@ -157,7 +163,7 @@ def _serve(args: argparse.Namespace) -> int:
     # Configured by the standard OTEL_* variables; off without them.
     tracing.setup_tracing(tracing.TracingSettings(span_export=settings.span_export))
     try:
-        asyncio.run(main())
+        run_event_loop(main(), settings.event_loop)
     finally:
         tracing.shutdown_tracing()
     return 0
@@ -365,6 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-listen",
         default="127.0.0.1:9464",
         help="Prometheus /metrics host:port ('' = off)",
+    )
+    serve.add_argument(
+        "--event-loop",
+        choices=EVENT_LOOPS,
+        default="asyncio",
+        help="the event loop of both front doors (uvloop: measured in docs/benchmarks.md)",
     )
     serve.add_argument(
         "--openai-listen",

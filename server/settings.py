@@ -56,6 +56,7 @@ def _check_socket_dir(socket: Path) -> None:
 
 
 DEFAULT_OPENAI_MAX_BODY_BYTES = 32 << 20
+EVENT_LOOPS = ("asyncio", "uvloop")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +112,8 @@ class Settings:
     # Request bodies above this are refused with 413 before parsing (a phone screenshot as a
     # data: URL is ~1.2 MB; several per request in long agent sessions).
     openai_max_body_bytes: int = DEFAULT_OPENAI_MAX_BODY_BYTES
+    # The event loop both front doors run on: "asyncio" or "uvloop" (app.run_event_loop).
+    event_loop: str = "asyncio"
 
     def validate(self) -> None:
         host, _ = split_host_port(self.listen)
@@ -133,6 +136,10 @@ class Settings:
         ):
             if not value > 0:
                 raise SettingsError(f"{name}: must be > 0, got {value}")
+        if self.event_loop not in EVENT_LOOPS:
+            raise SettingsError(
+                f"event_loop: must be one of {', '.join(EVENT_LOOPS)}, got {self.event_loop!r}"
+            )
         if not self.models and self.model_repository is None:
             raise SettingsError("models: give --model or --model-repository")
         try:

@@ -67,9 +67,8 @@ def _worker_main(
     settings: Settings, index: int, conn: Connection, log_level: str, log_format: str
 ) -> None:
     """Entry point of one worker process: a whole façade; reports its bound port on `conn`."""
-    import asyncio
 
-    from autoglm.server.app import serve_until_signal, start_server
+    from autoglm.server.app import run_event_loop, serve_until_signal, start_server
     from autoglm.server.telemetry import logs, tracing
 
     logs.setup_logging(log_level, log_format)
@@ -83,7 +82,7 @@ def _worker_main(
     # Per process: the SDK's exporter threads do not survive a fork.
     tracing.setup_tracing(tracing.TracingSettings(span_export=settings.span_export))
     try:
-        asyncio.run(main())
+        run_event_loop(main(), settings.event_loop)
     finally:
         tracing.shutdown_tracing()
 
