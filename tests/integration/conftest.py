@@ -236,6 +236,7 @@ def facade(
         metrics_listen="127.0.0.1:0",
         health_listen="127.0.0.1:0",
         audit_dir=tmp_path_factory.mktemp("audit"),
+        openai_listen="127.0.0.1:0",
     )
     thread = FacadeThread(settings)
     try:
