@@ -178,8 +178,9 @@ def http_error_for(
         param = renamed[0][0]
         message = "; ".join(f"{f}: {d}" for f, d in renamed)
     headers: dict[str, str] = {}
+    openai_code = _OPENAI_CODES.get(code)
     if isinstance(exc, RequestTooLarge):
-        status, kind = 413, "invalid_request_error"
+        status, kind, openai_code = 413, "invalid_request_error", "request_too_large"
     elif isinstance(exc, ResourceExhausted) and exc.retry_after_s is not None:
         # Retry-After takes whole seconds (RFC 9110 §10.2.3): round up, never 0.
         headers["retry-after"] = str(max(1, math.ceil(exc.retry_after_s)))
@@ -189,7 +190,7 @@ def http_error_for(
         "message": message,
         "type": kind,
         "param": param,
-        "code": _OPENAI_CODES.get(code),
+        "code": openai_code,
     }
     return status, {"error": error}, headers
 

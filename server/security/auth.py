@@ -46,6 +46,12 @@ _MESSAGES: dict[AuthFailure, str] = {
 }
 
 
+# An HTTP caller sends a header, and OpenAI clients call the token their API key.
+_HTTP_MESSAGES: dict[AuthFailure, str] = {
+    "missing": "missing API key (header 'Authorization: Bearer <token>')",
+}
+
+
 @dataclass(frozen=True)
 class Principal:
     """The authenticated caller of the current RPC."""
@@ -161,7 +167,7 @@ def authenticate_bearer(
         logger.info("unauthenticated call: scope=%s reason=%s", scope, err.reason)
         fail(err.reason)
         _auth_attributes("UNAUTHENTICATED")
-        raise Unauthenticated(_MESSAGES[err.reason]) from None
+        raise Unauthenticated(_HTTP_MESSAGES.get(err.reason, _MESSAGES[err.reason])) from None
     if scope not in record.scopes and ADMIN_SCOPE not in record.scopes:
         logger.info("permission denied: token=%s scope=%s", record.id, scope)
         fail("scope")

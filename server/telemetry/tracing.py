@@ -266,8 +266,9 @@ class HttpServerSpan:
     """The SERVER span of one HTTP call, parented by the caller's W3C `traceparent`.
 
     Not a `with` block: a streamed response outlives its handler. `attach()` makes it current
-    while the handler runs (the generation span and the Triton call become its children, and
-    `traceparent` continues into Triton); `end(status)` closes it when the last byte is sent.
+    (the generation span and the Triton call become its children, and `traceparent` continues
+    into Triton); `end(status)` detaches and closes it when the last byte is sent, in the same
+    task (a context token can only be detached in the context that attached it).
     Attributes follow the HTTP semantic conventions (`http.request.method`, `http.route`,
     `http.response.status_code`; 5xx marks it ERROR).
     """
@@ -288,8 +289,9 @@ class HttpServerSpan:
             self._token = None
 
     def end(self, status: int) -> None:
+        self.detach()
         span = self._span
-        if span is trace.INVALID_SPAN:
+        if span is trace.INVALID_SPAN or not span.is_recording():
             return
         span.set_attribute("http.response.status_code", status)
         if status >= 500:

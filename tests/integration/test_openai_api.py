@@ -211,8 +211,11 @@ def test_stream_without_include_usage_has_no_usage_chunk(oai: openai.OpenAI) -> 
 
 
 def test_max_tokens_and_max_completion_tokens(oai: openai.OpenAI) -> None:
-    assert _chat(oai, COUNT, max_completion_tokens=3).usage.completion_tokens == 3
-    assert _chat(oai, COUNT, max_tokens=4, max_completion_tokens=4).usage.completion_tokens == 4
+    # Greedy: the count runs on past these few tokens, so finish_reason is "length".
+    greedy = {"temperature": 0.0}
+    assert _chat(oai, COUNT, max_completion_tokens=3, **greedy).usage.completion_tokens == 3
+    both = _chat(oai, COUNT, max_tokens=4, max_completion_tokens=4, **greedy)
+    assert both.usage.completion_tokens == 4
     error = _bad_request(lambda: _chat(oai, COUNT, max_tokens=4, max_completion_tokens=5))
     assert error["param"] == "max_tokens" and "max_completion_tokens" in error["message"]
     assert _bad_request(lambda: _chat(oai, COUNT, max_tokens=0))["param"] == "max_tokens"
@@ -289,8 +292,9 @@ def test_stop_strings_are_excluded_from_the_text(oai: openai.OpenAI) -> None:
 def test_n_and_user(oai: openai.OpenAI) -> None:
     error = _bad_request(lambda: _chat(oai, FRANCE, n=2, max_tokens=2))
     assert error["param"] == "n"
-    assert _chat(oai, FRANCE, n=1, max_tokens=2).usage.completion_tokens == 2
-    assert _chat(oai, FRANCE, user="agent-42", max_tokens=2).usage.completion_tokens == 2
+    assert _chat(oai, FRANCE, n=1, max_tokens=2, temperature=0.0).usage.completion_tokens == 2
+    with_user = _chat(oai, FRANCE, user="agent-42", max_tokens=2, temperature=0.0)
+    assert with_user.usage.completion_tokens == 2
 
 
 def test_skip_special_tokens(oai: openai.OpenAI) -> None:

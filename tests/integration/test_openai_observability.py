@@ -108,13 +108,6 @@ def test_traceparent_continues_into_triton(oai: openai.OpenAI, otlp: OtlpReceive
         assert not any("France" in str(v) for s in trace for v in s.attributes.values())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: every generation through the OpenAI front door (stream or not; gRPC "
-    "calls do not) logs ERROR 'Failed to detach context' from opentelemetry.context: a context "
-    "token is reset in another contextvars.Context than the one it was made in (ValueError "
-    "'<Token ...> was created in a different Context')",
-)
 def test_a_call_logs_no_tracing_context_error(
     oai: openai.OpenAI, facade: Facade, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -73,8 +73,9 @@ def test_retry_after_is_whole_seconds_rounded_up(after: float, header: str) -> N
 
 
 def test_too_large_is_413_not_429() -> None:
-    status, _, headers = http_error_for(RequestTooLarge("body: big"), request_id=RID)
+    status, body, headers = http_error_for(RequestTooLarge("body: big"), request_id=RID)
     assert (status, headers) == (413, {})
+    assert body["error"]["code"] == "request_too_large"  # type: ignore[index]
 
 
 def test_unauthenticated_asks_for_a_bearer_token() -> None:

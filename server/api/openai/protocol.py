@@ -197,24 +197,47 @@ def _extra_keys(req: _Body, errors: list[tuple[str, str]]) -> None:
             errors.append((key, "unsupported parameter: this server cannot honour it"))
 
 
-def _sampling(req: _Sampling, max_tokens: int | None, errors: list[tuple[str, str]]) -> Any:
+# The autoglm.v1 fields these integers land in: a JSON integer beyond them is the caller's
+# error (400 naming the field), not protobuf's ValueError.
+_INT32_MAX = 2**31 - 1
+_UINT64_MAX = 2**64 - 1
+
+
+def _in_range(
+    name: str, value: int | None, low: int, high: int, errors: list[tuple[str, str]]
+) -> bool:
+    if value is None or low <= value <= high:
+        return True
+    errors.append((name, f"must be in [{low}, {high}], got {value}"))
+    return False
+
+
+def _sampling(
+    req: _Sampling,
+    max_tokens: int | None,
+    errors: list[tuple[str, str]],
+    max_tokens_field: str = "max_tokens",
+) -> Any:
     if req.n != 1:
         errors.append(("n", f"must be 1 (one choice per request), got {req.n}"))
     if req.logit_bias:
         errors.append(("logit_bias", "not supported by this server"))
-    if req.seed is not None and req.seed < 0:
-        errors.append(("seed", f"must be >= 0, got {req.seed}"))
-    if max_tokens is not None and max_tokens < 1:
-        errors.append(("max_tokens", f"must be >= 1, got {max_tokens}"))
+    seed_ok = _in_range("seed", req.seed, 0, _UINT64_MAX, errors)
+    tokens_ok = _in_range(max_tokens_field, max_tokens, 1, _INT32_MAX, errors)
+    top_k_ok = _in_range("top_k", req.top_k, -_INT32_MAX - 1, _INT32_MAX, errors)
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or ())
     s = pb.SamplingParams(
-        max_tokens=max(max_tokens or 0, 0), stop=stop, skip_special_tokens=req.skip_special_tokens
+        max_tokens=max_tokens if tokens_ok and max_tokens else 0,
+        stop=stop,
+        skip_special_tokens=req.skip_special_tokens,
     )
-    for name in ("temperature", "top_p", "top_k", "repetition_penalty"):
+    for name in ("temperature", "top_p", "repetition_penalty"):
         value = getattr(req, name)
         if value is not None:
             setattr(s, name, value)
-    if req.seed is not None and req.seed >= 0:
+    if req.top_k is not None and top_k_ok:
+        s.top_k = req.top_k
+    if req.seed is not None and seed_ok:
         s.seed = req.seed
     for name in ("frequency_penalty", "presence_penalty"):
         value = getattr(req, name)
@@ -227,8 +250,9 @@ def chat_request(req: ChatCompletionRequest, *, accepts_images: bool) -> pb.Gene
     """The autoglm.v1 request a chat completion asks for (InvalidArgument for what it can't)."""
     errors: list[tuple[str, str]] = []
     _extra_keys(req, errors)
-    max_tokens = req.max_tokens
+    max_tokens, max_tokens_field = req.max_tokens, "max_tokens"
     if req.max_completion_tokens is not None:
+        max_tokens_field = "max_completion_tokens"
         if req.max_tokens is not None and req.max_tokens != req.max_completion_tokens:
             errors.append(("max_tokens", "differs from max_completion_tokens; give one of them"))
         max_tokens = req.max_completion_tokens
@@ -244,7 +268,7 @@ def chat_request(req: ChatCompletionRequest, *, accepts_images: bool) -> pb.Gene
         errors.append(("tools", "tool calling is not supported by this server"))
     if req.response_format is not None and req.response_format.get("type") != "text":
         errors.append(("response_format", "only {'type': 'text'} is supported"))
-    sampling = _sampling(req, max_tokens, errors)
+    sampling = _sampling(req, max_tokens, errors, max_tokens_field)
     sampling.logprobs = req.logprobs
     if not req.messages:
         errors.append(("messages", "required: at least one message"))

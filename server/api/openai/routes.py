@@ -76,7 +76,27 @@ def build_app(door: FrontDoor) -> Starlette:
             HttpRoute("/v1/models/{model:path}", model, methods=["GET"]),
             HttpRoute("/healthz", healthz, methods=["GET"]),
             HttpRoute("/readyz", readyz, methods=["GET"]),
-        ]
+        ],
+        exception_handlers={404: _no_route, 405: _no_route},
+    )
+
+
+async def _no_route(request: Request, exc: Exception) -> Response:
+    """Unknown routes and methods in OpenAI's error shape (a client probing for
+    `/v1/embeddings` learns it is not served here, in the form its SDK reads)."""
+    status = getattr(exc, "status_code", 404)
+    what = "route" if status == 404 else "method"
+    body = {
+        "error": {
+            "message": f"{what} not served: {request.method} {request.url.path}",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "not_found" if status == 404 else "method_not_allowed",
+        }
+    }
+    headers = dict(getattr(exc, "headers", None) or {})  # 405 lists Allow
+    return Response(
+        orjson.dumps(body), status_code=status, headers=headers, media_type=serving.JSON
     )
 
 
@@ -112,36 +132,33 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 async def _generate(door: FrontDoor, route: serving.Route, request: Request) -> Response:
     span = tracing.http_server_span("POST", request.url.path, _headers(request))
-    span.attach()
+    span.attach()  # serving.serve ends (and detaches) it when the answer is out
+    raw_id = request.headers.get("x-request-id", "")
+    rid = request_id_of(raw_id) if raw_id else ""
     try:
-        raw_id = request.headers.get("x-request-id", "")
-        rid = request_id_of(raw_id) if raw_id else ""
-        try:
-            principal = _authenticate(door, request, "generate")
-            body = await _read_body(request, door.max_body_bytes)
-        except ServiceError as exc:
-            response = serving.error_response(exc, request_id=rid or "-")
-            span.end(response.status_code)
-            return response
-        except ClientDisconnect:
-            span.end(499)
-            return Response(status_code=499)
-        if raw_id and raw_id != rid:
-            exc = InvalidArgument([("x-request-id", "must be 1..64 characters of [A-Za-z0-9._:-]")])
-            response = serving.error_response(exc, request_id=rid)
-            span.end(response.status_code)
-            return response
-        return await serving.serve(
-            route,
-            door.generations,
-            body,
-            principal=principal,
-            request_id=rid,
-            span=span,
-            disconnected=lambda: _disconnected(request),
-        )
-    finally:
-        span.detach()
+        principal = _authenticate(door, request, "generate")
+        body = await _read_body(request, door.max_body_bytes)
+    except ServiceError as exc:
+        response = serving.error_response(exc, request_id=rid or "-")
+        span.end(response.status_code)
+        return response
+    except ClientDisconnect:
+        span.end(499)
+        return Response(status_code=499)
+    if raw_id and raw_id != rid:
+        exc = InvalidArgument([("x-request-id", "must be 1..64 characters of [A-Za-z0-9._:-]")])
+        response = serving.error_response(exc, request_id=rid)
+        span.end(response.status_code)
+        return response
+    return await serving.serve(
+        route,
+        door.generations,
+        body,
+        principal=principal,
+        request_id=rid,
+        span=span,
+        disconnected=lambda: _disconnected(request),
+    )
 
 
 async def _disconnected(request: Request) -> None:

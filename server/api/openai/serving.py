@@ -9,22 +9,22 @@ awaited before the response starts, so validation, permission, limits and an una
 engine are 4xx/503 answers, never a 200 with an error inside. A failure after the stream began
 is one SSE event with the `error` object, then the stream closes.
 
-Closing the connection cancels the engine request: Starlette cancels the response task when
-the client disconnects, and leaving `aclosing` closes the generation (calls.py, pipeline.py).
+Closing the connection cancels the engine request: `DisconnectGuard` cancels the request's
+task when the client disconnects, and leaving `aclosing` closes the generation (calls.py,
+pipeline.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from autoglm.server import errors
 from autoglm.server.api.calls import Call, Generations, finish_name
@@ -37,7 +37,6 @@ from autoglm.server.security.auth import Principal
 from autoglm.server.telemetry.tracing import HttpServerSpan
 from autoglm.v1 import text_generation_pb2 as pb
 
-T = TypeVar("T")
 JSON = "application/json"
 SSE_HEADERS = {
     "cache-control": "no-cache",
@@ -122,11 +121,19 @@ async def serve(
         model=req.model if req is not None else "",
     )
     gen = generations.generate(call, check, on_prepared=prepared.append)
+    guard = DisconnectGuard(disconnected)
     try:
         first = await anext(gen)
-    except Exception as exc:
+    except BaseException as exc:
+        guard.close()
         await gen.aclose()
-        response = error_response(exc, request_id=rid, prompt_field=route.prompt_field)
+        if not isinstance(exc, Exception) and not guard.swallow(exc):
+            raise
+        response = (
+            error_response(exc, request_id=rid, prompt_field=route.prompt_field)
+            if isinstance(exc, Exception)
+            else Response(status_code=499)  # the client went away; nobody reads this
+        )
         span.end(response.status_code)
         return response
     assert req is not None  # check() passed
@@ -136,18 +143,21 @@ async def serve(
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         events = _events(route, head, first, gen, tokens, include_usage, rid, span)
-        return StreamingResponse(
-            events, media_type="text/event-stream", headers=SSE_HEADERS | headers
-        )
+        return EventStream(events, guard, headers=SSE_HEADERS | headers)
     try:
-        text, last, lp = await _unless_disconnected(_collect(first, gen, tokens), disconnected)
-    except ClientGone:
-        span.end(499)
-        return Response(status_code=499)  # nobody reads it; uvicorn drops it
-    except Exception as exc:
-        response = error_response(exc, request_id=rid, prompt_field=route.prompt_field)
+        text, last, lp = await _collect(first, gen, tokens)
+    except BaseException as exc:
+        guard.close()
+        if not isinstance(exc, Exception) and not guard.swallow(exc):
+            raise
+        response = (
+            error_response(exc, request_id=rid, prompt_field=route.prompt_field)
+            if isinstance(exc, Exception)
+            else Response(status_code=499)
+        )
         span.end(response.status_code)
         return response
+    guard.close()
     finish = finish_name(last.finish_reason)
     if route.chat:
         payload = chunks.chat_completion(
@@ -163,27 +173,68 @@ async def serve(
     return Response(payload, media_type=JSON, headers=headers)
 
 
-async def _unless_disconnected(
-    work: Awaitable[T], disconnected: Callable[[], Awaitable[None]]
-) -> T:
-    """`work`, cancelled if the client goes away first (a non-streamed answer nobody will read
-    must not keep the engine busy; streamed ones are watched by Starlette)."""
-    task = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watch.cancel()
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        raise ClientGone
-    return task.result()
+class DisconnectGuard:
+    """Cancels the current task when the client closes the connection.
+
+    The whole answer (first token, collecting, streaming) runs in the request's own task:
+    the generation's context (its span) is attached and detached in one task, which
+    OpenTelemetry requires, and no task is made per response. A watcher task waits for
+    `http.disconnect` and cancels this one; `swallow` tells that cancellation apart from
+    any other (server shutdown), which must propagate.
+    """
+
+    def __init__(self, disconnected: Callable[[], Awaitable[None]]) -> None:
+        self._task = asyncio.current_task()
+        self.gone = False
+        self._watch = asyncio.ensure_future(self._run(disconnected))
+
+    async def _run(self, disconnected: Callable[[], Awaitable[None]]) -> None:
+        await disconnected()
+        self.gone = True
+        if self._task is not None:
+            self._task.cancel()
+
+    def close(self) -> None:
+        self._watch.cancel()
+
+    def swallow(self, exc: BaseException) -> bool:
+        """True when `exc` is this guard's cancellation (then the task is uncancelled)."""
+        if not (self.gone and isinstance(exc, asyncio.CancelledError)):
+            return False
+        if self._task is not None:
+            self._task.uncancel()
+        return True
 
 
-class ClientGone(Exception):
-    """The client closed the connection before its answer was ready."""
+class EventStream(Response):
+    """A `text/event-stream` response written in the request's task (see DisconnectGuard);
+    closing the connection cancels it, and with it the generation."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self, events: AsyncIterator[bytes], guard: DisconnectGuard, headers: dict[str, str]
+    ) -> None:
+        self.events = events
+        self.guard = guard
+        self.status_code = 200
+        self.background = None
+        self.init_headers(headers)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            async with aclosing(self.events):  # type: ignore[type-var]
+                await send(
+                    {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+                )
+                async for chunk in self.events:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            self.guard.close()
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except BaseException as exc:
+            self.guard.close()
+            if not self.guard.swallow(exc):
+                raise
 
 
 def _wants_logprobs(req: Any) -> bool:

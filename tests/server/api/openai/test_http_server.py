@@ -4,6 +4,7 @@ insecure-dev form; TLS is tested in tests/server/security/test_tls_http.py)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import AsyncIterator
 
@@ -57,4 +58,6 @@ async def test_liveness_and_readiness(http: RunningHttp) -> None:
     assert (await get(http.port, "/readyz"))[0] == 503
     http.ready[0] = True  # type: ignore[attr-defined]
     assert await get(http.port, "/readyz") == (200, b'{"status":"ready"}')
-    assert (await get(http.port, "/nope"))[0] == 404
+    status, body = await get(http.port, "/v1/embeddings")
+    assert status == 404
+    assert json.loads(body)["error"]["code"] == "not_found"

@@ -85,6 +85,11 @@ def test_max_completion_tokens_wins_and_a_conflict_is_refused() -> None:
         ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"guided_json": {}}, "guided_json"),  # an extra_body key this server cannot honour
         ({"temperature": "hot"}, "temperature"),
+        ({"max_tokens": 10**30}, "max_tokens"),  # beyond autoglm.v1's int32: 400, not 500
+        ({"max_completion_tokens": 2**70}, "max_completion_tokens"),
+        ({"top_k": 2**40}, "top_k"),
+        ({"top_k": -(2**40)}, "top_k"),
+        ({"seed": 2**70}, "seed"),
         ({"stream": "yes"}, "stream"),
     ],
 )
