@@ -243,7 +243,7 @@ class Generations:
 
 
 def finish_name(reason: int) -> str:
-    """ "stop", "length", "cancelled": the name of a FinishReason as both front doors spell it."""
+    """The name of a FinishReason as both front doors spell it: stop, length, cancelled."""
     return pb.FinishReason.Name(reason).removeprefix("FINISH_REASON_").lower()
 
 

@@ -30,24 +30,30 @@ _Number = StrictFloat | StrictInt
 
 
 class _Body(BaseModel):
+    # Unknown keys are kept, to be refused by name with a message of ours (_extra_keys).
     model_config = ConfigDict(extra="allow", frozen=True)
 
 
-class StreamOptions(_Body):
+class _Part(BaseModel):
+    # Inside a body, an unknown key is refused by pydantic itself, naming its path.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StreamOptions(_Part):
     include_usage: StrictBool = False
 
 
-class ImageUrl(_Body):
+class ImageUrl(_Part):
     url: StrictStr
     detail: StrictStr | None = None
 
 
-class TextPart(_Body):
+class TextPart(_Part):
     type: Literal["text"]
     text: StrictStr
 
 
-class ImagePart(_Body):
+class ImagePart(_Part):
     type: Literal["image_url"]
     image_url: ImageUrl
 
@@ -102,7 +108,7 @@ class CompletionRequest(_Sampling):
     suffix: StrictStr | None = None
 
 
-def parse(model: type[_Body], body: bytes) -> Any:
+def parse(model: type[BaseModel], body: bytes) -> Any:
     """The request body as `model`, or InvalidArgument naming each bad field."""
     try:
         return model.model_validate_json(body)
@@ -126,6 +132,8 @@ def _violations(exc: PydanticValidationError) -> list[tuple[str, str]]:
             message = "is not valid JSON"
         elif kind == "missing":
             message = "required"
+        elif kind == "extra_forbidden":
+            message = "unsupported field"
         elif kind == "union_tag_invalid":
             path += ".type"
             message = _part_type_message(err)

@@ -91,6 +91,10 @@ def test_max_completion_tokens_wins_and_a_conflict_is_refused() -> None:
         ({"top_k": -(2**40)}, "top_k"),
         ({"seed": 2**70}, "seed"),
         ({"stream": "yes"}, "stream"),
+        (
+            {"stream_options": {"continuous_usage_stats": True}},
+            "stream_options.continuous_usage_stats",
+        ),
     ],
 )
 def test_refusals_name_the_field(fields: dict[str, Any], param: str) -> None:
@@ -127,6 +131,10 @@ def test_every_bad_field_is_reported_at_once() -> None:
         ([{"role": "user", "content": "x", "tool_calls": []}], "messages[0].tool_calls"),
         ([{"role": "assistant", "content": None}], "messages[0].content"),
         ([{"content": "x"}], "messages[0].role"),
+        (
+            [{"role": "user", "content": [{"type": "text", "text": "a", "cache": 1}]}],
+            "messages[0].content[0].cache",
+        ),
     ],
 )
 def test_message_errors_name_the_path(messages: list[Any], field: str) -> None:
