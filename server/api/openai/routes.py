@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 from starlette.applications import Starlette
@@ -39,12 +39,11 @@ class FrontDoor:
     max_body_bytes: int
     ready: Callable[[], bool]  # the deep readiness of gRPC health (engine/health.py)
     on_auth_failure: Callable[[str], None]
-    started: int = 0  # `created` of /v1/models entries: when this façade started
+    # `created` of /v1/models entries: when this façade started.
+    started: int = field(default_factory=lambda: int(time.time()))
 
 
 def build_app(door: FrontDoor) -> Starlette:
-    door = FrontDoor(**{**door.__dict__, "started": door.started or int(time.time())})
-
     async def chat(request: Request) -> Response:
         return await _generate(door, serving.CHAT, request)
 
