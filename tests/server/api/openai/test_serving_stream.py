@@ -9,7 +9,7 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from autoglm.server.api.openai import serving
+from autoglm.server.api.openai import serving, streaming
 from autoglm.server.errors import EngineUnavailable
 from autoglm.server.generation.pipeline import Delta
 from autoglm.server.telemetry.tracing import http_server_span
@@ -69,7 +69,7 @@ async def run(gens: StandInGenerations, *, disconnect_after: int | None = None) 
         span=http_server_span("POST", "/v1/completions", {}),
         disconnected=disconnected,
     )
-    assert isinstance(response, serving.EventStream)
+    assert isinstance(response, streaming.EventStream)
     await response({}, receive, send)
     return sent
 
