@@ -56,21 +56,45 @@ class StreamHeader:
     model: str
 
 
-class ChatChunks:
-    """`chat.completion.chunk` events of one stream."""
+class _Chunks:
+    """What every event of one stream shares: the serialised prefix and the usage chunk."""
 
-    __slots__ = ("_first", "_head", "_prefix")
+    __slots__ = ("_prefix",)
+    object_name = ""
 
     def __init__(self, head: StreamHeader) -> None:
-        self._head = head
-        self._prefix = (
-            b'data: {"id":'
-            + orjson.dumps(head.id)
-            + b',"object":"chat.completion.chunk","created":'
-            + str(head.created).encode()
-            + b',"model":'
-            + orjson.dumps(head.model)
+        self._prefix = b"".join(
+            (
+                b'data: {"id":',
+                orjson.dumps(head.id),
+                b',"object":',
+                orjson.dumps(self.object_name),
+                b',"created":',
+                str(head.created).encode(),
+                b',"model":',
+                orjson.dumps(head.model),
+            )
         )
+
+    def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
+        return b"".join(
+            (
+                self._prefix,
+                b',"choices":[],"usage":',
+                orjson.dumps(usage(prompt_tokens, completion_tokens)),
+                b"}\n\n",
+            )
+        )
+
+
+class ChatChunks(_Chunks):
+    """`chat.completion.chunk` events of one stream."""
+
+    __slots__ = ("_first",)
+    object_name = "chat.completion.chunk"
+
+    def __init__(self, head: StreamHeader) -> None:
+        super().__init__(head)
         self._first = True
 
     def delta(
@@ -95,31 +119,12 @@ class ChatChunks:
             )
         )
 
-    def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
-        return b"".join(
-            (
-                self._prefix,
-                b',"choices":[],"usage":',
-                orjson.dumps(usage(prompt_tokens, completion_tokens)),
-                b"}\n\n",
-            )
-        )
 
-
-class CompletionChunks:
+class CompletionChunks(_Chunks):
     """`text_completion` events of one stream."""
 
-    __slots__ = ("_prefix",)
-
-    def __init__(self, head: StreamHeader) -> None:
-        self._prefix = (
-            b'data: {"id":'
-            + orjson.dumps(head.id)
-            + b',"object":"text_completion","created":'
-            + str(head.created).encode()
-            + b',"model":'
-            + orjson.dumps(head.model)
-        )
+    __slots__ = ()
+    object_name = "text_completion"
 
     def delta(
         self, text: str, *, finish_reason: str | None = None, logprobs: object = None
@@ -136,16 +141,6 @@ class CompletionChunks:
                 b',"finish_reason":',
                 fr,
                 b"}]}\n\n",
-            )
-        )
-
-    def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
-        return b"".join(
-            (
-                self._prefix,
-                b',"choices":[],"usage":',
-                orjson.dumps(usage(prompt_tokens, completion_tokens)),
-                b"}\n\n",
             )
         )
 
