@@ -112,25 +112,29 @@ async def _self_check(profile: Path, model: str, console: Console) -> None:
 
 
 def openai_help(port: int | None, ca_cert: Path, profile: Path, model: str) -> str:
-    """How to reach the OpenAI-compatible API with the unchanged `openai` SDK (the API key is
-    read from the client profile, never printed)."""
+    """How to reach the OpenAI-compatible API with the unchanged `openai` SDK: shell lines at
+    column 0, so that they can be pasted as they are (the API key is read from the client
+    profile, never printed)."""
     if port is None:
         return ""
     base_url = f"https://localhost:{port}/v1"
     return (
-        f"\n  OpenAI-compatible API: base_url {base_url}  (TLS + API key)\n"
-        f"    export SSL_CERT_FILE={ca_cert}   # trust the dev CA (the openai SDK reads it)\n"
-        f"    export OPENAI_API_KEY=$(.venv/bin/python -c"
+        f"\n  OpenAI-compatible API: base_url {base_url} (TLS + API key). From the repo:\n\n"
+        f"export SSL_CERT_FILE={ca_cert}  # trust the dev CA (the openai SDK reads it)\n"
+        f"export OPENAI_API_KEY=$(.venv/bin/python -c"
         f" \"import json; print(json.load(open('{profile}'))['token'])\")\n"
-        f"    .venv/bin/python - <<'EOF'\n"
-        f"    from openai import OpenAI\n"
-        f'    client = OpenAI(base_url="{base_url}")\n'
-        f"    for chunk in client.chat.completions.create(\n"
-        f'            model="{model}", stream=True,\n'
-        f'            messages=[{{"role": "user", "content": "Write a haiku about the sea"}}]):\n'
-        f'        print(chunk.choices[0].delta.content or "", end="", flush=True)\n'
-        f"    print()\n"
-        f"    EOF\n\n"
+        f".venv/bin/python - <<'EOF'\n"
+        f"from openai import OpenAI\n"
+        f'client = OpenAI(base_url="{base_url}")\n'
+        f"stream = client.chat.completions.create(\n"
+        f'    model="{model}",\n'
+        f"    stream=True,\n"
+        f'    messages=[{{"role": "user", "content": "Write a haiku about the sea"}}],\n'
+        f")\n"
+        f"for chunk in stream:\n"
+        f'    print(chunk.choices[0].delta.content or "", end="", flush=True)\n'
+        f"print()\n"
+        f"EOF\n\n"
     )
 
 
