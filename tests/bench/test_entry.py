@@ -9,6 +9,14 @@ import pytest
 
 from autoglm.bench import profile
 from autoglm.server import cli
+from autoglm.server.telemetry import logs
+
+
+@pytest.fixture(autouse=True)
+def no_logging_setup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """main() would attach a handler to this test's captured stderr, which pytest closes after
+    the test: later tests' log records (a façade's background threads) would hit a closed file."""
+    monkeypatch.setattr(logs, "setup_logging", lambda *a, **k: None)
 
 
 def test_bench_help_comes_from_the_bench_package() -> None:
