@@ -151,6 +151,26 @@ def error_event(body: dict[str, object]) -> bytes:
     return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
+def _whole(
+    head: StreamHeader,
+    kind: str,
+    choice: dict[str, object],
+    prompt_tokens: int,
+    completion_tokens: int,
+) -> bytes:
+    """A non-streamed body: the stream header's fields, one choice, the usage."""
+    return orjson.dumps(
+        {
+            "id": head.id,
+            "object": kind,
+            "created": head.created,
+            "model": head.model,
+            "choices": [{"index": 0, **choice}],
+            "usage": usage(prompt_tokens, completion_tokens),
+        }
+    )
+
+
 def chat_completion(
     head: StreamHeader,
     text: str,
@@ -159,23 +179,12 @@ def chat_completion(
     completion_tokens: int,
     logprobs: object = None,
 ) -> bytes:
-    return orjson.dumps(
-        {
-            "id": head.id,
-            "object": "chat.completion",
-            "created": head.created,
-            "model": head.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "logprobs": None if logprobs is None else {"content": logprobs},
-                    "finish_reason": finish_reason,
-                }
-            ],
-            "usage": usage(prompt_tokens, completion_tokens),
-        }
-    )
+    choice = {
+        "message": {"role": "assistant", "content": text},
+        "logprobs": None if logprobs is None else {"content": logprobs},
+        "finish_reason": finish_reason,
+    }
+    return _whole(head, "chat.completion", choice, prompt_tokens, completion_tokens)
 
 
 def text_completion(
@@ -186,15 +195,5 @@ def text_completion(
     completion_tokens: int,
     logprobs: object = None,
 ) -> bytes:
-    return orjson.dumps(
-        {
-            "id": head.id,
-            "object": "text_completion",
-            "created": head.created,
-            "model": head.model,
-            "choices": [
-                {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
-            ],
-            "usage": usage(prompt_tokens, completion_tokens),
-        }
-    )
+    choice = {"text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+    return _whole(head, "text_completion", choice, prompt_tokens, completion_tokens)
