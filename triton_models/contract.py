@@ -40,6 +40,8 @@ _NUMPY = {
     "TYPE_UINT64": np.uint64,
     "TYPE_FP32": np.float32,
     "TYPE_BOOL": np.bool_,
+    "TYPE_UINT32": np.uint32,  # vllm_contract.py's token counts
+    "TYPE_STRING": np.object_,  # vllm_contract.py's BYTES tensors (Python bytes objects)
 }
 
 # Request tensors, in the order the façade sends them.
