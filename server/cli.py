@@ -15,12 +15,14 @@ from rich.console import Console
 
 from autoglm.server import settings_sources
 from autoglm.server.settings import (
+    DEFAULT_GRPC_MAX_RECEIVE_BYTES,
     DEFAULT_OPENAI_MAX_BODY_BYTES,
     EVENT_LOOPS,
     SettingsError,
     autoglm_home,
 )
 from autoglm.server.telemetry.span_export import DEFAULT_SPAN_EXPORT, SPAN_EXPORTS
+from autoglm.server.vision import ImageLimits
 
 if TYPE_CHECKING:
     from autoglm.server.engine.link import EngineLink
@@ -93,6 +95,42 @@ def _engine_link(args: argparse.Namespace) -> EngineLink | None:
     )
 
 
+# `--model` options after the tokenizer folder: NAME=TRITON_MODEL:DIR,engine=vllm,…
+_MODEL_OPTIONS = {
+    "engine": str,
+    "max_context_tokens": int,
+    "max_output_tokens": int,
+    "default_max_tokens": int,
+    "image_max_pixels": int,
+}
+
+
+def _model_spec(item: str, spec_type: type) -> object:
+    """One `--model NAME=TRITON_MODEL:TOKENIZER_DIR[,key=value…]` (keys: _MODEL_OPTIONS)."""
+    head, *options = item.split(",")
+    name, _, rest = head.partition("=")
+    triton_model, _, tokenizer_dir = rest.partition(":")
+    if not (name and triton_model and tokenizer_dir):
+        raise SettingsError(
+            f"--model: {item!r} is not NAME=TRITON_MODEL:TOKENIZER_DIR[,key=value…]"
+        )
+    values: dict[str, object] = {}
+    for option in options:
+        key, _, value = option.partition("=")
+        if key not in _MODEL_OPTIONS or not value:
+            raise SettingsError(
+                f"--model: {option!r} in {item!r} is not key=value with a key of"
+                f" {sorted(_MODEL_OPTIONS)}"
+            )
+        try:
+            values[key] = _MODEL_OPTIONS[key](value)
+        except ValueError:
+            raise SettingsError(f"--model: {key} must be an integer, got {value!r}") from None
+    return spec_type(
+        name=name, triton_model=triton_model, tokenizer_dir=Path(tokenizer_dir), **values
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
     from autoglm.server.app import run_event_loop, serve_until_signal, start_server
     from autoglm.server.models import ModelSpec
@@ -100,15 +138,7 @@ def _serve(args: argparse.Namespace) -> int:
     from autoglm.server.settings import Settings, TlsSettings
     from autoglm.server.telemetry import tracing
 
-    models = []
-    for item in args.model:
-        name, _, rest = item.partition("=")
-        triton_model, _, tokenizer_dir = rest.partition(":")
-        if not (name and triton_model and tokenizer_dir):
-            raise SettingsError(f"--model: {item!r} is not NAME=TRITON_MODEL:TOKENIZER_DIR")
-        models.append(
-            ModelSpec(name=name, triton_model=triton_model, tokenizer_dir=Path(tokenizer_dir))
-        )
+    models = [_model_spec(item, ModelSpec) for item in args.model]
     tls = None
     if args.tls_cert or args.tls_key:
         tls = TlsSettings(cert=args.tls_cert, key=args.tls_key, client_ca=args.client_ca)
@@ -143,6 +173,8 @@ def _serve(args: argparse.Namespace) -> int:
         openai_require_client_cert=args.openai_require_client_cert,
         openai_max_body_bytes=args.openai_max_body_bytes,
         event_loop=args.event_loop,
+        grpc_max_receive_bytes=args.grpc_max_receive_bytes,
+        image_limits=ImageLimits(max_images=args.max_images, max_bytes=args.max_image_bytes),
     )
     settings.validate()  # --print-config refuses what serve would, with the same message
     if args.print_config:
@@ -336,7 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         action="append",
         default=[],
-        help="NAME=TRITON_MODEL:TOKENIZER_DIR of a model Triton already serves (repeatable)",
+        help="NAME=TRITON_MODEL:TOKENIZER_DIR[,key=value…] of a model Triton already serves"
+        " (repeatable); keys: engine (cpu_reference, tensorrt_llm, vllm, cpu_reference_vl),"
+        " max_context_tokens, max_output_tokens, default_max_tokens, image_max_pixels (the"
+        " pixel budget the engine's image processor is given, e.g. vLLM's mm_processor_kwargs)",
     )
     serve.add_argument(
         "--model-repository",
@@ -394,6 +429,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_OPENAI_MAX_BODY_BYTES,
         help="largest OpenAI-API request body; larger ones get 413",
+    )
+    serve.add_argument(
+        "--grpc-max-receive-bytes",
+        type=int,
+        default=DEFAULT_GRPC_MAX_RECEIVE_BYTES,
+        help="largest gRPC request message; larger ones get RESOURCE_EXHAUSTED",
+    )
+    serve.add_argument(
+        "--max-images",
+        type=int,
+        default=ImageLimits().max_images,
+        help="images one request may carry (vision-language models)",
+    )
+    serve.add_argument(
+        "--max-image-bytes",
+        type=int,
+        default=ImageLimits().max_bytes,
+        help="largest image file accepted, in bytes",
     )
     serve.add_argument(
         "--health-listen",

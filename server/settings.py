@@ -12,6 +12,7 @@ from autoglm.server.engine.replicas import TargetError, parse_target, unix_socke
 from autoglm.server.models import ModelSpec
 from autoglm.server.security.limits import LimitSettings
 from autoglm.server.telemetry.span_export import DEFAULT_SPAN_EXPORT, check_span_export
+from autoglm.server.vision import ImageLimits
 
 
 class SettingsError(ValueError):
@@ -56,6 +57,9 @@ def _check_socket_dir(socket: Path) -> None:
 
 
 DEFAULT_OPENAI_MAX_BODY_BYTES = 32 << 20
+# gRPC's own default (4 MiB) is below one request with a few screenshots: 10 images of ~1 MB,
+# the model authors' per-prompt limit, fit with room to spare.
+DEFAULT_GRPC_MAX_RECEIVE_BYTES = 32 << 20
 EVENT_LOOPS = ("asyncio", "uvloop")
 
 
@@ -114,9 +118,14 @@ class Settings:
     openai_max_body_bytes: int = DEFAULT_OPENAI_MAX_BODY_BYTES
     # The event loop both front doors run on: "asyncio" or "uvloop" (app.run_event_loop).
     event_loop: str = "asyncio"
+    # Largest gRPC request message; larger ones get RESOURCE_EXHAUSTED from gRPC itself.
+    grpc_max_receive_bytes: int = DEFAULT_GRPC_MAX_RECEIVE_BYTES
+    # Images per request and bytes per image, for every vision-language model (vision.py).
+    image_limits: ImageLimits = field(default_factory=ImageLimits)
 
     def validate(self) -> None:
         host, _ = split_host_port(self.listen)
+        self._validate_images()
         self._validate_openai()
         try:
             parse_target(self.triton_target)
@@ -173,6 +182,17 @@ class Settings:
         ):
             if path is not None and not path.is_file():
                 raise SettingsError(f"{name}: {path} does not exist")
+
+    def _validate_images(self) -> None:
+        if self.grpc_max_receive_bytes < 1024:
+            raise SettingsError(
+                f"grpc_max_receive_bytes: must be >= 1024, got {self.grpc_max_receive_bytes}"
+            )
+        limits = self.image_limits
+        if not 0 <= limits.max_images <= 100:
+            raise SettingsError(f"max_images: must be in [0, 100], got {limits.max_images}")
+        if limits.max_bytes < 1:
+            raise SettingsError(f"max_image_bytes: must be >= 1, got {limits.max_bytes}")
 
     def _validate_openai(self) -> None:
         if self.openai_max_body_bytes < 1024:

@@ -25,6 +25,33 @@ class ChatTemplateError(ValueError):
 class Message:
     role: str
     content: str
+    images: int = 0  # images of this turn: one placeholder each, before the text (render_chat)
+
+
+def content_with_images(text: str, images: int, placeholder: str) -> str:
+    """A turn's text with its images' placeholders, as vLLM renders a turn for a chat template
+    in its "string" content format (the model authors' `--chat-template-content-format
+    string`): one placeholder per image, then the text, joined by newlines; the placeholders
+    alone when there is no text (`_get_full_multimodal_text_prompt`, vllm/entrypoints/
+    chat_utils.py, vllm-project/vllm 001eadc)."""
+    return "\n".join([placeholder] * images + ([text] if text else []))
+
+
+def expand_image_tokens(ids: list[int], image_token_id: int, counts: Sequence[int]) -> list[int]:
+    """`ids` with the i-th `image_token_id` repeated `counts[i]` times, as the engine expands an
+    image's token into its image tokens; ValueError when the numbers disagree."""
+    if ids.count(image_token_id) != len(counts):
+        raise ValueError(
+            f"{ids.count(image_token_id)} image tokens in the prompt for {len(counts)} images"
+        )
+    out: list[int] = []
+    turn = iter(counts)
+    for t in ids:
+        if t == image_token_id:
+            out.extend([t] * next(turn))
+        else:
+            out.append(t)
+    return out
 
 
 def _tojson(
@@ -74,10 +101,17 @@ class PromptEncoder:
     """Turns a prompt or a conversation into token ids, and ids back into nothing else."""
 
     def __init__(
-        self, tokenizer: Tokenizer, chat_template: str | None, *, bos: str = "", eos: str = ""
+        self,
+        tokenizer: Tokenizer,
+        chat_template: str | None,
+        *,
+        bos: str = "",
+        eos: str = "",
+        image_placeholder: str = "",
     ) -> None:
         self.tokenizer = tokenizer
         self._bos, self._eos = bos, eos
+        self.image_placeholder = image_placeholder  # "" for a text-only model
         self._template = None
         if chat_template is not None:
             # As transformers' chat-template environment: loop controls, raise_exception,
@@ -91,10 +125,16 @@ class PromptEncoder:
             self._template = env.from_string(chat_template)
 
     @classmethod
-    def from_model_dir(cls, model_dir: Path) -> PromptEncoder:
+    def from_model_dir(cls, model_dir: Path, *, image_placeholder: str = "") -> PromptEncoder:
         tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         bos, eos = _special_tokens(model_dir)
-        return cls(tok, load_chat_template(model_dir), bos=bos, eos=eos)
+        return cls(
+            tok,
+            load_chat_template(model_dir),
+            bos=bos,
+            eos=eos,
+            image_placeholder=image_placeholder,
+        )
 
     @property
     def has_chat_template(self) -> bool:
@@ -110,7 +150,7 @@ class PromptEncoder:
             raise ChatTemplateError("this model has no chat template; send `prompt` instead")
         try:
             return self._template.render(
-                messages=[{"role": m.role, "content": m.content} for m in messages],
+                messages=[{"role": m.role, "content": self._content(m)} for m in messages],
                 add_generation_prompt=True,
                 bos_token=self._bos,
                 eos_token=self._eos,
@@ -119,6 +159,13 @@ class PromptEncoder:
             raise
         except Exception as exc:  # any error inside the template is the conversation's problem
             raise ChatTemplateError(f"chat template failed: {exc}") from None
+
+    def _content(self, m: Message) -> str:
+        if not m.images:
+            return m.content
+        if not self.image_placeholder:
+            raise ChatTemplateError("this model does not accept images")
+        return content_with_images(m.content, m.images, self.image_placeholder)
 
     def encode_chat(self, messages: Sequence[Message]) -> list[int]:
         # The template already holds every special token: encoding must not add more

@@ -22,8 +22,8 @@ import grpc
 from autoglm.server import errors
 from autoglm.server.audit.writer import AuditRecord, AuditWriter, principal_fields
 from autoglm.server.engine.client import EngineClient
-from autoglm.server.generation import pipeline
-from autoglm.server.generation.plan import GeneratePlan, PromptInput
+from autoglm.server.generation import pipeline, text_pipeline
+from autoglm.server.generation.plan import GeneratePlan, PromptInput, Sampling
 from autoglm.server.models import ModelRegistry, ServedModel
 from autoglm.server.security.auth import Principal
 from autoglm.server.security.limits import Admission
@@ -34,6 +34,8 @@ from autoglm.v1 import text_generation_pb2 as pb
 log = logging.getLogger("autoglm.server.requests")
 
 ANONYMOUS = "anonymous"  # the principal of insecure dev mode (no tokens)
+# CountTokens checks a prompt's images like a generation does: a plan without sampling.
+_NO_SAMPLING = Sampling(0, 1.0, 1.0, 0, 0, 1.0, ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +100,15 @@ class Generations:
             m for m in self.registry if principal is None or principal.allows_model(m.spec.name)
         )
 
-    def count_tokens(self, call: Call, check: Callable[[], PromptInput]) -> list[int]:
+    async def count_tokens(self, call: Call, check: Callable[[], PromptInput]) -> list[int]:
         obs = self.metrics.request(call.model, call.rpc, call.api)
         code = grpc.StatusCode.OK
         try:
             prompt_input = check()
-            return pipeline.encode_input(self.model(call.model, call.principal), prompt_input)
+            model = self.model(call.model, call.principal)
+            plan = GeneratePlan("-", call.model, prompt_input, _NO_SAMPLING)
+            images = await pipeline.check_request_images(plan, model)
+            return pipeline.encode_input(model, prompt_input, images)
         except Exception as exc:
             code = errors.code_of(exc)
             raise
@@ -137,7 +142,9 @@ class Generations:
             out.request_id = plan.request_id
             # Tokenized before admission: the budget admission checks is the one the engine gets
             # (the room the prompt leaves in the context can lower the model's default).
-            out.prepared = prepared = pipeline.prepare(plan, self.model(plan.model, principal))
+            model = self.model(plan.model, principal)
+            images = await pipeline.check_request_images(plan, model)
+            out.prepared = prepared = pipeline.prepare(plan, model, images)
             ticket = self.admission.admit(
                 principal.name if principal else ANONYMOUS,
                 principal.limits if principal else None,
@@ -153,12 +160,13 @@ class Generations:
                 top_p=plan.sampling.top_p,
             ) as span:
                 first = True
-                generation = pipeline.generate(prepared, self.engine, timeout=call.timeout)
+                run = text_pipeline.generate_text if model.returns_text else pipeline.generate
+                generation = run(prepared, self.engine, timeout=call.timeout)
                 # One pass per delta — per coalesced message, not per token: metrics are
                 # batched, and timed by the engine's arrival times carried on the delta.
                 async with aclosing(generation) as deltas:
                     async for delta in deltas:
-                        n = len(delta.token_ids)
+                        n = delta.tokens
                         if n:
                             if first:
                                 tracing.first_token(span, timestamp_ns=_wall_ns(delta.first_at))

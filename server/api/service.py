@@ -116,10 +116,12 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
                 pb.ModelInfo(
                     name=m.spec.name,
                     engine=m.spec.engine,
-                    max_context_tokens=m.spec.max_context_tokens,
-                    max_output_tokens=m.spec.max_output_tokens,
-                    default_max_tokens=m.spec.default_max_tokens,
+                    max_context_tokens=m.limits.max_context,
+                    max_output_tokens=m.limits.max_output,
+                    default_max_tokens=m.limits.default_max_tokens,
                     has_chat_template=m.encoder.has_chat_template,
+                    max_images=m.vision.limits.max_images if m.vision else 0,
+                    max_image_bytes=m.vision.limits.max_bytes if m.vision else 0,
                 )
                 for m in self.generations.visible_models(current_principal())
             ]
@@ -132,7 +134,7 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
             api="grpc", rpc="CountTokens", principal=current_principal(), model=request.model
         )
         try:
-            ids = self.generations.count_tokens(call, lambda: validate_count_tokens(request))
+            ids = await self.generations.count_tokens(call, lambda: validate_count_tokens(request))
         except Exception as exc:
             status = errors.status_for(exc, request_id="-")
             tracing.record_status(status.code)

@@ -11,6 +11,7 @@ import re
 import secrets
 
 from autoglm.server.errors import InvalidArgument
+from autoglm.server.generation.images import ImageInput
 from autoglm.server.generation.plan import GeneratePlan, PromptInput, Sampling
 from autoglm.server.tokenization import Message
 from autoglm.triton_models.sampling_bounds import (
@@ -56,18 +57,47 @@ def check_prompt_input(
     if len(messages) > MAX_MESSAGES:
         errors.append(("messages", f"more than {MAX_MESSAGES} messages"))
     total = 0
+    checked: list[Message] = []
+    images: list[ImageInput] = []
     for i, m in enumerate(messages):
         if m.role not in ROLES:
             errors.append(
                 (f"messages[{i}].role", f"must be one of {sorted(ROLES)}, got {m.role!r}")
             )
-        total += len(m.content.encode())
+        message = _message(i, m, images, errors) if m.parts else Message(m.role, m.content)
+        total += len(message.content.encode())
+        checked.append(message)
     if total > MAX_PROMPT_BYTES:
         errors.append(("messages", f"contents longer than {MAX_PROMPT_BYTES} bytes in all"))
-    return PromptInput(
-        prompt=prompt or None,
-        messages=tuple(Message(role=m.role, content=m.content) for m in messages),
-    )
+    return PromptInput(prompt=prompt or None, messages=tuple(checked), images=tuple(images))
+
+
+def _message(
+    i: int, m: pb.ChatMessage, images: list[ImageInput], errors: list[tuple[str, str]]
+) -> Message:
+    """A turn given as parts: its texts joined by newlines (vLLM's "string" content format,
+    tokenization.content_with_images), its images appended to `images` in order."""
+    where = f"messages[{i}]"
+    if m.content:
+        errors.append((f"{where}.content", "set either content or parts, not both"))
+    texts: list[str] = []
+    count = 0
+    for j, part in enumerate(m.parts):
+        kind = part.WhichOneof("part")
+        if kind == "text":
+            texts.append(part.text)
+        elif kind == "image":
+            field = f"{where}.parts[{j}].image"
+            if m.role != "user":
+                errors.append((field, f"images are accepted in user turns only, not {m.role!r}"))
+            elif not part.image.data:
+                errors.append((f"{field}.data", "required: the image file's bytes"))
+            else:
+                images.append(ImageInput(f"{field}.data", part.image.data))
+                count += 1
+        else:
+            errors.append((f"{where}.parts[{j}]", "empty part: set text or image"))
+    return Message(m.role, "\n".join(texts), images=count)
 
 
 def check_sampling(s: pb.SamplingParams, errors: list[tuple[str, str]]) -> Sampling:

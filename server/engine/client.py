@@ -32,6 +32,12 @@ from tritonclient.grpc import service_pb2
 
 from autoglm.server.engine import reader, replicas
 from autoglm.server.engine.routes import EngineRoutes
+from autoglm.server.engine.text_request import (
+    TextEngineRequest,
+    TextStep,
+    build_text_infer_request,
+    parse_text_response,
+)
 from autoglm.server.errors import (
     DeadlineExceeded,
     EngineFailure,
@@ -409,6 +415,29 @@ class EngineClient:
                 endpoint, request, push, tracing.inject_traceparent(), timeout, on_log_probs
             )
 
+    async def stream_text_into(
+        self,
+        request: TextEngineRequest,
+        on_step: Callable[[TextStep], None],
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        """The vLLM contract's `stream_into` (text_request.py): every response to `on_step`
+        until the final one. Cancelling the task cancels the call, hence the engine request."""
+        model, stamps = request.triton_model, self.last_token_at
+
+        def on_message(payload: bytes) -> bool:
+            step = parse_text_response(service_pb2.ModelStreamInferResponse.FromString(payload))
+            if step.new_tokens:
+                stamps[model] = time.monotonic()  # evidence of health (health.py)
+            on_step(step)
+            return step.final
+
+        with tracing.engine_span(model):
+            endpoint = await self._next_endpoint()
+            payload = build_text_infer_request(request).SerializeToString()
+            await _send(endpoint, payload, on_message, tracing.inject_traceparent(), timeout)
+
 
 async def _call(
     endpoint: reader.Endpoint,
@@ -445,13 +474,20 @@ async def _call(
                 on_ids(ids)
             return final
 
+    payload = build_infer_request(request).SerializeToString()
+    await _send(endpoint, payload, on_message, metadata, timeout)
+
+
+async def _send(
+    endpoint: reader.Endpoint,
+    payload: bytes,
+    on_message: Callable[[bytes], bool],
+    metadata: Sequence[tuple[str, str]],
+    timeout: float | None,
+) -> None:
+    """One call of either contract: `on_message` per response until it says final."""
     try:
-        await endpoint.call(
-            build_infer_request(request).SerializeToString(),
-            on_message,
-            metadata=metadata,
-            timeout=timeout,
-        )
+        await endpoint.call(payload, on_message, metadata=metadata, timeout=timeout)
     except reader.CallError as exc:
         raise _map_status(exc.code, exc.details) from None
 

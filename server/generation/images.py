@@ -19,63 +19,33 @@ front doors and the vLLM engine contract; the checks stand on their own:
 from __future__ import annotations
 
 import io
-import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
 from autoglm.server.errors import InvalidArgument
+from autoglm.server.vision import Glm4vResize, ImageLimits, VisionSpec
+
+__all__ = [
+    "CheckedImage",
+    "Glm4vResize",
+    "ImageInput",
+    "ImageLimits",
+    "check_image",
+    "check_images",
+]
 
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 
 
 @dataclass(frozen=True, slots=True)
-class ImageLimits:
-    max_images: int = 10  # per request (the model authors' --limit-mm-per-prompt)
-    max_bytes: int = 20 << 20  # one image's compressed size
-    # What a header may declare before anything is decoded: a 1080×2400 screenshot is 2.6 M
-    # pixels; 50 M allows 8K photos and refuses the canvases decompression bombs declare.
-    max_source_pixels: int = 50_000_000
+class ImageInput:
+    """An image as a request carries it, with the request field that names it in errors."""
 
-
-@dataclass(frozen=True, slots=True)
-class Glm4vResize:
-    """GLM-4.1V's resize rule (transformers `smart_resize`), with the processor's defaults."""
-
-    max_pixels: int = 5_000_000  # the model authors' mm-processor-kwargs
-    min_pixels: int = 112 * 112
-    factor: int = 28  # patch_size 14 × merge_size 2
-    temporal: int = 2  # temporal_patch_size: the processor passes it as num_frames
-    max_aspect: float = 200.0
-
-    def size(self, height: int, width: int) -> tuple[int, int]:
-        """(height, width) after resizing; ValueError for an aspect ratio the model refuses."""
-        factor = self.factor
-        if height < factor or width < factor:
-            scale = max(factor / height, factor / width)
-            height, width = int(height * scale), int(width * scale)
-        if max(height, width) / min(height, width) > self.max_aspect:
-            raise ValueError(
-                f"aspect ratio {max(height, width) / min(height, width):.0f}:1 is over"
-                f" {self.max_aspect:.0f}:1"
-            )
-        h_bar = round(height / factor) * factor
-        w_bar = round(width / factor) * factor
-        frames = self.temporal  # num_frames == temporal_factor, so t_bar == num_frames
-        if frames * h_bar * w_bar > self.max_pixels:
-            beta = math.sqrt(frames * height * width / self.max_pixels)
-            h_bar = max(factor, math.floor(height / beta / factor) * factor)
-            w_bar = max(factor, math.floor(width / beta / factor) * factor)
-        elif frames * h_bar * w_bar < self.min_pixels:
-            beta = math.sqrt(self.min_pixels / (frames * height * width))
-            h_bar = math.ceil(height * beta / factor) * factor
-            w_bar = math.ceil(width * beta / factor) * factor
-        return h_bar, w_bar
-
-    def tokens(self, height: int, width: int) -> int:
-        """Image tokens of a resized image: one per 2×2 merge of 14-pixel patches."""
-        return (height // self.factor) * (width // self.factor)
+    field: str  # e.g. "messages[1].parts[0].image" (the OpenAI front door renames it)
+    data: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,3 +106,16 @@ def check_image(
     out = io.BytesIO()
     resized.save(out, format="PNG", optimize=False)
     return CheckedImage(out.getvalue(), "image/png", new_w, new_h, width, height, tokens)
+
+
+def check_images(images: Sequence[ImageInput], vision: VisionSpec) -> tuple[CheckedImage, ...]:
+    """Check every image of a request against the model's rules (count first: nothing is
+    decoded for a request over the limit)."""
+    limit = vision.limits.max_images
+    if len(images) > limit:
+        raise InvalidArgument(
+            [(images[limit].field, f"{len(images)} images exceed the limit of {limit} per request")]
+        )
+    return tuple(
+        check_image(i.data, i.field, limits=vision.limits, resize=vision.resize) for i in images
+    )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from autoglm.server.engine.client import EngineSampling
 from autoglm.server.errors import InvalidArgument
+from autoglm.server.generation.images import ImageInput
 from autoglm.server.tokenization import Message
 from autoglm.triton_models import contract
 from autoglm.triton_models.refusal import Refusal
@@ -40,6 +41,9 @@ class Sampling:
 class PromptInput:
     prompt: str | None
     messages: tuple[Message, ...]
+    # The messages' images in order (Message.images says how many each turn has); checked
+    # against the model's rules once the model is known (generation/images.py).
+    images: tuple[ImageInput, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +63,30 @@ def check_max_output(requested: int, max_output: int) -> None:
 
 
 def resolve_max_tokens(
-    requested: int, *, prompt_tokens: int, max_context: int, max_output: int, default: int
+    requested: int,
+    *,
+    prompt_tokens: int,
+    max_context: int,
+    max_output: int,
+    default: int,
+    max_input: int | None = None,
 ) -> int:
-    """The number of tokens to ask the engine for, or InvalidArgument when it cannot fit."""
+    """The number of tokens to ask the engine for, or InvalidArgument when it cannot fit.
+
+    `max_input` is the engine's own prompt limit when it is below the context (a TensorRT-LLM
+    engine's `max_input_len`, which it enforces by failing the request: model_limits.py); a
+    prompt over it is the caller's error here, never the engine's.
+    """
+    if max_input is not None and max_input < max_context and prompt_tokens > max_input:
+        raise InvalidArgument(
+            [
+                (
+                    "prompt",
+                    f"{prompt_tokens} prompt tokens exceed the {max_input}-token prompt limit"
+                    " of the model's engine",
+                )
+            ]
+        )
     room = max_context - prompt_tokens
     if room < 1:
         raise InvalidArgument(

@@ -17,7 +17,9 @@ with a backlog piling up in gRPC's buffers. A writer that keeps up never lingers
 The reader runs `read(push)` (e.g. `EngineClient.stream_into`), which calls `push(ids)` per
 engine response. A relay made with `logprobs=True` also takes the ids' log-probabilities: the
 reader hands them to `push_logprobs` before the ids they belong to (EngineClient.stream_into's
-`on_log_probs`), so every batch carries exactly one value per id. Closing the relay — or the
+`on_log_probs`), so every batch carries exactly one value per id. A text engine's reader (the
+vLLM contract) calls `push_text(text, tokens)` instead, and its batches carry text and a token
+count. Closing the relay — or the
 task that opened it finishing, for any reason — cancels the reader, which cancels the engine
 call at once.
 """
@@ -48,6 +50,9 @@ class Batch:
     first_at: float  # arrival of ids[0]
     last_at: float  # arrival of ids[-1]
     logprobs: list[float] | None = None  # one per id, from a relay made with logprobs=True
+    # A text engine's batch (push_text): its text and how many tokens made it; `ids` is empty.
+    text: str = ""
+    tokens: int = 0
 
 
 class Relay:
@@ -65,6 +70,8 @@ class Relay:
         "_owner",
         "_read",
         "_task",
+        "_texts",
+        "_tokens",
         "_waiter",
     )
 
@@ -72,6 +79,8 @@ class Relay:
         self._read = read
         self._linger_s = linger_s
         self._ids: list[int] = []
+        self._texts: list[str] = []  # a text engine's pieces (push_text)
+        self._tokens = 0
         self._logprobs: list[float] | None = [] if logprobs else None
         self._first_at = 0.0
         self._last_at = 0.0
@@ -110,6 +119,19 @@ class Relay:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def push_text(self, text: str, tokens: int) -> None:
+        """A text engine's `push` (the vLLM contract, text_request.py): new text and the number
+        of tokens it came from (text may be "" while the engine holds a character back)."""
+        now = time.perf_counter()
+        if not self._texts:
+            self._first_at = now
+        self._texts.append(text)
+        self._tokens += tokens
+        self._last_at = now
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     def push_logprobs(self, values: list[float]) -> None:
         """The log-probabilities of the ids the next `push` brings (one per id); a relay made
         with logprobs=True only. No wake-up: the ids' push does that."""
@@ -133,11 +155,11 @@ class Relay:
         """
         task = self._task
         assert task is not None, "take() before start()"
-        if self._ids and self._linger_s > 0 and not task.done():
+        if (self._ids or self._texts) and self._linger_s > 0 and not task.done():
             # Behind: tokens arrived while the last message was written. Let the reader drain
             # what gRPC has buffered for a moment, then send it all as one message.
             await asyncio.sleep(self._linger_s)
-        while not self._ids:
+        while not (self._ids or self._texts):
             if task.done():
                 exc = task.exception()  # CancelledError if the reader was cancelled
                 if exc is not None:
@@ -148,11 +170,21 @@ class Relay:
                 await self._waiter
             finally:
                 self._waiter = None
+        if self._texts:
+            return self._take_text()
         ids, self._ids = self._ids, []
         if self._logprobs is None:
             return Batch(ids, self._first_at, self._last_at)
         logprobs, self._logprobs = self._logprobs, []
         return Batch(ids, self._first_at, self._last_at, logprobs)
+
+    def _take_text(self) -> Batch:
+        text, tokens = "".join(self._texts), self._tokens
+        self._texts, self._tokens = [], 0
+        logprobs = None
+        if self._logprobs is not None:
+            logprobs, self._logprobs = self._logprobs, []
+        return Batch([], self._first_at, self._last_at, logprobs, text, tokens)
 
     async def aclose(self) -> None:
         """Cancel the reader (hence the engine call) and wait until it has finished."""

@@ -14,14 +14,21 @@ server lacks learns it at once instead of getting a silently different answer.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from pydantic import ValidationError as PydanticValidationError
 
+from autoglm.server.api.openai.data_urls import decode_data_url
 from autoglm.server.errors import InvalidArgument
+from autoglm.server.vision import ImageLimits
 from autoglm.v1 import text_generation_pb2 as pb
+
+# Decoding bound of one data URL; the model's own (smaller or equal) limit is checked after.
+MAX_IMAGE_BYTES = ImageLimits().max_bytes
+_PART = re.compile(r"(messages\[\d+\])\.parts\[(\d+)\](?:\.image(?:\.data)?)?")
 
 # Keys OpenAI clients send that change nothing in the output of this server: accepted, unused.
 _INERT_KEYS = frozenset({"user", "metadata", "store", "service_tier", "parallel_tool_calls"})
@@ -196,7 +203,8 @@ def param_name(field: str, *, prompt_field: str) -> str:
         return field.removeprefix("sampling.")
     if field == "prompt":
         return prompt_field
-    return field
+    # An image part: autoglm.v1's `messages[i].parts[j].image` is the caller's `content[j]`.
+    return _PART.sub(r"\1.content[\2]", field)
 
 
 def _extra_keys(req: _Body, errors: list[tuple[str, str]]) -> None:
@@ -254,7 +262,7 @@ def _sampling(
     return s
 
 
-def chat_request(req: ChatCompletionRequest, *, accepts_images: bool) -> pb.GenerateRequest:
+def chat_request(req: ChatCompletionRequest) -> pb.GenerateRequest:
     """The autoglm.v1 request a chat completion asks for (InvalidArgument for what it can't)."""
     errors: list[tuple[str, str]] = []
     _extra_keys(req, errors)
@@ -280,15 +288,13 @@ def chat_request(req: ChatCompletionRequest, *, accepts_images: bool) -> pb.Gene
     sampling.logprobs = req.logprobs
     if not req.messages:
         errors.append(("messages", "required: at least one message"))
-    messages = [_message(i, m, accepts_images, errors) for i, m in enumerate(req.messages)]
+    messages = [_message(i, m, errors) for i, m in enumerate(req.messages)]
     if errors:
         raise InvalidArgument(errors)
     return pb.GenerateRequest(model=req.model, messages=messages, sampling=sampling)
 
 
-def _message(
-    i: int, m: ChatMessage, accepts_images: bool, errors: list[tuple[str, str]]
-) -> pb.ChatMessage:
+def _message(i: int, m: ChatMessage, errors: list[tuple[str, str]]) -> pb.ChatMessage:
     where = f"messages[{i}]"
     _extra_keys_at(where, m, errors)
     # "developer" is OpenAI's newer name for the system role (o-series models onwards).
@@ -300,17 +306,29 @@ def _message(
     if m.content is None:
         errors.append((f"{where}.content", "required"))
         return pb.ChatMessage(role=role)
-    texts = []
+    # One autoglm.v1 part per OpenAI part, in order, so that `parts[j]` names `content[j]`
+    # (param_name); the texts are joined by newlines further on (vLLM's "string" format).
+    parts = []
     for j, part in enumerate(m.content):
         if isinstance(part, ImagePart):
-            if not accepts_images:
+            field = f"{where}.content[{j}]"
+            _extra_keys_at(field, part, errors)
+            _extra_keys_at(f"{field}.image_url", part.image_url, errors)
+            if part.image_url.detail not in (None, "auto"):
                 errors.append(
-                    (f"{where}.content[{j}]", "this model does not accept images (text only)")
+                    (f"{field}.image_url.detail", "only 'auto': images are sized by the model")
                 )
+            try:
+                mime, data = decode_data_url(
+                    part.image_url.url, f"{field}.image_url.url", max_bytes=MAX_IMAGE_BYTES
+                )
+            except InvalidArgument as exc:
+                errors.extend(exc.violations)
+                continue
+            parts.append(pb.ContentPart(image=pb.Image(data=data, mime_type=mime)))
         else:
-            texts.append(part.text)
-    # Parts joined by newlines: vLLM's "string" content format, which the model authors use.
-    return pb.ChatMessage(role=role, content="\n".join(texts))
+            parts.append(pb.ContentPart(text=part.text))
+    return pb.ChatMessage(role=role, parts=parts)
 
 
 def _extra_keys_at(where: str, req: _Body, errors: list[tuple[str, str]]) -> None:

@@ -58,8 +58,7 @@ class Route:
 CHAT = Route(
     "chat.completions",
     protocol.ChatCompletionRequest,
-    # Images become real with the image issue; until then every model is text-only.
-    lambda req: protocol.chat_request(req, accepts_images=False),
+    protocol.chat_request,
     "messages",
     "chatcmpl-",
     chat=True,

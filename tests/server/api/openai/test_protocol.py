@@ -16,9 +16,7 @@ USER = [{"role": "user", "content": "hi"}]
 
 def chat(**fields: Any) -> Any:
     body = {"model": "m", "messages": USER} | fields
-    return p.chat_request(
-        p.parse(p.ChatCompletionRequest, json.dumps(body).encode()), accepts_images=False
-    )
+    return p.chat_request(p.parse(p.ChatCompletionRequest, json.dumps(body).encode()))
 
 
 def completion(**fields: Any) -> Any:
@@ -51,15 +49,50 @@ def test_text_parts_are_joined_with_newlines_and_developer_is_system() -> None:
         {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
     ]
     req = chat(messages=msgs)
-    assert [(m.role, m.content) for m in req.messages] == [("system", "be brief"), ("user", "a\nb")]
+    assert [m.role for m in req.messages] == ["system", "user"]
+    assert req.messages[0].content == "be brief"
+    assert [part.text for part in req.messages[1].parts] == ["a", "b"]
 
 
-def test_an_image_part_is_refused_naming_the_part() -> None:
-    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+def test_an_image_part_becomes_an_inline_image_in_order() -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAEC"}}
     msgs = [{"role": "user", "content": [image, {"type": "text", "text": "what is this"}]}]
-    (violation,) = refused(chat, messages=msgs)
-    assert violation[0] == "messages[0].content[0]"
-    assert "does not accept images" in violation[1]
+    (message,) = chat(messages=msgs).messages
+    assert message.parts[0].image.data == bytes([0, 1, 2])
+    assert message.parts[0].image.mime_type == "image/png"
+    assert message.parts[1].text == "what is this"
+
+
+@pytest.mark.parametrize(
+    "url", ["https://example.com/a.png", "file:///etc/passwd", "/etc/passwd", "ftp://x/y"]
+)
+def test_only_data_urls_are_taken_naming_the_part(url: str) -> None:
+    image = {"type": "image_url", "image_url": {"url": url}}
+    (violation,) = refused(chat, messages=[{"role": "user", "content": [image]}])
+    assert violation[0] == "messages[0].content[0].image_url.url"
+    assert "never fetches" in violation[1]
+
+
+def test_an_image_detail_other_than_auto_is_refused() -> None:
+    image = {
+        "type": "image_url",
+        "image_url": {"url": "data:image/png;base64,AAEC", "detail": "low"},
+    }
+    (violation,) = refused(chat, messages=[{"role": "user", "content": [image]}])
+    assert violation[0] == "messages[0].content[0].image_url.detail"
+
+
+@pytest.mark.parametrize(
+    ("field", "caller"),
+    [
+        ("messages[2].parts[3].image", "messages[2].content[3]"),
+        ("messages[0].parts[1].image.data", "messages[0].content[1]"),
+        ("messages[1].content", "messages[1].content"),
+        ("sampling.max_tokens", "max_tokens"),
+    ],
+)
+def test_autoglm_fields_are_named_as_the_caller_sent_them(field: str, caller: str) -> None:
+    assert p.param_name(field, prompt_field="messages") == caller
 
 
 def test_stop_as_string_or_list() -> None:
