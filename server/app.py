@@ -26,6 +26,7 @@ from autoglm.server.audit.writer import AuditWriter
 from autoglm.server.engine.client import EngineClient
 from autoglm.server.engine.health import EngineHealth
 from autoglm.server.engine.model_versions import ModelVersions
+from autoglm.server.model_limits import EngineLimits
 from autoglm.server.models import ModelRegistry, ModelSpec, load_model
 from autoglm.server.security.auth import AuthInterceptor
 from autoglm.server.security.bearer_tokens import TokenStore
@@ -119,9 +120,20 @@ async def _load_repository(
     specs = []
     for name, lv in sorted(loaded.items()):
         log.info("model %s: version %d (profile %s)", name, lv.version, lv.profile_id)
-        engine_kind = "cpu_reference" if lv.manifest.profile.sku == "cpu" else "tensorrt_llm"
+        profile = lv.manifest.profile
+        engine_kind = "cpu_reference" if profile.sku == "cpu" else "tensorrt_llm"
+        # What the engine was built for bounds the prompt and the context (model_limits.py).
+        built = EngineLimits(
+            profile.max_input_len, profile.max_seq_len, f"version {lv.version} manifest"
+        )
         specs.append(
-            ModelSpec(name=name, triton_model=name, tokenizer_dir=lv.path, engine=engine_kind)
+            ModelSpec(
+                name=name,
+                triton_model=name,
+                tokenizer_dir=lv.path,
+                engine=engine_kind,
+                engine_limits=built,
+            )
         )
     return versions, specs
 

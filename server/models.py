@@ -3,57 +3,122 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from autoglm.server.model_limits import (
+    EngineLimits,
+    ModelLimits,
+    Overrides,
+    end_of_sequence_ids,
+    resolve_limits,
+    stated_context,
+    stated_default_max_tokens,
+)
 from autoglm.server.tokenization import PromptEncoder
 
 
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
-    """How one public model maps onto the engine (from settings)."""
+    """How one public model maps onto the engine (from settings).
+
+    The limits are the model's own (model_limits.py) unless set here: an operator may lower
+    them; a value above the model's own is refused at start.
+    """
 
     name: str  # public name, GenerateRequest.model
     triton_model: str  # the Triton model serving it
     tokenizer_dir: Path  # HF folder with tokenizer.json (+ chat template, config.json)
     engine: str = "cpu_reference"  # or "tensorrt_llm"
-    max_context_tokens: int = 2048
-    max_output_tokens: int = 1024
-    default_max_tokens: int = 256
+    max_context_tokens: int | None = None
+    max_output_tokens: int | None = None
+    default_max_tokens: int | None = None
+    # What the installed engine was built for (its manifest), for a model-repository version.
+    engine_limits: EngineLimits | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ServedModel:
     spec: ModelSpec
     encoder: PromptEncoder
-    end_id: int
+    # Every end-of-sequence id, the one the engine gets as `end_id` first (model_limits.py).
+    end_ids: tuple[int, ...]
     pad_id: int
+    limits: ModelLimits
+
+    @property
+    def end_id(self) -> int:
+        return self.end_ids[0]
+
+    @property
+    def stop_words(self) -> tuple[tuple[int, ...], ...]:
+        """The other end-of-sequence ids, as single-token stop words: TensorRT-LLM's backend
+        takes one `end_id` (contract.END_ID) and ends on any of `stop_words_list`, as its own
+        LLM API sends `stop_token_ids` (`SamplingParams._get_stop_words`,
+        tensorrt_llm/sampling_params.py)."""
+        return tuple((token,) for token in self.end_ids[1:])
+
+    def end_at(self, ids: Sequence[int]) -> int | None:
+        """The index of the first end-of-sequence id in `ids`, or None.
+
+        TensorRT-LLM leaves `end_id` out of its output but keeps a matched stop word's tokens
+        in it (tensorrt_llm/executor/result.py `_handle_sequence` trims them only for its own
+        callers); the pipeline cuts at this index so that every end-of-sequence id looks
+        the same to a caller: in neither text, token_ids nor usage.
+        """
+        # `in` / `index` scan in C: this runs on every batch of the hot path.
+        found = [ids.index(end) for end in self.end_ids if end in ids]
+        return min(found) if found else None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return data
 
 
 def load_model(spec: ModelSpec) -> ServedModel:
-    """Load the tokenizer and the end/pad ids of a model (config.json / generation_config.json)."""
-    ids: dict[str, object] = {}
-    for name in ("config.json", "generation_config.json"):
-        path = spec.tokenizer_dir / name
-        if path.is_file():
-            ids.update(
-                {k: v for k, v in json.loads(path.read_text()).items() if k.endswith("_token_id")}
-            )
-    end_id = ids.get("eos_token_id")
-    if isinstance(end_id, list):  # some models list several; the engine takes one end_id
-        end_id = end_id[0] if end_id else None
-    if not isinstance(end_id, int):
-        raise ValueError(
-            f"{spec.tokenizer_dir}: no eos_token_id in config.json/generation_config.json"
+    """Load the tokenizer, the end/pad ids and the limits of a model from its folder
+    (config.json, generation_config.json) and its engine's limits; ValueError (LimitError)
+    naming the folder when they cannot be resolved."""
+    config = _read_json(spec.tokenizer_dir / "config.json") or {}
+    generation = _read_json(spec.tokenizer_dir / "generation_config.json")
+    try:
+        end_ids = end_of_sequence_ids(config, generation)
+        limits = resolve_limits(
+            stated_context(config, generation, spec.engine_limits),
+            engine=spec.engine_limits,
+            default_max_tokens=stated_default_max_tokens(generation),
+            overrides=Overrides(
+                spec.max_context_tokens, spec.max_output_tokens, spec.default_max_tokens
+            ),
         )
-    pad_id = ids.get("pad_token_id")
+    except ValueError as exc:
+        raise type(exc)(f"model {spec.name} ({spec.tokenizer_dir}): {exc}") from None
+    pad_id = _pad_id(config, generation)
     return ServedModel(
         spec=spec,
         encoder=PromptEncoder.from_model_dir(spec.tokenizer_dir),
-        end_id=end_id,
+        end_ids=end_ids,
         # SmolLM2 has no pad token: pad with eos, as TensorRT-LLM's examples do.
-        pad_id=pad_id if isinstance(pad_id, int) else end_id,
+        pad_id=pad_id if pad_id is not None else end_ids[0],
+        limits=limits,
     )
+
+
+def _pad_id(config: dict[str, Any], generation: dict[str, Any] | None) -> int | None:
+    """generation_config.json's pad_token_id, else config.json's (or its text_config's)."""
+    text = config.get("text_config")
+    for source in (generation or {}, config, text if isinstance(text, dict) else {}):
+        value = source.get("pad_token_id")
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
 
 
 class ModelRegistry:

@@ -17,6 +17,7 @@ of a tensor (refusal.py) reaches the caller as INVALID_ARGUMENT naming the reque
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -85,18 +86,19 @@ class Prepared:
 
 def prepare(plan: GeneratePlan, model: ServedModel) -> Prepared:
     """Tokenize and resolve max_tokens (InvalidArgument when the request cannot fit the model)."""
-    spec = model.spec
+    limits = model.limits
     # Before tokenizing: a max_tokens no prompt could make valid costs no tokenization.
-    check_max_output(plan.sampling.max_tokens, spec.max_output_tokens)
+    check_max_output(plan.sampling.max_tokens, limits.max_output)
     t = time.perf_counter()
     prompt_ids = encode_input(model, plan.input)
     tokenize_s = time.perf_counter() - t
     max_new = resolve_max_tokens(
         plan.sampling.max_tokens,
         prompt_tokens=len(prompt_ids),
-        max_context=spec.max_context_tokens,
-        max_output=spec.max_output_tokens,
-        default=spec.default_max_tokens,
+        max_context=limits.max_context,
+        max_output=limits.max_output,
+        default=limits.default_max_tokens,
+        max_input=limits.max_input,
     )
     return Prepared(plan, model, tuple(prompt_ids), max_new, tokenize_s)
 
@@ -123,6 +125,9 @@ async def generate(
         end_id=model.end_id,
         pad_id=model.pad_id,
         sampling=engine_sampling(plan.sampling),
+        # The model's other end-of-sequence ids. Stop strings are matched here on the text, so
+        # no caller's words join them.
+        stop_words=model.stop_words,
     )
     detok = IncrementalDetokenizer(
         model.encoder.tokenizer, skip_special_tokens=plan.sampling.skip_special_tokens
@@ -133,6 +138,7 @@ async def generate(
     per_token = bool(plan.sampling.stop)
     completion = 0
     stopped = False
+    ended = False  # on an end-of-sequence id
     detok_s = 0.0  # time spent detokenizing, put on the generation span (a span per token
     # would cost more than the work it measures)
 
@@ -154,6 +160,9 @@ async def generate(
     async with relay:
         while (batch := await relay.take()) is not None:
             ids = batch.ids
+            end = model.end_at(ids)
+            if end is not None:  # the answer ends before its end-of-sequence id (models.py)
+                ids = ids[:end]
             t = perf()
             if per_token:
                 text, used = _feed_until_stop(detok, stops, ids)
@@ -166,8 +175,13 @@ async def generate(
             delta = Delta(text, ids, first_at=batch.first_at, last_at=batch.last_at)
             if batch.logprobs is not None:  # one per id kept (a stop string may cut ids)
                 delta.logprobs = batch.logprobs[: len(ids)]
-            yield delta
+            if ids or text:
+                yield delta
             if stopped:
+                break
+            if end is not None:
+                ended = True
+                await _engine_end(relay)
                 break
     tail = ""
     if not stopped:
@@ -176,8 +190,21 @@ async def generate(
             tail += stops.flush()  # may still confirm a stop (a longer candidate never completed)
             stopped = stops.stopped
     tracing.annotate({"autoglm.detokenize_seconds": round(detok_s, 6)})
-    finish = pb.FINISH_REASON_STOP if stopped or completion < max_new else pb.FINISH_REASON_LENGTH
+    stop = stopped or ended or completion < max_new
+    finish = pb.FINISH_REASON_STOP if stop else pb.FINISH_REASON_LENGTH
     yield Delta(tail, [], finish, len(prompt_ids), completion)
+
+
+async def _engine_end(relay: Relay) -> None:
+    """Wait for the engine to end a request that produced an end-of-sequence stop word.
+
+    The engine ends it itself, at once (TensorRT-LLM and the CPU engine stop on a stop word);
+    leaving before would reset a stream Triton is completing, which can leak the request
+    (reader.py). More ids mean an engine that ignored `stop_words_list`: leaving then cancels
+    it. The answer is complete either way, so an engine error after it changes nothing.
+    """
+    with contextlib.suppress(ServiceError):
+        await relay.take()
 
 
 def _engine_error(exc: EngineFailure | InvalidArgument) -> ServiceError:

@@ -199,7 +199,7 @@ def _model_entry(door: FrontDoor, name: str, context: int) -> dict[str, object]:
 
 def _models(door: FrontDoor, principal: Principal | None) -> bytes:
     data = [
-        _model_entry(door, m.spec.name, m.spec.max_context_tokens)
+        _model_entry(door, m.spec.name, m.limits.max_context)
         for m in door.generations.visible_models(principal)
     ]
     return orjson.dumps({"object": "list", "data": data})
@@ -208,6 +208,6 @@ def _models(door: FrontDoor, principal: Principal | None) -> bytes:
 def _model(door: FrontDoor, principal: Principal | None, name: str) -> bytes:
     for m in door.generations.visible_models(principal):
         if m.spec.name == name:
-            return orjson.dumps(_model_entry(door, name, m.spec.max_context_tokens))
+            return orjson.dumps(_model_entry(door, name, m.limits.max_context))
     # The same answer for a model that does not exist and one this token may not see.
     raise NotFound(f"model: no model named {name!r}", field="model")

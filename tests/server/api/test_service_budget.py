@@ -24,7 +24,9 @@ from autoglm.v1 import text_generation_pb2 as pb
 from autoglm.v1 import text_generation_pb2_grpc as pb_grpc
 
 CONTEXT = 128
-DEFAULT = 256  # the model's default budget: more than the context leaves any prompt
+# The model's default budget (256) is cut to its output cap, the room the context leaves one
+# prompt token (CONTEXT - 1): more than the context leaves any real prompt.
+DEFAULT = CONTEXT - 1
 CEILING = 100  # tokens per request the principal may ask for: less than DEFAULT
 LONG_PROMPT = "hello " * 40  # ~40 tokens: leaves less room than CEILING
 
@@ -61,7 +63,6 @@ async def served(
         triton_model="m",
         tokenizer_dir=model_dir,
         max_context_tokens=CONTEXT,
-        default_max_tokens=DEFAULT,
     )
     registry = ModelRegistry([load_model(spec)])
     engine = Engine()
@@ -98,7 +99,7 @@ async def test_admission_and_engine_get_the_same_budget(
     [request] = engine.requests
     room = CONTEXT - usage.prompt_tokens
     assert room <= CEILING
-    # Admitted although the model's default (256) is above the principal's ceiling (100): the
+    # Admitted although the model's default (DEFAULT) is above the principal's ceiling (100): the
     # request can only ever get the room its prompt leaves, and that is what was checked.
     assert admission.requested == [request.max_new_tokens] == [room]
     assert usage.completion_tokens == room

@@ -17,6 +17,7 @@ from autoglm.server.errors import EngineFailure, EngineUnavailable, InvalidArgum
 from autoglm.server.generation import pipeline
 from autoglm.server.generation.plan import GeneratePlan
 from autoglm.server.generation.relay import Push
+from autoglm.server.model_limits import EngineLimits
 from autoglm.server.models import ModelSpec, ServedModel, load_model
 from autoglm.triton_models.refusal import Refusal
 from autoglm.v1 import text_generation_pb2 as pb
@@ -27,12 +28,7 @@ CONTEXT = 64  # small, so that a short prompt leaves less room than the default 
 @pytest.fixture(scope="module")
 def model(model_dir: Path) -> ServedModel:
     spec = ModelSpec(
-        name="m",
-        triton_model="m",
-        tokenizer_dir=model_dir,
-        max_context_tokens=CONTEXT,
-        max_output_tokens=1024,
-        default_max_tokens=256,
+        name="m", triton_model="m", tokenizer_dir=model_dir, max_context_tokens=CONTEXT
     )
     return load_model(spec)
 
@@ -82,6 +78,30 @@ def test_budget_that_cannot_fit(model: ServedModel, max_tokens: int, field: str)
     with pytest.raises(InvalidArgument) as info:
         pipeline.prepare(plan(max_tokens=max_tokens), model)
     assert [f for f, _ in info.value.violations] == [field]
+
+
+def test_the_agents_budget_fits_smollm2(model_dir: Path) -> None:
+    # Open-AutoGLM asks for 3000 tokens per step; SmolLM2 states an 8192-token context.
+    served = load_model(ModelSpec(name="m", triton_model="m", tokenizer_dir=model_dir))
+    assert pipeline.prepare(plan(max_tokens=3000), served).max_new_tokens == 3000
+
+
+def test_a_prompt_over_the_engines_input_limit_names_the_numbers(model_dir: Path) -> None:
+    built = EngineLimits(max_input_len=8, max_seq_len=2048)
+    spec = ModelSpec(name="m", triton_model="m", tokenizer_dir=model_dir, engine_limits=built)
+    served = load_model(spec)
+    prompt = "one two three four five six seven eight nine ten"
+    tokens = len(served.encoder.encode_prompt(prompt))
+    assert tokens > 8
+    with pytest.raises(InvalidArgument) as info:
+        pipeline.prepare(plan(prompt, max_tokens=1), served)
+    [(field, description)] = info.value.violations
+    assert field == "prompt"
+    assert f"{tokens} prompt tokens" in description
+    assert "8-token prompt limit" in description
+    fits = " ".join(prompt.split()[:3])
+    assert len(served.encoder.encode_prompt(fits)) <= 8
+    assert pipeline.prepare(plan(fits, max_tokens=1), served).max_new_tokens == 1
 
 
 async def test_the_engine_gets_the_prepared_budget(model: ServedModel) -> None:
