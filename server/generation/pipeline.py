@@ -17,14 +17,16 @@ of a tensor (refusal.py) reaches the caller as INVALID_ARGUMENT naming the reque
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from autoglm.server.engine.client import EngineClient, EngineRequest
 from autoglm.server.errors import EngineFailure, InvalidArgument, ServiceError
 from autoglm.server.generation.detokenizer import IncrementalDetokenizer
+from autoglm.server.generation.images import CheckedImage, check_images
 from autoglm.server.generation.plan import (
     GeneratePlan,
     PromptInput,
@@ -37,7 +39,7 @@ from autoglm.server.generation.relay import Push, Relay
 from autoglm.server.generation.stop_strings import StopStringMatcher
 from autoglm.server.models import ServedModel
 from autoglm.server.telemetry import tracing
-from autoglm.server.tokenization import ChatTemplateError
+from autoglm.server.tokenization import ChatTemplateError, expand_image_tokens
 from autoglm.triton_models.refusal import parse_refusal
 from autoglm.v1 import text_generation_pb2 as pb
 
@@ -58,19 +60,83 @@ class Delta:
     # The chosen tokens' log-probabilities, one per id of `token_ids` (also when a stop string
     # cut the ids short); empty unless the plan's sampling asks for them.
     logprobs: list[float] = field(default_factory=list)
+    # A text engine's delta (text_pipeline.py) has no ids: the tokens its text came from.
+    text_tokens: int = 0
+
+    @property
+    def tokens(self) -> int:
+        """The generated tokens this delta carries (ids, or a text engine's count)."""
+        return len(self.token_ids) or self.text_tokens
 
 
-def encode_input(model: ServedModel, prompt_input: PromptInput) -> list[int]:
-    try:
-        if prompt_input.prompt is not None:
-            ids = model.encoder.encode_prompt(prompt_input.prompt)
-        else:
-            ids = model.encoder.encode_chat(prompt_input.messages)
-    except ChatTemplateError as exc:
-        raise InvalidArgument([("messages", str(exc))]) from None
+def encode_input(
+    model: ServedModel, prompt_input: PromptInput, images: Sequence[CheckedImage] = ()
+) -> list[int]:
+    """The prompt's token ids as the engine will see them (each image's token expanded)."""
+    ids = _encode(model, prompt_input, images)[1]
     if not ids:
         raise InvalidArgument([("prompt", "encodes to no tokens")])
     return ids
+
+
+def _encode(
+    model: ServedModel, prompt_input: PromptInput, images: Sequence[CheckedImage]
+) -> tuple[str | None, list[int]]:
+    """(the rendered prompt text for a text engine, else None; the prompt's token ids)."""
+    encoder, vision = model.encoder, model.vision
+    if vision is not None:
+        _refuse_image_tokens(prompt_input, vision.image_token)
+    try:
+        if not model.returns_text:
+            if prompt_input.prompt is not None:
+                return None, encoder.encode_prompt(prompt_input.prompt)
+            return None, encoder.encode_chat(prompt_input.messages)
+        # A text engine tokenizes the text itself (as vLLM does: a raw prompt with the
+        # tokenizer's special tokens, a rendered chat without, the template holding them).
+        if prompt_input.prompt is not None:
+            text, special = prompt_input.prompt, True
+        else:
+            text, special = encoder.render_chat(prompt_input.messages), False
+    except ChatTemplateError as exc:
+        raise InvalidArgument([("messages", str(exc))]) from None
+    ids = encoder.tokenizer.encode(text, add_special_tokens=special).ids
+    if vision is not None and images:
+        ids = expand_image_tokens(ids, vision.image_token_id, [i.tokens for i in images])
+    return text, ids
+
+
+def _refuse_image_tokens(prompt_input: PromptInput, image_token: str) -> None:
+    """A caller's text may not carry the image token: images come as image parts only (the
+    engine would take the text's token for an image and find one too few)."""
+    why = f"contains the image token {image_token!r}: send images as image parts"
+    if prompt_input.prompt is not None and image_token in prompt_input.prompt:
+        raise InvalidArgument([("prompt", why)])
+    bad = [
+        (f"messages[{i}].content", why)
+        for i, m in enumerate(prompt_input.messages)
+        if image_token in m.content
+    ]
+    if bad:
+        raise InvalidArgument(bad)
+
+
+async def check_request_images(plan: GeneratePlan, model: ServedModel) -> tuple[CheckedImage, ...]:
+    """The plan's images checked against the model's rules, off the event loop (decoding and
+    resizing a screenshot takes tens of milliseconds); InvalidArgument naming the image."""
+    images = plan.input.images
+    if not images:
+        return ()
+    if model.vision is None:
+        raise InvalidArgument([(images[0].field, "this model does not accept images (text only)")])
+    t = time.perf_counter()
+    checked = await asyncio.to_thread(check_images, images, model.vision)
+    tracing.annotate(
+        {
+            "autoglm.image_seconds": round(time.perf_counter() - t, 6),
+            "autoglm.images": len(checked),
+        }
+    )
+    return checked
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,15 +148,29 @@ class Prepared:
     prompt_ids: tuple[int, ...]
     max_new_tokens: int  # resolved once: admission, the span and the engine request use it
     tokenize_seconds: float
+    prompt_text: str | None = None  # the rendered prompt, for a text engine (text_pipeline.py)
+    images: tuple[CheckedImage, ...] = ()  # checked and resized, in placeholder order
 
 
-def prepare(plan: GeneratePlan, model: ServedModel) -> Prepared:
-    """Tokenize and resolve max_tokens (InvalidArgument when the request cannot fit the model)."""
+def prepare(
+    plan: GeneratePlan, model: ServedModel, images: tuple[CheckedImage, ...] = ()
+) -> Prepared:
+    """Tokenize and resolve max_tokens (InvalidArgument when the request cannot fit the model).
+
+    `images` are the plan's, checked (check_request_images)."""
     limits = model.limits
+    if model.returns_text and plan.sampling.logprobs:
+        # The vLLM contract returns log-probabilities with the engine's own token texts, which
+        # neither front door carries yet (token_ids are empty on that contract).
+        raise InvalidArgument(
+            [("sampling.logprobs", f"not supported by this model's engine ({model.spec.engine})")]
+        )
     # Before tokenizing: a max_tokens no prompt could make valid costs no tokenization.
     check_max_output(plan.sampling.max_tokens, limits.max_output)
     t = time.perf_counter()
-    prompt_ids = encode_input(model, plan.input)
+    prompt_text, prompt_ids = _encode(model, plan.input, images)
+    if not prompt_ids:
+        raise InvalidArgument([("prompt", "encodes to no tokens")])
     tokenize_s = time.perf_counter() - t
     max_new = resolve_max_tokens(
         plan.sampling.max_tokens,
@@ -100,7 +180,7 @@ def prepare(plan: GeneratePlan, model: ServedModel) -> Prepared:
         default=limits.default_max_tokens,
         max_input=limits.max_input,
     )
-    return Prepared(plan, model, tuple(prompt_ids), max_new, tokenize_s)
+    return Prepared(plan, model, tuple(prompt_ids), max_new, tokenize_s, prompt_text, images)
 
 
 async def generate(
@@ -153,7 +233,7 @@ async def generate(
             else:
                 await engine.stream_into(request, push, timeout=timeout)
         except (EngineFailure, InvalidArgument) as exc:
-            raise _engine_error(exc) from None
+            raise engine_error(exc) from None
 
     relay = Relay(read, logprobs=logprobs)
     # Leaving this block (end, stop string, error, the caller gone) cancels the engine request.
@@ -207,7 +287,7 @@ async def _engine_end(relay: Relay) -> None:
         await relay.take()
 
 
-def _engine_error(exc: EngineFailure | InvalidArgument) -> ServiceError:
+def engine_error(exc: EngineFailure | InvalidArgument) -> ServiceError:
     """What the caller is told of an engine error: InvalidArgument naming the request field when
     the engine refused one of the caller's values; INTERNAL when it refused a value the façade
     chose itself (our fault); otherwise the error as the engine client mapped it.

@@ -130,7 +130,9 @@ def test_messages_formats(messages: object) -> None:
         (None, [{"content": "x"}], r"messages\[0\]: missing role"),
         (None, [("user", "ok"), ("user",)], r"messages\[1\]"),
         (None, ["user: hi"], r"messages\[0\]"),
-        (None, [("user", 5)], "must be strings"),
+        (None, [("user", 5)], "content must be a string or a list"),
+        (None, [(5, "hi")], "role must be a string"),
+        (None, [("user", ["hi", 5])], r"messages\[0\]\.parts\[1\]: must be a string or an Image"),
         (b"bytes", None, "prompt: must be a string"),
     ],
 )
