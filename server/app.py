@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 from collections.abc import Coroutine
@@ -150,7 +151,12 @@ async def start_server(settings: Settings) -> RunningServer:
         ssl_context=link.ssl_context() if link else None,
     )
     versions, specs = await _load_repository(settings, engine)
-    registry = ModelRegistry([load_model(spec) for spec in (*settings.models, *specs)])
+    registry = ModelRegistry(
+        [
+            load_model(dataclasses.replace(spec, image_limits=settings.image_limits))
+            for spec in (*settings.models, *specs)
+        ]
+    )
     metrics = FacadeMetrics(registry.names())
     # First: the OTel server span, so that refused calls are traced too ([] when tracing is off).
     interceptors: list[grpc.aio.ServerInterceptor] = [*tracing.server_interceptors()]
@@ -170,7 +176,7 @@ async def start_server(settings: Settings) -> RunningServer:
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
-            ("grpc.max_receive_message_length", 4 << 20),
+            ("grpc.max_receive_message_length", settings.grpc_max_receive_bytes),
             # Several worker processes share the port (workers.py); a lone façade refuses to,
             # so a second one started by mistake fails to bind instead of splitting the traffic.
             ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,12 @@ from autoglm.server.model_limits import (
     stated_default_max_tokens,
 )
 from autoglm.server.tokenization import PromptEncoder
+from autoglm.server.vision import ImageLimits, VisionSpec, load_vision
+
+# Engines of the vLLM contract (triton_models/vllm_contract.py): Triton's vLLM backend on a GPU
+# and its CPU reference engine; the others ("tensorrt_llm", "cpu_reference") take token ids.
+TEXT_ENGINES = frozenset({"vllm", "cpu_reference_vl"})
+ENGINES = frozenset({"tensorrt_llm", "cpu_reference"}) | TEXT_ENGINES
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +43,10 @@ class ModelSpec:
     default_max_tokens: int | None = None
     # What the installed engine was built for (its manifest), for a model-repository version.
     engine_limits: EngineLimits | None = None
+    # Images (vision-language models only, vision.py): the per-request limits, and the pixel
+    # budget when the engine is told another than its processor's (vLLM's mm_processor_kwargs).
+    image_limits: ImageLimits = field(default_factory=ImageLimits)
+    image_max_pixels: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +57,12 @@ class ServedModel:
     end_ids: tuple[int, ...]
     pad_id: int
     limits: ModelLimits
+    vision: VisionSpec | None = None  # None: a text-only model
+
+    @property
+    def returns_text(self) -> bool:
+        """Whether the engine speaks text (the vLLM contract) rather than token ids."""
+        return self.spec.engine in TEXT_ENGINES
 
     @property
     def end_id(self) -> int:
@@ -101,9 +117,22 @@ def load_model(spec: ModelSpec) -> ServedModel:
     except ValueError as exc:
         raise type(exc)(f"model {spec.name} ({spec.tokenizer_dir}): {exc}") from None
     pad_id = _pad_id(config, generation)
+    if spec.engine not in ENGINES:
+        raise ValueError(f"model {spec.name}: unknown engine {spec.engine!r} ({sorted(ENGINES)})")
+    vision = load_vision(
+        spec.tokenizer_dir, limits=spec.image_limits, max_pixels=spec.image_max_pixels
+    )
+    if vision is not None and spec.engine not in TEXT_ENGINES:
+        raise ValueError(
+            f"model {spec.name}: a vision-language model needs a text engine"
+            f" ({sorted(TEXT_ENGINES)}), not {spec.engine!r}"
+        )
     return ServedModel(
         spec=spec,
-        encoder=PromptEncoder.from_model_dir(spec.tokenizer_dir),
+        vision=vision,
+        encoder=PromptEncoder.from_model_dir(
+            spec.tokenizer_dir, image_placeholder=vision.placeholder if vision else ""
+        ),
         end_ids=end_ids,
         # SmolLM2 has no pad token: pad with eos, as TensorRT-LLM's examples do.
         pad_id=pad_id if pad_id is not None else end_ids[0],
