@@ -20,3 +20,15 @@ def model_dir() -> Path:
     if not (path / "tokenizer.json").is_file():
         pytest.fail(f"model folder {path} is missing: run `make model` first")
     return path
+
+
+@pytest.fixture(scope="session")
+def vlm_dir() -> Path:
+    """The tiny random-weight GLM-4.1V HF folder (`autoglm model prepare` writes it beside
+    SmolLM2; random weights: plumbing only)."""
+    from autoglm.build_engine.tiny_vlm import TINY_VLM_NAME, is_prepared
+
+    path = default_model_dir().parent / TINY_VLM_NAME
+    if not is_prepared(path):
+        pytest.fail(f"model folder {path} is missing: run `make model` first")
+    return path

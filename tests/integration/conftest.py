@@ -33,11 +33,17 @@ from autoglm.server.security.bearer_tokens import TokenStore
 from autoglm.server.settings import Settings, TlsSettings
 from autoglm.server.telemetry import tracing
 from autoglm.server.telemetry.tracing import TracingSettings
-from autoglm.triton_models.repository import CpuEngineConfig, render_cpu_model
+from autoglm.triton_models.repository import (
+    CpuEngineConfig,
+    CpuVlConfig,
+    render_cpu_model,
+    render_cpu_vl_model,
+)
 from tests.support.otlp_receiver import OtlpReceiver
 from tests.support.triton_crashes import CrashScanner
 
 MODEL = "smollm2-135m-instruct"
+VLM = "glm-4.1v-tiny-random"  # served by the CPU engine of the vLLM contract, with images
 # Sampled with seed 1, the model goes on for hundreds of tokens after this.
 LONG_PROMPT = "Once upon a time, in a land far away,"
 T = TypeVar("T")
@@ -128,6 +134,7 @@ def engine_link(tmp_path_factory: pytest.TempPathFactory) -> EngineLink:
 def triton(
     tmp_path_factory: pytest.TempPathFactory,
     model_dir: Path,
+    vlm_dir: Path,
     engine_link: EngineLink,
     otlp: OtlpReceiver,
 ) -> Iterator[TritonProcess]:
@@ -135,10 +142,11 @@ def triton(
     render_cpu_model(
         repo, CpuEngineConfig(model_name=MODEL, hf_model_dir=model_dir, max_concurrency=4)
     )
+    render_cpu_vl_model(repo, CpuVlConfig(model_name=VLM, hf_model_dir=vlm_dir, max_concurrency=4))
     proc = TritonProcess(
         TritonOptions(
             model_repository=repo,
-            models=(MODEL,),
+            models=(MODEL, VLM),
             exit_timeout_s=5,
             link=engine_link,
             trace_url=otlp.triton_url,
@@ -222,13 +230,17 @@ def facade(
     token_store: TokenStore,
     token: str,
     model_dir: Path,
+    vlm_dir: Path,
     tracing_on: None,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Facade]:
     settings = Settings(
         listen="127.0.0.1:0",
         triton_target=triton.grpc_target,
-        models=(ModelSpec(name=MODEL, triton_model=MODEL, tokenizer_dir=model_dir),),
+        models=(
+            ModelSpec(name=MODEL, triton_model=MODEL, tokenizer_dir=model_dir),
+            ModelSpec(name=VLM, triton_model=VLM, tokenizer_dir=vlm_dir, engine="cpu_reference_vl"),
+        ),
         tls=TlsSettings(cert=pki.server_cert, key=pki.server_key, client_ca=pki.ca_cert),
         token_store=token_store.path,
         engine_link=engine_link,
