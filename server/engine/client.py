@@ -293,7 +293,9 @@ class EngineClient:
             )
         return endpoint
 
-    async def probe(self, endpoint: str, request: EngineRequest, *, timeout: float) -> int:
+    async def probe(
+        self, endpoint: str, request: EngineRequest | TextEngineRequest, *, timeout: float
+    ) -> int:
         """Run `request` (meant: a one-token generation) on `endpoint` alone; tokens generated.
 
         Goes the way inference goes (reader.py), so a probe tests the path that serves
@@ -301,6 +303,17 @@ class EngineClient:
         like a real call.
         """
         count = 0
+        if isinstance(request, TextEngineRequest):
+
+            def on_message(payload: bytes) -> bool:
+                nonlocal count
+                step = parse_text_response(service_pb2.ModelStreamInferResponse.FromString(payload))
+                count += step.new_tokens
+                return step.final
+
+            payload = build_text_infer_request(request).SerializeToString()
+            await _send(self._endpoint_at(endpoint), payload, on_message, (), timeout)
+            return count
 
         def add(ids: list[int]) -> None:
             nonlocal count

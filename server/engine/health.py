@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from grpc_health.v1 import health, health_pb2
 
 from autoglm.server.engine.client import EngineClient, EngineRequest, EngineSampling
+from autoglm.server.engine.text_request import TextEngineRequest
 from autoglm.server.errors import DeadlineExceeded, EngineFailure, EngineUnavailable
 from autoglm.server.models import ModelRegistry, ServedModel
 from autoglm.server.telemetry.metrics import FacadeMetrics
@@ -33,8 +34,18 @@ _GREEDY = EngineSampling(
 )
 
 
-def probe_request(model: ServedModel) -> EngineRequest:
-    """A one-token greedy generation from a one-token prompt: the cheapest real inference."""
+def probe_request(model: ServedModel) -> EngineRequest | TextEngineRequest:
+    """A one-token greedy generation from a one-token prompt: the cheapest real inference (in
+    the model's contract: token ids, or text for a vLLM-contract engine)."""
+    if model.returns_text:
+        return TextEngineRequest(
+            triton_model=model.spec.triton_model,
+            request_id="autoglm-health-probe",
+            prompt="ok",
+            images=(),
+            max_new_tokens=1,
+            sampling=_GREEDY,
+        )
     return EngineRequest(
         triton_model=model.spec.triton_model,
         request_id="autoglm-health-probe",
