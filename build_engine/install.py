@@ -164,6 +164,8 @@ def _stage_cpu(
             max_batch_size=plan.max_batch,
             version=version,
             precision=plan.precision,
+            # The prompt limit the manifest records, enforced as a TensorRT-LLM engine does.
+            max_input_len=plan.max_input_len,
             # Where the version will be once renamed into place (the config is rendered first).
             fake_quant_dir=(
                 plan.model_repo.resolve() / plan.model_name / str(version) / fake_quant_name

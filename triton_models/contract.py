@@ -48,6 +48,12 @@ _NUMPY = {
 INPUT_IDS = TensorSpec("input_ids", "TYPE_INT32", (-1,), optional=True)  # [batch, tokens]
 INPUT_LENGTHS = TensorSpec("input_lengths", "TYPE_INT32", (1,))  # [batch, 1]
 REQUEST_OUTPUT_LEN = TensorSpec("request_output_len", "TYPE_INT32", (1,))  # [batch, 1]
+# One end-of-sequence id per request (dims [1], an INT32 scalar after the batch dim); the engine
+# leaves it out of `output_ids`. A model with several (Llama-3.1-Instruct: 128001, 128008, 128009)
+# sends its others as single-token words of STOP_WORDS_LIST, as TensorRT-LLM's own LLM API sends
+# `stop_token_ids` (`SamplingParams._get_stop_words`, tensorrt_llm/sampling_params.py); a matched
+# stop word stays in `output_ids` (its LLM API trims it afterwards, `_handle_sequence`,
+# tensorrt_llm/executor/result.py), so the façade cuts it (server/models.py `end_at`).
 END_ID = TensorSpec("end_id", "TYPE_INT32", (1,), optional=True)
 PAD_ID = TensorSpec("pad_id", "TYPE_INT32", (1,), optional=True)
 STREAMING = TensorSpec("streaming", "TYPE_BOOL", (1,), optional=True)

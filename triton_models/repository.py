@@ -36,10 +36,15 @@ class CpuEngineConfig:
     # version's `fake_quant/` folder; it may not exist yet while a version is being staged).
     precision: str = "fp32"
     fake_quant_dir: Path | None = None
+    # The longest prompt the engine takes, as a TensorRT-LLM build's max_input_len (the
+    # version's manifest); None = no limit but the model's.
+    max_input_len: int | None = None
 
     def validate(self) -> None:
         check_model_name(self.model_name)
         check_config_string("hf_model_dir", str(self.hf_model_dir))
+        if self.max_input_len is not None and self.max_input_len < 1:
+            raise ValueError(f"max_input_len: must be >= 1 or None, got {self.max_input_len}")
         for name in (
             "instance_count",
             "max_concurrency",
@@ -76,6 +81,7 @@ def render_cpu_model(repo: Path, cfg: CpuEngineConfig) -> model_config_pb2.Model
             "torch_threads": cfg.torch_threads,
             "precision": cfg.precision,
             "fake_quant_dir": cfg.fake_quant_dir or "",
+            "max_input_len": cfg.max_input_len or "",
         },
     )
     model_root = repo / cfg.model_name

@@ -14,6 +14,7 @@ from autoglm.build_engine.cli import main
 from autoglm.build_engine.install import InstallError, install
 from autoglm.build_engine.plan import BuildPlan
 from autoglm.build_engine.quality import QualityResult
+from autoglm.triton_models.render import parse_model_config
 
 
 def run(*argv: str) -> tuple[int, str]:
@@ -52,6 +53,9 @@ def test_cpu_install_via_cli_twice(model_dir: Path, tmp_path: Path) -> None:
         assert "hf/model.safetensors" in m.files
     config = (repo / "smollm2" / "config.pbtxt").read_text()
     assert 'name: "smollm2"' in config and str(model_dir.resolve()) in config
+    # The CPU engine enforces the prompt limit the manifest records, as a TensorRT-LLM build.
+    limit = parse_model_config(config).parameters["max_input_len"].string_value
+    assert limit == str(m.profile.max_input_len) == "1024"
     assert not [p for p in (repo / "smollm2").iterdir() if p.name.startswith(".staging")]
     rc, text = run("list-profiles", str(repo))
     assert rc == 0 and "selected" in text and "cpu" in text

@@ -79,6 +79,7 @@ def test_instance_group_and_parameters(cpu: mc.ModelConfig, model_dir: Path) -> 
         "torch_threads": "1",
         "precision": "fp32",
         "fake_quant_dir": "",
+        "max_input_len": "",  # no limit but the model's
     }
 
 
@@ -132,8 +133,10 @@ def test_custom_values_and_version(tmp_path: Path, model_dir: Path) -> None:
         torch_threads=4,
         max_batch_size=16,
         version=7,
+        max_input_len=1024,
     )
     parsed = render_cpu_model(tmp_path, cfg)
+    assert parsed.parameters["max_input_len"].string_value == "1024"
     assert parsed.name == "m2"
     assert parsed.max_batch_size == 16
     assert parsed.instance_group[0].count == 3
@@ -193,6 +196,7 @@ def test_gpu_required_inputs_are_all_in_the_contract(gpu: mc.ModelConfig) -> Non
         ({"torch_threads": 0}, "torch_threads"),
         ({"max_batch_size": 0}, "max_batch_size"),
         ({"version": 0}, "version"),
+        ({"max_input_len": 0}, "max_input_len"),
         ({"precision": "fp8"}, "fake_quant_dir"),
         ({"fake_quant_dir": Path("/v/1/fake_quant")}, "fake_quant_dir"),
         ({"precision": "fp8", "fake_quant_dir": Path('/a"b')}, "fake_quant_dir"),

@@ -10,7 +10,12 @@ import pytest
 
 from autoglm.triton_models import contract
 from autoglm.triton_models.contract import to_stop_words_list
-from autoglm.triton_models.cpu_engine.request import EngineRequest, RequestError, parse_request
+from autoglm.triton_models.cpu_engine.request import (
+    EngineRequest,
+    RequestError,
+    parse_max_input_len,
+    parse_request,
+)
 from autoglm.triton_models.cpu_engine.sampling import SamplingConfig
 from autoglm.triton_models.refusal import Refusal, parse_refusal
 
@@ -328,3 +333,38 @@ def test_return_log_probs_false_is_false() -> None:
     tensors = minimal()
     tensors["return_log_probs"] = scalar("return_log_probs", False)
     assert parse(tensors).return_log_probs is False
+
+
+# --- max_input_len: the engine's prompt limit, as a TensorRT-LLM build's -------------------------
+
+
+def test_a_prompt_at_max_input_len_is_taken() -> None:
+    req = parse_request(minimal(), vocab_size=VOCAB, max_input_len=len(PROMPT))
+    assert req.input_ids == tuple(PROMPT)
+
+
+def test_a_prompt_over_max_input_len_is_refused_naming_input_ids_and_the_numbers() -> None:
+    with pytest.raises(RequestError) as info:
+        parse_request(minimal(), vocab_size=VOCAB, max_input_len=len(PROMPT) - 1)
+    assert info.value.tensor == "input_ids"
+    assert f"{len(PROMPT)} tokens exceed" in info.value.reason
+    assert f"max_input_len of {len(PROMPT) - 1}" in info.value.reason
+
+
+def test_the_limit_counts_input_lengths_not_the_padded_tensor() -> None:
+    tensors = minimal()
+    tensors["input_ids"] = ids([*PROMPT, 0, 0, 0])  # padded: input_lengths says 5
+    assert parse_request(tensors, vocab_size=VOCAB, max_input_len=len(PROMPT)).input_ids == tuple(
+        PROMPT
+    )
+
+
+@pytest.mark.parametrize(("value", "limit"), [("", None), ("1", 1), ("1024", 1024)])
+def test_parse_max_input_len(value: str, limit: int | None) -> None:
+    assert parse_max_input_len(value) == limit
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "1.5", "many"])
+def test_a_bad_max_input_len_names_it(value: str) -> None:
+    with pytest.raises(ValueError, match=r"^max_input_len: "):
+        parse_max_input_len(value)

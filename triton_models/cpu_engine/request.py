@@ -47,8 +47,30 @@ def _scalar(
     return arr.reshape(-1)[0].item()
 
 
-def parse_request(tensors: Mapping[str, np.ndarray], *, vocab_size: int) -> EngineRequest:
-    """Validate the tensors of one request (batch size 1) and return an EngineRequest."""
+def parse_max_input_len(value: str) -> int | None:
+    """The config parameter `max_input_len`: "" (or absent, in a repository rendered before it
+    existed) = no limit; else an integer >= 1 (ValueError naming it)."""
+    if not value:
+        return None
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise ValueError(f"max_input_len: {value!r} must be empty or an integer >= 1")
+    return limit
+
+
+def parse_request(
+    tensors: Mapping[str, np.ndarray], *, vocab_size: int, max_input_len: int | None = None
+) -> EngineRequest:
+    """Validate the tensors of one request (batch size 1) and return an EngineRequest.
+
+    `max_input_len` refuses a longer prompt as a TensorRT-LLM engine built with it does
+    ("Prompt length (%d) exceeds maximum input length (%d)", `LlmRequest::validate`,
+    cpp/tensorrt_llm/batch_manager/llmRequest.cpp, NVIDIA/TensorRT-LLM commit 119c6e60), but
+    as a refusal naming `input_ids` (INVALID_ARGUMENT), not an internal error.
+    """
     ids_arr = tensors.get(contract.INPUT_IDS.name)
     if ids_arr is None:
         raise RequestError("input_ids", "missing (input embeddings are not supported)")
@@ -58,6 +80,10 @@ def parse_request(tensors: Mapping[str, np.ndarray], *, vocab_size: int) -> Engi
     if not 0 < length <= ids_arr.shape[1]:
         raise RequestError(
             "input_lengths", f"{length} does not fit input_ids of {ids_arr.shape[1]}"
+        )
+    if max_input_len is not None and length > max_input_len:
+        raise RequestError(
+            "input_ids", f"{length} tokens exceed the engine's max_input_len of {max_input_len}"
         )
     ids = tuple(int(t) for t in ids_arr[0, :length])
     if any(t < 0 or t >= vocab_size for t in ids):

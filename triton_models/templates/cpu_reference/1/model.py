@@ -36,7 +36,7 @@ from autoglm.triton_models.backend_io import (
     refusal_response,
     take_inputs,
 )
-from autoglm.triton_models.cpu_engine.request import parse_request
+from autoglm.triton_models.cpu_engine.request import parse_max_input_len, parse_request
 from autoglm.triton_models.cpu_engine.runner import CausalLMRunner
 from autoglm.triton_models.refusal import Refusal
 
@@ -53,6 +53,10 @@ class TritonPythonModel:
             precision=param(config, "precision"),
             fake_quant_dir=Path(fake_quant_dir) if fake_quant_dir else None,
         )
+        # Optional: a repository rendered before the parameter existed has no limit.
+        self.max_input_len = parse_max_input_len(
+            config["parameters"].get("max_input_len", {}).get("string_value", "")
+        )
         workers = int(param(config, "max_concurrency"))
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="generate")
         # A free worker before a request is taken: the rest wait in Triton's own queue (counted
@@ -62,6 +66,7 @@ class TritonPythonModel:
         self.logger.log_info(
             f"{args['model_name']} version {args['model_version']}: {self.runner.precision}"
             + (f" (ModelOpt fake-quant from {fake_quant_dir})" if fake_quant_dir else "")
+            + (f", max_input_len {self.max_input_len}" if self.max_input_len else "")
         )
         # Families must outlive their metrics: keep them on the instance.
         self.families = [
@@ -107,7 +112,9 @@ class TritonPythonModel:
     def _serve(self, sender, tensors: dict) -> None:
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         try:
-            req = parse_request(tensors, vocab_size=self.runner.vocab_size)
+            req = parse_request(
+                tensors, vocab_size=self.runner.vocab_size, max_input_len=self.max_input_len
+            )
         except Refusal as exc:
             self._count("rejected")
             sender.send(refusal_response(exc), flags=final)
