@@ -34,7 +34,7 @@ INT32_EXTREMES = (0, -1, 1, 2**31 - 1, -(2**31))
 UINT64_EXTREMES = (0, 1, 2**63 - 1, 2**64 - 1)
 
 # The documented ranges (text_generation.proto), compared as the float32 the proto carries.
-MAX_OUTPUT_TOKENS = 1024  # ModelInfo.max_output_tokens of the models the fuzz serves
+MAX_OUTPUT_TOKENS = 4096  # ModelInfo.max_output_tokens of the fuzzed models (model_limits.py)
 MIN_PENALTY = float(np.float32(0.01))
 MAX_PROMPT_BYTES = 1 << 20
 MAX_MESSAGES = 256
