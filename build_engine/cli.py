@@ -1,4 +1,5 @@
-"""`autoglm build …`: skus, plan, quantize, quality, compile, install, list-profiles.
+"""`autoglm build …`: skus, plan, quantize, quality, compile, install, list-profiles, activate,
+vllm-profile (AutoGLM-Phone-9B on Triton's vLLM backend: vllm_profile.py).
 
 `add_build_commands(subparsers)` plugs the group into the main `autoglm` CLI; `main(argv)` runs
 the same commands without the `build` prefix (`python -m autoglm.build_engine.cli quantize …`,
@@ -8,6 +9,7 @@ which is what plan.steps() prints). Every command sets `func(args, console) -> i
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -20,6 +22,7 @@ from rich.table import Table
 
 from autoglm.build_engine import manifest as mf
 from autoglm.build_engine import plan as plan_mod
+from autoglm.build_engine.checkpoint import CheckpointError
 from autoglm.build_engine.compile import CompileError, compile_engine
 from autoglm.build_engine.gpus import GpuDetectionError
 from autoglm.build_engine.install import InstallError, install
@@ -49,6 +52,9 @@ from autoglm.build_engine.version_plan import (
     scan_roots,
     write_pin,
 )
+from autoglm.build_engine.vllm_profile import PRECISIONS as VLLM_PRECISIONS
+from autoglm.build_engine.vllm_profile import VllmProfileError
+from autoglm.triton_models.vllm import EngineArgsError
 
 # Limits per profile when not given (our defaults): latency keeps batches small so a request
 # never waits behind a long context; throughput lets in-flight batching fill the GPU.
@@ -67,6 +73,9 @@ USER_ERRORS = (
     GpuDetectionError,
     QuantizeError,
     OverrideError,
+    VllmProfileError,
+    CheckpointError,
+    EngineArgsError,
 )
 
 
@@ -150,6 +159,47 @@ def _add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         help="send SIGHUP to the serving process so it switches now (else at its next reload)",
     )
     p.set_defaults(func=cmd_activate)
+
+    _add_vllm_profile(sub)
+
+
+def _add_vllm_profile(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "vllm-profile",
+        help="AutoGLM-Phone-9B (GLM-4.1V) for Triton's vLLM backend: verify the checkpoint, "
+        "check the memory fit on the SKU, install a version into a model repository",
+    )
+    p.add_argument("--model-dir", type=Path, required=True, help="the HF checkpoint folder")
+    p.add_argument("--sku", required=True, choices=sorted(SKUS))
+    p.add_argument("--out", type=Path, required=True, help="the Triton model repository")
+    p.add_argument("--tp", type=int, help="tensor parallel GPUs (default: the SKU's)")
+    p.add_argument("--precision", choices=VLLM_PRECISIONS, help="default: fp8 on compute >= 8.9")
+    p.add_argument("--kv-cache-dtype", default="auto", choices=("auto", "fp8"))
+    p.add_argument("--max-model-len", type=int, default=25_480)
+    p.add_argument("--max-num-seqs", type=int, help="default: the SKU's")
+    p.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    p.add_argument("--gpu-memory-utilization", type=float, help="default: the SKU's")
+    p.add_argument(
+        "--gpu-memory-mib", type=int, help="measured memory per GPU (nvidia-smi memory.total)"
+    )
+    p.add_argument(
+        "--sha256-file",
+        type=Path,
+        help="the checkpoint's checksums: sha256sum output or an earlier install's manifest.json "
+        "(default: the last install's manifest; none = record)",
+    )
+    p.add_argument("--model-name", default="autoglm-phone-9b", help="the Triton model name")
+    p.add_argument(
+        "--engine-arg",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="an extra vLLM engine argument from the allow-list (repeatable)",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="check and print model.json; write nothing"
+    )
+    p.set_defaults(func=cmd_vllm_profile)
 
 
 def _plan_arg(p: argparse.ArgumentParser) -> None:
@@ -352,6 +402,82 @@ def cmd_activate(args: argparse.Namespace, console: Console) -> int:
         console.print(f"sent SIGHUP to {args.signal}: it verifies and loads the version now")
     else:
         console.print("the server switches at its next reload: kill -HUP <pid of autoglm serve>")
+    return 0
+
+
+def _engine_arg(item: str) -> tuple[str, object]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise EngineArgsError(f"--engine-arg: {item!r} is not KEY=JSON")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw  # a bare string
+
+
+def cmd_vllm_profile(args: argparse.Namespace, console: Console) -> int:
+    from autoglm.build_engine.vllm_install import (
+        check_checkpoint,
+        install_vllm_version,
+        load_profile,
+        runtime_versions,
+    )
+
+    extra = dict(_engine_arg(a) for a in args.engine_arg)
+    profile = load_profile(
+        args.model_dir.resolve(),
+        sku_name=args.sku,
+        tp=args.tp,
+        precision=args.precision,
+        kv_cache_dtype=args.kv_cache_dtype,
+        max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        gpu_memory_bytes=args.gpu_memory_mib * 2**20 if args.gpu_memory_mib else None,
+        model_name=args.model_name,
+        extra=extra,
+    )
+    engine_args = profile.engine.engine_args()  # refused options fail before any hashing
+    gib = profile.fit.to_dict()["gib"]
+    table = Table(title=f"{profile.engine.model_name} on {profile.sku.name} (per GPU, GiB)")
+    for col in ("precision", "tp", "seqs", "weights", "kv cache", "act+vision", "runtime"):
+        table.add_column(col)
+    table.add_column("need / budget")
+    table.add_row(
+        profile.precision,
+        str(profile.engine.tensor_parallel_size),
+        str(profile.engine.max_num_seqs),
+        str(gib["weights"]),
+        str(gib["kv_cache"]),
+        str(round(gib["activations"] + gib["vision"], 2)),
+        str(gib["runtime"]),
+        f"{gib['need']} / {gib['budget']}",
+    )
+    console.print(table)
+    if args.dry_run:
+        console.print(json.dumps(engine_args, indent=2, sort_keys=True), markup=False)
+        return 0
+    repo = args.out.resolve()
+    record = check_checkpoint(
+        profile.engine.model_dir,
+        sha256_file=args.sha256_file,
+        model_root=repo / profile.engine.model_name,
+    )
+    if record.verified_against == "recorded":
+        console.print(
+            f"[yellow]checkpoint recorded, not verified[/]: {len(record.files)} files hashed; "
+            "no --sha256-file and no earlier install to compare with"
+        )
+    else:
+        console.print(
+            f"checkpoint verified: {len(record.files)} files match {record.verified_against}"
+        )
+    done = install_vllm_version(profile, repo, record, versions=runtime_versions())
+    console.print(
+        f"installed {done.manifest.profile_id} as {profile.engine.model_name} version "
+        f"{done.version} → {done.version_dir}"
+    )
     return 0
 
 

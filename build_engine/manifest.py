@@ -65,6 +65,11 @@ class Profile:
     max_seq_len: int
     max_num_tokens: int
     profile: str
+    # The Triton backend serving the version: "vllm" for Triton's vLLM backend
+    # (build_engine/vllm_profile.py). None on TensorRT-LLM engines and CPU reference versions
+    # (see `engine_kind`), and then left out of the dict and the id: every manifest written
+    # before this field existed keeps its profile id.
+    engine: str | None = None
 
     @classmethod
     def from_plan(cls, plan: BuildPlan) -> Profile:
@@ -84,10 +89,23 @@ class Profile:
             profile=plan.profile,
         )
 
+    def to_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        if data["engine"] is None:
+            del data["engine"]
+        return data
+
     @property
     def id(self) -> str:
-        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @property
+    def engine_kind(self) -> str:
+        """ "vllm", "tensorrt_llm" or "cpu_reference" (what the façade must speak to it)."""
+        if self.engine is not None:
+            return self.engine
+        return "cpu_reference" if self.sku == "cpu" else "tensorrt_llm"
 
     @property
     def gpus(self) -> int:
@@ -114,7 +132,7 @@ class Manifest:
         return {
             "schema_version": SCHEMA_VERSION,
             "profile_id": self.profile_id,
-            "profile": asdict(self.profile),
+            "profile": self.profile.to_dict(),
             "tensorrt_version": self.tensorrt_version,
             "tensorrt_llm_version": self.tensorrt_llm_version,
             "quality": dict(self.quality) if self.quality is not None else None,

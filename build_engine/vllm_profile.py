@@ -1,0 +1,536 @@
+"""AutoGLM-Phone-9B on Triton's vLLM backend: a build profile per SKU (written on paper: no GPU).
+
+TensorRT-LLM cannot build GLM-4.1V (facts.md), so this model is served by vLLM inside
+`tritonserver:<yy.mm>-vllm-python-py3`; there is nothing to compile, and the "build" is:
+1. the checkpoint verified by sha256 (`verify_checkpoint`);
+2. the precision for the SKU (`choose_precision`);
+3. a memory fit (`memory_fit`): weights + KV cache for `max_num_seqs` full contexts + the
+   vision encoder's activations + runtime overhead against GPU memory x
+   `gpu_memory_utilization`, refused with the numbers and the knob to turn;
+4. the engine settings of the SKU (`SKU_SETTINGS`), rendered into a Triton model repository
+   (triton_models/vllm.py) as a new version carrying a manifest (build_engine/manifest.py,
+   `engine: "vllm"`).
+
+Pure functions here; `install_vllm_version` and the sha256 helpers do the I/O.
+
+Sources (vLLM 0.19.0 = the vLLM of tritonserver:26.04-vllm-python-py3 per Triton's
+compatibility matrix; read in the PyPI wheel vllm-0.19.0, commit 2a69949bd):
+- FP8: `quantization="fp8"` on a 16-bit checkpoint is online FP8 (per-tensor weight scales,
+  dynamic activation scales; vllm/model_executor/layers/quantization/fp8.py
+  `Fp8OnlineLinearMethod`, weights created on the meta device and quantized layer by layer while
+  loading, so the 16-bit model is never whole on the GPU). FP8 math needs compute capability
+  >= 8.9 (vllm/platforms/cuda.py `supports_fp8` = has_device_capability(89)); below it vLLM
+  falls back to weight-only FP8 through its Marlin kernel (model_executor/kernels/linear/
+  scaled_mm/marlin.py), FP8 storage with 16-bit math. This profile serves bf16 there (A100:
+  the 16-bit model fits 40 and 80 GB, and weight-only FP8 gives no FP8 speed).
+- The vision tower is quantized too: glm4_1v.py passes `quant_config` to
+  Glm4vVisionTransformer and online Fp8Config has no ignored layers, so every linear layer of
+  the vision blocks and the merger runs FP8 (embeddings, lm_head, norms and convolutions stay
+  bf16). Keeping the vision tower in bf16 takes an offline FP8 checkpoint that lists it as
+  ignored (ModelOpt / llm-compressor): not done here.
+- Tensor parallel: vLLM splits the vision attention heads over the TP group
+  (glm4_1v.py Glm4vVisionAttention: divide(num_heads, tp_size)) and the language model's heads
+  likewise; GLM-4.1V has 12 vision heads and 32 text heads (2 KV heads, replicated when TP > 2),
+  so TP is 1, 2 or 4.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from autoglm.build_engine.skus import FP8_MIN_CC, Sku, SkuError, get_sku
+from autoglm.triton_models.vllm import (
+    AUTOGLM_MAX_IMAGES,
+    AUTOGLM_MAX_MODEL_LEN,
+    AUTOGLM_MAX_PIXELS,
+    VllmEngineConfig,
+)
+
+ENGINE = "vllm"
+MODEL_NAME = "autoglm-phone-9b"
+GIB = 1 << 30
+# nvidia-smi reports less memory than the SKU's nominal size: 23,034 MiB on a "24 GB" L4
+# (0.937 x 24 GiB), 81,559 MiB on an "80 GB" H100. Without a measured total the fit assumes
+# 0.93 x the nominal GiB; on a GPU host pass the measured total (`--gpu-memory-mib`).
+NOMINAL_TO_USABLE = 0.93
+
+
+class VllmProfileError(ValueError):
+    """A profile that cannot work on the SKU (the message says why and which knob to turn)."""
+
+
+# ---- the model ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Glm4vShape:
+    """The numbers of a GLM-4.1V checkpoint that size its memory (config.json)."""
+
+    vocab_size: int = 151_552
+    hidden_size: int = 4096
+    intermediate_size: int = 13_696
+    num_layers: int = 40
+    num_attention_heads: int = 32
+    num_kv_heads: int = 2
+    head_dim: int = 128
+    max_position_embeddings: int = 32_768
+    vision_depth: int = 24
+    vision_hidden: int = 1536
+    vision_heads: int = 12
+    vision_out_hidden: int = 4096  # also the vision blocks' MLP width (glm4_1v.py)
+    vision_intermediate: int = 13_696  # the patch merger's MLP width
+    patch_size: int = 14
+    spatial_merge_size: int = 2
+    temporal_patch_size: int = 2
+    vision_image_size: int = 336  # learned position embeddings: (336 / 14)^2 = 576
+    tie_word_embeddings: bool = False
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, object]) -> Glm4vShape:
+        """From a GLM-4.1V config.json (text_config / vision_config), defaults where absent.
+
+        The defaults are transformers' Glm4vConfig() defaults (transformers 5.14), i.e.
+        GLM-4.1V-9B; AutoGLM-Phone-9B's own config.json is read on the GPU host.
+        """
+        text = _section(config, "text_config")
+        vision = _section(config, "vision_config")
+        d = cls()
+        heads = _int(text, "num_attention_heads", d.num_attention_heads)
+        hidden = _int(text, "hidden_size", d.hidden_size)
+        return cls(
+            vocab_size=_int(text, "vocab_size", d.vocab_size),
+            hidden_size=hidden,
+            intermediate_size=_int(text, "intermediate_size", d.intermediate_size),
+            num_layers=_int(text, "num_hidden_layers", d.num_layers),
+            num_attention_heads=heads,
+            num_kv_heads=_int(text, "num_key_value_heads", d.num_kv_heads),
+            head_dim=_int(text, "head_dim", hidden // heads),
+            max_position_embeddings=_int(
+                text, "max_position_embeddings", d.max_position_embeddings
+            ),
+            vision_depth=_int(vision, "depth", d.vision_depth),
+            vision_hidden=_int(vision, "hidden_size", d.vision_hidden),
+            vision_heads=_int(vision, "num_heads", d.vision_heads),
+            vision_out_hidden=_int(vision, "out_hidden_size", d.vision_out_hidden),
+            vision_intermediate=_int(vision, "intermediate_size", d.vision_intermediate),
+            patch_size=_int(vision, "patch_size", d.patch_size),
+            spatial_merge_size=_int(vision, "spatial_merge_size", d.spatial_merge_size),
+            temporal_patch_size=_int(vision, "temporal_patch_size", d.temporal_patch_size),
+            vision_image_size=_int(vision, "image_size", d.vision_image_size),
+            tie_word_embeddings=config.get("tie_word_embeddings") is True,
+        )
+
+    def kv_bytes_per_token(self, *, tp: int, kv_bytes: int) -> int:
+        """KV cache bytes one token takes on one GPU: layers x (K, V) x KV heads x head_dim.
+
+        40 x 2 x 2 x 128 x 2 B = 40 KiB at tp 1 (facts.md: ~40 KB a token). With TP each GPU
+        holds its share of the KV heads, at least one (vLLM replicates them past their count).
+        """
+        heads = max(1, math.ceil(self.num_kv_heads / tp))
+        return self.num_layers * 2 * heads * self.head_dim * kv_bytes
+
+    def image_patches(self, max_pixels: int) -> int:
+        """Patches of the largest image at the pixel budget (before the 2x2 merge)."""
+        return max_pixels // (self.patch_size * self.patch_size)
+
+    def image_tokens(self, max_pixels: int) -> int:
+        """Tokens of the largest image (~6,377 at 5,000,000 pixels; a 1080x2400 screenshot
+        is ~3,100)."""
+        return self.image_patches(max_pixels) // (self.spatial_merge_size**2)
+
+
+def _section(config: Mapping[str, object], key: str) -> Mapping[str, object]:
+    value = config.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+def _int(section: Mapping[str, object], key: str, default: int) -> int:
+    value = section.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+@dataclass(frozen=True, slots=True)
+class ParamCounts:
+    """Parameters by how they are stored: `*_linear` are the weights FP8 quantizes."""
+
+    language_linear: int
+    language_other: int  # embeddings, lm_head, norms, biases
+    vision_linear: int
+    vision_other: int  # patch/downsample convolutions, position embeddings, norms
+
+    @property
+    def total(self) -> int:
+        return self.language_linear + self.language_other + self.vision_linear + self.vision_other
+
+    def weight_bytes(self, precision: str) -> int:
+        """Bytes of the weights: FP8 stores every linear weight in 1 byte (vision included,
+        see the module docstring), everything else in bf16."""
+        linear = self.language_linear + self.vision_linear
+        other = self.language_other + self.vision_other
+        per_linear = 1 if precision == "fp8" else 2
+        return linear * per_linear + other * 2
+
+    @classmethod
+    def from_shape(cls, s: Glm4vShape) -> ParamCounts:
+        """GLM-4.1V's parameter count from its shape (transformers' modeling_glm4v layout).
+
+        For Glm4vConfig() this gives 10,292,777,472, what transformers 5.14 counts on
+        Glm4vForConditionalGeneration(Glm4vConfig()) built on the meta device.
+        """
+        h, i, hd = s.hidden_size, s.intermediate_size, s.head_dim
+        q, kv = s.num_attention_heads * hd, s.num_kv_heads * hd
+        layer_linear = h * q + 2 * h * kv + q * h + h * 2 * i + i * h
+        layer_other = q + 2 * kv + 4 * h  # q/k/v biases, four RMSNorms
+        vh, vo, vi = s.vision_hidden, s.vision_out_hidden, s.vision_intermediate
+        block_linear = vh * 3 * vh + vh * vh + 3 * vh * vo  # qkv, proj, gate/up/down
+        merger_linear = vo * vo + 3 * vo * vi  # proj, gate/up/down
+        patch = s.patch_size
+        conv_in = 3 * s.temporal_patch_size * patch * patch * vh + vh
+        downsample = vh * vo * s.spatial_merge_size**2 + vo
+        position = (s.vision_image_size // patch) ** 2 * vh
+        norms = 2 * vh * s.vision_depth + 2 * vh + 2 * vo  # blocks, post-conv/post norms, LN
+        return cls(
+            language_linear=s.num_layers * layer_linear,
+            language_other=(1 if s.tie_word_embeddings else 2) * s.vocab_size * h
+            + s.num_layers * layer_other
+            + h,
+            vision_linear=s.vision_depth * block_linear + merger_linear,
+            vision_other=conv_in + downsample + position + norms,
+        )
+
+    @classmethod
+    def from_headers(cls, tensors: Mapping[str, tuple[int, ...]]) -> ParamCounts:
+        """From safetensors headers (tensor name -> shape): the checkpoint's own count.
+
+        Linear = 2-D weights other than embeddings and the LM head (the layers vLLM's
+        Fp8Config quantizes: LinearBase); vision = names under `visual`.
+        """
+        counts = {"language_linear": 0, "language_other": 0, "vision_linear": 0}
+        counts["vision_other"] = 0
+        for name, shape in tensors.items():
+            n = math.prod(shape)
+            part = "vision" if re.search(r"(^|\.)visual\.", name) else "language"
+            linear = len(shape) == 2 and "embed" not in name and "lm_head" not in name
+            counts[f"{part}_{'linear' if linear else 'other'}"] += n
+        return cls(**counts)
+
+
+# ---- SKUs, precision, settings -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SkuSettings:
+    """The engine settings a SKU gets by default (each one a `vllm-profile` flag)."""
+
+    tp: int
+    max_num_seqs: int
+    gpu_memory_utilization: float = 0.90
+
+
+# max_num_seqs: requests in flight at once, each allowed the full 25,480-token context
+# without preemption (the memory fit below counts a whole context for each). A10G: one
+# 24 GB Ampere GPU cannot hold the bf16 weights with any KV cache, so its profile is TP 2
+# (AWS g5.12xlarge has 4). The numbers are what `memory_fit` accepts with margin; a GPU host
+# confirms them (`vllm:num_requests_running`, `vllm:kv_cache_usage_perc`).
+SKU_SETTINGS: Mapping[str, SkuSettings] = {
+    "a10g": SkuSettings(tp=2, max_num_seqs=8),
+    "a100-40gb": SkuSettings(tp=1, max_num_seqs=8),
+    "a100-80gb": SkuSettings(tp=1, max_num_seqs=32),
+    "l4": SkuSettings(tp=1, max_num_seqs=4),
+    "l40s": SkuSettings(tp=1, max_num_seqs=16),
+    "h100-sxm": SkuSettings(tp=1, max_num_seqs=32),
+    "h100-pcie": SkuSettings(tp=1, max_num_seqs=32),
+    "h200": SkuSettings(tp=1, max_num_seqs=64),
+    "b200": SkuSettings(tp=1, max_num_seqs=96),
+}
+PRECISIONS: tuple[str, ...] = ("fp8", "bf16")
+
+
+def choose_precision(sku: Sku) -> str:
+    """fp8 where vLLM does FP8 math (compute capability >= 8.9), bf16 elsewhere."""
+    if sku.compute_capability is None:
+        raise VllmProfileError(_cpu_refusal(sku))
+    return "fp8" if sku.compute_capability >= FP8_MIN_CC else "bf16"
+
+
+def check_precision(sku: Sku, precision: str, kv_cache_dtype: str) -> None:
+    if sku.compute_capability is None:
+        raise VllmProfileError(_cpu_refusal(sku))
+    if precision not in PRECISIONS:
+        raise VllmProfileError(f"precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    fp8_math = sku.compute_capability >= FP8_MIN_CC
+    if precision == "fp8" and not fp8_math:
+        raise VllmProfileError(
+            f"precision 'fp8' on {sku.name} (compute {sku.cc_string}): vLLM runs FP8 math only "
+            "on compute >= 8.9 and falls back to weight-only FP8 (Marlin) below it; this profile "
+            "serves bf16 there (--precision bf16)"
+        )
+    if kv_cache_dtype == "fp8" and not fp8_math:
+        raise VllmProfileError(
+            f"kv cache dtype 'fp8' on {sku.name} (compute {sku.cc_string}): FP8 needs >= 8.9"
+        )
+    if kv_cache_dtype not in ("auto", "fp8"):
+        raise VllmProfileError(f"kv cache dtype: {kv_cache_dtype!r} is not 'auto' or 'fp8'")
+
+
+def check_tp(shape: Glm4vShape, tp: int) -> None:
+    for what, heads in (
+        ("text attention heads", shape.num_attention_heads),
+        ("vision attention heads", shape.vision_heads),
+    ):
+        if tp < 1 or heads % tp:
+            raise VllmProfileError(
+                f"tp: {tp} does not divide the {heads} {what} (vLLM splits them over the TP "
+                "group); use 1, 2 or 4"
+            )
+
+
+def _cpu_refusal(sku: Sku) -> str:
+    return (
+        f"SKU {sku.name!r}: the vLLM profile is for GPUs; on the CPU a tiny random-weight "
+        "GLM-4.1V is served by the CPU reference engine for vision-language models"
+    )
+
+
+# ---- memory ------------------------------------------------------------------------------
+
+
+# Estimates of what vLLM's memory profile run sees besides the weights and the KV cache (no
+# GPU here to measure them; a GPU host reads the real split from vLLM's start-up log: "model
+# weights took", "non_torch_memory", "activation peak", "Available KV cache memory").
+CUDA_GRAPHS_BYTES = 1 * GIB  # captured graphs when enforce_eager is false
+NON_TORCH_BYTES = GIB // 2  # CUDA context extras, cuBLAS workspaces
+NCCL_BYTES = GIB // 2  # NCCL buffers with TP > 1
+# The sampler's dummy run: fp32 logits over the whole vocabulary for every sequence, with
+# room for probabilities and sorting (x 3).
+SAMPLER_COPIES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class FitRequest:
+    """What must fit on each GPU."""
+
+    sku: str
+    precision: str
+    kv_cache_dtype: str
+    tp: int
+    max_model_len: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    gpu_memory_utilization: float
+    max_pixels: int = AUTOGLM_MAX_PIXELS
+    enforce_eager: bool = False
+    gpu_memory_bytes: int | None = None  # measured total per GPU, if known
+
+
+@dataclass(frozen=True, slots=True)
+class Fit:
+    """Bytes per GPU; `ok` when need <= budget."""
+
+    gpu_total: int
+    budget: int
+    weights: int
+    kv_cache: int
+    kv_per_token: int
+    activations: int
+    vision: int
+    runtime: int
+
+    @property
+    def need(self) -> int:
+        return self.weights + self.kv_cache + self.activations + self.vision + self.runtime
+
+    @property
+    def ok(self) -> bool:
+        return self.need <= self.budget
+
+    @property
+    def fixed(self) -> int:
+        """Everything but the KV cache."""
+        return self.need - self.kv_cache
+
+    def to_dict(self) -> dict[str, object]:
+        gib = {
+            k: round(getattr(self, k) / GIB, 2)
+            for k in (
+                "gpu_total",
+                "budget",
+                "weights",
+                "kv_cache",
+                "activations",
+                "vision",
+                "runtime",
+                "need",
+            )
+        }
+        return {"gib": gib, "kv_bytes_per_token": self.kv_per_token, "ok": self.ok}
+
+
+def memory_fit(shape: Glm4vShape, params: ParamCounts, r: FitRequest) -> Fit:
+    """The memory each GPU needs for `r`, by part (pure arithmetic, see the constants)."""
+    sku = get_sku(r.sku)
+    total = r.gpu_memory_bytes or int(sku.memory_gb * GIB * NOMINAL_TO_USABLE)
+    kv_bytes = 1 if r.kv_cache_dtype == "fp8" else 2
+    per_token = shape.kv_bytes_per_token(tp=r.tp, kv_bytes=kv_bytes)
+    # A prefill chunk of max_num_batched_tokens tokens through one decoder layer: the MLP's
+    # gate/up output (2 x intermediate, split over TP) and a few hidden-size buffers, bf16.
+    lm = r.max_num_batched_tokens * (2 * shape.intermediate_size // r.tp + 4 * shape.hidden_size)
+    sampler = r.max_num_seqs * shape.vocab_size * 4 * SAMPLER_COPIES
+    # The largest image through one vision block (vLLM's ViT attention is FlashAttention /
+    # memory-efficient SDPA: no patches^2 score matrix): residual + qkv + attention output +
+    # MLP gate/up + MLP output, unsplit (conservative), bf16; plus its merged embeddings in the
+    # encoder cache, sized for max(max_num_batched_tokens, one image).
+    patches = shape.image_patches(r.max_pixels)
+    block = patches * (6 * shape.vision_hidden + 3 * shape.vision_out_hidden) * 2
+    cache_tokens = max(r.max_num_batched_tokens, shape.image_tokens(r.max_pixels))
+    vision = block + cache_tokens * shape.hidden_size * 2
+    runtime = NON_TORCH_BYTES + (0 if r.enforce_eager else CUDA_GRAPHS_BYTES)
+    runtime += NCCL_BYTES if r.tp > 1 else 0
+    return Fit(
+        gpu_total=total,
+        budget=int(total * r.gpu_memory_utilization),
+        weights=params.weight_bytes(r.precision) // r.tp,
+        kv_cache=r.max_num_seqs * r.max_model_len * per_token,
+        kv_per_token=per_token,
+        activations=lm * 2 + sampler,
+        vision=vision,
+        runtime=runtime,
+    )
+
+
+def check_fit(fit: Fit, r: FitRequest) -> None:
+    """VllmProfileError with the numbers and the knobs when `fit` does not fit."""
+    if fit.ok:
+        return
+    g = lambda n: f"{n / GIB:.2f} GiB"  # noqa: E731
+    head = (
+        f"{MODEL_NAME} does not fit {'one' if r.tp == 1 else f'each of {r.tp}'} {r.sku} "
+        f"(budget {g(fit.budget)} = {g(fit.gpu_total)} x gpu_memory_utilization "
+        f"{r.gpu_memory_utilization:.2f}): needs {g(fit.need)} = weights {g(fit.weights)} "
+        f"({r.precision}) + KV cache {g(fit.kv_cache)} ({r.max_num_seqs} seqs x "
+        f"{r.max_model_len} tokens x {fit.kv_per_token / 1024:.1f} KiB) + activations "
+        f"{g(fit.activations)} + vision encoder {g(fit.vision)} + runtime {g(fit.runtime)}."
+    )
+    room = fit.budget - fit.fixed
+    knobs: list[str] = []
+    if room > 0:
+        seqs = room // (r.max_model_len * fit.kv_per_token)
+        length = room // (r.max_num_seqs * fit.kv_per_token)
+        if seqs >= 1:
+            knobs.append(f"--max-num-seqs {seqs} (or fewer)")
+        if length >= 1:
+            knobs.append(f"--max-model-len {length} (or less) at {r.max_num_seqs} seqs")
+    else:
+        knobs.append("the weights and buffers alone exceed the budget")
+    if r.tp < 4:
+        knobs.append(f"--tp {r.tp * 2} (more GPUs)")
+    if r.precision == "bf16" and r.sku in _FP8_SKUS:
+        knobs.append("--precision fp8")
+    if r.gpu_memory_utilization < 0.95:
+        knobs.append(f"a higher --gpu-memory-utilization (now {r.gpu_memory_utilization:.2f})")
+    raise VllmProfileError(head + " Turn a knob: " + "; ".join(knobs))
+
+
+_FP8_SKUS = frozenset(
+    n for n, s in SKU_SETTINGS.items() if (get_sku(n).compute_capability or (0, 0)) >= FP8_MIN_CC
+)
+
+
+# ---- the profile -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VllmProfile:
+    """A validated profile: the engine config to render, the fit and where it came from."""
+
+    sku: Sku
+    engine: VllmEngineConfig
+    fit: Fit
+    precision: str
+    model: str  # the checkpoint folder's name (manifest Profile.model)
+
+
+def plan_profile(
+    *,
+    sku_name: str,
+    model_dir: Path,
+    shape: Glm4vShape,
+    params: ParamCounts,
+    tp: int | None = None,
+    precision: str | None = None,
+    kv_cache_dtype: str = "auto",
+    max_model_len: int = AUTOGLM_MAX_MODEL_LEN,
+    max_num_seqs: int | None = None,
+    max_num_batched_tokens: int = 8192,
+    gpu_memory_utilization: float | None = None,
+    max_images: int = AUTOGLM_MAX_IMAGES,
+    max_pixels: int = AUTOGLM_MAX_PIXELS,
+    gpu_memory_bytes: int | None = None,
+    model_name: str = MODEL_NAME,
+    extra: Mapping[str, object] | None = None,
+) -> VllmProfile:
+    """The SKU's profile with any overrides, or VllmProfileError saying why not (pure)."""
+    try:
+        sku = get_sku(sku_name)
+    except SkuError as exc:
+        raise VllmProfileError(str(exc)) from None
+    if not sku.is_gpu:
+        raise VllmProfileError(_cpu_refusal(sku))
+    defaults = SKU_SETTINGS[sku.name]
+    tp = defaults.tp if tp is None else tp
+    precision = choose_precision(sku) if precision is None else precision
+    check_precision(sku, precision, kv_cache_dtype)
+    check_tp(shape, tp)
+    if max_model_len > shape.max_position_embeddings:
+        raise VllmProfileError(
+            f"max_model_len: {max_model_len} exceeds the model's max_position_embeddings "
+            f"({shape.max_position_embeddings})"
+        )
+    request = FitRequest(
+        sku=sku.name,
+        precision=precision,
+        kv_cache_dtype=kv_cache_dtype,
+        tp=tp,
+        max_model_len=max_model_len,
+        max_num_seqs=defaults.max_num_seqs if max_num_seqs is None else max_num_seqs,
+        max_num_batched_tokens=max_num_batched_tokens,
+        gpu_memory_utilization=(
+            defaults.gpu_memory_utilization
+            if gpu_memory_utilization is None
+            else gpu_memory_utilization
+        ),
+        max_pixels=max_pixels,
+        gpu_memory_bytes=gpu_memory_bytes,
+    )
+    if request.max_num_seqs < 1 or request.max_num_batched_tokens < 1:
+        raise VllmProfileError("max_num_seqs and max_num_batched_tokens must be >= 1")
+    if not 0 < request.gpu_memory_utilization <= 1:
+        raise VllmProfileError(
+            f"gpu_memory_utilization: {request.gpu_memory_utilization} must be in (0, 1]"
+        )
+    fit = memory_fit(shape, params, request)
+    check_fit(fit, request)
+    engine = VllmEngineConfig(
+        model_dir=model_dir,
+        model_name=model_name,
+        max_model_len=max_model_len,
+        max_images=max_images,
+        max_pixels=max_pixels,
+        tensor_parallel_size=tp,
+        gpu_memory_utilization=request.gpu_memory_utilization,
+        max_num_seqs=request.max_num_seqs,
+        max_num_batched_tokens=max_num_batched_tokens,
+        dtype="bfloat16",
+        quantization="fp8" if precision == "fp8" else None,
+        kv_cache_dtype=kv_cache_dtype,
+        extra=dict(extra or {}),
+    )
+    return VllmProfile(sku=sku, engine=engine, fit=fit, precision=precision, model=model_dir.name)
+
+
+def with_version(profile: VllmProfile, version: int) -> VllmProfile:
+    return replace(profile, engine=replace(profile.engine, version=version))
