@@ -1,4 +1,5 @@
-"""What both python-backend engine models (cpu_reference, synthetic) do with Triton's objects.
+"""What the python-backend engine models (cpu_reference, synthetic, cpu_vl) do with Triton's
+objects.
 
 Imported only inside a Triton python-backend stub, where `triton_python_backend_utils` exists:
 reading a config parameter, taking a request's contract inputs inside `execute` (the request
@@ -9,6 +10,7 @@ bad tensor, refusal.py) is Triton's INVALID_ARG, anything else INTERNAL.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -26,10 +28,13 @@ def param(config: dict[str, Any], key: str) -> str:
         raise pb_utils.TritonModelException(f"config.pbtxt misses parameter '{key}'") from None
 
 
-def take_inputs(request: Any) -> dict[str, np.ndarray]:
-    """The contract's input tensors of `request`, copied (they outlive the request)."""
+def take_inputs(
+    request: Any, specs: Sequence[contract.TensorSpec] = contract.INPUTS
+) -> dict[str, np.ndarray]:
+    """The input tensors `specs` (default: the TensorRT-LLM contract's) of `request`, copied
+    (they outlive the request)."""
     tensors = {}
-    for spec in contract.INPUTS:
+    for spec in specs:
         t = pb_utils.get_input_tensor_by_name(request, spec.name)
         if t is not None:
             tensors[spec.name] = t.as_numpy().copy()

@@ -1,4 +1,5 @@
-"""Render a Triton model repository for the CPU reference engine.
+"""Render a Triton model repository for the CPU reference engines (text: TensorRT-LLM's tensors;
+vision-language: the vLLM backend's).
 
 The layout Triton expects: `<repo>/<model>/config.pbtxt` and `<repo>/<model>/<version>/model.py`.
 Configs are rendered strictly and validated (render.py); the model code is copied, not linked,
@@ -82,6 +83,54 @@ def render_cpu_model(repo: Path, cfg: CpuEngineConfig) -> model_config_pb2.Model
             "precision": cfg.precision,
             "fake_quant_dir": cfg.fake_quant_dir or "",
             "max_input_len": cfg.max_input_len or "",
+        },
+    )
+    model_root = repo / cfg.model_name
+    version_dir = model_root / str(cfg.version)
+    version_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src / "1" / "model.py", version_dir / "model.py")
+    tmp = model_root / "config.pbtxt.tmp"
+    tmp.write_text(text)
+    tmp.replace(model_root / "config.pbtxt")
+    return parsed
+
+
+@dataclass(frozen=True, slots=True)
+class CpuVlConfig:
+    """Everything the CPU engine for vision-language models' config.pbtxt needs (the vLLM
+    backend's tensors: vllm_contract.py; no batch dimension)."""
+
+    model_name: str
+    hf_model_dir: Path
+    instance_count: int = 1
+    max_concurrency: int = 4
+    torch_threads: int = 1
+    version: int = 1
+
+    def validate(self) -> None:
+        check_model_name(self.model_name)
+        check_config_string("hf_model_dir", str(self.hf_model_dir))
+        for name in ("instance_count", "max_concurrency", "torch_threads", "version"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if not (self.hf_model_dir / "config.json").is_file():
+            raise ValueError(f"hf_model_dir: {self.hf_model_dir} holds no config.json")
+
+
+def render_cpu_vl_model(repo: Path, cfg: CpuVlConfig) -> model_config_pb2.ModelConfig:
+    """Write `<repo>/<model_name>/` for the CPU engine for vision-language models; returns the
+    parsed config. The model code is copied as render_cpu_model copies it; the rest of autoglm
+    is imported from the installed package (the stub runs the venv's interpreter)."""
+    cfg.validate()
+    src = TEMPLATES / "cpu_vl"
+    text, parsed = render_config(
+        src / "config.pbtxt",
+        {
+            "model_name": cfg.model_name,
+            "instance_count": cfg.instance_count,
+            "hf_model_dir": cfg.hf_model_dir.resolve(),
+            "max_concurrency": cfg.max_concurrency,
+            "torch_threads": cfg.torch_threads,
         },
     )
     model_root = repo / cfg.model_name
