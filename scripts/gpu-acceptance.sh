@@ -16,7 +16,34 @@
 #
 # Environment: MODEL_DIR (HF folder; default the SmolLM2 cache), OUT (default
 # /tmp/autoglm-acceptance), TP (default 1).
+#
+# `--model autoglm-phone-9b` instead serves Open-AutoGLM's own vision-language model, which
+# TensorRT-LLM cannot build, on Triton's vLLM backend (inside tritonserver:<yy.mm>-vllm-python-py3):
+# scripts/gpu-acceptance-vllm.sh says how. `--dry-run` (that path only) prints its commands.
 set -euo pipefail
+
+usage() {
+  echo "usage: $0 [--model autoglm-phone-9b [--dry-run]]" >&2
+  echo "  (no option: the TensorRT-LLM engine builds of MODEL_DIR, as before)" >&2
+}
+MODEL_ARG=""
+DRY=0
+while [ "$#" -gt 0 ]; do
+  case "$1" in
+    --model) [ "$#" -ge 2 ] || { usage; exit 2; }; MODEL_ARG="$2"; shift 2 ;;
+    --model=*) MODEL_ARG="${1#--model=}"; shift ;;
+    --dry-run) DRY=1; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "unknown argument: $1" >&2; usage; exit 2 ;;
+  esac
+done
+case "$MODEL_ARG" in
+  autoglm-phone-9b)
+    if [ "$DRY" = 1 ]; then export DRY_RUN=1; fi
+    exec bash "$(dirname "${BASH_SOURCE[0]}")/gpu-acceptance-vllm.sh" ;;
+  "") [ "$DRY" = 0 ] || { echo "--dry-run needs --model autoglm-phone-9b" >&2; exit 2; } ;;
+  *) echo "unknown model: $MODEL_ARG (known: autoglm-phone-9b)" >&2; exit 2 ;;
+esac
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MODEL_DIR="${MODEL_DIR:-$HOME/.cache/autoglm/models/SmolLM2-135M-Instruct}"
