@@ -10,7 +10,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tritonclient.utils import deserialize_bytes_tensor
 
+from autoglm.server.engine.client import EngineSampling
+from autoglm.server.engine.text_request import TextEngineRequest, build_text_infer_request
 from autoglm.triton_models import vllm_contract as vc
 from autoglm.triton_models.cpu_engine.sampling import SamplingConfig
 from autoglm.triton_models.cpu_vl.request import (
@@ -319,3 +322,61 @@ def test_every_contract_key_is_accepted() -> None:
     }
     assert values.keys() == vc.SAMPLING_KEYS
     parse_vl_request(request(sampling_parameters=params(**values)))
+
+
+# --- what the façade sends, the engine takes ------------------------------------------------------
+
+
+def _as_tensors(req: Any) -> dict[str, np.ndarray]:
+    """A ModelInferRequest's tensors as the python backend hands them to the model."""
+    out = {}
+    for tensor, raw in zip(req.inputs, req.raw_input_contents, strict=True):
+        spec = vc.INPUTS_BY_NAME[tensor.name]
+        if spec.data_type == "TYPE_STRING":
+            arr = deserialize_bytes_tensor(raw)
+        else:
+            arr = np.frombuffer(raw, dtype=spec.numpy_dtype)
+        out[tensor.name] = arr.reshape(list(tensor.shape))
+    return out
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        dict(temperature=0.7, runtime_top_k=0, runtime_top_p=1.0, seed=1, repetition_penalty=1.0),
+        dict(temperature=1.0, runtime_top_k=1, runtime_top_p=1.0, seed=0, repetition_penalty=1.0),
+        dict(
+            temperature=2.0,
+            runtime_top_k=50,
+            runtime_top_p=0.85,
+            seed=2**64 - 1,
+            repetition_penalty=0.01,
+            frequency_penalty=-2.0,
+            presence_penalty=2.0,
+            return_log_probs=True,
+        ),
+    ],
+)
+def test_the_facade_requests_parse(sampling: dict[str, Any]) -> None:
+    # server/engine/text_request.py builds the façade's requests on this contract: every one
+    # must be a request this engine implements (the engine refuses any key it does not).
+    s = EngineSampling(**sampling)
+    built = build_text_infer_request(
+        TextEngineRequest(
+            triton_model="vl",
+            request_id="r",
+            prompt=PROMPT,
+            images=(PNG,),
+            max_new_tokens=3000,
+            sampling=s,
+            stop=("</answer>",),
+            skip_special_tokens=False,
+        )
+    )
+    req = parse_vl_request(_as_tensors(built))
+    assert (req.prompt, req.images, req.stream, req.prepend_input) == (PROMPT, (PNG,), True, False)
+    assert (req.max_tokens, req.stop, req.skip_special_tokens) == (3000, ("</answer>",), False)
+    assert req.sampling.seed == s.seed
+    assert req.sampling.is_greedy == (s.runtime_top_k == 1)
+    assert (req.logprobs == 0) == s.return_log_probs
+    assert req.return_num_input_tokens and req.return_num_output_tokens
