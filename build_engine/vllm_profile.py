@@ -402,18 +402,23 @@ def memory_fit(shape: Glm4vShape, params: ParamCounts, r: FitRequest) -> Fit:
     )
 
 
+def _gib(n: int) -> str:
+    """Bytes as GiB for messages."""
+    return f"{n / GIB:.2f} GiB"
+
+
 def check_fit(fit: Fit, r: FitRequest) -> None:
     """VllmProfileError with the numbers and the knobs when `fit` does not fit."""
     if fit.ok:
         return
-    g = lambda n: f"{n / GIB:.2f} GiB"  # noqa: E731
     head = (
         f"{MODEL_NAME} does not fit {'one' if r.tp == 1 else f'each of {r.tp}'} {r.sku} "
-        f"(budget {g(fit.budget)} = {g(fit.gpu_total)} x gpu_memory_utilization "
-        f"{r.gpu_memory_utilization:.2f}): needs {g(fit.need)} = weights {g(fit.weights)} "
-        f"({r.precision}) + KV cache {g(fit.kv_cache)} ({r.max_num_seqs} seqs x "
-        f"{r.max_model_len} tokens x {fit.kv_per_token / 1024:.1f} KiB) + activations "
-        f"{g(fit.activations)} + vision encoder {g(fit.vision)} + runtime {g(fit.runtime)}."
+        f"(budget {_gib(fit.budget)} = {_gib(fit.gpu_total)} x gpu_memory_utilization "
+        f"{r.gpu_memory_utilization:.2f}): needs {_gib(fit.need)} = weights "
+        f"{_gib(fit.weights)} ({r.precision}) + KV cache {_gib(fit.kv_cache)} "
+        f"({r.max_num_seqs} seqs x {r.max_model_len} tokens x {fit.kv_per_token / 1024:.1f} "
+        f"KiB) + activations {_gib(fit.activations)} + vision encoder {_gib(fit.vision)} + "
+        f"runtime {_gib(fit.runtime)}."
     )
     room = fit.budget - fit.fixed
     knobs: list[str] = []
