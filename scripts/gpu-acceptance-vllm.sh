@@ -22,7 +22,8 @@
 # Environment: MODEL_DIR (the AutoGLM-Phone-9B folder, required), SHA256_FILE (the publisher's
 # sha256sum list; default: the last install's manifest, else the checksums are recorded),
 # OUT (default /tmp/autoglm-acceptance-vllm), TP (default: the SKU's), SKU (default: detected),
-# FACADE_MODEL (the `autoglm serve --model` value; default NAME=TRITON_MODEL:VERSION_DIR),
+# FACADE_MODEL (the `autoglm serve --model` value; default
+# NAME=TRITON_MODEL:VERSION_DIR,engine=vllm,max_context_tokens=…,max_output_tokens=3000,…),
 # DRY_RUN=1 (same as --dry-run: print the commands, run nothing).
 set -euo pipefail
 
@@ -198,7 +199,15 @@ print(f"{model} ready; its served config matches the tensor contract")
 PY
 
 say "the façade: autoglm serve (OpenAI front door on $FACADE_OPENAI; logs: $OUT/facade.log)"
-FACADE_MODEL="${FACADE_MODEL:-$TRITON_MODEL=$TRITON_MODEL:$VDIR}"
+# The façade's model: the vLLM tensor contract (engine=vllm), the tokenizer, chat template and
+# config.json of the installed version, and the profile's limits (model.json).
+MAX_LEN=25480
+MAX_PIXELS=5000000
+if [ "$DRY_RUN" != 1 ]; then
+  read -r MAX_LEN MAX_PIXELS < <("$VPY" -c 'import json, sys; a = json.load(open(sys.argv[1]))
+print(a["max_model_len"], a["mm_processor_kwargs"]["max_pixels"])' "$VDIR/model.json")
+fi
+FACADE_MODEL="${FACADE_MODEL:-$TRITON_MODEL=$TRITON_MODEL:$VDIR,engine=vllm,max_context_tokens=$MAX_LEN,max_output_tokens=3000,image_max_pixels=$MAX_PIXELS}"
 FACADE=("$VENV/bin/autoglm" serve --insecure-dev --triton "$TRITON_GRPC" --listen "$FACADE_GRPC"
   --openai-listen "$FACADE_OPENAI" --metrics-listen '' --model "$FACADE_MODEL")
 if [ "$DRY_RUN" = 1 ]; then

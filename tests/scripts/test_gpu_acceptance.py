@@ -43,7 +43,7 @@ def test_dry_run_prints_the_whole_flow() -> None:
     )
     assert out.returncode == 0, out.stderr
     lines = [line for line in out.stdout.splitlines() if line.startswith("+ ")]
-    text = "\n".join(lines)
+    text = "\n".join(lines).replace("\\,", ",")  # printf %q escapes commas
     assert (
         "-m autoglm.build_engine.cli vllm-profile --model-dir /models/AutoGLM-Phone-9B "
         "--sku h100-sxm --out /tmp/acc/repo --tp 2 --sha256-file /models/SHA256SUMS"
@@ -53,7 +53,8 @@ def test_dry_run_prints_the_whole_flow() -> None:
     assert re.search(
         r"autoglm serve --insecure-dev --triton 127\.0\.0\.1:8001 .*--openai-listen "
         r"127\.0\.0\.1:18000 .*--model autoglm-phone-9b=autoglm-phone-9b:/tmp/acc/repo/"
-        r"autoglm-phone-9b/1",
+        r"autoglm-phone-9b/1,engine=vllm,max_context_tokens=25480,max_output_tokens=3000,"
+        r"image_max_pixels=5000000",
         text,
     )
     assert "agent_screenshot_call.py --base-url http://127.0.0.1:18000/v1" in text
