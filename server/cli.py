@@ -127,6 +127,8 @@ def _model_spec(item: str, spec_type: type) -> object:
             values[key] = _MODEL_OPTIONS[key](value)
         except ValueError:
             raise SettingsError(f"--model: {key} must be an integer, got {value!r}") from None
+        if _MODEL_OPTIONS[key] is int and values[key] < 1:  # type: ignore[operator]
+            raise SettingsError(f"--model: {key} must be >= 1, got {value!r}")
     return spec_type(
         name=name, triton_model=triton_model, tokenizer_dir=Path(tokenizer_dir), **values
     )

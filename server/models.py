@@ -122,6 +122,18 @@ def load_model(spec: ModelSpec) -> ServedModel:
     vision = load_vision(
         spec.tokenizer_dir, limits=spec.image_limits, max_pixels=spec.image_max_pixels
     )
+    encoder = PromptEncoder.from_model_dir(
+        spec.tokenizer_dir, image_placeholder=vision.placeholder if vision else ""
+    )
+    if vision is not None:
+        # The engine expands the token the tokenizer gives the placeholder: config.json's id must
+        # be that one, or every image request would fail (refused here, at start, instead).
+        found = encoder.tokenizer.token_to_id(vision.image_token)
+        if found != vision.image_token_id:
+            raise ValueError(
+                f"model {spec.name}: config.json's image_token_id {vision.image_token_id} is not"
+                f" the tokenizer's id of {vision.image_token!r} ({found})"
+            )
     if vision is not None and spec.engine not in TEXT_ENGINES:
         raise ValueError(
             f"model {spec.name}: a vision-language model needs a text engine"
@@ -130,9 +142,7 @@ def load_model(spec: ModelSpec) -> ServedModel:
     return ServedModel(
         spec=spec,
         vision=vision,
-        encoder=PromptEncoder.from_model_dir(
-            spec.tokenizer_dir, image_placeholder=vision.placeholder if vision else ""
-        ),
+        encoder=encoder,
         end_ids=end_ids,
         # SmolLM2 has no pad token: pad with eos, as TensorRT-LLM's examples do.
         pad_id=pad_id if pad_id is not None else end_ids[0],

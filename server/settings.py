@@ -12,7 +12,7 @@ from autoglm.server.engine.replicas import TargetError, parse_target, unix_socke
 from autoglm.server.models import ModelSpec
 from autoglm.server.security.limits import LimitSettings
 from autoglm.server.telemetry.span_export import DEFAULT_SPAN_EXPORT, check_span_export
-from autoglm.server.vision import ImageLimits
+from autoglm.server.vision import MAX_IMAGE_BYTES_SETTING, ImageLimits
 
 
 class SettingsError(ValueError):
@@ -191,8 +191,11 @@ class Settings:
         limits = self.image_limits
         if not 0 <= limits.max_images <= 100:
             raise SettingsError(f"max_images: must be in [0, 100], got {limits.max_images}")
-        if limits.max_bytes < 1:
-            raise SettingsError(f"max_image_bytes: must be >= 1, got {limits.max_bytes}")
+        if not 1 <= limits.max_bytes <= MAX_IMAGE_BYTES_SETTING:
+            raise SettingsError(
+                f"max_image_bytes: must be in [1, {MAX_IMAGE_BYTES_SETTING}],"
+                f" got {limits.max_bytes}"
+            )
 
     def _validate_openai(self) -> None:
         if self.openai_max_body_bytes < 1024:

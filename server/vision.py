@@ -22,6 +22,10 @@ _PLACEHOLDERS = {
 }
 
 
+# The largest `max_image_bytes` an operator may set (settings.py): one image's compressed file.
+MAX_IMAGE_BYTES_SETTING = 64 << 20
+
+
 class VisionConfigError(ValueError):
     """A vision-language model folder whose image settings cannot be read."""
 
@@ -94,6 +98,8 @@ def load_vision(
     '{"max_pixels": N}'` does (the model authors serve AutoGLM-Phone-9B with 5,000,000): the
     façade must resize to the budget the engine uses, so both take the same value.
     """
+    if max_pixels is not None and max_pixels < 1:
+        raise VisionConfigError(f"image max_pixels: must be >= 1, got {max_pixels}")
     config_path = model_dir / "config.json"
     if not config_path.is_file():
         return None

@@ -93,7 +93,7 @@ def _message(
             elif not part.image.data:
                 errors.append((f"{field}.data", "required: the image file's bytes"))
             else:
-                images.append(ImageInput(f"{field}.data", part.image.data))
+                images.append(ImageInput(field, part.image.data))
                 count += 1
         else:
             errors.append((f"{where}.parts[{j}]", "empty part: set text or image"))

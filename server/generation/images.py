@@ -44,7 +44,7 @@ FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 class ImageInput:
     """An image as a request carries it, with the request field that names it in errors."""
 
-    field: str  # e.g. "messages[1].parts[0].image" (the OpenAI front door renames it)
+    field: str  # "messages[1].parts[0].image" (the OpenAI front door names it content[0])
     data: bytes
 
 
@@ -76,7 +76,12 @@ def check_image(
             # Pillow warns above its own pixel limit and raises at twice it; ours is lower.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))  # reads the header only
-    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError):
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise refuse(
+            f"declares more pixels than the limit of {limits.max_source_pixels}"
+            " (decompression bomb?)"
+        ) from None
+    except UnidentifiedImageError:
         raise refuse("not an image this server reads (PNG, JPEG or WebP)") from None
     with image:
         kind = image.format or ""

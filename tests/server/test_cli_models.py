@@ -168,7 +168,7 @@ def test_the_image_limits_from_the_environment(
         (["--model", "m=m:/m", "--grpc-max-receive-bytes", "1023"], "grpc_max_receive_bytes"),
         (["--model", "m=m:/m", "--max-images", "-1"], "max_images: must be in [0, 100]"),
         (["--model", "m=m:/m", "--max-images", "101"], "max_images: must be in [0, 100]"),
-        (["--model", "m=m:/m", "--max-image-bytes", "0"], "max_image_bytes: must be >= 1"),
+        (["--model", "m=m:/m", "--max-image-bytes", "0"], "max_image_bytes: must be in [1, "),
     ],
 )
 def test_serve_refuses_naming_the_setting(

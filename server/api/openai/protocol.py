@@ -23,11 +23,12 @@ from pydantic import ValidationError as PydanticValidationError
 
 from autoglm.server.api.openai.data_urls import decode_data_url
 from autoglm.server.errors import InvalidArgument
-from autoglm.server.vision import ImageLimits
+from autoglm.server.vision import MAX_IMAGE_BYTES_SETTING
 from autoglm.v1 import text_generation_pb2 as pb
 
-# Decoding bound of one data URL; the model's own (smaller or equal) limit is checked after.
-MAX_IMAGE_BYTES = ImageLimits().max_bytes
+# Decoding bound of one data URL: the largest `max_image_bytes` setting; the configured limit
+# (ImageLimits, settings) is checked after, with the other image checks.
+MAX_IMAGE_BYTES = MAX_IMAGE_BYTES_SETTING
 _PART = re.compile(r"(messages\[\d+\])\.parts\[(\d+)\](?:\.image(?:\.data)?)?")
 
 # Keys OpenAI clients send that change nothing in the output of this server: accepted, unused.

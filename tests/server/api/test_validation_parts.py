@@ -53,7 +53,7 @@ def test_parts_become_one_turn_with_its_texts_joined_and_its_image_count() -> No
         Message("system", "You operate a phone."),
         Message("user", "Open\nthe settings.", images=1),
     )
-    assert plan.input.images == (ImageInput("messages[1].parts[0].image.data", PNG),)
+    assert plan.input.images == (ImageInput("messages[1].parts[0].image", PNG),)
 
 
 def test_images_keep_their_order_across_turns_with_their_fields() -> None:
@@ -63,9 +63,9 @@ def test_images_keep_their_order_across_turns_with_their_fields() -> None:
         pb.ChatMessage(role="user", parts=[text("b"), image(JPEG)]),
     )
     assert [i.field for i in plan.input.images] == [
-        "messages[0].parts[0].image.data",
-        "messages[0].parts[1].image.data",
-        "messages[2].parts[1].image.data",
+        "messages[0].parts[0].image",
+        "messages[0].parts[1].image",
+        "messages[2].parts[1].image",
     ]
     assert [i.data for i in plan.input.images] == [PNG, JPEG, JPEG]
     assert [m.images for m in plan.input.messages] == [2, 0, 1]
@@ -143,7 +143,7 @@ def test_count_tokens_takes_parts_too() -> None:
         )
     )
     assert prompt_input.messages == (Message("user", "hi", images=1),)
-    assert [i.field for i in prompt_input.images] == ["messages[0].parts[0].image.data"]
+    assert [i.field for i in prompt_input.images] == ["messages[0].parts[0].image"]
 
 
 # ---- the OpenAI front door ---------------------------------------------------------------------
@@ -187,7 +187,7 @@ def test_the_agents_call_shape_becomes_the_plan() -> None:
         Message("user", "Open the settings.", images=1),
     )
     (img,) = plan.input.images
-    assert img == ImageInput("messages[1].parts[0].image.data", PNG)
+    assert img == ImageInput("messages[1].parts[0].image", PNG)
     # The caller's name of that field.
     assert p.param_name(img.field, prompt_field="messages") == "messages[1].content[0]"
 
