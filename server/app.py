@@ -122,7 +122,7 @@ async def _load_repository(
     for name, lv in sorted(loaded.items()):
         log.info("model %s: version %d (profile %s)", name, lv.version, lv.profile_id)
         profile = lv.manifest.profile
-        engine_kind = "cpu_reference" if profile.sku == "cpu" else "tensorrt_llm"
+        engine_kind = profile.engine_kind  # what the façade must speak: its manifest says
         # What the engine was built for bounds the prompt and the context (model_limits.py).
         built = EngineLimits(
             profile.max_input_len, profile.max_seq_len, f"version {lv.version} manifest"

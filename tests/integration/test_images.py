@@ -287,7 +287,10 @@ def test_a_principal_limit_holds_for_image_requests(
     )
     with Client(dataclasses.replace(client_config, token=one)) as c:
         stream = c.generate_stream(
-            messages=[("user", [Image(shots[0]), TASK])], model=VLM, max_tokens=16, temperature=0.0
+            messages=[("user", [Image(shots[0]), TASK])],
+            model=VLM,
+            max_tokens=400,  # still generating when the second request comes
+            temperature=0.0,
         )
         next(stream)
         with pytest.raises(ResourceExhaustedError, match="concurrent"):
