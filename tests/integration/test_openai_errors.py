@@ -110,7 +110,8 @@ def _overflow(path: str, body: dict[str, Any], param: str) -> Any:
             _chat_body(messages=[{"role": "user", "content": [{"type": "audio"}]}]),
             "messages[0].content[0].type",
         ),
-        (CHAT, _chat_body(messages=[{"role": "user", "content": "hi " * 3000}]), "messages"),
+        # Over SmolLM2's 8192-token context (its config.json).
+        (CHAT, _chat_body(messages=[{"role": "user", "content": "hi " * 9000}]), "messages"),
         (CHAT, _chat_body(max_tokens=5000), "max_tokens"),
         (CHAT, _chat_body(max_tokens=-(2**70)), "max_tokens"),
         (CHAT, _chat_body(temperature=1e300), "temperature"),
