@@ -183,12 +183,12 @@ def _models(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         _print_json([dataclasses.asdict(m) for m in models], sys.stdout)
         return 0
-    print("NAME\tENGINE\tCONTEXT\tMAX_OUTPUT\tDEFAULT_MAX\tCHAT")
+    print("NAME\tENGINE\tCONTEXT\tMAX_OUTPUT\tDEFAULT_MAX\tCHAT\tIMAGES")
     for m in models:
         chat = "yes" if m.has_chat_template else "no"
         print(
             f"{m.name}\t{m.engine}\t{m.max_context_tokens}\t{m.max_output_tokens}\t"
-            f"{m.default_max_tokens}\t{chat}"
+            f"{m.default_max_tokens}\t{chat}\t{m.max_images}"
         )
     return 0
 

@@ -135,6 +135,29 @@ async def _self_check(profile: Path, model: str, console: Console) -> None:
     console.print()
 
 
+async def _image_self_check(profile: Path, console: Console) -> None:
+    """A screenshot-sized image through the vision model: the vLLM contract's CPU engine."""
+    import io
+
+    from PIL import Image as PILImage
+
+    from autoglm.client import AsyncClient, Image
+
+    buf = io.BytesIO()
+    PILImage.new("RGB", (1080, 2400), (20, 120, 140)).save(buf, format="PNG")
+    async with AsyncClient.from_config(profile) as client:
+        done = await client.generate(
+            messages=[("user", [Image(buf.getvalue()), "What is on the screen?"])],
+            model=TINY_VLM_NAME,
+            max_tokens=8,
+            temperature=0.0,
+        )
+    console.print(
+        f"[bold]Self-check[/] (a 1080x2400 screenshot → {TINY_VLM_NAME}, random weights):"
+        f" {done.prompt_tokens} prompt tokens with the image's, {done.completion_tokens} generated"
+    )
+
+
 def openai_help(port: int | None, ca_cert: Path, profile: Path, model: str) -> str:
     """How to reach the OpenAI-compatible API with the unchanged `openai` SDK: shell lines at
     column 0, so that they can be pasted as they are (the API key is read from the client
@@ -256,7 +279,13 @@ async def run_dev(opts: DevOptions, console: Console) -> None:
             f'  try:  .venv/bin/autoglm-client generate "The capital of France is"\n'
             f'        .venv/bin/autoglm-client generate --chat "Write a haiku about the sea"\n'
             f"        .venv/bin/autoglm-client models\n"
-            f"{openai_help(running.openai_port, pki.ca_cert, profile_path, opts.model_name)}"
+            + (
+                f"        .venv/bin/autoglm-client generate --model {TINY_VLM_NAME}"
+                ' --image SCREENSHOT.png "What is on the screen?"  (random weights)\n'
+                if vlm_dir is not None
+                else ""
+            )
+            + f"{openai_help(running.openai_port, pki.ca_cert, profile_path, opts.model_name)}"
             f"  façade metrics: http://127.0.0.1:{running.metrics_port}/metrics\n"
             f"  Triton metrics: {triton.metrics_url}\n"
             f"  audit log: {state / 'audit' / 'audit.jsonl'}"
@@ -266,6 +295,8 @@ async def run_dev(opts: DevOptions, console: Console) -> None:
         )
         if opts.self_check:
             await _self_check(profile_path, opts.model_name, console)
+            if vlm_dir is not None:
+                await _image_self_check(profile_path, console)
         gave_up = await _until_stopped(supervised)
         await supervised.close()  # no restart during shutdown
         log.info("shutting down: health NOT_SERVING, 5 s grace for in-flight calls")
