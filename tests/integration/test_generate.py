@@ -21,7 +21,7 @@ from autoglm.client import (
 )
 from autoglm.server.devstack.triton_process import TritonProcess
 
-from .conftest import LONG_PROMPT, MODEL, engine_metric
+from .conftest import LONG_PROMPT, MODEL, VLM, engine_metric
 
 pytestmark = pytest.mark.integration
 
@@ -215,7 +215,7 @@ def test_unknown_model_is_not_found(client: Client) -> None:
 
 def test_list_models_and_count_tokens(client: Client) -> None:
     models = client.list_models()
-    assert [m.name for m in models] == [MODEL]
+    assert sorted(m.name for m in models) == sorted([MODEL, VLM])
     info = models[0]
     assert info.engine == "cpu_reference" and info.has_chat_template
     assert 0 < info.default_max_tokens <= info.max_output_tokens < info.max_context_tokens

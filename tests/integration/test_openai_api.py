@@ -8,6 +8,8 @@ metrics and audit records in test_openai_observability.py.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import subprocess
 import sys
@@ -17,11 +19,12 @@ from typing import Any
 
 import openai
 import pytest
+from PIL import Image as PILImage
 
 from autoglm.server.devstack.pki import DevPki
 from autoglm.server.devstack.triton_process import TritonProcess
 
-from .conftest import LONG_PROMPT, MODEL, Facade, engine_metric, scrape
+from .conftest import LONG_PROMPT, MODEL, VLM, Facade, engine_metric, scrape
 from .openai_sdk import async_sdk, base_url, sdk, sdk_error
 
 pytestmark = pytest.mark.integration
@@ -32,12 +35,6 @@ COUNT = "Count from 1 to 20, separated by commas."  # "1. 1\n2. 2\n3. 3\n…", n
 CHINESE = "用中文回答：你叫什么名字？"  # "你叫什么名字？" then stop, every character multi-token
 JAPANESE = "日本語で答えてください：あなたの名前は何ですか？"  # Japanese, then stop
 REPETITIVE = "apple apple apple apple apple apple apple"  # greedy continues one fixed way
-
-# A 1x1 PNG: what Open-AutoGLM sends is a phone screenshot in the same data-URL form.
-PNG_1X1 = (
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGA"
-    "WjR9awAAAABJRU5ErkJggg=="
-)
 
 
 @pytest.fixture(scope="module")
@@ -84,16 +81,19 @@ messages = [
     ]},
 ]
 agent = dict(max_tokens=3000, temperature=0.0, top_p=0.85, frequency_penalty=0.2, stream=True)
+seen = list(client.chat.completions.create(model=%r, messages=messages, **agent))
 try:
     client.chat.completions.create(model=%r, messages=messages, **agent)
     refusal = None
 except openai.BadRequestError as exc:
     refusal = {"status": exc.status_code, "error": exc.response.json()["error"]}
 messages[1]["content"] = messages[1]["content"][1:]  # the same turn without its screenshot
-agent["max_tokens"] = 8  # within this small model's limit (1024)
+agent["max_tokens"] = 8
 chunks = list(client.chat.completions.create(model=%r, messages=messages, **agent))
 print(json.dumps({
     "models": models,
+    "vision_text": "".join(c.choices[0].delta.content or "" for c in seen if c.choices),
+    "vision_finish": [c.choices[0].finish_reason for c in seen if c.choices][-1],
     "refusal": refusal,
     "roles": [c.choices[0].delta.role for c in chunks if c.choices],
     "text": "".join(c.choices[0].delta.content or "" for c in chunks if c.choices),
@@ -102,23 +102,32 @@ print(json.dumps({
 """
 
 
+def _screenshot_b64() -> str:
+    """A phone-screenshot-sized PNG (1080×2400), base64."""
+    out = io.BytesIO()
+    PILImage.new("RGB", (1080, 2400), (20, 120, 140)).save(out, format="PNG")
+    return base64.b64encode(out.getvalue()).decode()
+
+
 def test_agent_call_shape_with_the_unchanged_sdk(facade: Facade, pki: DevPki, token: str) -> None:
     """Open-AutoGLM's phone agent as it runs: the SDK configured by its environment only
     (base URL, key, and the private CA through SSL_CERT_FILE), its models check, then its
-    streamed call with a screenshot: refused with a 400 naming the image part until images land."""
+    streamed call with a screenshot: answered by the vision model (the tiny random GLM-4.1V),
+    refused by the text-only model with a 400 naming the image part."""
     env = {
         "OPENAI_BASE_URL": base_url(facade),
         "OPENAI_API_KEY": token,
         "SSL_CERT_FILE": str(pki.ca_cert),
     }
-    script = _AGENT % (PNG_1X1, MODEL, MODEL)
+    script = _AGENT % (_screenshot_b64(), VLM, MODEL, MODEL)
     # sys.executable: the project's .venv/bin/python, where the SDK is installed.
     done = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
-    assert MODEL in out["models"]
+    assert MODEL in out["models"] and VLM in out["models"]
+    assert out["vision_text"] and out["vision_finish"] in ("stop", "length")
     refusal = out["refusal"]
     assert refusal is not None, "the screenshot was accepted by a text-only model"
     assert refusal["status"] == 400
@@ -134,7 +143,7 @@ def test_agent_call_shape_with_the_unchanged_sdk(facade: Facade, pki: DevPki, to
 
 def test_models_list_and_retrieve(oai: openai.OpenAI) -> None:
     listed = oai.models.list()
-    assert [m.id for m in listed.data] == [MODEL]
+    assert sorted(m.id for m in listed.data) == sorted([MODEL, VLM])
     model = listed.data[0]
     assert model.object == "model" and model.owned_by and model.created > 0
     assert oai.models.retrieve(MODEL).id == MODEL

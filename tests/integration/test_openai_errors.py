@@ -26,7 +26,7 @@ from autoglm.server.security.bearer_tokens import TokenStore
 from autoglm.server.security.limits import PrincipalLimits
 from autoglm.server.settings import Settings, TlsSettings
 
-from .conftest import MODEL, Facade, FacadeThread
+from .conftest import MODEL, VLM, Facade, FacadeThread
 from .openai_sdk import error_of, raw, sdk, sdk_error, ssl_context
 
 pytestmark = pytest.mark.integration
@@ -236,7 +236,7 @@ def test_bad_key_through_the_sdk(facade: Facade, pki: DevPki) -> None:
 
 def test_missing_scope_is_403(facade: Facade, pki: DevPki, tokens: Tokens) -> None:
     with sdk(facade, pki, tokens.reader) as reader:
-        assert [m.id for m in reader.models.list()] == [MODEL]
+        assert sorted(m.id for m in reader.models.list()) == sorted([MODEL, VLM])
         for stream in (False, True):
             with pytest.raises(openai.PermissionDeniedError) as err:
                 reader.chat.completions.create(
