@@ -1,7 +1,13 @@
 """The second engine contract: Triton's vLLM backend (text and images in, text out).
 
 For models TensorRT-LLM cannot build (GLM-4.1V, the architecture of Open-AutoGLM's own
-AutoGLM-Phone-9B). Imported by both sides, like contract.py: the façade builds requests and
+AutoGLM-Phone-9B). NVIDIA/TensorRT-LLM `docs/source/reference/support-matrix.md` (the 1.x
+releases): the engine path's multi-modal list is BLIP2, CogVLM, Deplot, Fuyu, Kosmos, the LLaVA
+family, NeVA, Nougat, Phi-3-vision, VILA, MLLaMA / Llama 3.2 VLM and Qwen-VL, and its GLM entry
+is text only (GLM-4-9B, `chatglm` family); the PyTorch backend's table has no
+`Glm4vForConditionalGeneration` either, and the engine path's multimodal support ends after 1.2.
+
+Imported by both sides, like contract.py: the façade builds requests and
 reads responses with it, and the CPU reference engine for vision-language models
 (`cpu_vl/`) implements the same tensors, so the façade cannot tell it from the vLLM backend.
 
