@@ -16,11 +16,12 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import grpc
 
 from autoglm.bench.stats import RequestRecord
-from autoglm.bench.workload import BenchRequest, Workload
+from autoglm.bench.workload import BenchRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,16 @@ class Recount:
     (replacing what it yielded for them; a 0 drops that chunk)."""
 
     counts: tuple[int, ...]
+
+
+R = TypeVar("R")  # what a workload hands out: BenchRequest, or image_workload.ImageRequest
+R_co = TypeVar("R_co", covariant=True)
+
+
+class Requests(Protocol[R_co]):
+    """A workload: workload.Workload (text prompts), image_workload.ImageWorkload."""
+
+    def next(self) -> R_co: ...
 
 
 # yields the token count of each chunk (and at most one Recount, last)
@@ -75,7 +86,7 @@ class LoadResult:
     window: tuple[float, float]
 
 
-async def timed(stream: Stream, req: BenchRequest) -> RequestRecord:
+async def timed(stream: Callable[[R], AsyncIterator[int | Recount]], req: R) -> RequestRecord:
     """Run one request; a failure becomes a record with its gRPC status name (or the error's
     `status_name`, e.g. an HTTP status, or else its type's name)."""
     start = time.monotonic()
@@ -122,7 +133,10 @@ class _Window:
 
 
 async def run_load(
-    stream: Stream, workload: Workload, spec: LoadSpec, mark: Mark = lambda _: None
+    stream: Callable[[R], AsyncIterator[int | Recount]],
+    workload: Requests[R],
+    spec: LoadSpec,
+    mark: Mark = lambda _: None,
 ) -> LoadResult:
     """Drive the load; returns every record (warm-up included) and the measurement window."""
     spec.validate()

@@ -200,6 +200,7 @@ class OpenAIPath:
         *,
         client_cert: bool = False,
         name: str = "openai",
+        route: str = "/v1/completions",  # image_paths.py: /v1/chat/completions
     ) -> None:
         self.name = name
         host, _, port = endpoint.rpartition(":")
@@ -207,7 +208,7 @@ class OpenAIPath:
         self._model = model
         self._headers = f"Host: {endpoint}\r\nAuthorization: Bearer {token}\r\n"
         self._head = (
-            f"POST /v1/completions HTTP/1.1\r\n{self._headers}Content-Type: application/json\r\n"
+            f"POST {route} HTTP/1.1\r\n{self._headers}Content-Type: application/json\r\n"
             "Accept: text/event-stream\r\nContent-Length: "
         ).encode()
 
