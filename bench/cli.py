@@ -9,6 +9,9 @@ from autoglm.bench.report import PATHS
 from autoglm.bench.workload import LengthDist
 from autoglm.server.telemetry.span_export import DEFAULT_SPAN_EXPORT, SPAN_EXPORTS
 
+# build_engine/tiny_vlm.py TINY_VLM_NAME (not imported: it pulls in torch for `--help`)
+VL_MODEL_NAME = "glm-4.1v-tiny-random"
+
 
 def _ints(text: str) -> tuple[int, ...]:
     try:
@@ -52,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--scenario",
         default="paced,unpaced",
-        help="comma list of paced, unpaced, cpu-model (default paced,unpaced)",
+        help="comma list of paced, unpaced, cpu-model, images (the agent's screenshot step on "
+        "the tiny GLM-4.1V; default paced,unpaced)",
     )
     b.add_argument(
         "--concurrency",
@@ -87,6 +91,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=_length,
         default=LengthDist(32, 32),
         help="output tokens (real CPU model): N or LOW-HIGH",
+    )
+    b.add_argument(
+        "--image-concurrency",
+        type=_ints,
+        default=(1, 2),
+        help="levels for the images scenario (streams in flight)",
+    )
+    b.add_argument(
+        "--image-output-len",
+        type=_length,
+        default=LengthDist(32, 32),
+        help="output tokens (images scenario): N or LOW-HIGH",
+    )
+    b.add_argument(
+        "--screenshots",
+        type=int,
+        default=4,
+        help="images scenario: different 1080x2400 screenshots, drawn from --seed, in turn",
     )
     b.add_argument("--warmup", type=float, default=3.0, help="seconds per run, not measured")
     b.add_argument(
@@ -150,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="SmolLM2 HF folder (default <home>/models/SmolLM2-135M-Instruct)",
     )
     b.add_argument(
+        "--vl-model-dir",
+        type=Path,
+        help="images scenario: the vision-language HF folder (default "
+        "<home>/models/glm-4.1v-tiny-random, `autoglm model prepare`)",
+    )
+    b.add_argument(
         "--out",
         type=Path,
         default=Path("bench-results"),
@@ -181,6 +209,10 @@ def run(args: argparse.Namespace) -> int:
         prompt_len=args.prompt_len,
         output_len=args.output_len,
         cpu_output_len=args.cpu_output_len,
+        vl_model_dir=args.vl_model_dir or args.home / "models" / VL_MODEL_NAME,
+        image_concurrency=args.image_concurrency,
+        image_output_len=args.image_output_len,
+        screenshots=args.screenshots,
         warmup_s=args.warmup,
         ramp_up_s=args.ramp_up,
         duration_s=None if args.requests else args.duration,

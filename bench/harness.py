@@ -12,15 +12,21 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from autoglm.bench import image_cost
+from autoglm.bench.image_runner import ImageScenario, run_images
+from autoglm.bench.image_workload import image_requests
 from autoglm.bench.loadgen import LoadSpec
 from autoglm.bench.report import PATHS, BenchReport, table, to_json
 from autoglm.bench.runner import RunConfig, Scenario, run_all, scenario_loads
+from autoglm.bench.screenshots import screenshots
 from autoglm.bench.stack import BenchStack, EngineModel, StackOptions
 from autoglm.bench.workload import LengthDist, token_cycle
-from autoglm.server.models import ModelSpec, load_model
+from autoglm.server.models import ModelSpec, ServedModel, load_model
 from autoglm.server.telemetry.span_export import DEFAULT_SPAN_EXPORT
 
-SCENARIOS = ("paced", "unpaced", "cpu-model")
+# "images": the agent's screenshot step on the tiny GLM-4.1V (image_runner.py)
+SCENARIOS = ("paced", "unpaced", "cpu-model", "images")
+Log = Callable[[str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +41,13 @@ class BenchOptions:
     prompt_len: LengthDist = field(default_factory=lambda: LengthDist(128, 128))
     output_len: LengthDist = field(default_factory=lambda: LengthDist(64, 64))
     cpu_output_len: LengthDist = field(default_factory=lambda: LengthDist(32, 32))
+    # The image scenario: the vision-language model's HF folder (the tiny random-weight
+    # GLM-4.1V), its levels (streams in flight), output tokens, and how many different
+    # screenshots the requests take in turn.
+    vl_model_dir: Path | None = None
+    image_concurrency: tuple[int, ...] = (1, 2)
+    image_output_len: LengthDist = field(default_factory=lambda: LengthDist(32, 32))
+    screenshots: int = 4
     warmup_s: float = 3.0
     # Concurrency mode: spread the streams' starts over this much of the warm-up; None = one
     # paced request's length for the paced scenario (see ramp_up_for), 0 for the others.
@@ -77,6 +90,15 @@ class BenchOptions:
             )
         if not (self.model_dir / "tokenizer.json").is_file():
             raise ValueError(f"model_dir: {self.model_dir} holds no tokenizer.json")
+        if "images" in self.scenarios:
+            vl = self.vl_model_dir
+            if vl is None or not (vl / "preprocessor_config.json").is_file():
+                raise ValueError(
+                    f"vl_model_dir: {vl} is not a vision-language model folder "
+                    "(`autoglm model prepare` writes the tiny GLM-4.1V)"
+                )
+            if self.screenshots < 1:
+                raise ValueError(f"screenshots: must be >= 1, got {self.screenshots}")
 
 
 def machine_info() -> dict[str, Any]:
@@ -99,6 +121,7 @@ def _engine_models(o: BenchOptions) -> dict[str, EngineModel]:
         "paced": EngineModel(f"bench-synthetic-{o.tokens_per_second:g}tps", o.tokens_per_second),
         "unpaced": EngineModel("bench-synthetic-unpaced", 0.0),
         "cpu-model": EngineModel("bench-smollm2-cpu", None),
+        "images": EngineModel("bench-glm4v-tiny-cpu", None, vl_dir=o.vl_model_dir),
     }
 
 
@@ -129,6 +152,8 @@ def _config(o: BenchOptions, models: dict[str, EngineModel]) -> RunConfig:
     )
     scenarios = []
     for name in o.scenarios:
+        if name == "images":  # image_runner.py, _image_scenario
+            continue
         cpu = name == "cpu-model"
         levels = o.cpu_concurrency if cpu else o.concurrency
         out_len = o.cpu_output_len if cpu else o.output_len
@@ -145,21 +170,80 @@ def _config(o: BenchOptions, models: dict[str, EngineModel]) -> RunConfig:
     )
 
 
-def run_bench(o: BenchOptions, log: Callable[[str], None] = print) -> BenchReport:
+def _image_scenario(
+    o: BenchOptions, model: EngineModel, served: ServedModel, report: BenchReport, log: Log
+) -> ImageScenario:
+    """The screenshots (drawn from the seed), the requests on them, and what check_images costs
+    on them in-process, measured now, before the stack starts: on a quiet machine."""
+    pngs = screenshots(o.screenshots, seed=o.seed)
+    requests = tuple(image_requests(served, pngs, o.image_output_len, seed=o.seed))
+    assert served.vision is not None
+    report.images["cost"] = cost = image_cost.measure(requests, served.vision)
+    log(
+        f"{len(pngs)} screenshots, mean {cost['png_bytes_mean'] / 1e6:.2f} MB PNG; "
+        f"check_images {cost['check_images']['cpu_ms_p50']:.1f} ms CPU in-process (median)"
+    )
+    base = LoadSpec(
+        concurrency=1,
+        warmup_s=o.warmup_s,
+        duration_s=o.duration_s,
+        num_requests=o.num_requests,
+        seed=o.seed,
+        ramp_up_s=o.ramp_up_s or 0.0,
+    )
+    loads = scenario_loads(o.image_concurrency, None, base)
+    return ImageScenario(model, loads, requests, o.paths)
+
+
+def _served(o: BenchOptions, m: EngineModel) -> ServedModel:
+    if m.vl_dir is not None:  # the façade's --model …,engine=cpu_reference_vl (stack.py)
+        spec = ModelSpec(m.name, m.name, m.vl_dir, engine="cpu_reference_vl")
+    else:
+        spec = ModelSpec(name=m.name, triton_model=m.name, tokenizer_dir=o.model_dir)
+    return load_model(spec)
+
+
+async def _run(
+    stack: BenchStack,
+    served: dict[str, ServedModel],
+    cfg: RunConfig,
+    images: ImageScenario | None,
+    report: BenchReport,
+    log: Log,
+) -> None:
+    await run_all(stack, served, cfg, report, log)
+    if images is not None:
+        await run_images(stack, images, report, log, step=len(cfg.scenarios))
+
+
+def run_bench(o: BenchOptions, log: Log = print) -> BenchReport:
     o.validate()
     models = _engine_models(o)
     used = tuple(models[s] for s in o.scenarios)
     with tempfile.TemporaryDirectory(prefix="autoglm-bench-") as tmp:
         work = o.workdir or Path(tmp)
-        served = {
-            m.name: load_model(
-                ModelSpec(name=m.name, triton_model=m.name, tokenizer_dir=o.model_dir)
-            )
-            for m in used
-        }
-        tok = next(iter(served.values())).encoder.tokenizer
+        served = {m.name: _served(o, m) for m in used}
+        # The synthetic engine streams SmolLM2's ids (the façade detokenizes them with it).
+        text = [served[m.name] for m in used if m.vl_dir is None]
+        smollm = text[0] if text else _served(o, models["cpu-model"])
+        tok = smollm.encoder.tokenizer
         cycle = token_cycle(lambda s: tok.encode(s, add_special_tokens=False).ids)
         report = BenchReport(machine_info(), _options_json(o))
+        images = None
+        if "images" in o.scenarios:
+            vlm = models["images"]
+            images = _image_scenario(o, vlm, served[vlm.name], report, log)
+            report.notes.append(
+                "images: every path sends the same agent steps (system prompt, screenshot, "
+                "instruction; temperature 0, streamed). direct: Triton's ModelStreamInfer on the "
+                "vLLM contract with what the façade sends for each step, built by the façade's "
+                "own functions: the rendered prompt with its image placeholder and the "
+                "screenshot already resized to the model's budget (so the façade's figures hold "
+                "all of its image handling); facade: GenerateStream through autoglm.client "
+                "(AsyncClient, an Image part); openai: POST /v1/chat/completions with a data: "
+                "URL; text: the facade path without the screenshot (a request without image "
+                "handling). Token counts on the façade's paths from usage (sse.token_split)"
+            )
         report.notes.append(
             "façade: subprocess `autoglm serve` with mTLS + bearer token + tracing "
             "(OTLP/gRPC, "
@@ -177,7 +261,7 @@ def run_bench(o: BenchOptions, log: Callable[[str], None] = print) -> BenchRepor
             )
             + " + restricted-protocol secret, for every path; Triton's own tracing off"
         )
-        if "openai" in o.paths:
+        if "openai" in o.paths and set(o.scenarios) - {"images"}:
             report.notes.append(
                 "openai path: the same façade's OpenAI front door (`serve --openai-listen`), "
                 "POST /v1/completions with the gRPC path's prompt text, max_tokens and "
@@ -207,7 +291,7 @@ def run_bench(o: BenchOptions, log: Callable[[str], None] = print) -> BenchRepor
                 f"façade pid {stack.facade_pid} on {stack.facade_endpoint}{openai}; "
                 f"Triton pid {stack.triton.pid if stack.triton else '?'}"
             )
-            asyncio.run(run_all(stack, served, _config(o, models), report, log))
+            asyncio.run(_run(stack, served, _config(o, models), images, report, log))
             report.notes.append(f"spans received by the sink: {stack.sink.spans}")
         report.machine["loadavg_at_end"] = os.getloadavg()
     write_outputs(report, o, log)

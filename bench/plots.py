@@ -19,6 +19,7 @@ _STYLES = (
     ("relay", "^:"),
     ("hop", "v:"),
     ("control", "x-."),
+    ("text", "P--"),  # the image scenario's text twin (image_runner.py)
 )
 
 

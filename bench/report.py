@@ -6,13 +6,14 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from autoglm.bench import image_report
 from autoglm.bench.stats import Summary
 from autoglm.bench.targets import Check, cores_for, tokens_per_core_s
 
 
 @dataclass(frozen=True, slots=True)
 class RunResult:
-    scenario: str  # paced | unpaced | cpu-model
+    scenario: str  # paced | unpaced | cpu-model | images
     model: str
     level: str  # "c=64" or "rate=20/s"
     # direct | facade (the gRPC API) | openai (the OpenAI front door, SSE); with --floor also
@@ -29,14 +30,20 @@ class BenchReport:
     runs: list[RunResult] = field(default_factory=list)
     checks: dict[str, list[Check]] = field(default_factory=dict)  # "<scenario> <level>" → checks
     notes: list[str] = field(default_factory=list)
+    # The image scenario's own figures (image_runner.py): "cost" (image_cost.measure) and
+    # "image_seconds" (level → path → the façade's recorded image time, image_report.py).
+    images: dict[str, Any] = field(default_factory=dict)
 
     def pairs(self, path: str = "facade") -> list[tuple[RunResult, RunResult]]:
-        """(direct, `path`) runs of the same scenario and level, in run order."""
+        """(direct, `path`) runs of the same scenario and level, in run order; the image
+        scenario has its own comparison (image_report.py), per request rather than per token."""
         direct = {(r.scenario, r.level): r for r in self.runs if r.path == "direct"}
         return [
             (direct[(r.scenario, r.level)], r)
             for r in self.runs
-            if r.path == path and (r.scenario, r.level) in direct
+            if r.path == path
+            and (r.scenario, r.level) in direct
+            and r.scenario != image_report.SCENARIO
         ]
 
     def openai_triples(self) -> list[tuple[RunResult, RunResult | None, RunResult]]:
@@ -77,6 +84,8 @@ def to_json(report: BenchReport) -> dict[str, Any]:
             "floor_comparisons": [
                 floor_comparison(d, r) for path in FLOORS for d, r in report.pairs(path)
             ],
+            "image_comparisons": image_report.image_comparisons(report),
+            "images": report.images,
             "checks": {k: [asdict(c) for c in v] for k, v in report.checks.items()},
             "notes": report.notes,
         }
@@ -208,8 +217,9 @@ def table(report: BenchReport) -> str:
         lines.append(_row(r))
         if r.summary.errors:
             lines.append(f"{'':<26}errors: {r.summary.errors}")
-    lines.append("")
-    lines.append("façade vs direct (same run):")
+    if report.pairs():  # (the image scenario alone has its own lines: image_lines)
+        lines.append("")
+        lines.append("façade vs direct (same run):")
     nproc = report.machine.get("nproc")
     of_cores = f" of {nproc}" if nproc else ""
     for d, f in report.pairs():
@@ -260,6 +270,7 @@ def table(report: BenchReport) -> str:
                 f"CPU/token {c['cpu_group']} {_f(c['cpu_us_per_token'], 0, 0)} µs; "
                 f"cores busy {_f(c['cores_busy'], 0, 2)}{of_cores}"
             )
+    lines += image_report.image_lines(report)
     if report.checks:
         lines.append("")
         lines.append("targets:")

@@ -1,5 +1,6 @@
 """Start what is measured: Triton (engine link: its unix socket, or mTLS on a free loopback
-port; + secret) hosting the synthetic engine (and optionally the real CPU model), and the façade
+port; + secret) hosting the synthetic engine (and optionally the real CPU model, or the tiny
+GLM-4.1V on the CPU engine of the vLLM contract for the image scenario), and the façade
 as a subprocess (`autoglm serve`: mTLS + bearer tokens + tracing to a local OTLP sink), so that
 its CPU time is its own process's. Patterns from tests/integration/conftest.py."""
 
@@ -32,7 +33,12 @@ from autoglm.server.models import ModelSpec, load_model
 from autoglm.server.security.bearer_tokens import TokenStore
 from autoglm.server.security.limits import PrincipalLimits
 from autoglm.server.telemetry.span_export import DEFAULT_SPAN_EXPORT
-from autoglm.triton_models.repository import CpuEngineConfig, render_cpu_model
+from autoglm.triton_models.repository import (
+    CpuEngineConfig,
+    CpuVlConfig,
+    render_cpu_model,
+    render_cpu_vl_model,
+)
 from autoglm.triton_models.synthetic import render_synthetic_model
 
 _LISTENING = re.compile(r"listening on port (\d+)")
@@ -53,7 +59,11 @@ class EngineModel:
     """One Triton model the bench serves; public name = Triton name."""
 
     name: str
-    tokens_per_second: float | None  # None = the real CPU model (SmolLM2)
+    tokens_per_second: float | None  # None = a real CPU model (SmolLM2, or vl_dir's)
+    # A vision-language model's HF folder (the tiny GLM-4.1V): served by the CPU engine of the
+    # vLLM contract (triton_models/cpu_vl), spoken to in text by the façade (engine
+    # cpu_reference_vl); None = a token-id engine.
+    vl_dir: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +118,17 @@ class BenchStack:
     # ---- Triton ------------------------------------------------------------------------------
     def _render(self, repo: Path) -> None:
         for m in self.opts.models:
-            if m.tokens_per_second is None:
+            if m.vl_dir is not None:
+                render_cpu_vl_model(
+                    repo,
+                    CpuVlConfig(
+                        model_name=m.name,
+                        hf_model_dir=m.vl_dir,
+                        instance_count=self.opts.cpu_instances,
+                        max_concurrency=self.opts.cpu_max_concurrency,
+                    ),
+                )
+            elif m.tokens_per_second is None:
                 render_cpu_model(
                     repo,
                     CpuEngineConfig(
@@ -196,7 +216,10 @@ class BenchStack:
         if self.opts.openai:
             cmd += ["--openai-listen", "127.0.0.1:0"]
         for m in self.opts.models:
-            cmd += ["--model", f"{m.name}={m.name}:{self.opts.tokenizer_dir}"]
+            if m.vl_dir is not None:
+                cmd += ["--model", f"{m.name}={m.name}:{m.vl_dir},engine=cpu_reference_vl"]
+            else:
+                cmd += ["--model", f"{m.name}={m.name}:{self.opts.tokenizer_dir}"]
         return cmd
 
     def _start_facade(self, timeout_s: float = 60.0) -> None:
@@ -277,7 +300,8 @@ class BenchStack:
             str(self.pki.ca_cert),
         ]
         for m in self.opts.models:
-            cmd += ["--model", f"{m.name}={m.name}:{self.opts.tokenizer_dir}"]
+            if m.vl_dir is None:  # the relay speaks the token-id contract only
+                cmd += ["--model", f"{m.name}={m.name}:{self.opts.tokenizer_dir}"]
         return cmd
 
     def _start_relay(self) -> None:
