@@ -9,6 +9,7 @@ client and async tests can both call it; it binds port 0 and the bound port is u
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 import urllib.request
@@ -307,3 +308,19 @@ def secure_channel(endpoint: str, pki: DevPki, *, with_cert: bool = True) -> grp
     chain = pki.client_cert.read_bytes() if with_cert else None
     creds = grpc.ssl_channel_credentials(pki.ca_cert.read_bytes(), key, chain)
     return grpc.secure_channel(endpoint, creds)
+
+
+def audited(facade: Facade, *request_ids: str) -> dict[str, dict[str, Any]]:
+    """The audit records of these requests, once all are written (waited for, not slept)."""
+    audit_dir = facade.settings.audit_dir
+    assert audit_dir is not None
+    deadline = time.monotonic() + 10
+    while True:
+        # Each call's record is queued when the call ends; the writer's next task runs after it.
+        facade.thread.running.generations._audit_pool.submit(lambda: None).result(timeout=10)
+        lines = (audit_dir / "audit.jsonl").read_text().splitlines()
+        records = {r["request_id"]: r for r in map(json.loads, lines)}
+        if set(request_ids) <= set(records):
+            return records
+        assert time.monotonic() < deadline, f"no audit record for {request_ids}"
+        time.sleep(0.05)

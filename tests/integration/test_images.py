@@ -13,8 +13,6 @@ import asyncio
 import base64
 import dataclasses
 import io
-import json
-import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -36,7 +34,7 @@ from autoglm.server.security.limits import PrincipalLimits
 from autoglm.server.vision import ImageLimits, load_vision
 from tests.support.otlp_receiver import OtlpReceiver
 
-from .conftest import MODEL, VLM, Facade
+from .conftest import MODEL, VLM, Facade, audited
 from .openai_sdk import sdk
 
 pytestmark = pytest.mark.integration
@@ -218,20 +216,6 @@ def test_over_the_grpc_limit_is_resource_exhausted(client_config: ClientConfig) 
         c.generate(messages=[("user", [Image(huge)])], model=VLM, max_tokens=1)
 
 
-def _audit_records(facade: Facade, *ids: str) -> dict[str, dict[str, object]]:
-    audit_dir = facade.settings.audit_dir
-    assert audit_dir is not None
-    deadline = time.monotonic() + 10
-    while True:
-        facade.thread.running.generations._audit_pool.submit(lambda: None).result(timeout=10)
-        lines = (audit_dir / "audit.jsonl").read_text().splitlines()
-        records = {r["request_id"]: r for r in map(json.loads, lines)}
-        if set(ids) <= set(records):
-            return records
-        assert time.monotonic() < deadline, f"no audit record for {ids}"
-        time.sleep(0.05)
-
-
 async def test_a_mixed_load_keeps_cancellation_audit_and_tracing(
     client_config: ClientConfig, facade: Facade, otlp: OtlpReceiver, shots: tuple[bytes, bytes]
 ) -> None:
@@ -263,7 +247,7 @@ async def test_a_mixed_load_keeps_cancellation_audit_and_tracing(
         }
         results = dict(zip(jobs, await asyncio.gather(*jobs.values()), strict=True))
     assert results == {rid: "cancelled" if rid.endswith("-0") else "done" for rid in jobs}
-    records = _audit_records(facade, *jobs)
+    records = audited(facade, *jobs)
     for rid in jobs:
         assert records[rid]["status"] == ("CANCELLED" if rid.endswith("-0") else "OK"), rid
         assert records[rid]["model"] == (VLM if "image" in rid else MODEL)

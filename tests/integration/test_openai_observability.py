@@ -5,10 +5,8 @@ them as `openai:<method>`."""
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
-import time
 from collections.abc import Iterator
 from functools import partial
 
@@ -19,7 +17,7 @@ from autoglm.server.audit.verify import verify_dir
 from autoglm.server.devstack.pki import DevPki
 from tests.support.otlp_receiver import OtlpReceiver, ReceivedSpan
 
-from .conftest import MODEL, Facade, scrape
+from .conftest import MODEL, Facade, audited, scrape
 from .openai_sdk import sdk
 
 pytestmark = pytest.mark.integration
@@ -32,22 +30,6 @@ HI = [{"role": "user", "content": "The capital of France is"}]
 def oai(facade: Facade, pki: DevPki, token: str) -> Iterator[openai.OpenAI]:
     with sdk(facade, pki, token) as client:
         yield client
-
-
-def _audited(facade: Facade, *request_ids: str) -> dict[str, dict[str, object]]:
-    """The audit records of these requests, once all are written (waited for, not slept)."""
-    audit_dir = facade.settings.audit_dir
-    assert audit_dir is not None
-    deadline = time.monotonic() + 10
-    while True:
-        # Each call's record is queued when the call ends; the writer's next task runs after it.
-        facade.thread.running.generations._audit_pool.submit(lambda: None).result(timeout=10)
-        lines = (audit_dir / "audit.jsonl").read_text().splitlines()
-        records = {r["request_id"]: r for r in map(json.loads, lines)}
-        if set(request_ids) <= set(records):
-            return records
-        assert time.monotonic() < deadline, f"no audit record for {request_ids}"
-        time.sleep(0.05)
 
 
 def _in_trace(spans: list[ReceivedSpan], trace_id: str) -> list[ReceivedSpan]:
@@ -121,7 +103,7 @@ def test_a_call_logs_no_tracing_context_error(
                 list(done)
         # A streamed call ends in the façade's thread after the client has its last event;
         # its audit record is written last of all (calls.py `_record`).
-        _audited(facade, "openai-ctx-unary", "openai-ctx-stream")
+        audited(facade, "openai-ctx-unary", "openai-ctx-stream")
     errors = [r.getMessage() for r in caplog.records if r.name == "opentelemetry.context"]
     assert errors == []
 
@@ -160,7 +142,7 @@ def test_audit_records_openai_calls(oai: openai.OpenAI, facade: Facade, token: s
         model=MODEL, prompt="The capital of France is", max_tokens=2,
         extra_headers={"x-request-id": "openai-audited-2"},
     )  # fmt: skip
-    records = _audited(facade, "openai-audited-1", "openai-audited-2")
+    records = audited(facade, "openai-audited-1", "openai-audited-2")
     audit_dir = facade.settings.audit_dir
     assert audit_dir is not None
     result = verify_dir(audit_dir)

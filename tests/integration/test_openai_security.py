@@ -63,7 +63,7 @@ def test_sdk_trusts_the_ca_through_ssl_cert_file(
     # What the README tells users: SSL_CERT_FILE, read when the SDK builds its client.
     monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca_cert))
     with openai.OpenAI(base_url=base_url(facade), api_key=token, max_retries=0) as client:
-        assert [m.id for m in client.models.list()] == [MODEL]
+        assert MODEL in [m.id for m in client.models.list()]
 
 
 def test_plaintext_http_to_the_tls_port_fails(facade: Facade, pki: DevPki, token: str) -> None:
@@ -81,7 +81,7 @@ def test_client_certificate_is_accepted_when_presented(
     facade: Facade, pki: DevPki, token: str
 ) -> None:
     with sdk(facade, pki, token, client_cert=True) as client:
-        assert [m.id for m in client.models.list()] == [MODEL]
+        assert MODEL in [m.id for m in client.models.list()]
         assert _one_token(client) == 1
 
 

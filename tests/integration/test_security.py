@@ -36,7 +36,7 @@ from autoglm.server.security.bearer_tokens import TokenStore
 from autoglm.server.security.limits import PrincipalLimits
 from autoglm.server.settings import Settings, TlsSettings
 
-from .conftest import LONG_PROMPT, MODEL, Facade, FacadeThread, secure_channel
+from .conftest import LONG_PROMPT, MODEL, VLM, Facade, FacadeThread, secure_channel
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +85,7 @@ def test_scope_and_model_permissions(client_config: ClientConfig, token_store: T
     reader, _ = token_store.create("reader", ["models:read"])
     other_model, _ = token_store.create("other", ["generate", "models:read"], models=["m2"])
     with Client(dataclasses.replace(client_config, token=reader)) as c:
-        assert [m.name for m in c.list_models()] == [MODEL]
+        assert sorted(m.name for m in c.list_models()) == sorted([MODEL, VLM])
         with pytest.raises(PermissionDeniedError, match="generate"):
             c.generate("hi", max_tokens=1)
         with pytest.raises(PermissionDeniedError):
