@@ -37,7 +37,7 @@ class ModelSpec:
     name: str  # public name, GenerateRequest.model
     triton_model: str  # the Triton model serving it
     tokenizer_dir: Path  # HF folder with tokenizer.json (+ chat template, config.json)
-    engine: str = "cpu_reference"  # or "tensorrt_llm"
+    engine: str = "cpu_reference"  # one of ENGINES: what the façade speaks to (token ids or text)
     max_context_tokens: int | None = None
     max_output_tokens: int | None = None
     default_max_tokens: int | None = None

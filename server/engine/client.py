@@ -5,7 +5,9 @@ endpoint goes on one HTTP/2 connection (over TCP with the engine link's mTLS, or
 unix socket), read in batches, round robin over the endpoints health.py judges healthy.
 Readiness checks and model control use grpc.aio channels (routes.py).
 
-Requests carry the TensorRT-LLM backend's tensors (contract.py) as raw little-endian bytes.
+Requests carry the TensorRT-LLM backend's tensors (contract.py) as raw little-endian bytes;
+a model served on Triton's vLLM backend gets that contract's request instead (text_request.py,
+`stream_text_into`), on the same reader.
 `triton_enable_empty_final_response` makes Triton close every request with an explicit final
 response (tritonclient's aio `stream_infer` ignores that flag, so the raw generated messages are
 used, facts.md). Every call sends its one request and half-closes. A call that got its final
