@@ -250,6 +250,7 @@ def model_info_from_proto(model: pb.ModelInfo) -> ModelInfo:
         has_chat_template=model.has_chat_template,
         max_images=model.max_images,
         max_image_bytes=model.max_image_bytes,
+        max_prompt_tokens=model.max_prompt_tokens,
     )
 
 

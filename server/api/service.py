@@ -122,6 +122,7 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
                     has_chat_template=m.encoder.has_chat_template,
                     max_images=m.vision.limits.max_images if m.vision else 0,
                     max_image_bytes=m.vision.limits.max_bytes if m.vision else 0,
+                    max_prompt_tokens=m.limits.max_input,
                 )
                 for m in self.generations.visible_models(current_principal())
             ]

@@ -201,6 +201,9 @@ def test_models_list_the_limits(stub: pb_grpc.TextGenerationStub, token: str) ->
     for name in (TWO_ENDS, PLAIN, KNOWS_LIMIT):
         m = models[name]
         assert (m.max_context_tokens, m.max_output_tokens, m.default_max_tokens) == limits
+    # The prompt limit: the engine's max_input_len when the façade knows it (its manifest).
+    assert models[KNOWS_LIMIT].max_prompt_tokens == INPUT_LIMIT
+    assert models[PLAIN].max_prompt_tokens == 8192
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -219,6 +219,7 @@ def test_list_models_and_count_tokens(client: Client) -> None:
     info = models[0]
     assert info.engine == "cpu_reference" and info.has_chat_template
     assert 0 < info.default_max_tokens <= info.max_output_tokens < info.max_context_tokens
+    assert info.max_prompt_tokens == info.max_context_tokens  # no engine input limit here
     count = client.count_tokens(messages=[{"role": "user", "content": "Hello"}])
     out = client.generate(messages=[{"role": "user", "content": "Hello"}], max_tokens=2)
     assert count.prompt_tokens == out.prompt_tokens == len(count.token_ids)
