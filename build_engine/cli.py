@@ -54,6 +54,7 @@ from autoglm.build_engine.version_plan import (
 )
 from autoglm.build_engine.vllm_profile import PRECISIONS as VLLM_PRECISIONS
 from autoglm.build_engine.vllm_profile import VllmProfileError
+from autoglm.triton_models.render import TemplateError
 from autoglm.triton_models.vllm import EngineArgsError
 
 # Limits per profile when not given (our defaults): latency keeps batches small so a request
@@ -76,6 +77,7 @@ USER_ERRORS = (
     VllmProfileError,
     CheckpointError,
     EngineArgsError,
+    TemplateError,  # e.g. tritonclient missing where a config is validated
 )
 
 

@@ -4,6 +4,10 @@
 uses `safe_substitute`, which silently leaves `${x}` in the config); the rendered text is then
 parsed into `inference.ModelConfig` (tritonclient's `model_config_pb2`, generated from Triton's
 model_config.proto), so an unknown field or a malformed value fails here, not in Triton.
+
+tritonclient is imported on first use (`config_proto`), not at module load: `autoglm build` runs
+inside NVIDIA's Triton TensorRT-LLM container, which is not known to ship tritonclient, and
+`skus`, `plan`, `quantize` and `compile` never validate a config.
 """
 
 from __future__ import annotations
@@ -13,9 +17,13 @@ import string
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2
+
+if TYPE_CHECKING:
+    from tritonclient.grpc import model_config_pb2
 
 TEMPLATES = Path(str(resources.files(__package__) / "templates"))
 
@@ -43,6 +51,18 @@ class TemplateError(ValueError):
     """A template could not be rendered or does not give a valid Triton model config."""
 
 
+def config_proto() -> ModuleType:
+    """Triton's `model_config_pb2` (tritonclient[grpc]), imported where a config is validated."""
+    try:
+        from tritonclient.grpc import model_config_pb2
+    except ImportError as exc:
+        raise TemplateError(
+            "validating a Triton model config needs tritonclient[grpc] (pyproject pins it), "
+            f"which is not importable here: {exc}"
+        ) from None
+    return model_config_pb2
+
+
 def render_text(template: str, values: Mapping[str, object], *, source: str = "template") -> str:
     """Substitute every `${name}`; a missing value or a leftover placeholder is an error."""
     try:
@@ -59,7 +79,7 @@ def render_text(template: str, values: Mapping[str, object], *, source: str = "t
 
 def parse_model_config(text: str, *, source: str = "config.pbtxt") -> model_config_pb2.ModelConfig:
     """Parse config.pbtxt text with Triton's ModelConfig proto (raises TemplateError)."""
-    config = model_config_pb2.ModelConfig()
+    config = config_proto().ModelConfig()
     try:
         text_format.Parse(text, config)
     except text_format.ParseError as exc:

@@ -11,8 +11,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-
-from tritonclient.grpc import model_config_pb2
+from typing import TYPE_CHECKING
 
 from autoglm.triton_models.render import (
     TEMPLATES,
@@ -20,6 +19,9 @@ from autoglm.triton_models.render import (
     check_model_name,
     render_config,
 )
+
+if TYPE_CHECKING:  # imported where a config is validated (render.config_proto)
+    from tritonclient.grpc import model_config_pb2
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,10 +16,12 @@ import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-from tritonclient.grpc import model_config_pb2
+from typing import TYPE_CHECKING
 
 from autoglm.triton_models.render import TEMPLATES, check_model_name, render_config
+
+if TYPE_CHECKING:  # imported where a config is validated (render.config_proto)
+    from tritonclient.grpc import model_config_pb2
 
 
 def parse_token_ids(text: str) -> tuple[int, ...]:

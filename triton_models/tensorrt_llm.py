@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-
-from tritonclient.grpc import model_config_pb2
 
 from autoglm.triton_models.render import (
     TEMPLATES,
     check_config_string,
     check_model_name,
+    config_proto,
     render_config,
 )
 
@@ -35,10 +35,14 @@ BATCHING_STRATEGIES: frozenset[str] = frozenset(
 # getSchedulerConfigFromParams: only these two; the backend itself defaults to
 # guaranteed_no_evict (CapacitySchedulerPolicy::kGUARANTEED_NO_EVICT).
 BATCH_SCHEDULER_POLICIES: frozenset[str] = frozenset({"max_utilization", "guaranteed_no_evict"})
-# Triton ModelConfig DataType names usable for the data_type placeholders.
-DATA_TYPES: frozenset[str] = frozenset(
-    name for name in model_config_pb2.DataType.DESCRIPTOR.values_by_name if name != "TYPE_INVALID"
-)
+
+
+@cache
+def data_types() -> frozenset[str]:
+    """Triton ModelConfig DataType names usable for the data_type placeholders (from the proto,
+    imported on first use: render.config_proto)."""
+    names = config_proto().DataType.DESCRIPTOR.values_by_name
+    return frozenset(name for name in names if name != "TYPE_INVALID")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +119,7 @@ class TensorRTLLMConfig:
             "encoder_input_features_data_type",
             "prompt_embedding_table_data_type",
         ):
-            _check_choice(name, getattr(self, name), DATA_TYPES)
+            _check_choice(name, getattr(self, name), data_types())
 
     def values(self) -> dict[str, str]:
         """The placeholder mapping for the template (validated first)."""

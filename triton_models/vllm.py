@@ -28,8 +28,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from tritonclient.grpc import model_config_pb2
+from typing import TYPE_CHECKING
 
 from autoglm.triton_models import vllm_contract as vc
 from autoglm.triton_models.contract import TensorSpec
@@ -37,8 +36,12 @@ from autoglm.triton_models.render import (
     TEMPLATES,
     check_config_string,
     check_model_name,
+    config_proto,
     render_config,
 )
+
+if TYPE_CHECKING:  # imported where a config is checked (render.config_proto)
+    from tritonclient.grpc import model_config_pb2
 
 TEMPLATE: Path = TEMPLATES / "vllm" / "config.pbtxt"
 # vllm_backend src/model.py: _VLLM_ENGINE_ARGS_FILENAME, read from pb_utils.get_model_dir()
@@ -367,6 +370,7 @@ def contract_mismatches(config: model_config_pb2.ModelConfig) -> list[str]:
     (after the backend's auto-complete): the façade or `gpu-acceptance.sh` can refuse to serve
     a model whose tensors are not the ones it sends and reads.
     """
+    pb = config_proto()
     problems: list[str] = []
     if config.backend != "vllm":
         problems.append(f"backend is {config.backend!r}, not 'vllm'")
@@ -375,7 +379,7 @@ def contract_mismatches(config: model_config_pb2.ModelConfig) -> list[str]:
     if not config.model_transaction_policy.decoupled:
         problems.append("not decoupled: the backend streams (decoupled transaction policy)")
     kinds = [g.kind for g in config.instance_group]
-    if any(k != model_config_pb2.ModelInstanceGroup.KIND_MODEL for k in kinds):
+    if any(k != pb.ModelInstanceGroup.KIND_MODEL for k in kinds):
         problems.append("instance_group must be KIND_MODEL (the engine places itself on GPUs)")
     for kind, declared, specs in (
         ("input", config.input, vc.INPUTS),
@@ -387,7 +391,7 @@ def contract_mismatches(config: model_config_pb2.ModelConfig) -> list[str]:
             if t is None:
                 problems.append(f"{kind} {spec.name!r} is missing")
                 continue
-            dtype = model_config_pb2.DataType.Name(t.data_type)
+            dtype = pb.DataType.Name(t.data_type)
             if dtype != spec.data_type or tuple(t.dims) != spec.dims:
                 problems.append(
                     f"{kind} {spec.name!r} is {dtype} {list(t.dims)}, the contract says "
