@@ -13,6 +13,7 @@ INT8 weight-only): the precision's effect on quality is visible, its speed is no
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # Every precision the build knows. bf16/fp16: no quantization; the rest are ModelOpt PTQ formats.
@@ -50,7 +51,8 @@ class Sku:
     compute_capability: tuple[int, int] | None  # None for the CPU
     memory_gb: int  # per GPU; 0 for the CPU
     precisions: frozenset[str]
-    # Substrings of `nvidia-smi --query-gpu=name` that identify this SKU (case-insensitive).
+    # Whole `nvidia-smi --query-gpu=name` product names of this SKU, compared normalised
+    # (normalise_gpu_name): never substrings, or "NVIDIA L40" would be an L4.
     smi_names: tuple[str, ...] = ()
 
     @property
@@ -83,7 +85,7 @@ SKUS: dict[str, Sku] = {
     for s in (
         _gpu("a10g", (8, 6), 24, "A10G"),
         _gpu("a100-40gb", (8, 0), 40, "A100-SXM4-40GB", "A100-PCIE-40GB", "A100 40GB"),
-        _gpu("a100-80gb", (8, 0), 80, "A100-SXM4-80GB", "A100 80GB", "A100-PCIE-80GB"),
+        _gpu("a100-80gb", (8, 0), 80, "A100-SXM4-80GB", "A100 80GB PCIe", "A100-PCIE-80GB"),
         _gpu("l4", (8, 9), 24, "L4"),
         _gpu("l40s", (8, 9), 48, "L40S"),
         _gpu("h100-sxm", (9, 0), 80, "H100 80GB HBM3", "H100-SXM", "H100 SXM"),
@@ -138,24 +140,35 @@ def check_kv_cache_dtype(sku: Sku, precision: str, kv_cache_dtype: str) -> None:
         )
 
 
+# Vendor words in front of the product name: drivers before ~R470 print "A100-SXM4-40GB" or
+# "Tesla T4", newer ones "NVIDIA A100-SXM4-40GB".
+_VENDOR_WORDS = frozenset({"nvidia", "tesla"})
+
+
+def normalise_gpu_name(name: str) -> str:
+    """A GPU product name in one spelling: lower case, vendor words dropped, runs of spaces,
+    "-" and "_" as one "-". `nvidia-smi`'s "NVIDIA A100 80GB PCIe" and GPU Feature Discovery's
+    nvidia.com/gpu.product label "NVIDIA-A100-80GB-PCIe" (spaces replaced by "-") become the
+    same "a100-80gb-pcie"."""
+    words = [w for w in re.split(r"[\s_-]+", name.strip().lower()) if w]
+    while words and words[0] in _VENDOR_WORDS:
+        words.pop(0)
+    return "-".join(words)
+
+
 def sku_for_gpu(smi_name: str, cc: tuple[int, int]) -> Sku | None:
-    """The catalogue SKU matching an `nvidia-smi` name and compute capability, if any."""
-    lowered = smi_name.lower()
-    best: Sku | None = None
+    """The catalogue SKU whose whole product name (normalised) and compute capability are
+    those of an `nvidia-smi` GPU, if any. Whole names only: "NVIDIA L40" is not the `l4`,
+    "NVIDIA GH200 480GB" not the `h200`, "NVIDIA GB200" not the `b200`."""
+    wanted = normalise_gpu_name(smi_name)
     for sku in SKUS.values():
-        if sku.compute_capability != cc:
-            continue
-        for needle in sku.smi_names:
-            # Longest needle wins ("H100 PCIe" over a bare "H100").
-            if needle.lower() in lowered and (
-                best is None or len(needle) > _longest(best, lowered)
-            ):
-                best = sku
-    return best
+        if sku.compute_capability == cc and wanted in _normalised_names(sku):
+            return sku
+    return None
 
 
-def _longest(sku: Sku, lowered: str) -> int:
-    return max((len(n) for n in sku.smi_names if n.lower() in lowered), default=0)
+def _normalised_names(sku: Sku) -> frozenset[str]:
+    return frozenset(normalise_gpu_name(n) for n in sku.smi_names)
 
 
 def _why(sku: Sku, precision: str) -> str:

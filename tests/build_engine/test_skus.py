@@ -100,9 +100,36 @@ def test_kv_cache_rules() -> None:
         ("NVIDIA A10G", (8, 6), "a10g"),
         ("NVIDIA A100-SXM4-80GB", (8, 0), "a100-80gb"),
         ("NVIDIA B200", (10, 0), "b200"),
+        ("NVIDIA A100 80GB PCIe", (8, 0), "a100-80gb"),
+        ("NVIDIA A100-PCIE-40GB", (8, 0), "a100-40gb"),
+        ("NVIDIA H200", (9, 0), "h200"),
         ("Tesla T4", (7, 5), None),
+        # Older drivers print no "NVIDIA " prefix; GPU Feature Discovery's nvidia.com/gpu.product
+        # label is the same name with spaces replaced by "-".
+        ("A100-SXM4-40GB", (8, 0), "a100-40gb"),
+        ("NVIDIA-A100-80GB-PCIe", (8, 0), "a100-80gb"),
+        ("NVIDIA-H100-80GB-HBM3", (9, 0), "h100-sxm"),
+        ("  nvidia   l40s ", (8, 9), "l40s"),
     ],
 )
 def test_sku_for_gpu(smi: str, cc: tuple[int, int], sku: str | None) -> None:
     found = sku_for_gpu(smi, cc)
     assert (found.name if found else None) == sku
+
+
+@pytest.mark.parametrize(
+    ("smi", "cc"),
+    [
+        # Same compute capability as a catalogue SKU, a name that contains its name: another GPU.
+        ("NVIDIA L40", (8, 9)),  # 48 GB, not the 24 GB L4
+        ("NVIDIA GH200 480GB", (9, 0)),  # Grace Hopper, not an H200
+        ("NVIDIA H200 NVL", (9, 0)),
+        ("NVIDIA H100 NVL", (9, 0)),
+        ("NVIDIA GB200", (10, 0)),
+        ("NVIDIA A10", (8, 6)),
+        ("NVIDIA A100-SXM4-80GB-MIG-1g.10gb", (8, 0)),
+        ("NVIDIA L40S", (8, 6)),  # a name with the wrong compute capability
+    ],
+)
+def test_sku_for_gpu_matches_whole_names_only(smi: str, cc: tuple[int, int]) -> None:
+    assert sku_for_gpu(smi, cc) is None

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from autoglm.build_engine.skus import get_sku, sku_for_gpu
 from autoglm.server.cli import build_parser
 from autoglm.server.engine.link import HEADER_KEY, RESTRICTED_PROTOCOLS
 
@@ -99,6 +100,59 @@ def container(pod: Manifest, name: str) -> Manifest:
     return result
 
 
+def node_selector_terms(pod: Manifest) -> list[Manifest]:
+    required = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    terms: list[Manifest] = required["nodeSelectorTerms"]
+    return terms
+
+
+def _expression_matches(expr: Manifest, labels: dict[str, str]) -> bool:
+    """One NodeSelectorRequirement against a node's labels, as the scheduler evaluates it
+    (Kubernetes API reference, NodeSelectorRequirement: Gt/Lt take one value compared as an
+    integer; a missing label never matches In, Exists, Gt or Lt)."""
+    key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+    value = labels.get(key)
+    if op == "Exists":
+        return value is not None
+    if op == "DoesNotExist":
+        return value is None
+    if op == "NotIn":
+        return value not in values
+    if value is None:
+        return False
+    if op == "In":
+        return value in values
+    assert op in {"Gt", "Lt"} and len(values) == 1, expr
+    try:
+        number = int(value)
+    except ValueError:
+        return False
+    return number > int(values[0]) if op == "Gt" else number < int(values[0])
+
+
+def node_matches(pod: Manifest, labels: dict[str, str]) -> bool:
+    """The pod's required node affinity against one node's labels (terms ORed, expressions
+    ANDed)."""
+    return any(
+        all(_expression_matches(e, labels) for e in term["matchExpressions"])
+        for term in node_selector_terms(pod)
+    )
+
+
+def gfd_labels(product: str, driver: str | None) -> dict[str, str]:
+    """The labels GPU Feature Discovery writes for one node (NVIDIA/k8s-device-plugin
+    internal/lm/nvml.go: driver version split at "."); driver None = GFD has not run."""
+    labels = {"nvidia.com/gpu.product": product}
+    if driver is not None:
+        major, minor, *rev = driver.split(".")
+        labels |= {
+            "nvidia.com/cuda.driver.major": major,
+            "nvidia.com/cuda.driver.minor": minor,
+            "nvidia.com/cuda.driver.rev": rev[0] if rev else "",
+        }
+    return labels
+
+
 def _check_crd(doc: Manifest) -> None:
     """Structural check of the CRD kinds the core schemas do not cover."""
     kind, spec = doc["kind"], doc.get("spec")
@@ -160,11 +214,11 @@ def test_gpu_count_and_node_selection(overlay: str) -> None:
     assert int(c["resources"]["requests"]["nvidia.com/gpu"]) == gpus
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["WORLD_SIZE"] == str(gpus)
-    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-    exprs = [e for t in terms["nodeSelectorTerms"] for e in t["matchExpressions"]]
-    product = [e for e in exprs if e["key"] == "nvidia.com/gpu.product"]
-    assert len(product) == 1 and product[0]["operator"] == "In"
-    assert set(product[0]["values"]) == products
+    # Every term (they are ORed) asks for the SKU's GPU.
+    for term in node_selector_terms(pod):
+        product = [e for e in term["matchExpressions"] if e["key"] == "nvidia.com/gpu.product"]
+        assert len(product) == 1 and product[0]["operator"] == "In"
+        assert set(product[0]["values"]) == products
     assert (
         dep["spec"]["template"]["metadata"]["annotations"]["autoglm.dev/profile"] == cfg["profile"]
     )
@@ -175,6 +229,36 @@ def test_gpu_count_and_node_selection(overlay: str) -> None:
     assert mounts["/dev/shm"]["name"] in {
         v["name"] for v in pod["volumes"] if v.get("emptyDir", {}).get("medium") == "Memory"
     }
+
+
+# The 26.04 Triton containers need a host driver >= 590.44.01 (Triton's compatibility matrix,
+# triton-inference-server/server docs/introduction/compatibility.md, branch r26.04).
+DRIVERS_OK = ("590.44.01", "590.48.01", "590.100.5", "595.12", "610.57.04")
+DRIVERS_TOO_OLD = ("590.10.02", "590.43.99", "580.126.16", "575.57.08", "535.129.03", None)
+
+
+@pytest.mark.parametrize("overlay", list(GPU_OVERLAYS))
+def test_gpu_nodes_need_the_containers_driver(overlay: str) -> None:
+    pod = triton(render(overlay))["spec"]["template"]["spec"]
+    for product in GPU_OVERLAYS[overlay][2]:
+        for driver in DRIVERS_OK:
+            assert node_matches(pod, gfd_labels(product, driver)), (product, driver)
+        for driver in DRIVERS_TOO_OLD:
+            assert not node_matches(pod, gfd_labels(product, driver)), (product, driver)
+    # Another GPU with a good driver is not taken either (e.g. an L40 for the l4 overlay).
+    assert not node_matches(pod, gfd_labels("NVIDIA-L40", "590.44.01"))
+
+
+@pytest.mark.parametrize("overlay", list(GPU_OVERLAYS))
+def test_gpu_products_are_the_skus_whole_names(overlay: str) -> None:
+    """The overlay's nvidia.com/gpu.product values are names the build's SKU detection
+    (skus.sku_for_gpu) gives the same SKU, so scheduling and `autoglm build` agree."""
+    sku_name = GPU_OVERLAYS[overlay][0]
+    sku = get_sku(sku_name)
+    assert sku.compute_capability is not None
+    for product in GPU_OVERLAYS[overlay][2]:
+        found = sku_for_gpu(product, sku.compute_capability)
+        assert found is not None and found.name == sku_name, product
 
 
 def test_cpu_dev_has_no_gpu() -> None:
