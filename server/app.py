@@ -25,6 +25,7 @@ from autoglm.server.api.request_decoding import DecodeInterceptor
 from autoglm.server.api.service import TextGenerationService
 from autoglm.server.audit.writer import AuditWriter
 from autoglm.server.engine.client import EngineClient
+from autoglm.server.engine.contract_check import ContractMismatch, verify_contracts
 from autoglm.server.engine.health import EngineHealth
 from autoglm.server.engine.model_versions import ModelVersions
 from autoglm.server.model_limits import EngineLimits
@@ -157,6 +158,12 @@ async def start_server(settings: Settings) -> RunningServer:
             for spec in (*settings.models, *specs)
         ]
     )
+    # Each served model must declare the tensors of the contract the façade will speak to it.
+    try:
+        await verify_contracts(engine, registry)
+    except ContractMismatch:
+        await engine.close()
+        raise
     metrics = FacadeMetrics(registry.names())
     # First: the OTel server span, so that refused calls are traced too ([] when tracing is off).
     interceptors: list[grpc.aio.ServerInterceptor] = [*tracing.server_interceptors()]

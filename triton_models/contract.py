@@ -12,7 +12,7 @@ serves TensorRT engines through Triton's `tensorrtllm` backend). Dims exclude th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -157,3 +157,26 @@ def new_log_probs(values: Sequence[float], count: int, seen: int) -> list[float]
     if len(values) < seen + count:
         raise ValueError(f"output_log_probs: {len(values)} values for {count} new ids after {seen}")
     return list(values[seen : seen + count])
+
+
+def declared_mismatches(
+    inputs: Mapping[str, str],
+    outputs: Mapping[str, str],
+    *,
+    sent: Sequence[TensorSpec],
+    read: Sequence[TensorSpec],
+) -> list[str]:
+    """How a served model's declared tensors (name → ModelConfig data type name, e.g.
+    "TYPE_INT32") differ from a contract: every tensor the façade may send must be an input of
+    that type, every tensor it reads an output of that type ([] when they match). Used at the
+    façade's start on what Triton reports for each model (its ModelConfig), so a model served
+    under the wrong engine kind is refused by name instead of failing every request."""
+    problems: list[str] = []
+    for kind, declared, specs in (("input", inputs, sent), ("output", outputs, read)):
+        for spec in specs:
+            found = declared.get(spec.name)
+            if found is None:
+                problems.append(f"no {kind} {spec.name!r}")
+            elif found != spec.data_type:
+                problems.append(f"{kind} {spec.name!r} is {found}, not {spec.data_type}")
+    return problems

@@ -108,3 +108,24 @@ SAMPLING_KEYS: frozenset[str] = frozenset(
         "logprobs",
     }
 )
+
+# What the façade sends (server/engine/text_request.py; return_logprobs only when asked) and
+# reads: a served model must declare these (server/engine/contract_check.py, at start).
+SENT_BY_FACADE: tuple[TensorSpec, ...] = (
+    TEXT_INPUT,
+    IMAGE,
+    STREAM,
+    SAMPLING_PARAMETERS,
+    EXCLUDE_INPUT_IN_OUTPUT,
+    RETURN_FINISH_REASON,
+    RETURN_LOGPROBS,
+    RETURN_NUM_INPUT_TOKENS,
+    RETURN_NUM_OUTPUT_TOKENS,
+)
+READ_BY_FACADE: tuple[TensorSpec, ...] = (
+    TEXT_OUTPUT,
+    FINISH_REASON,
+    LOGPROBS,
+    NUM_INPUT_TOKENS,
+    NUM_OUTPUT_TOKENS,
+)

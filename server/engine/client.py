@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import grpc
 import numpy as np
-from tritonclient.grpc import service_pb2
+from tritonclient.grpc import model_config_pb2, service_pb2
 
 from autoglm.server.engine import reader, replicas
 from autoglm.server.engine.routes import EngineRoutes
@@ -339,6 +339,26 @@ class EngineClient:
         except grpc.RpcError:
             return False
         return bool(resp.ready)
+
+    async def model_tensors(
+        self, name: str, *, timeout: float = 5.0
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """The inputs and outputs Triton declares for model `name` (name → ModelConfig data
+        type name), from its ModelConfig (the served config, after any auto-complete)."""
+        try:
+            resp = await self._routes.stub.ModelConfig(
+                service_pb2.ModelConfigRequest(name=name), timeout=timeout, metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise EngineUnavailable(
+                f"ModelConfig {name}: {exc.code().name}: {exc.details()}"
+            ) from None
+        types = model_config_pb2.DataType.Name
+        config = resp.config
+        return (
+            {t.name: types(t.data_type) for t in config.input},
+            {t.name: types(t.data_type) for t in config.output},
+        )
 
     # ---- model control (Triton started with --model-control-mode=explicit) -----------------
     # The "model-repository" protocol group is restricted (link.py): these calls need the

@@ -28,9 +28,15 @@ from autoglm.client import (
     InvalidArgumentError,
     ResourceExhaustedError,
 )
+from autoglm.server.app import start_server
 from autoglm.server.devstack.pki import DevPki
+from autoglm.server.devstack.triton_process import TritonProcess
+from autoglm.server.engine.contract_check import ContractMismatch
+from autoglm.server.engine.link import EngineLink
+from autoglm.server.models import ModelSpec
 from autoglm.server.security.bearer_tokens import TokenStore
 from autoglm.server.security.limits import PrincipalLimits
+from autoglm.server.settings import Settings, TlsSettings
 from autoglm.server.vision import ImageLimits, load_vision
 from tests.support.otlp_receiver import OtlpReceiver
 
@@ -288,3 +294,26 @@ def test_the_vision_model_is_listed_with_its_image_limits(client: Client) -> Non
     assert models[VLM].engine == "cpu_reference_vl"
     assert models[VLM].max_images == 10 and models[VLM].max_image_bytes == 20 << 20
     assert models[MODEL].max_images == 0
+
+
+def test_a_model_under_the_wrong_engine_kind_is_refused_at_start(
+    triton: TritonProcess, engine_link: EngineLink, pki: DevPki, token_store: TokenStore, vlm_dir
+) -> None:
+    """The vision model's folder pointed at the token-id Triton model: the façade asks Triton
+    for the model's tensors and refuses to start, naming what the text contract misses."""
+    settings = Settings(
+        listen="127.0.0.1:0",
+        triton_target=triton.grpc_target,
+        models=(
+            ModelSpec(name="mislabelled", triton_model=MODEL, tokenizer_dir=vlm_dir, engine="vllm"),
+        ),
+        tls=TlsSettings(cert=pki.server_cert, key=pki.server_key, client_ca=pki.ca_cert),
+        token_store=token_store.path,
+        engine_link=engine_link,
+        metrics_listen=None,
+    )
+    with pytest.raises(ContractMismatch) as err:
+        asyncio.run(start_server(settings))
+    message = str(err.value)
+    assert f"model mislabelled (Triton model {MODEL}, engine vllm)" in message
+    assert "no input 'text_input'" in message and "no output 'text_output'" in message
