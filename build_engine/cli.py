@@ -38,7 +38,14 @@ from autoglm.build_engine.quality import (
     write_report,
 )
 from autoglm.build_engine.quantize import QuantizeError
-from autoglm.build_engine.skus import KV_CACHE_DTYPES, PRECISIONS, SKUS, SkuError, get_sku
+from autoglm.build_engine.skus import (
+    KV_CACHE_DTYPES,
+    PRECISIONS,
+    SKUS,
+    SkuError,
+    get_sku,
+    kv_cache_dtypes_for,
+)
 from autoglm.build_engine.texts import TextError
 from autoglm.build_engine.version_plan import (
     Override,
@@ -210,11 +217,12 @@ def _plan_arg(p: argparse.ArgumentParser) -> None:
 
 def cmd_skus(args: argparse.Namespace, console: Console) -> int:
     table = Table(title="SKUs")
-    for col in ("sku", "compute", "memory", "precisions"):
+    for col in ("sku", "compute", "memory", "precisions", "kv cache"):
         table.add_column(col)
     for sku in SKUS.values():
         mem = f"{sku.memory_gb} GB" if sku.is_gpu else "-"
-        table.add_row(sku.name, sku.cc_string, mem, ", ".join(sorted(sku.precisions)))
+        precisions = ", ".join(sorted(sku.precisions))
+        table.add_row(sku.name, sku.cc_string, mem, precisions, ", ".join(kv_cache_dtypes_for(sku)))
     console.print(table)
     return 0
 

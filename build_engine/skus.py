@@ -5,7 +5,10 @@ Pure data and rules, no I/O. Compute capabilities: NVIDIA's CUDA GPU list
 Precision rules (TensorRT-LLM support matrix, docs/source/reference/support-matrix.md; our
 facts.md "TensorRT-LLM and quantization"): FP8 needs compute capability >= 8.9 (Ada, Hopper,
 Blackwell); Ampere (8.0/8.6) has INT8 SmoothQuant, INT8 weight-only and INT4 AWQ but no FP8;
-NVFP4 needs Blackwell (10.x).
+NVFP4 needs Blackwell (10.x). On SM 100-119 (B200) TensorRT-LLM's engine builder refuses INT8/INT4
+weights, an INT8 KV cache and SmoothQuant (NVIDIA/TensorRT-LLM tensorrt_llm/builder.py, build():
+`if get_sm_version() >= 100 and get_sm_version() < 120:` raises "INT8/INT4 quantization is not
+supported on SM>=100." and "SmoothQuant is not supported on SM>=100."), so those SKUs offer none.
 The `cpu` SKU serves fp32, or the ModelOpt fake-quant (simulated) numerics of the PTQ formats
 that ModelOpt 0.47 calibrates on CPU (facts.md: FP8 + FP8 KV, INT8 SmoothQuant + INT8 KV,
 INT8 weight-only): the precision's effect on quality is visible, its speed is not.
@@ -39,6 +42,14 @@ KV_CACHE_DTYPES: tuple[str, ...] = ("auto", "fp8", "int8")
 # Minimum compute capabilities (see module docstring).
 FP8_MIN_CC: tuple[int, int] = (8, 9)
 BLACKWELL_CC_MAJOR = 10
+# Compute capabilities [from, to) whose engines TensorRT-LLM's builder refuses INT8/INT4 weights,
+# an INT8 KV cache and SmoothQuant for (module docstring: 100 <= get_sm_version() < 120).
+NO_INT_QUANT_CC: tuple[tuple[int, int], tuple[int, int]] = ((10, 0), (12, 0))
+NO_INT_QUANT_WHY = (
+    "TensorRT-LLM's engine builder refuses {what} on SM 100-119 "
+    "(tensorrt_llm/builder.py build(): 'INT8/INT4 quantization is not supported on SM>=100', "
+    "'SmoothQuant is not supported on SM>=100')"
+)
 
 
 class SkuError(ValueError):
@@ -66,9 +77,16 @@ class Sku:
         return f"{cc[0]}.{cc[1]}" if cc else "n/a"
 
 
+def refuses_int_quant(cc: tuple[int, int] | None) -> bool:
+    """True on the compute capabilities TensorRT-LLM builds no INT8/INT4 engine for."""
+    return cc is not None and NO_INT_QUANT_CC[0] <= cc < NO_INT_QUANT_CC[1]
+
+
 def precisions_for(cc: tuple[int, int]) -> frozenset[str]:
     """Precisions a GPU of compute capability `cc` runs (rules in the module docstring)."""
-    allowed = set(GPU_BASE_PRECISIONS) | AMPERE_QUANT
+    allowed = set(GPU_BASE_PRECISIONS)
+    if not refuses_int_quant(cc):
+        allowed |= AMPERE_QUANT
     if cc >= FP8_MIN_CC:
         allowed.add("fp8")
     if cc[0] == BLACKWELL_CC_MAJOR:
@@ -121,11 +139,27 @@ def check_precision(sku: Sku | str, precision: str) -> Sku:
     return sku
 
 
+def kv_cache_dtypes_for(sku: Sku) -> tuple[str, ...]:
+    """The KV cache dtypes the SKU offers (for some quantized precision; "auto" always)."""
+    return tuple(
+        d
+        for d in KV_CACHE_DTYPES
+        if not (d == "fp8" and "fp8" not in sku.precisions)
+        and not (d == "int8" and refuses_int_quant(sku.compute_capability))
+    )
+
+
 def check_kv_cache_dtype(sku: Sku, precision: str, kv_cache_dtype: str) -> None:
     """SkuError unless the KV cache dtype fits the SKU and the weight precision."""
     if kv_cache_dtype not in KV_CACHE_DTYPES:
         raise SkuError(
             f"unknown kv cache dtype {kv_cache_dtype!r}; known: {', '.join(KV_CACHE_DTYPES)}"
+        )
+    if kv_cache_dtype == "int8" and refuses_int_quant(sku.compute_capability):
+        raise SkuError(
+            f"kv cache dtype 'int8' is not supported on SKU {sku.name!r} "
+            f"(compute capability {sku.cc_string}); "
+            + NO_INT_QUANT_WHY.format(what="an INT8 KV cache")
         )
     if kv_cache_dtype == "fp8" and "fp8" not in sku.precisions:
         raise SkuError(
@@ -183,4 +217,7 @@ def _why(sku: Sku, precision: str) -> str:
         return "; NVFP4 needs Blackwell (compute capability 10.x)"
     if precision == "fp32":
         return "; GPU engines are built in bf16/fp16 or a quantized format"
+    if precision in AMPERE_QUANT and refuses_int_quant(sku.compute_capability):
+        what = "SmoothQuant" if precision == "int8_sq" else "INT8/INT4 weights"
+        return "; " + NO_INT_QUANT_WHY.format(what=what)
     return ""

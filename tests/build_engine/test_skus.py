@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-import pytest
+import io
+import re
+from pathlib import Path
 
+import pytest
+from rich.console import Console
+
+from autoglm.build_engine.cli import main
+from autoglm.build_engine.plan import BuildPlan, PlanError
 from autoglm.build_engine.skus import (
     SKUS,
     SkuError,
     check_kv_cache_dtype,
     check_precision,
     get_sku,
+    kv_cache_dtypes_for,
+    precisions_for,
     sku_for_gpu,
 )
 
@@ -43,6 +52,44 @@ def test_ampere_int_formats_but_no_fp8(name: str) -> None:
         check_precision(name, precision)
     with pytest.raises(SkuError, match=rf"'fp8'.*{name}.*8\.[06].*>= 8\.9"):
         check_precision(name, "fp8")
+
+
+@pytest.mark.parametrize("name", ["l4", "l40s", "h100-sxm", "h100-pcie", "h200"])
+def test_int_formats_on_ada_and_hopper(name: str) -> None:
+    for precision in ("int8_sq", "int8_wo", "int4_awq"):
+        check_precision(name, precision)
+    check_kv_cache_dtype(get_sku(name), "int8_sq", "int8")
+
+
+def test_b200_precisions_and_kv_cache_dtypes() -> None:
+    """TensorRT-LLM's builder refuses INT8/INT4 weights, an INT8 KV cache and SmoothQuant on
+    SM 100-119 (tensorrt_llm/builder.py build()): the catalogue does not offer them."""
+    b200 = get_sku("b200")
+    assert b200.precisions == {"bf16", "fp16", "fp8", "nvfp4"}
+    assert kv_cache_dtypes_for(b200) == ("auto", "fp8")
+    for precision in ("int8_sq", "int8_wo", "int4_awq"):
+        with pytest.raises(SkuError, match=rf"'{precision}'.*'b200'.*10\.0.*SM 100"):
+            check_precision("b200", precision)
+    with pytest.raises(SkuError, match=r"'int8'.*'b200'.*10\.0.*INT8 KV cache"):
+        check_kv_cache_dtype(b200, "fp8", "int8")
+    check_kv_cache_dtype(b200, "fp8", "fp8")
+    check_kv_cache_dtype(b200, "nvfp4", "fp8")
+
+
+@pytest.mark.parametrize(
+    ("cc", "has_int"),
+    [
+        ((8, 0), True),
+        ((9, 0), True),
+        ((10, 0), False),
+        ((10, 3), False),
+        ((11, 0), False),
+        ((12, 0), True),
+    ],
+)
+def test_int_formats_by_compute_capability(cc: tuple[int, int], has_int: bool) -> None:
+    # builder.py's check is `100 <= get_sm_version() < 120`: SM 12.x is not refused there.
+    assert ({"int8_sq", "int8_wo", "int4_awq"} <= precisions_for(cc)) is has_int
 
 
 @pytest.mark.parametrize("name", ["l4", "l40s", "h100-sxm", "h100-pcie", "h200", "b200"])
@@ -133,3 +180,41 @@ def test_sku_for_gpu(smi: str, cc: tuple[int, int], sku: str | None) -> None:
 )
 def test_sku_for_gpu_matches_whole_names_only(smi: str, cc: tuple[int, int]) -> None:
     assert sku_for_gpu(smi, cc) is None
+
+
+@pytest.mark.parametrize(
+    ("precision", "kv", "why"),
+    [
+        ("int8_sq", "auto", r"'int8_sq'.*'b200'.*SmoothQuant"),
+        ("int8_wo", "auto", r"'int8_wo'.*'b200'.*INT8/INT4"),
+        ("int4_awq", "auto", r"'int4_awq'.*'b200'.*INT8/INT4"),
+        ("fp8", "int8", r"'int8'.*'b200'.*INT8 KV cache"),
+    ],
+)
+def test_b200_plan_refused_naming_sku_and_why(
+    tmp_path: Path, precision: str, kv: str, why: str
+) -> None:
+    plan = BuildPlan(
+        model_dir=tmp_path / "model",
+        sku="b200",
+        precision=precision,
+        kv_cache_dtype=kv,
+        output_dir=tmp_path / "out",
+    )
+    with pytest.raises(PlanError, match=why + r".*tensorrt_llm/builder\.py"):
+        plan.validate()
+    out = io.StringIO()
+    argv = ["plan", "--model-dir", str(tmp_path / "model"), "--sku", "b200"]
+    argv += ["--precision", precision, "--kv-cache-dtype", kv, "--output-dir", str(tmp_path)]
+    assert main(argv, Console(file=out, width=400)) == 2
+    assert re.search(why, out.getvalue()), out.getvalue()
+    assert not (tmp_path / "plan.json").exists()
+
+
+def test_skus_command_lists_kv_cache_dtypes() -> None:
+    out = io.StringIO()
+    assert main(["skus"], Console(file=out, width=400)) == 0
+    rows = {line.split("│")[1].strip(): line for line in out.getvalue().splitlines() if "│" in line}
+    assert "int8" not in rows["b200"].split("│")[5] and "fp8" in rows["b200"].split("│")[5]
+    assert "int8_sq" not in rows["b200"]
+    assert "int8" in rows["h100-sxm"].split("│")[5]
