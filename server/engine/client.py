@@ -34,6 +34,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2
 
 from autoglm.server.engine import reader, replicas
 from autoglm.server.engine.routes import EngineRoutes
+from autoglm.server.engine.stream_errors import stream_error
 from autoglm.server.engine.text_request import (
     TextEngineRequest,
     TextStep,
@@ -139,7 +140,7 @@ def build_infer_request(r: EngineRequest) -> service_pb2.ModelInferRequest:
 def parse_stream_response(resp: service_pb2.ModelStreamInferResponse) -> tuple[list[int], bool]:
     """(new token ids, is final) of one streamed response; EngineFailure on an error."""
     if resp.error_message:
-        raise EngineFailure(resp.error_message)
+        raise stream_error(resp.error_message)
     infer = resp.infer_response
     final = infer.parameters[_FINAL].bool_param if _FINAL in infer.parameters else False
     for i, out in enumerate(infer.outputs):

@@ -14,12 +14,24 @@ What Triton 2.51 did here (tests/integration/test_model_versions.py, docs/build.
 
 Checksums (manifest.verify) are checked just before every load, so a corrupted or swapped file is
 refused before Triton sees it, and a refused version never replaces the loaded one.
+
+GPU memory (build_engine/switch_plan.py): before a switch, `plan_switch` decides from both
+manifests, the GPU's memory and the configured fractions whether the new version fits beside the
+old one. When it does not (a `tensorrt_llm` engine at the default kv_cache_free_gpu_mem_fraction
+0.9 never does), the switch unloads first: RepositoryModelUnload, after which Triton refuses new
+requests for the model and lets the in-flight ones finish; we wait for the old version to leave
+UNLOADING, at most `SwitchPolicy.drain_timeout_s` (then load anyway, logged), and load the new
+one. During that gap the façade answers UNAVAILABLE ("engine unavailable": Triton's NOT_FOUND /
+UNAVAILABLE for an unloaded model, engine/client.py), which clients retry. If the new version
+then fails to load, the old one is loaded again before VersionRefused is raised. The decision is
+logged either way; CPU engines keep loading beside.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +41,15 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from autoglm.build_engine import manifest as mf
+from autoglm.build_engine.skus import get_sku
+from autoglm.build_engine.switch_plan import (
+    GIB,
+    Footprint,
+    Mode,
+    SwitchPlan,
+    SwitchPolicy,
+    plan_switch,
+)
 from autoglm.build_engine.version_plan import (
     Candidate,
     Decision,
@@ -64,8 +85,13 @@ class LoadedVersion:
     refused: tuple[str, ...] = ()
 
 
-def triton_config_json(candidate: Candidate, model_root: Path) -> str:
-    """The config override: this version's config with a policy of exactly this version."""
+KV_FRACTION = "kv_cache_free_gpu_mem_fraction"  # the tensorrt_llm config's parameter
+DEFAULT_FRACTION = 0.9  # TensorRT-LLM's and vLLM's default (switch_plan.py)
+_RANK_ENGINE = re.compile(r"(?:^|/)rank\d+\.engine$")
+
+
+def version_config(candidate: Candidate, model_root: Path) -> model_config_pb2.ModelConfig:
+    """This version's own config (manifest.VERSION_CONFIG), else the model root's."""
     own = candidate.path / mf.VERSION_CONFIG
     path = own if own.is_file() else model_root / "config.pbtxt"
     config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
@@ -75,9 +101,55 @@ def triton_config_json(candidate: Candidate, model_root: Path) -> str:
             candidate.version,
             f"{candidate.label}: {path} names model {config.name!r}",
         )
+    return config
+
+
+def triton_config_json(
+    candidate: Candidate, model_root: Path, *, kv_fraction: float | None = None
+) -> str:
+    """The config override: this version's config with a policy of exactly this version
+    (and, for a REDUCED_FRACTION switch, the planned kv_cache_free_gpu_mem_fraction)."""
+    config = version_config(candidate, model_root)
     config.name = candidate.model
     config.version_policy.specific.versions[:] = [candidate.version]
+    if kv_fraction is not None:
+        config.parameters[KV_FRACTION].string_value = repr(float(kv_fraction))
     return json_format.MessageToJson(config, preserving_proto_field_name=True, indent=None)
+
+
+def gpu_memory_bytes(profile: mf.Profile, hardware: mf.Hardware) -> int:
+    """Usable memory of one GPU: the smallest detected one, else the SKU's (with the tolerance
+    manifest.incompatibility accepts)."""
+    if hardware.gpus:
+        return min(g.memory_mib for g in hardware.gpus) << 20
+    return int(get_sku(profile.sku).memory_gb * GIB * mf.MEMORY_TOLERANCE)
+
+
+def version_footprint(candidate: Candidate, model_root: Path, hardware: mf.Hardware) -> Footprint:
+    """What a version takes per GPU, from its manifest, its files' sizes and its config."""
+    assert candidate.manifest is not None
+    p = candidate.manifest.profile
+    kind = p.engine_kind
+    if p.sku == "cpu":
+        return Footprint(kind)
+    memory = gpu_memory_bytes(p, hardware)
+    if kind == "vllm":
+        args = candidate.manifest.extra.get("engine_args")
+        share = args.get("gpu_memory_utilization") if isinstance(args, dict) else None
+        return Footprint(kind, p.gpus, 0, float(share or DEFAULT_FRACTION), memory)
+    # Each rank's engine file holds that GPU's share of the weights (TP x PP ranks).
+    sizes = [
+        (candidate.path / rel).stat().st_size
+        for rel in candidate.manifest.files
+        if _RANK_ENGINE.search(rel)
+    ]
+    params = version_config(candidate, model_root).parameters
+    text = params[KV_FRACTION].string_value if KV_FRACTION in params else ""
+    try:
+        fraction = float(text)
+    except ValueError:
+        fraction = DEFAULT_FRACTION  # an unset placeholder: the backend's default applies
+    return Footprint(kind, p.gpus, max(sizes, default=0), fraction, memory)
 
 
 class ModelVersions:
@@ -91,12 +163,19 @@ class ModelVersions:
         hardware: mf.Hardware,
         overrides: Sequence[Override] = (),
         verify: Callable[[Path], mf.Manifest] = mf.verify,
+        switch_policy: SwitchPolicy | None = None,
+        footprint_for_tests: Callable[[Candidate], Footprint] | None = None,
     ) -> None:
+        """`footprint_for_tests` is a TEST STAND-IN for version_footprint: it lets a CPU
+        version look like a GPU engine so that the real plan decides "unload first"."""
         self.repo = repo
         self.engine = engine
         self.hardware = hardware
         self.overrides = tuple(overrides)
         self._verify = verify
+        self.switch_policy = switch_policy if switch_policy is not None else SwitchPolicy()
+        self.switch_policy.validate()
+        self.footprint_for_tests = footprint_for_tests
         self.loaded: dict[str, LoadedVersion] = {}
         self._lock = asyncio.Lock()  # one load/switch at a time (Triton loads one by one anyway)
 
@@ -175,7 +254,109 @@ class ModelVersions:
             and await self.engine.model_ready(c.model, version=str(c.version))
         ):
             return current  # already serving: nothing to do
-        config = triton_config_json(c, self.repo / c.model)
+        plan = await asyncio.to_thread(self._plan_switch, current, c)
+        if current is not None:
+            log.info(
+                "%s -> version %d: %s (%s)", _label(current), c.version, plan.mode, plan.reason
+            )
+        config = triton_config_json(c, self.repo / c.model, kv_fraction=plan.fraction)
+        if plan.mode is not Mode.UNLOAD_FIRST or current is None:
+            return await self._load_config(c, manifest, config, refused, current)
+        await self._drain(current)
+        try:
+            return await self._load_config(c, manifest, config, refused, current)
+        except VersionRefused as exc:
+            await self._restore(current, exc)
+            raise  # _restore raises; this line only tells the type checker
+
+    def _footprint(self, c: Candidate) -> Footprint:
+        if self.footprint_for_tests is not None:
+            return self.footprint_for_tests(c)
+        return version_footprint(c, self.repo / c.model, self.hardware)
+
+    def _plan_switch(self, current: LoadedVersion | None, c: Candidate) -> SwitchPlan:
+        old = None
+        if current is not None:
+            old = self._footprint(
+                Candidate(current.model, current.version, current.path, current.manifest)
+            )
+        return plan_switch(old, self._footprint(c), self.switch_policy)
+
+    async def _drain(self, current: LoadedVersion) -> None:
+        """Unload `current` and wait, up to the drain timeout, for Triton to finish it.
+
+        Triton refuses new requests for the model from the unload on and lets the in-flight
+        ones complete; the version leaves UNLOADING when the last one has (its memory freed).
+        """
+        timeout = self.switch_policy.drain_timeout_s
+        started = time.monotonic()
+        try:
+            await self.engine.unload_model(current.model, timeout=timeout)
+        except ModelControlError as exc:
+            if exc.code is None or exc.code.name != "DEADLINE_EXCEEDED":
+                raise VersionRefused(
+                    current.model,
+                    current.version,
+                    f"{_label(current)} could not be unloaded to make room: {exc}",
+                ) from None
+        version = str(current.version)
+        while True:
+            index = await self.engine.repository_index()
+            state = next(
+                (e.state for e in index if e.name == current.model and e.version == version),
+                None,
+            )
+            waited = time.monotonic() - started
+            if state not in ("READY", "UNLOADING"):
+                log.info("%s drained and unloaded in %.1f s", _label(current), waited)
+                return
+            if waited >= timeout:
+                log.warning(
+                    "%s still %s after the %.0f s drain timeout; loading the new version anyway",
+                    _label(current),
+                    state,
+                    timeout,
+                )
+                return
+            await asyncio.sleep(0.2)
+
+    async def _restore(self, current: LoadedVersion, failure: VersionRefused) -> None:
+        """The new version failed after the old one was unloaded: load the old one again."""
+        c = Candidate(current.model, current.version, current.path, current.manifest)
+        try:
+            await self.engine.load_model(
+                current.model, config_json=triton_config_json(c, self.repo / c.model)
+            )
+            ready = await self.engine.model_ready(
+                current.model, version=str(current.version), timeout=10
+            )
+        except ModelControlError as exc:
+            ready, failure_again = False, str(exc)
+        else:
+            failure_again = "loaded but not READY"
+        if ready:
+            log.error("%s; %s reloaded and serving", failure, _label(current))
+            raise VersionRefused(
+                failure.model, failure.version, f"{failure}; {_label(current)} reloaded"
+            ) from None
+        del self.loaded[current.model]
+        log.error("%s; reloading %s failed too: %s", failure, _label(current), failure_again)
+        raise VersionRefused(
+            failure.model,
+            failure.version,
+            f"{failure}; reloading {_label(current)} failed too ({failure_again}): "
+            f"{current.model} is not loaded",
+        ) from None
+
+    async def _load_config(
+        self,
+        c: Candidate,
+        manifest: mf.Manifest,
+        config: str,
+        refused: tuple[str, ...],
+        current: LoadedVersion | None,
+    ) -> LoadedVersion:
+        assert c.version is not None
         started = time.monotonic()
         try:
             await self.engine.load_model(c.model, config_json=config)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from tritonclient.grpc import service_pb2
 
+from autoglm.server.engine.stream_errors import stream_error
 from autoglm.server.errors import EngineFailure
 from autoglm.triton_models import contract
 from autoglm.triton_models import vllm_contract as vc
@@ -148,7 +149,7 @@ def _chosen_logprobs(raw: bytes) -> list[float]:
 def parse_text_response(resp: service_pb2.ModelStreamInferResponse) -> TextStep:
     """One streamed response of the vLLM contract; EngineFailure on an error."""
     if resp.error_message:
-        raise EngineFailure(resp.error_message)
+        raise stream_error(resp.error_message)
     infer = resp.infer_response
     final = infer.parameters[_FINAL].bool_param if _FINAL in infer.parameters else False
     step = TextStep("", 0, None, None, None, final)

@@ -18,7 +18,8 @@ import pytest
 from autoglm.build_engine import manifest as mf
 from autoglm.build_engine.install import Installed, install
 from autoglm.build_engine.plan import BuildPlan
-from autoglm.build_engine.version_plan import Override, remove_pin, write_pin
+from autoglm.build_engine.switch_plan import GIB, Footprint
+from autoglm.build_engine.version_plan import Candidate, Override, remove_pin, write_pin
 from autoglm.client import Client, ClientConfig
 from autoglm.server.devstack.links import dev_engine_link
 from autoglm.server.devstack.triton_process import TritonOptions, TritonProcess
@@ -31,6 +32,7 @@ from autoglm.server.engine.client import (
 )
 from autoglm.server.engine.link import EngineLink
 from autoglm.server.engine.model_versions import ModelVersions, VersionRefused
+from autoglm.server.errors import EngineUnavailable
 from autoglm.server.settings import Settings
 
 from .conftest import FacadeThread, engine_metric
@@ -307,3 +309,70 @@ def test_facade_serves_the_selected_version(
         assert loaded is not None and loaded.manifest.profile.sku == "cpu"
     finally:
         facade.stop()
+
+
+def as_gpu_engine(candidate: Candidate) -> Footprint:
+    """TEST STAND-IN for the footprint of a version: every (CPU) version looks like a 16 GiB
+    TensorRT-LLM engine on an 80 GiB GPU at kv_cache_free_gpu_mem_fraction 0.9, which the real
+    plan (switch_plan.py) says does not fit beside another: the switch must unload first."""
+    return Footprint("tensorrt_llm", 1, 16 * GIB, 0.9, 80 * GIB)
+
+
+@pytest.mark.timeout(600)
+async def test_switch_that_does_not_fit_unloads_first_and_restores_on_failure(
+    versions: ModelVersions, engine: EngineClient, plan: BuildPlan
+) -> None:
+    versions.footprint_for_tests = as_gpu_engine
+    try:
+        await _unload_first(versions, engine, plan)
+    finally:
+        versions.footprint_for_tests = None
+
+
+async def _unload_first(versions: ModelVersions, engine: EngineClient, plan: BuildPlan) -> None:
+    new = install(plan)
+    v_old = str(versions.loaded[MODEL].version)
+    # A stream that outlasts the drain's start by a few seconds at the rate measured now.
+    t0 = time.monotonic()
+    await generate(engine, 10)
+    stream_tokens = min(1000, int(10 / (time.monotonic() - t0) * 4) + 20)
+    tokens: list[int] = []
+    started = asyncio.Event()
+    stream = asyncio.create_task(generate(engine, stream_tokens, tokens, started))
+    await asyncio.wait_for(started.wait(), 60)
+    switch = asyncio.create_task(versions.switch(MODEL, new.version))
+    # The gap: from the unload on, Triton refuses new requests for the model (the façade maps
+    # that to UNAVAILABLE) while the in-flight stream on the old version goes on.
+    deadline = time.monotonic() + 60
+    while states(await engine.repository_index()).get(v_old) == "READY":
+        assert time.monotonic() < deadline and not switch.done()
+        await asyncio.sleep(0.05)
+    gap_checked = not stream.done()
+    if gap_checked:
+        with pytest.raises(EngineUnavailable, match="has no available versions"):
+            await generate(engine, 2)
+    switched = await switch
+    # Unload first: the in-flight stream had finished, with all its tokens, before the new
+    # version was loaded, and the old version is gone, not UNLOADING beside the new one.
+    assert stream.done() and len(await stream) == stream_tokens
+    assert switched.version == new.version
+    index = states(await engine.repository_index())
+    assert index[str(new.version)] == "READY" and index[v_old] == "UNAVAILABLE"
+    assert len(await generate(engine, 3)) == 3
+    print(
+        f"unload first: {stream_tokens} tokens drained, a request in the gap checked: {gap_checked}"
+    )
+    # A new version that fails to load once the old one is unloaded: the old one comes back.
+    broken = install(plan)
+    (broken.version_dir / "model.py").write_text("raise RuntimeError('broken on purpose')\n")
+    m = mf.read(broken.version_dir)
+    mf.write(broken.version_dir, mf.Manifest(m.profile, mf.hash_tree(broken.version_dir)))
+    with pytest.raises(
+        VersionRefused,
+        match=rf"(?s)version {broken.version} refused by Triton.*version {new.version} reloaded$",
+    ):
+        await versions.switch(MODEL, broken.version)
+    shutil.rmtree(broken.version_dir)  # out of the way of the next reload
+    assert versions.loaded[MODEL].version == new.version
+    assert await engine.model_ready(MODEL, version=str(new.version))
+    assert len(await generate(engine, 3)) == 3
