@@ -254,7 +254,12 @@ class ModelVersions:
             and await self.engine.model_ready(c.model, version=str(c.version))
         ):
             return current  # already serving: nothing to do
-        plan = await asyncio.to_thread(self._plan_switch, current, c)
+        try:
+            plan = await asyncio.to_thread(self._plan_switch, current, c)
+        except (ValueError, OSError) as exc:  # e.g. an unknown engine kind, a missing file
+            raise VersionRefused(
+                c.model, c.version, f"{c.label} refused: cannot plan the switch: {exc}"
+            ) from None
         if current is not None:
             log.info(
                 "%s -> version %d: %s (%s)", _label(current), c.version, plan.mode, plan.reason

@@ -194,3 +194,16 @@ def test_a_model_between_unload_and_load_is_unavailable_not_internal(parse: Any)
         parse(gap)
     with pytest.raises(EngineFailure, match="CUDA error"):
         parse(service_pb2.ModelStreamInferResponse(error_message="CUDA error: out of memory"))
+
+
+async def test_a_switch_that_cannot_be_planned_is_refused_and_the_old_version_serves(
+    tmp_path: Path,
+) -> None:
+    install(tmp_path, 1)
+    install(tmp_path, 2, fraction="1.5")  # a hand-edited config: no such fraction
+    engine = Engine()
+    mv = versions(tmp_path, engine)
+    await mv.switch("llm", 1)
+    with pytest.raises(VersionRefused, match=r"cannot plan the switch: new.fraction: 1.5"):
+        await mv.switch("llm", 2)
+    assert engine.calls == ["load 1"] and mv.loaded["llm"].version == 1
