@@ -5,6 +5,10 @@ Two numbers on a local held-out text, both computed with the same token chunks:
 - greedy next-token agreement = share of positions where both models' argmax token is equal.
 The measurement (`score`, torch) is kept apart from the decision (`judge`, pure); the result is a
 dataclass written into the build report (quality.json, then manifest.json).
+
+Each measurement records the dtype the model computed in (`Scores.dtype`): the quantized model is
+scored in the dtype its engine computes in (quantize.py `score_dtypes`), so an fp16 overflow the
+engine would hit shows up here (CPU torch runs bf16 and fp16 matmuls), and the report says which.
 """
 
 from __future__ import annotations
@@ -51,10 +55,12 @@ class Scores:
     nll_sum: float
     tokens: int
     predictions: tuple[int, ...]  # argmax next token at every scored position, chunk by chunk
+    dtype: str = "float32"  # the model's parameter dtype while scoring (torch name)
 
     @property
     def perplexity(self) -> float:
-        return math.exp(self.nll_sum / self.tokens)
+        mean = self.nll_sum / self.tokens
+        return math.inf if mean > 700 else math.exp(mean)  # exp overflows past ~709
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +75,10 @@ class QualityResult:
     min_token_agreement: float
     passed: bool
     reasons: tuple[str, ...] = ()
+    # The dtypes the base and the quantized model were scored in (reports written before the
+    # dtype was recorded were scored in float32).
+    base_dtype: str = "float32"
+    dtype: str = "float32"
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
@@ -103,6 +113,8 @@ def judge(
             max_ppl_ratio=thresholds.max_ppl_ratio,
             min_token_agreement=thresholds.min_token_agreement,
             passed=True,
+            base_dtype=base.dtype,
+            dtype=quant.dtype,
         ),
         thresholds,
     )
@@ -115,7 +127,8 @@ def apply_thresholds(result: QualityResult, thresholds: QualityThresholds) -> Qu
     if not result.ppl_ratio <= thresholds.max_ppl_ratio:
         reasons.append(
             f"perplexity ratio {result.ppl_ratio:.4f} > {thresholds.max_ppl_ratio} "
-            f"(base {result.base_ppl:.3f}, {result.precision} {result.quant_ppl:.3f})"
+            f"(base {result.base_ppl:.3f} in {result.base_dtype}, {result.precision} "
+            f"{result.quant_ppl:.3f} in {result.dtype})"
         )
     if not result.token_agreement >= thresholds.min_token_agreement:
         reasons.append(
@@ -168,10 +181,12 @@ def score(
     *,
     on_chunk: Callable[[], None] | None = None,
 ) -> Scores:
-    """Sum of next-token NLL and the argmax predictions of `model` over token chunks."""
+    """Sum of next-token NLL and the argmax predictions of `model` over token chunks, computed in
+    the model's own dtype (the logits are upcast to fp32 only for the NLL)."""
     import torch
     import torch.nn.functional as F
 
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     nll = 0.0
     tokens = 0
     preds: list[int] = []
@@ -187,4 +202,4 @@ def score(
                 on_chunk()
     if tokens == 0:
         raise ValueError("held-out text gave no tokens to score")
-    return Scores(nll, tokens, tuple(preds))
+    return Scores(nll, tokens, tuple(preds), dtype)
