@@ -41,8 +41,11 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-logo
 
+# The last step runs the quantize tests again under the ModelOpt of the TensorRT-LLM 1.2.x
+# container (0.37, a throwaway venv: .ci/modelopt-0.37.sh).
 test: model lint
 	$(BIN)/pytest -ra --durations=15
+	bash .ci/modelopt-0.37.sh
 
 unit: install
 	$(BIN)/pytest -ra -m "not integration"

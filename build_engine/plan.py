@@ -146,15 +146,6 @@ class BuildPlan:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
-def export_dtype(precision: str) -> str:
-    """The dtype of the TensorRT-LLM checkpoint's unquantized parts ("auto" plugins follow it).
-
-    bf16/fp16 keep their own; quantized formats export float16 activations, the combination
-    facts.md records as verified with ModelOpt 0.47 (`dtype=torch.float16`).
-    """
-    return "bfloat16" if precision == "bf16" else "float16"
-
-
 def trtllm_build_argv(plan: BuildPlan) -> tuple[str, ...]:
     """The exact `trtllm-build` command line for this plan (TensorRT-LLM 1.2.x flags)."""
     argv = [
