@@ -127,8 +127,9 @@ async def test_errors_map_to_the_facades(
 ) -> None:
     client = engine(triton, engine_link)
     try:
-        # Triton answers an unknown model with an error response on the stream.
-        with pytest.raises(EngineFailure, match="no-such-model"):
+        # Triton answers an unknown model with an error response on the stream: a model that is
+        # not loaded (stream_errors.py), so UNAVAILABLE, which callers retry.
+        with pytest.raises(EngineUnavailable, match="no-such-model"):
             await tokens(client, request("unknown-model", prompt, 2, model="no-such-model"))
         with pytest.raises(DeadlineExceeded):
             await tokens(client, request("deadline", prompt, 500), timeout=0.3)
