@@ -1,7 +1,8 @@
 """The generation loop of the CPU vision-language engine: prompt text + image files in, text out.
 
-No Triton imports: the adapter (backend.py) builds a `VlGeneration` from the vLLM backend's
-tensors (vllm_contract.py) and sends each yielded `VlStep` on; this loop is tested directly.
+No Triton imports: the Triton model (templates/cpu_vl/1/model.py) builds a `VlGeneration` from
+the vLLM backend's tensors (vllm_contract.py) and sends each yielded `VlStep` on; this loop is
+tested directly.
 It does what vLLM does for a GLM-4.1V checkpoint, so the façade cannot tell the two apart:
 
 - The prompt is tokenized with the checkpoint's tokenizer, adding no special tokens: the chat
