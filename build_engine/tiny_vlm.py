@@ -18,7 +18,6 @@ once its marker exists, like default_model.prepare. Nothing is downloaded.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import shutil
@@ -27,10 +26,10 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from autoglm.build_engine import default_model, glm41v
 from autoglm.build_engine.default_model import ModelPrepError
+from autoglm.build_engine.manifest import sha256_file
 
 __all__ = [
     "MARKER",
@@ -115,13 +114,7 @@ def prepare_tiny_vlm(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".prepare-") as tmp,
-        Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        ) as progress,
+        default_model.prepare_progress(console) as progress,
     ):
         staged = Path(tmp) / "model"
         staged.mkdir()
@@ -142,7 +135,7 @@ def prepare_tiny_vlm(
                     "architecture": "Glm4vForConditionalGeneration",
                     "weights": f"random (torch seed {SEED}); plumbing only",
                     "tokenizer_source": str(base_tokenizer_dir / "tokenizer.json"),
-                    "tokenizer_source_sha256": _sha256(base_tokenizer_dir / "tokenizer.json"),
+                    "tokenizer_source_sha256": sha256_file(base_tokenizer_dir / "tokenizer.json"),
                     "chat_template_source": glm41v.CHAT_TEMPLATE_SOURCE,
                     "parameters": parameters,
                     "max_pixels": MAX_PIXELS,
@@ -300,7 +293,3 @@ everything the façade adds (limits, audit, tracing, cancellation).
   ~60 ms. The façade resizes to whatever this file says, so image-token counts in `usage` follow
   this budget.
 """
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -34,12 +34,11 @@ from autoglm.build_engine.checkpoint import (
     read_expected,
     verify,
 )
+from autoglm.build_engine.glm41v_shape import Glm4vShape, ParamCounts
 from autoglm.build_engine.install import TOKENIZER_FILES, Installed, next_version
 from autoglm.build_engine.vllm_profile import (
     ENGINE,
     SKU_SETTINGS,
-    Glm4vShape,
-    ParamCounts,
     VllmProfile,
     VllmProfileError,
     plan_profile,
@@ -53,7 +52,7 @@ MODEL_FILES: tuple[str, ...] = (*TOKENIZER_FILES, "config.json", "preprocessor_c
 VLLM_BACKEND_SOURCE = "triton-inference-server/vllm_backend@8de0c14"
 
 
-# config.json `architectures`: the profile's arithmetic is GLM-4.1V's (vllm_profile.Glm4vShape).
+# config.json `architectures`: the profile's arithmetic is GLM-4.1V's (glm41v_shape.Glm4vShape).
 ARCHITECTURE = "Glm4vForConditionalGeneration"
 
 

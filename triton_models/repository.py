@@ -87,13 +87,7 @@ def render_cpu_model(repo: Path, cfg: CpuEngineConfig) -> model_config_pb2.Model
             "max_input_len": cfg.max_input_len or "",
         },
     )
-    model_root = repo / cfg.model_name
-    version_dir = model_root / str(cfg.version)
-    version_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src / "1" / "model.py", version_dir / "model.py")
-    tmp = model_root / "config.pbtxt.tmp"
-    tmp.write_text(text)
-    tmp.replace(model_root / "config.pbtxt")
+    _write_python_model(repo / cfg.model_name, cfg.version, src, text)
     return parsed
 
 
@@ -135,11 +129,16 @@ def render_cpu_vl_model(repo: Path, cfg: CpuVlConfig) -> model_config_pb2.ModelC
             "torch_threads": cfg.torch_threads,
         },
     )
-    model_root = repo / cfg.model_name
-    version_dir = model_root / str(cfg.version)
+    _write_python_model(repo / cfg.model_name, cfg.version, src, text)
+    return parsed
+
+
+def _write_python_model(model_root: Path, version: int, src: Path, config_text: str) -> None:
+    """A python-backend model: the template's model.py in the version folder, then the
+    rendered config.pbtxt, replaced atomically (Triton may be reading the old one)."""
+    version_dir = model_root / str(version)
     version_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src / "1" / "model.py", version_dir / "model.py")
     tmp = model_root / "config.pbtxt.tmp"
-    tmp.write_text(text)
+    tmp.write_text(config_text)
     tmp.replace(model_root / "config.pbtxt")
-    return parsed

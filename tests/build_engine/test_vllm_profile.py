@@ -22,6 +22,7 @@ from autoglm.build_engine.checkpoint import (
     safetensors_shapes,
 )
 from autoglm.build_engine.cli import main
+from autoglm.build_engine.glm41v_shape import Glm4vShape, ParamCounts
 from autoglm.build_engine.skus import SKUS, get_sku
 from autoglm.build_engine.vllm_install import (
     check_checkpoint,
@@ -31,8 +32,6 @@ from autoglm.build_engine.vllm_install import (
 from autoglm.build_engine.vllm_profile import (
     SKU_SETTINGS,
     FitRequest,
-    Glm4vShape,
-    ParamCounts,
     VllmProfileError,
     memory_fit,
     plan_profile,
