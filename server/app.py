@@ -32,7 +32,8 @@ from autoglm.server.model_limits import EngineLimits
 from autoglm.server.models import ModelRegistry, ModelSpec, load_model
 from autoglm.server.security.auth import AuthInterceptor
 from autoglm.server.security.bearer_tokens import TokenStore
-from autoglm.server.security.limits import Admission
+from autoglm.server.security.limits import Admission, AdmissionControl
+from autoglm.server.security.shared_limits import SharedAdmission
 from autoglm.server.security.tls import reloading_server_credentials
 from autoglm.server.settings import Settings, split_host_port
 from autoglm.server.telemetry import tracing
@@ -101,6 +102,7 @@ class RunningServer:
             await self.health_server.stop(None)
         await self.engine.close()
         self.generations.close()  # drains the audit writer
+        await self.generations.admission.close()  # the shared books' pending releases
         if self.metrics_server is not None:
             self.metrics_server.stop()
 
@@ -193,7 +195,7 @@ async def start_server(settings: Settings) -> RunningServer:
     if settings.audit_dir is not None:
         audit = AuditWriter(settings.audit_dir / "audit.jsonl", record_text=settings.audit_text)
     generations = Generations(
-        registry, engine, metrics=metrics, admission=Admission(settings.limits), audit=audit
+        registry, engine, metrics=metrics, admission=_admission(settings, metrics), audit=audit
     )
     service = TextGenerationService(generations)
     pb_grpc.add_TextGenerationServicer_to_server(service, server)
@@ -278,6 +280,30 @@ async def start_server(settings: Settings) -> RunningServer:
         versions,
         http,
         draining,
+    )
+
+
+def _admission(settings: Settings, metrics: FacadeMetrics) -> AdmissionControl:
+    """The per-principal books: in Redis when settings name one (shared by every worker and
+    pod: security/shared_limits.py), else this process's own (security/limits.py)."""
+    shared = settings.shared_limits
+    if shared is None:
+        metrics.set_limits_backend("local")
+        return Admission(settings.limits)
+    # The local fallback's divisor: every process of every replica holds an equal share.
+    share = settings.workers * shared.replicas
+    log.info(
+        "per-principal limits in Redis (%s, prefix %s); if it is unreachable: %s",
+        shared.redis_url,
+        shared.key_prefix,
+        "fail closed" if shared.fallback == "closed" else f"the local share (1/{share})",
+    )
+    return SharedAdmission(
+        settings.limits,
+        shared,
+        share=share,
+        on_backend=metrics.set_limits_backend,
+        on_store_error=metrics.limits_store_error,
     )
 
 

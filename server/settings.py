@@ -11,6 +11,7 @@ from autoglm.server.engine.link import EngineLink
 from autoglm.server.engine.replicas import TargetError, parse_target, unix_socket_path
 from autoglm.server.models import ModelSpec
 from autoglm.server.security.limits import LimitSettings
+from autoglm.server.security.shared_limits import SharedLimitSettings
 from autoglm.server.telemetry.span_export import DEFAULT_SPAN_EXPORT, check_span_export
 from autoglm.server.vision import MAX_IMAGE_BYTES_SETTING, ImageLimits
 
@@ -88,6 +89,9 @@ class Settings:
     # client certificate); None = off. Health reveals no data and takes no input but a name.
     health_listen: str | None = None
     limits: LimitSettings = field(default_factory=LimitSettings)
+    # Per-principal limits kept in Redis for every process and pod (security/shared_limits.py);
+    # None = each process keeps its own books (limits.py).
+    shared_limits: SharedLimitSettings | None = None
     # Hash-chained audit log (audit.jsonl in this folder); text only with audit_text (PII-masked).
     audit_dir: Path | None = None
     audit_text: bool = False
@@ -155,6 +159,11 @@ class Settings:
             check_span_export(self.span_export)
         except ValueError as exc:
             raise SettingsError(str(exc)) from None
+        if self.shared_limits is not None:
+            try:
+                self.shared_limits.validate()
+            except ValueError as exc:
+                raise SettingsError(str(exc)) from None
         if self.workers < 1:
             raise SettingsError(f"workers: must be >= 1, got {self.workers}")
         if self.workers > 1 and self.model_repository is not None:

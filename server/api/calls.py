@@ -26,7 +26,7 @@ from autoglm.server.generation import pipeline, text_pipeline
 from autoglm.server.generation.plan import GeneratePlan, PromptInput, Sampling
 from autoglm.server.models import ModelRegistry, ServedModel
 from autoglm.server.security.auth import Principal
-from autoglm.server.security.limits import Admission
+from autoglm.server.security.limits import AdmissionControl
 from autoglm.server.telemetry import tracing
 from autoglm.server.telemetry.metrics import FacadeMetrics
 from autoglm.v1 import text_generation_pb2 as pb
@@ -71,7 +71,7 @@ class Generations:
         engine: EngineClient,
         *,
         metrics: FacadeMetrics,
-        admission: Admission,
+        admission: AdmissionControl,
         audit: AuditWriter | None = None,
     ) -> None:
         self.registry = registry
@@ -145,10 +145,11 @@ class Generations:
             model = self.model(plan.model, principal)
             images = await pipeline.check_request_images(plan, model)
             out.prepared = prepared = pipeline.prepare(plan, model, images)
-            ticket = self.admission.admit(
+            ticket = await self.admission.admit(
                 principal.name if principal else ANONYMOUS,
                 principal.limits if principal else None,
                 prepared.max_new_tokens,
+                len(prepared.prompt_ids),
             )
             if on_prepared is not None:
                 on_prepared(prepared)
@@ -196,7 +197,11 @@ class Generations:
             raise
         finally:
             if ticket is not None:
-                ticket.release()
+                # Tokens per minute settle to the final usage; a call that ends without one
+                # (cancelled, failed) keeps its whole reservation (security/limits.py).
+                end = out.last
+                final = end is not None and end.finish_reason != pb.FINISH_REASON_UNSPECIFIED
+                ticket.release(end.prompt_tokens + end.completion_tokens if final else None)
             usage = out.last or pipeline.Delta("")
             obs.finish(out.code, usage.prompt_tokens, usage.completion_tokens)
             self._record(out, call, started, trace_id)

@@ -47,11 +47,15 @@ class RecordingAdmission(Admission):
         super().__init__(settings)
         self.requested: list[int] = []
 
-    def admit(
-        self, principal_key: str, limits: PrincipalLimits | None, requested_tokens: int
+    async def admit(
+        self,
+        principal_key: str,
+        limits: PrincipalLimits | None,
+        requested_tokens: int,
+        prompt_tokens: int = 0,
     ) -> Ticket:
         self.requested.append(requested_tokens)
-        return super().admit(principal_key, limits, requested_tokens)
+        return await super().admit(principal_key, limits, requested_tokens, prompt_tokens)
 
 
 @pytest.fixture
