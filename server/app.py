@@ -32,7 +32,10 @@ from autoglm.server.model_limits import EngineLimits
 from autoglm.server.models import ModelRegistry, ModelSpec, load_model
 from autoglm.server.security.auth import AuthInterceptor
 from autoglm.server.security.bearer_tokens import TokenStore
+from autoglm.server.security.claims import load_mapping
+from autoglm.server.security.credentials import Credentials
 from autoglm.server.security.limits import Admission, AdmissionControl
+from autoglm.server.security.oidc import HttpsJwks, OidcConfig, OidcVerifier
 from autoglm.server.security.shared_limits import SharedAdmission
 from autoglm.server.security.tls import reloading_server_credentials
 from autoglm.server.settings import Settings, split_host_port
@@ -169,6 +172,8 @@ async def start_server(settings: Settings) -> RunningServer:
     metrics = FacadeMetrics(registry.names())
     # First: the OTel server span, so that refused calls are traced too ([] when tracing is off).
     interceptors: list[grpc.aio.ServerInterceptor] = [*tracing.server_interceptors()]
+    # Local tokens, and the identity provider's JWTs when one is configured; None in dev mode.
+    credentials = None if settings.insecure_dev else await _credentials(settings)
     if settings.insecure_dev:
         log.warning(
             "INSECURE DEV MODE: plaintext gRPC without tokens on %s (loopback only). "
@@ -177,9 +182,7 @@ async def start_server(settings: Settings) -> RunningServer:
         )
     else:
         assert settings.token_store is not None  # checked by settings.validate()
-        interceptors.append(
-            AuthInterceptor(TokenStore(settings.token_store), on_failure=metrics.auth_failure)
-        )
+        interceptors.append(AuthInterceptor(credentials, on_failure=metrics.auth_failure))
     # Innermost: decode requests inside the handler (malformed bytes → INVALID_ARGUMENT).
     interceptors.append(DecodeInterceptor((SERVICE_NAME,)))
     server = grpc.aio.server(
@@ -249,7 +252,7 @@ async def start_server(settings: Settings) -> RunningServer:
     if settings.openai_listen is not None:
         door = FrontDoor(
             generations=generations,
-            tokens=None if settings.insecure_dev else TokenStore(settings.token_store),  # type: ignore[arg-type]
+            tokens=credentials,  # type: ignore[arg-type]
             max_body_bytes=settings.openai_max_body_bytes,
             # Ready as gRPC health says SERVING: the engine passed its deep check, and the
             # façade is not draining (stop() flips it first).
@@ -305,6 +308,24 @@ def _admission(settings: Settings, metrics: FacadeMetrics) -> AdmissionControl:
         on_backend=metrics.set_limits_backend,
         on_store_error=metrics.limits_store_error,
     )
+
+
+async def _credentials(settings: Settings) -> Credentials:
+    assert settings.token_store is not None  # checked by settings.validate()
+    verifier = None
+    if settings.oidc is not None:
+        oidc = settings.oidc
+        config = OidcConfig(
+            issuer=oidc.issuer,
+            audience=oidc.audience,
+            mapping=load_mapping(oidc.config),
+            clock_skew_s=oidc.clock_skew_s,
+            refetch_interval_s=oidc.refetch_interval_s,
+        )
+        verifier = OidcVerifier(config, HttpsJwks(oidc.issuer, ca_file=oidc.ca_file))
+        await verifier.start()  # the first JWKS; a provider down is logged and retried
+        log.info("JWT bearer tokens of %s accepted (audience %s)", oidc.issuer, oidc.audience)
+    return Credentials(TokenStore(settings.token_store), verifier)
 
 
 def run_event_loop(main: Coroutine[Any, Any, T], event_loop: str) -> T:

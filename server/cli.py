@@ -134,6 +134,35 @@ def _model_spec(item: str, spec_type: type) -> object:
     )
 
 
+def _oidc_settings(args: argparse.Namespace) -> object:
+    """The OIDC settings of the `--oidc-*` flags; None without --oidc-issuer."""
+    from autoglm.server.settings import OidcSettings
+
+    if not args.oidc_issuer:
+        others = ("--oidc-audience", args.oidc_audience), ("--oidc-config", args.oidc_config)
+        given = [flag for flag, value in others if value]
+        if given:
+            raise SettingsError(f"{', '.join(given)}: needs --oidc-issuer")
+        return None
+    missing = [
+        flag
+        for flag, value in (
+            ("--oidc-audience", args.oidc_audience),
+            ("--oidc-config", args.oidc_config),
+        )
+        if not value
+    ]
+    if missing:
+        raise SettingsError(f"--oidc-issuer: also give {', '.join(missing)}")
+    return OidcSettings(
+        issuer=args.oidc_issuer,
+        audience=args.oidc_audience,
+        config=args.oidc_config,
+        ca_file=args.oidc_ca,
+        clock_skew_s=args.oidc_clock_skew,
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
     from autoglm.server.app import run_event_loop, serve_until_signal, start_server
     from autoglm.server.models import ModelSpec
@@ -153,6 +182,7 @@ def _serve(args: argparse.Namespace) -> int:
         models=tuple(models),
         tls=tls,
         token_store=args.token_store,
+        oidc=_oidc_settings(args),
         insecure_dev=args.insecure_dev,
         grace_period_s=args.grace,
         metrics_listen=args.metrics_listen or None,
@@ -270,6 +300,7 @@ def _token_create(args: argparse.Namespace) -> int:
         ttl=ttl,
         bound_identity=args.bind_cert,
         limits=limits,
+        roles=args.role,
     )
     print(
         f"token id {record.id} for {record.principal} (scopes: {', '.join(sorted(record.scopes))})",
@@ -287,7 +318,8 @@ def _token_list(args: argparse.Namespace) -> int:
             if r.revoked
             else ("expires " + r.expires_at.isoformat() if r.expires_at else "active")
         )
-        print(f"{r.id}  {r.principal:<20} {','.join(sorted(r.scopes)):<28} {state}")
+        roles = f"  roles: {','.join(sorted(r.roles))}" if r.roles else ""
+        print(f"{r.id}  {r.principal:<20} {','.join(sorted(r.scopes)):<28} {state}{roles}")
     return 0
 
 
@@ -425,6 +457,26 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--client-ca", type=Path, help="CA bundle that issues client certificates")
     serve.add_argument(
         "--token-store", type=Path, help="bearer-token store (`autoglm token create --store`)"
+    )
+    serve.add_argument(
+        "--oidc-issuer",
+        help="accept JWT bearer tokens of this OpenID Connect issuer (https URL) beside the "
+        "token store (default: off)",
+    )
+    serve.add_argument("--oidc-audience", help="the aud the issuer's tokens must carry")
+    serve.add_argument(
+        "--oidc-config",
+        type=Path,
+        help="claim mapping (TOML or .json): principal claim, rules from claims to roles/models",
+    )
+    serve.add_argument(
+        "--oidc-ca", type=Path, help="CA bundle of the issuer's HTTPS (default: the system's)"
+    )
+    serve.add_argument(
+        "--oidc-clock-skew",
+        type=float,
+        default=60.0,
+        help="seconds of allowance on the tokens' exp/nbf/iat",
     )
     serve.add_argument("--triton-ca", type=Path, help="CA of Triton's server certificate")
     serve.add_argument("--triton-cert", type=Path, help="the façade's client cert for Triton")
@@ -609,6 +661,12 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("principal")
     create.add_argument(
         "--scope", action="append", default=[], help="generate, models:read, admin (repeatable)"
+    )
+    create.add_argument(
+        "--role",
+        action="append",
+        default=[],
+        help="user, operator, auditor, admin (repeatable): their scopes are added to --scope's",
     )
     create.add_argument(
         "--model", action="append", default=[], help="allowed model (repeatable; none = all)"

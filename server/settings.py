@@ -10,6 +10,7 @@ from pathlib import Path
 from autoglm.server.engine.link import EngineLink
 from autoglm.server.engine.replicas import TargetError, parse_target, unix_socket_path
 from autoglm.server.models import ModelSpec
+from autoglm.server.security.claims import load_mapping
 from autoglm.server.security.limits import LimitSettings
 from autoglm.server.security.shared_limits import SharedLimitSettings
 from autoglm.server.telemetry.span_export import DEFAULT_SPAN_EXPORT, check_span_export
@@ -73,6 +74,39 @@ class TlsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class OidcSettings:
+    """JWT bearer tokens of an OpenID Connect provider, beside the local tokens (security/oidc.py).
+    The claim mapping (`config`, claims.py) turns their claims into a principal, roles, models."""
+
+    issuer: str  # https URL; its discovery document is <issuer>/.well-known/openid-configuration
+    audience: str  # the `aud` the tokens must carry: this service's name at the provider
+    config: Path  # the claim mapping (TOML, or JSON by its .json suffix)
+    ca_file: Path | None = None  # CA bundle for the provider's HTTPS (None = the system's)
+    clock_skew_s: float = 60.0  # allowance on exp/nbf/iat for clocks that differ
+    # A token with a kid not in the cached JWKS refetches it at most this often.
+    refetch_interval_s: float = 30.0
+
+    def validate(self) -> None:
+        if not self.issuer.startswith("https://"):
+            raise SettingsError(f"oidc_issuer: must be an https:// URL, got {self.issuer!r}")
+        if not self.audience:
+            raise SettingsError("oidc_audience: required with oidc_issuer")
+        if not 0 <= self.clock_skew_s <= 300:
+            raise SettingsError(f"oidc_clock_skew: must be in [0, 300], got {self.clock_skew_s}")
+        if not self.refetch_interval_s > 0:
+            raise SettingsError(
+                f"oidc_refetch_interval_s: must be > 0, got {self.refetch_interval_s}"
+            )
+        for name, path in (("oidc_config", self.config), ("oidc_ca", self.ca_file)):
+            if path is not None and not path.is_file():
+                raise SettingsError(f"{name}: {path} does not exist")
+        try:
+            load_mapping(self.config)
+        except ValueError as exc:
+            raise SettingsError(f"oidc_config: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     listen: str  # host:port; port 0 picks a free one (the bound port is returned by start)
     triton_target: str  # host:port of Triton's gRPC endpoint, replicas, or unix:/path
@@ -81,6 +115,8 @@ class Settings:
     # How the façade reaches Triton: mTLS + restricted-protocol secret; None = plaintext.
     engine_link: EngineLink | None = None
     token_store: Path | None = None
+    # JWT bearer tokens of an identity provider, accepted beside the token store; None = off.
+    oidc: OidcSettings | None = None
     # Plaintext without tokens: only on loopback, only when asked for by name.
     insecure_dev: bool = False
     # Prometheus metrics on their own HTTP port ("host:0" = any free port); None = off.
@@ -131,6 +167,10 @@ class Settings:
         host, _ = split_host_port(self.listen)
         self._validate_images()
         self._validate_openai()
+        if self.oidc is not None:
+            if self.insecure_dev:
+                raise SettingsError("oidc_issuer: insecure dev mode checks no tokens")
+            self.oidc.validate()
         try:
             parse_target(self.triton_target)
             socket_path = unix_socket_path(self.triton_target)

@@ -18,6 +18,7 @@ import grpc
 
 from autoglm.server.errors import PermissionDenied, Unauthenticated
 from autoglm.server.security.bearer_tokens import AuthError, AuthFailure, TokenRecord, TokenStore
+from autoglm.server.security.credentials import Credentials, averify
 from autoglm.server.security.limits import PrincipalLimits
 from autoglm.server.security.tls import peer_identity
 from autoglm.server.telemetry import tracing
@@ -43,6 +44,15 @@ _MESSAGES: dict[AuthFailure, str] = {
     "unknown": "unknown bearer token",
     "revoked": "bearer token revoked",
     "expired": "bearer token expired",
+    # JWTs of the identity provider (oidc.py); never the token or a claim's value.
+    "jwt_invalid": "invalid JWT bearer token (encoding or signature)",
+    "jwt_alg": "JWT bearer token signed with an algorithm that is not allowed",
+    "jwt_key_unknown": "JWT bearer token signed by a key the issuer does not publish (kid)",
+    "jwt_issuer": "JWT bearer token from another issuer (iss)",
+    "jwt_audience": "JWT bearer token meant for another audience (aud)",
+    "jwt_expired": "JWT bearer token expired (exp)",
+    "jwt_not_yet_valid": "JWT bearer token not valid yet (nbf/iat)",
+    "jwt_claims": "JWT bearer token lacks a required claim (exp, or the principal's claim)",
 }
 
 
@@ -63,6 +73,7 @@ class Principal:
     cert_identity: str | None = None  # SAN (or CN) of the client certificate, None without mTLS
     bound_identity: str | None = None  # the token only works with this certificate identity
     limits: PrincipalLimits | None = None
+    roles: frozenset[str] = frozenset()  # roles.py; `scopes` already includes theirs
 
     @classmethod
     def from_record(cls, record: TokenRecord) -> Principal:
@@ -73,6 +84,7 @@ class Principal:
             models=record.models,
             bound_identity=record.bound_identity,
             limits=record.limits,
+            roles=record.roles,
         )
 
     def allows_model(self, model: str) -> bool:
@@ -105,7 +117,7 @@ DEFAULT_METHOD_SCOPES: Mapping[str, str] = {
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
         self,
-        store: TokenStore,
+        store: TokenStore | Credentials,
         *,
         open_methods: frozenset[str] = DEFAULT_OPEN_METHODS,
         method_scopes: Mapping[str, str] = DEFAULT_METHOD_SCOPES,
@@ -131,7 +143,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             # A stat() at most every reload_interval and one SHA-256: cheap enough for the loop.
             # Not recorded here: interceptors run before the RPC's server span exists;
             # `_auth_attributes` puts the decision on that span from inside the RPC instead.
-            record = self._store.verify(token)
+            # JWTs (Credentials with an issuer) may wait for a JWKS refetch: off the loop.
+            record = await averify(self._store, token)
         except AuthError as err:
             logger.info("unauthenticated call: method=%s reason=%s", method, err.reason)
             self._on_failure(err.reason)
@@ -143,13 +156,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return _abort_handler(
                 handler,
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"this token lacks the scope {needed!r} needed for {method}",
+                _lacks_scope(record, needed, f" for {method}"),
             )
         return _with_principal(handler, Principal.from_record(record))
 
 
 def authenticate_bearer(
-    store: TokenStore,
+    store: TokenStore | Credentials,
     authorization: str | None,
     *,
     scope: str,
@@ -172,7 +185,7 @@ def authenticate_bearer(
         logger.info("permission denied: token=%s scope=%s", record.id, scope)
         fail("scope")
         _auth_attributes("PERMISSION_DENIED")
-        raise PermissionDenied(f"this token lacks the scope {scope!r} needed here")
+        raise PermissionDenied(_lacks_scope(record, scope, " here"))
     principal = replace(Principal.from_record(record), cert_identity=cert_identity)
     refusal = _binding_refusal(principal)
     _auth_attributes("UNAUTHENTICATED" if refusal else "OK", principal)
@@ -180,6 +193,13 @@ def authenticate_bearer(
         fail("cert_binding")
         raise Unauthenticated(refusal)
     return principal
+
+
+def _lacks_scope(record: TokenRecord, needed: str, where: str) -> str:
+    if record.id.startswith("jwt:") and not record.roles:
+        # A valid identity-provider token that the claim mapping gives nothing (oidc.py).
+        return f"no role maps from this token's claims (the scope {needed!r} is needed{where})"
+    return f"this token lacks the scope {needed!r} needed{where}"
 
 
 def _bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:

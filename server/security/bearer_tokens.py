@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from autoglm.server.files import write_atomic
 from autoglm.server.security.limits import PrincipalLimits
+from autoglm.server.security.roles import check_roles, scopes_of
 
 __all__ = ["AuthError", "AuthFailure", "TokenRecord", "TokenStore", "TokenStoreError"]
 
@@ -40,7 +41,22 @@ _TOKEN_RE = re.compile(r"agm_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 _SCOPE_RE = re.compile(r"[a-z][a-z0-9_.-]*(:[a-z0-9_.-]+)*")
 _FILE_VERSION = 1
 
-AuthFailure = Literal["missing", "malformed", "unknown", "revoked", "expired"]
+AuthFailure = Literal[
+    "missing",
+    "malformed",
+    "unknown",
+    "revoked",
+    "expired",
+    # JWT bearer tokens of the identity provider (oidc.py): why one was refused, for the audit.
+    "jwt_invalid",  # not a JWS we can verify: bad encoding, bad signature, not a JSON object
+    "jwt_alg",  # an algorithm outside the allowed asymmetric list (none, HS*, …)
+    "jwt_key_unknown",  # no key of the issuer's JWKS has this kid (after a refetch)
+    "jwt_issuer",
+    "jwt_audience",
+    "jwt_expired",
+    "jwt_not_yet_valid",  # nbf (or iat) beyond the clock-skew allowance
+    "jwt_claims",  # a required claim missing or of the wrong type (exp, the principal claim)
+]
 
 
 class AuthError(Exception):
@@ -68,6 +84,11 @@ class TokenRecord:
     bound_identity: str | None = None
     # Per-principal overrides of the server's default limits (None = defaults).
     limits: PrincipalLimits | None = None
+    # Roles (roles.py) the token carries; `scopes` already includes their scopes.
+    roles: frozenset[str] = frozenset()
+    # The scopes given by name, as stored (None = all of `scopes`): kept apart from the roles'
+    # scopes so that a role's definition is read afresh, never frozen into the file.
+    named_scopes: frozenset[str] | None = None
 
     def expired(self, now: datetime) -> bool:
         return self.expires_at is not None and now >= self.expires_at
@@ -123,14 +144,17 @@ class TokenStore:
         *,
         bound_identity: str | None = None,
         limits: PrincipalLimits | None = None,
+        roles: Iterable[str] = (),
     ) -> tuple[str, TokenRecord]:
-        """Creates a token. The plain token is returned here, once; only its hash is stored."""
+        """Creates a token. The plain token is returned here, once; only its hash is stored.
+        Its scopes are the named `scopes` and those of its `roles` (roles.py)."""
         if not principal or principal != principal.strip():
             raise ValueError("principal must be a non-empty name without surrounding spaces")
         scope_set = frozenset(scopes)
         bad = sorted(s for s in scope_set if not _SCOPE_RE.fullmatch(s))
         if bad:
             raise ValueError(f"invalid scopes: {bad}")
+        role_set = check_roles(roles)
         if ttl is not None and ttl <= timedelta(0):
             raise ValueError("ttl must be positive")
         now = self._clock()
@@ -142,12 +166,14 @@ class TokenStore:
             record = TokenRecord(
                 id=token_id,
                 principal=principal,
-                scopes=scope_set,
+                scopes=scope_set | scopes_of(role_set),
                 models=frozenset(models),
                 created_at=now,
                 expires_at=now + ttl if ttl is not None else None,
                 bound_identity=bound_identity or None,
                 limits=limits,
+                roles=role_set,
+                named_scopes=scope_set,
             )
             self._records[token_id] = record
             self._hashes[token_id] = _hash_secret(secret)
@@ -264,10 +290,11 @@ class TokenStore:
 
 
 def _record_to_json(record: TokenRecord, secret_sha256: str) -> dict[str, Any]:
-    return {
+    named = record.scopes if record.named_scopes is None else record.named_scopes
+    document = {
         "id": record.id,
         "principal": record.principal,
-        "scopes": sorted(record.scopes),
+        "scopes": sorted(named),
         "models": sorted(record.models),
         "created_at": record.created_at.isoformat(),
         "expires_at": record.expires_at.isoformat() if record.expires_at else None,
@@ -276,6 +303,11 @@ def _record_to_json(record: TokenRecord, secret_sha256: str) -> dict[str, Any]:
         "limits": record.limits.to_json() if record.limits else None,
         "secret_sha256": secret_sha256,
     }
+    # Only tokens with roles get the key: a file without roles stays byte-for-byte what the
+    # versions before roles wrote (and read).
+    if record.roles:
+        document["roles"] = sorted(record.roles)
+    return document
 
 
 def _parse(data: bytes) -> tuple[dict[str, TokenRecord], dict[str, str]]:
@@ -287,16 +319,23 @@ def _parse(data: bytes) -> tuple[dict[str, TokenRecord], dict[str, str]]:
         hashes: dict[str, str] = {}
         for item in document["tokens"]:
             expires_at = item.get("expires_at")
+            named = frozenset(item["scopes"])
+            roles = frozenset(item.get("roles", ()))
+            if any(not isinstance(r, str) for r in roles):
+                raise TypeError("roles")
             record = TokenRecord(
                 id=str(item["id"]),
                 principal=str(item["principal"]),
-                scopes=frozenset(item["scopes"]),
+                # A role this version does not know grants nothing (scopes_of): fail closed.
+                scopes=named | scopes_of(roles),
                 models=frozenset(item.get("models", ())),
                 created_at=datetime.fromisoformat(item["created_at"]),
                 expires_at=datetime.fromisoformat(expires_at) if expires_at else None,
                 revoked=bool(item.get("revoked", False)),
                 bound_identity=item.get("bound_identity") or None,
                 limits=PrincipalLimits.from_json(item.get("limits")),
+                roles=roles,
+                named_scopes=named,
             )
             records[record.id] = record
             hashes[record.id] = str(item["secret_sha256"])
