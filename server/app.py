@@ -37,7 +37,6 @@ from autoglm.server.security.credentials import Credentials
 from autoglm.server.security.limits import Admission, AdmissionControl
 from autoglm.server.security.oidc import HttpsJwks, OidcConfig, OidcVerifier
 from autoglm.server.security.shared_limits import SharedAdmission
-from autoglm.server.security.shared_limits import SharedAdmission
 from autoglm.server.security.tls import reloading_server_credentials
 from autoglm.server.settings import Settings, split_host_port
 from autoglm.server.telemetry import tracing
@@ -106,7 +105,6 @@ class RunningServer:
             await self.health_server.stop(None)
         await self.engine.close()
         self.generations.close()  # drains the audit writer
-        await self.generations.admission.close()  # the shared books' pending releases
         await self.generations.admission.close()  # the shared books' pending releases
         if self.metrics_server is not None:
             self.metrics_server.stop()
@@ -328,30 +326,6 @@ async def _credentials(settings: Settings) -> Credentials:
         await verifier.start()  # the first JWKS; a provider down is logged and retried
         log.info("JWT bearer tokens of %s accepted (audience %s)", oidc.issuer, oidc.audience)
     return Credentials(TokenStore(settings.token_store), verifier)
-
-
-def _admission(settings: Settings, metrics: FacadeMetrics) -> AdmissionControl:
-    """The per-principal books: in Redis when settings name one (shared by every worker and
-    pod: security/shared_limits.py), else this process's own (security/limits.py)."""
-    shared = settings.shared_limits
-    if shared is None:
-        metrics.set_limits_backend("local")
-        return Admission(settings.limits)
-    # The local fallback's divisor: every process of every replica holds an equal share.
-    share = settings.workers * shared.replicas
-    log.info(
-        "per-principal limits in Redis (%s, prefix %s); if it is unreachable: %s",
-        shared.redis_url,
-        shared.key_prefix,
-        "fail closed" if shared.fallback == "closed" else f"the local share (1/{share})",
-    )
-    return SharedAdmission(
-        settings.limits,
-        shared,
-        share=share,
-        on_backend=metrics.set_limits_backend,
-        on_store_error=metrics.limits_store_error,
-    )
 
 
 def run_event_loop(main: Coroutine[Any, Any, T], event_loop: str) -> T:

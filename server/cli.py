@@ -252,22 +252,6 @@ def _shared_limits(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     )
 
 
-def _shared_limits(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from autoglm.server.security.shared_limits import SharedLimitSettings
-
-    if not args.limits_redis:
-        return None
-    return SharedLimitSettings(
-        redis_url=args.limits_redis,
-        fallback=args.limits_redis_fallback,
-        key_prefix=args.limits_redis_prefix,
-        replicas=args.limits_replicas,
-        lease_ttl_s=args.limits_lease_ttl,
-        timeout_s=args.limits_redis_timeout,
-        password_file=args.limits_redis_password_file,
-    )
-
-
 def _model_prepare(args: argparse.Namespace) -> int:
     from autoglm.build_engine import default_model, tiny_vlm
 
@@ -623,55 +607,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="file holding the Redis password (never in the URL)",
     )
     serve.add_argument(
-        "--tokens-per-minute",
-        type=int,
-        default=1_000_000,
-        help="per principal: prompt + max_tokens reserved at admission, settled to the tokens "
-        "used at the end (bursts up to it); default: %(default)s",
-    )
-    serve.add_argument(
-        "--limits-redis",
-        help="keep per-principal limits in this Redis, shared by every worker and replica: "
-        "redis://host:port/db, rediss://host:port/db?ssl_ca_certs=CA.pem, unix:///path "
-        "(default: off, each process keeps its own)",
-    )
-    serve.add_argument(
-        "--limits-redis-fallback",
-        choices=("closed", "local"),
-        default="closed",
-        help="Redis unreachable: closed = refuse calls (UNAVAILABLE); local = admit on this "
-        "process's share of each quota, 1/(workers x --limits-replicas); default: %(default)s",
-    )
-    serve.add_argument(
-        "--limits-redis-prefix",
-        default="autoglm:limits:",
-        help="key prefix in Redis (one per deployment sharing a Redis); default: %(default)s",
-    )
-    serve.add_argument(
-        "--limits-replicas",
-        type=int,
-        default=1,
-        help="façade pods or hosts sharing the Redis books (for the local fallback's share)",
-    )
-    serve.add_argument(
-        "--limits-lease-ttl",
-        type=float,
-        default=30.0,
-        help="seconds after which a crashed process's concurrency slots free (live ones renew "
-        "every third of it); default: %(default)s",
-    )
-    serve.add_argument(
-        "--limits-redis-timeout",
-        type=float,
-        default=0.5,
-        help="seconds per Redis call before it counts as unreachable; default: %(default)s",
-    )
-    serve.add_argument(
-        "--limits-redis-password-file",
-        type=Path,
-        help="file holding the Redis password (never in the URL)",
-    )
-    serve.add_argument(
         "--grace", type=float, default=10.0, help="seconds in-flight calls get on SIGTERM"
     )
     serve.add_argument(
@@ -745,9 +680,6 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--max-streams", type=int, help="concurrent requests (default: server's)")
     create.add_argument("--requests-per-minute", type=int, help="(default: server's)")
     create.add_argument("--max-tokens-per-request", type=int, help="(default: server's)")
-    create.add_argument(
-        "--tokens-per-minute", type=int, help="prompt + generated tokens (default: server's)"
-    )
     create.add_argument(
         "--tokens-per-minute", type=int, help="prompt + generated tokens (default: server's)"
     )

@@ -13,7 +13,6 @@ from autoglm.server.models import ModelSpec
 from autoglm.server.security.claims import load_mapping
 from autoglm.server.security.limits import LimitSettings
 from autoglm.server.security.shared_limits import SharedLimitSettings
-from autoglm.server.security.shared_limits import SharedLimitSettings
 from autoglm.server.telemetry.span_export import DEFAULT_SPAN_EXPORT, check_span_export
 from autoglm.server.vision import MAX_IMAGE_BYTES_SETTING, ImageLimits
 
@@ -129,9 +128,6 @@ class Settings:
     # Per-principal limits kept in Redis for every process and pod (security/shared_limits.py);
     # None = each process keeps its own books (limits.py).
     shared_limits: SharedLimitSettings | None = None
-    # Per-principal limits kept in Redis for every process and pod (security/shared_limits.py);
-    # None = each process keeps its own books (limits.py).
-    shared_limits: SharedLimitSettings | None = None
     # Hash-chained audit log (audit.jsonl in this folder); text only with audit_text (PII-masked).
     audit_dir: Path | None = None
     audit_text: bool = False
@@ -203,11 +199,6 @@ class Settings:
             check_span_export(self.span_export)
         except ValueError as exc:
             raise SettingsError(str(exc)) from None
-        if self.shared_limits is not None:
-            try:
-                self.shared_limits.validate()
-            except ValueError as exc:
-                raise SettingsError(str(exc)) from None
         if self.shared_limits is not None:
             try:
                 self.shared_limits.validate()

@@ -254,21 +254,6 @@ class FacadeMetrics:
             "renew, probe.",
             ["operation"], registry=r,
         )  # fmt: skip
-        # security/shared_limits.py: which books the per-principal limits use now, and the
-        # shared store's failures (each switch is also logged once, as a warning).
-        self.limits_backend = Gauge(
-            "autoglm_limits_backend",
-            "1 for the books per-principal limits are kept in now: redis (shared by every "
-            "process), local (this process: configured, or the fallback's share), closed "
-            "(the store is unreachable and calls are refused).",
-            ["backend"], registry=r,
-        )  # fmt: skip
-        self.limits_store_errors = Counter(
-            "autoglm_limits_store_errors",
-            "Failed calls to the shared limits store (Redis), by operation: admit, release, "
-            "renew, probe.",
-            ["operation"], registry=r,
-        )  # fmt: skip
         self._children: dict[str, _ModelChildren] = {}
         self._req_cache: dict[tuple[str, str, str, str], Counter] = {}
         self._dur_cache: dict[tuple[str, str, str], Histogram] = {}
@@ -332,15 +317,6 @@ class FacadeMetrics:
 
     def set_engine_up(self, up: bool) -> None:
         self.engine_up.set(1 if up else 0)
-
-    def set_limits_backend(self, backend: str) -> None:
-        """`backend` is one of redis, local, closed: 1 for it, 0 for the others."""
-        for name in ("redis", "local", "closed"):
-            self.limits_backend.labels(name).set(1 if name == backend else 0)
-
-    def limits_store_error(self, operation: str) -> None:
-        """`operation`: admit, release, renew or probe (a fixed set)."""
-        self.limits_store_errors.labels(operation).inc()
 
     def set_limits_backend(self, backend: str) -> None:
         """`backend` is one of redis, local, closed: 1 for it, 0 for the others."""
