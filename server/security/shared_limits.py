@@ -478,6 +478,9 @@ class SharedAdmission:
             except STORE_ERRORS:
                 self._on_store_error("probe")
                 continue
+            # Idle connections of before the outage are dropped, so that the next admissions
+            # do not meet a dead socket first and flap back.
+            await self._redis.connection_pool.disconnect(inuse_connections=False)
             self._switch("redis", "limits store reachable again")
             return
 

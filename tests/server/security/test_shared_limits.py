@@ -143,9 +143,9 @@ async def test_requests_per_minute_is_shared_and_refusals_spend_nothing(
         (await admission.admit("alice", rpm, 16)).release()
     err = await _refused(b, rpm, 16)
     assert err.limit == "rate" and "4 requests per minute" in err.message
-    # The bucket refills 4 per 60 s: one request in ~15 s (elapsed since the first admission
-    # is subtracted, so a little less).
-    assert 14.0 < err.retry_after_s <= 15.0  # type: ignore[operator]
+    # The bucket refills 4 per 60 s: one request in 15 s, less the time since the first
+    # admission (a few seconds allowed for a loaded machine).
+    assert 10.0 < err.retry_after_s <= 15.0  # type: ignore[operator]
     assert status_for(err, request_id="r").code == grpc.StatusCode.RESOURCE_EXHAUSTED
     err2 = await _refused(a, rpm, 16)  # still refused, the refusal took no slot
     assert err2.retry_after_s <= err.retry_after_s  # type: ignore[operator]
@@ -160,12 +160,12 @@ async def test_tokens_per_minute_reserve_then_settle(
     err = await _refused(b, tpm, 50, 10)  # 40 left < 60
     assert err.limit == "tokens_per_minute"
     assert "100 tokens per minute" in err.message and "reserves 60" in err.message
-    # 20 tokens missing at 100/60 per second: 12 s.
-    assert 11.5 < err.retry_after_s <= 12.0  # type: ignore[operator]
+    # 20 tokens missing at 100/60 per second: 12 s, less the time since the first admission.
+    assert 8.0 < err.retry_after_s <= 12.0  # type: ignore[operator]
     first.release(used_tokens=15)  # prompt 10 + 5 generated: 45 refunded
     await a.drain()
     _, buckets = principal_keys(shared.key_prefix, "alice")
-    assert 84.0 < float(await raw.hget(buckets, "tokens")) <= 86.0  # 100 - 15 (+ refill)
+    assert 85.0 <= float(await raw.hget(buckets, "tokens")) < 92.0  # 100 - 15 (+ refill)
     await b.admit("alice", tpm, 50, 10)  # 85 left >= 60
     # More than the whole quota: never admissible, no RetryInfo.
     whole = await _refused(a, tpm, 95, 10)
@@ -180,7 +180,7 @@ async def test_a_release_without_usage_refunds_nothing(
     (await a.admit("alice", tpm, 100, 100)).release()  # cancelled: used unknown
     await a.drain()
     _, buckets = principal_keys(shared.key_prefix, "alice")
-    assert 800.0 <= float(await raw.hget(buckets, "tokens")) < 801.0
+    assert 800.0 <= float(await raw.hget(buckets, "tokens")) < 850.0  # 1000 - 200 (+ refill)
 
 
 async def test_every_key_has_a_ttl(
@@ -269,7 +269,7 @@ _HOLDER = textwrap.dedent(
 async def test_a_dead_holders_lease_expires_a_live_ones_does_not(
     shared: SharedLimitSettings, books: Books, tmp_path: Path
 ) -> None:
-    ttl = 1.0
+    ttl = 2.0  # renewed every 0.67 s: a loaded machine may delay a renewal, not by a TTL
     one = PrincipalLimits(max_streams=1)
     holder = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _HOLDER, shared.redis_url, shared.key_prefix, str(ttl),
@@ -279,8 +279,8 @@ async def test_a_dead_holders_lease_expires_a_live_ones_does_not(
         assert holder.stdout is not None
         assert (await holder.stdout.readline()).strip() == b"admitted"
         b = books(shared)
-        # The live holder renews every ttl/3: its slot stays taken for several TTLs.
-        deadline = time.monotonic() + 3 * ttl
+        # The live holder renews every ttl/3: its slot stays taken for longer than a TTL.
+        deadline = time.monotonic() + 2 * ttl
         while time.monotonic() < deadline:
             assert (await _refused(b, one, 16)).limit == "principal_concurrency"
             await asyncio.sleep(0.1)
