@@ -7,6 +7,7 @@ them on one key prefix are several processes sharing one principal's quota.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import os
@@ -22,6 +23,7 @@ import pytest
 from redis import asyncio as aioredis
 
 from autoglm.server.errors import ResourceExhausted, status_for
+from autoglm.server.models import ModelSpec
 from autoglm.server.security.limits import LimitSettings, PrincipalLimits
 from autoglm.server.security.shared_limits import (
     LimitsUnavailable,
@@ -29,7 +31,9 @@ from autoglm.server.security.shared_limits import (
     SharedLimitSettings,
     principal_keys,
 )
+from autoglm.server.settings import Settings, SettingsError
 from autoglm.server.telemetry.metrics import FacadeMetrics
+from autoglm.server.workers import worker_settings
 from tests.support.redis_server import RedisServer
 
 _PREFIXES = itertools.count()
@@ -410,3 +414,21 @@ def test_settings_are_checked() -> None:
         settings = SharedLimitSettings(**{"redis_url": ok.redis_url, **bad})  # type: ignore[arg-type]
         with pytest.raises(ValueError, match=field):
             settings.validate()
+
+
+def test_every_worker_gets_the_shared_books_and_settings_check_them() -> None:
+    shared = SharedLimitSettings(redis_url="redis://127.0.0.1:6379/0", replicas=2)
+    settings = Settings(
+        listen="127.0.0.1:0",
+        triton_target="127.0.0.1:8001",
+        models=(ModelSpec(name="m", triton_model="m", tokenizer_dir=Path("/tmp/m")),),
+        insecure_dev=True,
+        workers=4,
+        shared_limits=shared,
+    )
+    settings.validate()
+    for index in range(4):
+        assert worker_settings(settings, index, 5000).shared_limits == shared
+    bad = dataclasses.replace(settings, shared_limits=dataclasses.replace(shared, fallback="x"))
+    with pytest.raises(SettingsError, match="limits_redis_fallback"):
+        bad.validate()
