@@ -24,7 +24,6 @@ import logging
 import re
 import ssl
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -228,7 +227,9 @@ class OidcVerifier:
         try:
             document = await asyncio.to_thread(self._fetch_jwks)
             keys = _signing_keys(document)
-        except (OSError, ValueError, urllib.error.URLError) as exc:
+        except Exception as exc:
+            # Whatever went wrong (network, TLS, HTTP, JSON, keys), the cached keys stay and a
+            # token with an unknown kid is refused: a failed fetch never fails a call otherwise.
             logger.warning(
                 "OIDC issuer %s: JWKS fetch failed, keeping %d cached keys: %s",
                 self._config.issuer,
