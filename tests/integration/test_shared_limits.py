@@ -196,13 +196,78 @@ def _request(max_tokens: int, prompt: str = LONG_PROMPT) -> pb.GenerateRequest:
     )
 
 
+@dataclass
+class Burst:
+    """How a burst of streams of one principal was answered."""
+
+    admitted: int = 0
+    refused: list[str] = field(default_factory=list)  # the refusals' messages
+    held_open: bool = True  # no admitted stream had ended when the last call was answered
+
+
+async def _burst(
+    facades: list[Serve], pki: DevPki, token: str, request: pb.GenerateRequest, calls: int = 32
+) -> Burst:
+    """`calls` streams at once over 16 connections (both façades, all workers). Each is answered
+    by a refusal or by its first token; the admitted ones are held open until all are answered,
+    then cancelled (which releases their slots)."""
+    metadata = (("authorization", f"Bearer {token}"),)
+    channels = _channels(facades, pki, per_facade=8)
+    burst = Burst()
+    open_calls: list[grpc.aio.UnaryStreamCall] = []  # type: ignore[type-arg]
+    answered = 0
+    all_answered = asyncio.Event()
+    release = asyncio.Event()
+
+    def answer() -> None:
+        nonlocal answered
+        answered += 1
+        if answered == calls:
+            all_answered.set()
+
+    async def one(channel: grpc.aio.Channel) -> None:
+        call = pb_grpc.TextGenerationStub(channel).GenerateStream(
+            request, metadata=metadata, timeout=120
+        )
+        try:
+            async for response in call:
+                if response.token_ids:
+                    break
+            burst.admitted += 1
+            open_calls.append(call)
+            answer()
+            await release.wait()
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+            burst.refused.append(err.details() or "")
+            answer()
+        finally:
+            call.cancel()
+
+    tasks = [asyncio.create_task(one(channels[i % len(channels)])) for i in range(calls)]
+    try:
+        try:
+            await asyncio.wait_for(all_answered.wait(), 30)  # < 1 s when the quota holds
+        except TimeoutError:
+            # More admitted than the engine serves at once (books not shared): say how many.
+            pytest.fail(f"not all answered in 30 s: {burst.admitted} admitted so far, {burst}")
+        burst.held_open = not any(call.done() for call in open_calls)
+        release.set()
+        await asyncio.gather(*tasks)
+    finally:
+        release.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await _close(channels)
+    return burst
+
+
 async def test_concurrency_quota_holds_across_8_processes(
     facades: list[Serve], pki: DevPki, tokens: dict[str, str], raw: aioredis.Redis
 ) -> None:
     quota = QUOTAS["streams"].max_streams
     assert quota is not None
-    metadata = (("authorization", f"Bearer {tokens['streams']}"),)
-    channels = _channels(facades, pki, per_facade=8)  # 16 connections over 8 workers
     leases, _ = principal_keys(PREFIX, "shared-streams")
     most = 0
     sampling = True
@@ -214,55 +279,45 @@ async def test_concurrency_quota_holds_across_8_processes(
             await asyncio.sleep(0.01)
 
     sampler = asyncio.create_task(sample_books())
-    answered: list[str] = []  # "admitted" | "refused", in arrival order
-    all_answered = asyncio.Event()
-    finished = 0
-    release = asyncio.Event()
-    calls: list[asyncio.Task[None]] = []
-
-    def answer(outcome: str) -> None:
-        answered.append(outcome)
-        if len(answered) == len(calls):
-            all_answered.set()
-
-    async def one(channel: grpc.aio.Channel) -> None:
-        nonlocal finished
-        stub = pb_grpc.TextGenerationStub(channel)
-        call = stub.GenerateStream(_request(max_tokens=400), metadata=metadata, timeout=120)
-        try:
-            async for response in call:
-                if response.token_ids:
-                    break
-            answer("admitted")
-            await release.wait()  # held open until the whole burst is answered
-        except grpc.aio.AioRpcError as err:
-            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
-            assert "limit 3 per principal" in (err.details() or "")
-            answer("refused")
-            return
-        finally:
-            call.cancel()
-        finished += 1
-
-    calls.extend(asyncio.create_task(one(c)) for c in channels * 2)  # 32 calls at once
     try:
-        async with asyncio.timeout(90):
-            await all_answered.wait()
-        assert finished == 0  # no admitted call ended (and released) during the burst
-        assert answered.count("admitted") == quota, answered
-        release.set()
-        await asyncio.gather(*calls)
+        burst = await _burst(facades, pki, tokens["streams"], _request(max_tokens=400))
         # Cancelled streams release their leases in every process.
         await _eventually(lambda: raw.zcard(leases), want=0, timeout_s=10)
     finally:
-        release.set()
         sampling = False
         await sampler
-        for task in calls:
-            task.cancel()
-        await asyncio.gather(*calls, return_exceptions=True)
-        await _close(channels)
+    assert burst.held_open  # no slot came back during the burst
+    assert burst.admitted == quota, burst
+    assert all("limit 3 per principal" in m for m in burst.refused), burst.refused
     assert 0 < most <= quota
+
+
+async def test_tokens_per_minute_quota_holds_across_8_processes(
+    facades: list[Serve], pki: DevPki, tokens: dict[str, str], token_store: TokenStore
+) -> None:
+    creds = grpc.ssl_channel_credentials(
+        pki.ca_cert.read_bytes(), pki.client_key.read_bytes(), pki.client_cert.read_bytes()
+    )
+    async with grpc.aio.secure_channel(f"127.0.0.1:{facades[0].port}", creds) as channel:
+        counted = await pb_grpc.TextGenerationStub(channel).CountTokens(
+            pb.CountTokensRequest(model=MODEL, prompt=LONG_PROMPT),
+            metadata=(("authorization", f"Bearer {tokens['streams']}"),),
+            timeout=30,
+        )
+    max_tokens = 200
+    reserve = counted.prompt_tokens + max_tokens
+    # Room for 4.5 reservations: 4 admitted. The bucket refills tpm/60 per second, ~16 tokens
+    # a second here: far from another reservation during a burst answered within a second or so.
+    tpm = 4 * reserve + reserve // 2
+    token, _ = token_store.create(
+        "shared-tokens",
+        ["generate"],
+        limits=PrincipalLimits(max_streams=1000, requests_per_minute=1000, tokens_per_minute=tpm),
+    )
+    burst = await _burst(facades, pki, token, _request(max_tokens=max_tokens), calls=16)
+    assert burst.held_open
+    assert burst.admitted == 4, burst
+    assert all(f"{tpm} tokens per minute" in m for m in burst.refused), burst.refused
 
 
 async def test_requests_per_minute_quota_holds_across_8_processes(
