@@ -257,14 +257,16 @@ def principal_keys(prefix: str, principal_key: str) -> tuple[str, str]:
 
 def redis_client(settings: SharedLimitSettings) -> aioredis.Redis:
     """A client that fails fast: no retries (the fallback decides), short timeouts, a bounded
-    pool (a burst of admissions waits for a connection instead of opening hundreds)."""
+    pool (a burst of admissions waits for a connection instead of opening hundreds). Waiting for
+    a pooled connection is not the store failing: that wait is bounded by ten call timeouts, so
+    that a burst queued behind 32 busy connections is not taken for an outage."""
     password = None
     if settings.password_file is not None:
         password = settings.password_file.read_text().strip()
     pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=32,
-        timeout=settings.timeout_s,
+        timeout=10 * settings.timeout_s,
         socket_timeout=settings.timeout_s,
         socket_connect_timeout=settings.timeout_s,
         retry=Retry(NoBackoff(), 0),
