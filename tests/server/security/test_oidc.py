@@ -328,6 +328,30 @@ async def test_sync_verify_never_waits_but_starts_the_refetch() -> None:
     assert v.verify(sign(new)).principal == "ana"
 
 
+async def test_a_withdrawn_key_stops_working_once_the_cache_is_old() -> None:
+    """No unknown kid needed: a token verified after max_key_age_s refreshes the cache in the
+    background, and the key the provider withdrew (say, compromised) goes with it."""
+    key, new = ec_key("k1"), ec_key("k2")
+    jwks = Jwks(key)
+    monotonic = Clock()
+    v = OidcVerifier(
+        OidcConfig(issuer=ISSUER, audience=AUDIENCE, mapping=MAPPING),
+        jwks,
+        clock=Clock(),
+        monotonic=monotonic,
+    )
+    await v.start()
+    jwks.keys = [new]
+    monotonic.now += 301
+    assert v.verify(sign(key)).principal == "ana"  # still cached: this call starts the refresh
+    deadline = time.monotonic() + 5
+    while "k1" in v.key_ids:
+        assert time.monotonic() < deadline, "the stale cache was not refreshed"
+        await asyncio.sleep(0.01)
+    assert reason(v, sign(key)) == "jwt_key_unknown"
+    assert v.verify(sign(new)).principal == "ana"
+
+
 def test_private_keys_in_a_jwks_are_used_as_public_only() -> None:
     key = ec_key("k1")
 
