@@ -489,7 +489,9 @@ class SharedAdmission:
     def _store_failed(self, operation: str, exc: BaseException) -> None:
         self._on_store_error(operation)
         backend = "local" if self._shared.fallback == "local" else "closed"
-        self._switch(backend, f"limits store unreachable ({operation}: {exc!r})")
+        self._switch(
+            backend, f"limits store unreachable ({operation}: {type(exc).__name__}: {exc})"
+        )
 
     def _switch(self, state: str, reason: str) -> None:
         if state == self._state:

@@ -358,6 +358,7 @@ async def test_fail_closed_then_back(
             await _wait_for(lambda: a.backend == "redis")
             (await a.admit("alice", None, 16)).release(16)
             assert _backend(metrics) == "redis"
+            await a.drain()  # the release reached the restarted store: no switch back
             switches = [r for r in caplog.records if "limits backend" in r.getMessage()]
             assert len(switches) == 2 and "reachable again" in switches[1].getMessage()
 
@@ -388,6 +389,8 @@ async def test_fallback_to_the_local_share(tmp_path: Path, books: Books) -> None
         await _wait_for(lambda: a.backend == "redis")
         assert _backend(metrics) == "redis"
         (await a.admit("alice", quota, 16)).release(16)
+        await a.drain()
+        assert a.backend == "redis"
 
 
 def _backend(metrics: FacadeMetrics) -> str:
