@@ -37,7 +37,12 @@ from autoglm.server.security.credentials import Credentials
 from autoglm.server.security.limits import Admission, AdmissionControl
 from autoglm.server.security.oidc import HttpsJwks, OidcConfig, OidcVerifier
 from autoglm.server.security.shared_limits import SharedAdmission
-from autoglm.server.security.tls import reloading_server_credentials
+from autoglm.server.security.tls import (
+    TlsVersionInterceptor,
+    accepts_tls12_handshake,
+    probe_host,
+    reloading_server_credentials,
+)
 from autoglm.server.settings import Settings, split_host_port
 from autoglm.server.telemetry import tracing
 from autoglm.server.telemetry.metrics import FacadeMetrics, MetricsServer
@@ -182,6 +187,10 @@ async def start_server(settings: Settings) -> RunningServer:
         )
     else:
         assert settings.token_store is not None  # checked by settings.validate()
+        assert settings.tls is not None
+        # Before the token check: a call over an older TLS than --tls-min-version is refused
+        # whatever its token (the handshake refuses it already when grpc allows: tls.py).
+        interceptors.append(TlsVersionInterceptor(settings.tls.min_version))
         interceptors.append(AuthInterceptor(credentials, on_failure=metrics.auth_failure))
     # Innermost: decode requests inside the handler (malformed bytes → INVALID_ARGUMENT).
     interceptors.append(DecodeInterceptor((SERVICE_NAME,)))
@@ -237,6 +246,8 @@ async def start_server(settings: Settings) -> RunningServer:
         await health_server.start()
         log.info("plaintext health-only port %d", health_port)
     await server.start()
+    if settings.tls is not None and not settings.insecure_dev:
+        await _report_grpc_tls12(settings.listen, port, settings.tls.min_version)
     deep_health = EngineHealth(
         engine,
         registry,
@@ -326,6 +337,28 @@ async def _credentials(settings: Settings) -> Credentials:
         await verifier.start()  # the first JWKS; a provider down is logged and retried
         log.info("JWT bearer tokens of %s accepted (audience %s)", oidc.issuer, oidc.audience)
     return Credentials(TokenStore(settings.token_store), verifier)
+
+
+async def _report_grpc_tls12(listen: str, port: int, min_version: str) -> None:
+    """Say at start whether the gRPC port refuses TLS 1.2 at the handshake (a real 1.2-only
+    ClientHello to it) or only per call (security/tls.py explains when each holds)."""
+    if min_version == "1.2" or listen.startswith("unix:"):
+        return
+    host = probe_host(split_host_port(listen)[0])
+    try:
+        accepted = await asyncio.to_thread(accepts_tls12_handshake, host, port)
+    except OSError as exc:
+        log.warning("could not probe the gRPC port's TLS 1.2 handshake (%s)", exc)
+        return
+    if accepted:
+        log.warning(
+            "gRPC port %d completes TLS 1.2 handshakes (grpc was loaded without the TLS 1.3 "
+            "cipher setting; start through `autoglm serve`); calls over TLS 1.2 are still "
+            "refused, each with UNAUTHENTICATED",
+            port,
+        )
+    else:
+        log.info("gRPC port %d refuses TLS 1.2 handshakes", port)
 
 
 def run_event_loop(main: Coroutine[Any, Any, T], event_loop: str) -> T:

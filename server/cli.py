@@ -18,6 +18,7 @@ from autoglm.server.settings import (
     DEFAULT_GRPC_MAX_RECEIVE_BYTES,
     DEFAULT_OPENAI_MAX_BODY_BYTES,
     EVENT_LOOPS,
+    TLS_MIN_VERSION_CHOICES,
     SettingsError,
     autoglm_home,
 )
@@ -163,6 +164,22 @@ def _oidc_settings(args: argparse.Namespace) -> object:
     )
 
 
+def _reexec_for_grpc_tls(min_version: str, command_line: list[str] | None) -> None:
+    """Start this command again in the same process (exec) with the environment under which
+    grpc refuses TLS 1.2 handshakes (security/tls.py: grpc reads it only when first imported,
+    and this process has imported it already). Only for a real command line (`command_line`
+    None = called from Python: the per-call refusal still holds there)."""
+    from autoglm.server.security.tls import grpc_handshake_environment
+
+    env = grpc_handshake_environment(min_version, os.environ)
+    if env is None or command_line is None:
+        return
+    log.info("restarting with grpc limited to TLS %s handshakes", min_version)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "autoglm.server.cli", *command_line], env)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from autoglm.server.app import run_event_loop, serve_until_signal, start_server
     from autoglm.server.models import ModelSpec
@@ -173,7 +190,12 @@ def _serve(args: argparse.Namespace) -> int:
     models = [_model_spec(item, ModelSpec) for item in args.model]
     tls = None
     if args.tls_cert or args.tls_key:
-        tls = TlsSettings(cert=args.tls_cert, key=args.tls_key, client_ca=args.client_ca)
+        tls = TlsSettings(
+            cert=args.tls_cert,
+            key=args.tls_key,
+            client_ca=args.client_ca,
+            min_version=args.tls_min_version,
+        )
     link = _engine_link(args)
     settings = Settings(
         listen=args.listen,
@@ -215,6 +237,8 @@ def _serve(args: argparse.Namespace) -> int:
     if args.print_config:
         print(args.effective_config, end="")
         return 0
+    if settings.tls is not None and not settings.insecure_dev:
+        _reexec_for_grpc_tls(settings.tls.min_version, getattr(args, "command_line", None))
     if settings.workers > 1:
         from autoglm.server.workers import run_workers
 
@@ -455,6 +479,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", type=Path, help="the façade's server certificate (PEM)")
     serve.add_argument("--tls-key", type=Path, help="the façade's server key (PEM file)")
     serve.add_argument("--client-ca", type=Path, help="CA bundle that issues client certificates")
+    serve.add_argument(
+        "--tls-min-version",
+        choices=TLS_MIN_VERSION_CHOICES,
+        default="1.3",
+        help="lowest TLS version the gRPC and HTTP ports accept (1.2 only when asked for)",
+    )
     serve.add_argument(
         "--token-store", type=Path, help="bearer-token store (`autoglm token create --store`)"
     )
@@ -773,6 +803,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             _layer_serve_settings(parser, args, sys.argv[1:] if argv is None else argv)
+            args.command_line = sys.argv[1:] if argv is None else None
         return int(args.func(args))
     except (SettingsError, ValueError, FileNotFoundError) as exc:
         print(f"autoglm: error: {exc}", file=sys.stderr)

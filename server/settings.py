@@ -63,6 +63,7 @@ DEFAULT_OPENAI_MAX_BODY_BYTES = 32 << 20
 # the model authors' per-prompt limit, fit with room to spare.
 DEFAULT_GRPC_MAX_RECEIVE_BYTES = 32 << 20
 EVENT_LOOPS = ("asyncio", "uvloop")
+TLS_MIN_VERSION_CHOICES = ("1.3", "1.2")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,9 @@ class TlsSettings:
     key: Path
     client_ca: Path | None  # None = no client certificates (TLS only); refused unless allowed
     require_client_cert: bool = True
+    # The lowest TLS version every TLS listener accepts (gRPC and HTTP): "1.3", or "1.2" only when
+    # asked for (`--tls-min-version`; security/tls.py says how gRPC enforces it).
+    min_version: str = "1.3"
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +226,11 @@ class Settings:
             )
         if self.tls.require_client_cert and self.tls.client_ca is None:
             raise SettingsError("tls.client_ca: required to verify client certificates")
+        if self.tls.min_version not in TLS_MIN_VERSION_CHOICES:
+            raise SettingsError(
+                f"tls.min_version: {self.tls.min_version!r} is not one of "
+                f"{', '.join(TLS_MIN_VERSION_CHOICES)}"
+            )
         if self.token_store is None:
             raise SettingsError("token_store: required (tokens authorize every call)")
         for name, path in (

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
+import socket
 import ssl
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +16,18 @@ import grpc
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DEFAULT_TLS_MIN_VERSION",
+    "GRPC_CIPHERS_ENV",
+    "GRPC_TLS13_ONLY_CIPHERS",
+    "TLS_MIN_VERSIONS",
     "CertificateFiles",
+    "TlsVersionInterceptor",
+    "accepts_tls12_handshake",
     "client_ssl_context",
+    "grpc_handshake_environment",
     "peer_identity",
     "peer_identity_of_cert",
+    "probe_host",
     "reloading_server_credentials",
     "reloading_ssl_context",
     "server_credentials",
@@ -24,6 +36,42 @@ __all__ = [
 # Keys of grpc's auth context for TLS peers (grpc/src/core/tsi/ssl_transport_security.h).
 _SAN_KEY = "x509_subject_alternative_name"
 _CN_KEY = "x509_common_name"
+# The negotiated protocol, b"TLSv1.2" / b"TLSv1.3" (seen at run time in grpcio 1.85.1's auth
+# context; the tsi peer property TSI_SSL_TLS_VERSION_PEER_PROPERTY).
+_TLS_VERSION_KEY = "ssl_tls_version"
+
+# The lowest TLS version every TLS listener accepts (`--tls-min-version`): 1.3 by default, 1.2
+# only when asked for.
+TLS_MIN_VERSIONS: Mapping[str, ssl.TLSVersion] = {
+    "1.2": ssl.TLSVersion.TLSv1_2,
+    "1.3": ssl.TLSVersion.TLSv1_3,
+}
+DEFAULT_TLS_MIN_VERSION = "1.3"
+_AUTH_CONTEXT_VERSIONS = {b"TLSv1.2": "1.2", b"TLSv1.3": "1.3"}
+
+# grpcio's Python API (1.85.1) has no minimum-TLS-version parameter: `ssl_server_credentials`
+# and `dynamic_ssl_server_credentials` build grpc core's ssl credentials with the core default,
+# TLS 1.2 to 1.3. What grpc core does read is GRPC_SSL_CIPHER_SUITES, the TLS <= 1.2 cipher
+# list (BoringSSL's TLS 1.3 suites are fixed and not governed by it). Restricting it to one
+# pre-shared-key suite leaves TLS 1.2 nothing to negotiate: grpc installs no PSK callback, so
+# BoringSSL never selects a PSK suite, and a 1.2 ClientHello gets NO_SHARED_CIPHER, while a 1.3
+# handshake is untouched. grpc reads the variable once, when the grpc module is first imported,
+# and for the whole process (its client channels too: the Triton link then needs TLS 1.3 as
+# well, which Triton's gRPC server speaks). `autoglm serve` therefore re-executes itself with it
+# set (cli.py); `TlsVersionInterceptor` refuses calls over an older protocol in any case.
+GRPC_CIPHERS_ENV = "GRPC_SSL_CIPHER_SUITES"
+GRPC_TLS13_ONLY_CIPHERS = "PSK-AES128-CBC-SHA"
+
+
+def grpc_handshake_environment(
+    min_version: str, environ: Mapping[str, str]
+) -> dict[str, str] | None:
+    """The environment a process must start with so that its grpc refuses TLS 1.2 handshakes;
+    None when nothing needs to change (1.2 allowed, or already set: an operator's own
+    GRPC_SSL_CIPHER_SUITES is kept, and the start-up probe reports what it does)."""
+    if min_version != "1.3" or GRPC_CIPHERS_ENV in environ:
+        return None
+    return {**environ, GRPC_CIPHERS_ENV: GRPC_TLS13_ONLY_CIPHERS}
 
 
 def server_credentials(
@@ -140,10 +188,10 @@ def client_ssl_context(ca_cert: bytes, cert_file: str, key_file: str) -> ssl.SSL
 
 
 def _server_ssl_context(
-    cert: Path, key: Path, client_ca: Path | None, *, require_client_cert: bool
+    cert: Path, key: Path, client_ca: Path | None, *, require_client_cert: bool, min_version: str
 ) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.minimum_version = TLS_MIN_VERSIONS[min_version]
     ctx.load_cert_chain(cert, key)
     if client_ca is not None:
         ctx.load_verify_locations(cafile=client_ca)
@@ -154,7 +202,12 @@ def _server_ssl_context(
 
 
 def reloading_ssl_context(
-    cert: Path, key: Path, client_ca: Path | None, *, require_client_cert: bool
+    cert: Path,
+    key: Path,
+    client_ca: Path | None,
+    *,
+    require_client_cert: bool,
+    min_version: str = DEFAULT_TLS_MIN_VERSION,
 ) -> tuple[ssl.SSLContext, CertificateFiles]:
     """An `ssl.SSLContext` for the HTTP front door that picks up rotated files without restart.
 
@@ -162,14 +215,17 @@ def reloading_ssl_context(
     changed and the new pair loads, later handshakes use it; established connections keep
     theirs. The swap happens in the SNI callback, which OpenSSL runs on every ClientHello (with
     or without a server name); assigning `SSLObject.context` there replaces the certificate,
-    key and trust store for that handshake (OpenSSL `SSL_set_SSL_CTX`).
+    key and trust store for that handshake (OpenSSL `SSL_set_SSL_CTX`). `min_version` ("1.3"
+    or "1.2") is the lowest protocol accepted; an older ClientHello fails the handshake.
     """
     if require_client_cert and client_ca is None:
         raise ValueError("require_client_cert needs client_ca, the CA that issues client certs")
     files = CertificateFiles(cert, key, client_ca)
 
     def build() -> ssl.SSLContext:
-        return _server_ssl_context(cert, key, client_ca, require_client_cert=require_client_cert)
+        return _server_ssl_context(
+            cert, key, client_ca, require_client_cert=require_client_cert, min_version=min_version
+        )
 
     current = [build()]
 
@@ -203,3 +259,140 @@ def peer_identity_of_cert(cert: dict[str, Any] | None) -> str | None:
             if key == "commonName":
                 return str(value)
     return None
+
+
+class TlsVersionInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses every call whose connection negotiated a TLS version below `min_version`, with
+    UNAUTHENTICATED, before any other check of the call runs (put it before the auth
+    interceptor): the per-call guarantee of `--tls-min-version`, whatever the handshake allowed.
+
+    The handshake itself refuses TLS 1.2 only when grpc was loaded with GRPC_TLS13_ONLY_CIPHERS
+    (see above); without it an old client completes the handshake and sends its call (token
+    included, under TLS 1.2) before being refused here.
+    """
+
+    def __init__(self, min_version: str, on_refusal: Callable[[str], None] | None = None) -> None:
+        self._min = TLS_MIN_VERSIONS[min_version]
+        self._min_name = min_version
+        self._on_refusal = on_refusal or (lambda _version: None)
+
+    def refusal(self, auth_context: Mapping[str, Any]) -> str | None:
+        """The refusal message for a call with this auth context, None if its TLS is recent
+        enough. No version (plaintext, e.g. the health-only port) is not refused here."""
+        values = auth_context.get(_TLS_VERSION_KEY) or []
+        if not values:
+            return None
+        name = _AUTH_CONTEXT_VERSIONS.get(values[0])
+        if name is not None and TLS_MIN_VERSIONS[name] >= self._min:
+            return None
+        shown = values[0].decode("ascii", errors="replace")
+        self._on_refusal(shown)
+        return f"tls: {shown} is refused; this server requires TLS {self._min_name} or later"
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        # The auth context is only reachable from the servicer context, i.e. inside the call.
+        return _guarded(handler, self.refusal)
+
+
+def _guarded(
+    handler: grpc.RpcMethodHandler, refusal: Callable[[Mapping[str, Any]], str | None]
+) -> grpc.RpcMethodHandler:
+    if handler.request_streaming and handler.response_streaming:
+        kind, factory = handler.stream_stream, grpc.stream_stream_rpc_method_handler
+    elif handler.request_streaming:
+        kind, factory = handler.stream_unary, grpc.stream_unary_rpc_method_handler
+    elif handler.response_streaming:
+        kind, factory = handler.unary_stream, grpc.unary_stream_rpc_method_handler
+    else:
+        kind, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
+    return factory(
+        _guard_behavior(kind, refusal),
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _guard_behavior(
+    behavior: Callable[..., Any], refusal: Callable[[Mapping[str, Any]], str | None]
+) -> Callable[..., Any]:
+    # grpc.aio picks how to run a behaviour (await, async-iterate, executor) by inspecting it, so
+    # each wrapper is the same kind of callable as the one it wraps (as in auth.py).
+    code = grpc.StatusCode.UNAUTHENTICATED
+    if inspect.isasyncgenfunction(behavior):
+
+        async def async_gen(request: Any, context: Any) -> Any:
+            if (message := refusal(context.auth_context() or {})) is not None:
+                await context.abort(code, message)
+            async for item in behavior(request, context):
+                yield item
+
+        return async_gen
+    if inspect.iscoroutinefunction(behavior):
+
+        async def coroutine(request: Any, context: Any) -> Any:
+            if (message := refusal(context.auth_context() or {})) is not None:
+                await context.abort(code, message)
+            return await behavior(request, context)
+
+        return coroutine
+    if inspect.isgeneratorfunction(behavior):
+
+        def sync_gen(request: Any, context: Any) -> Any:
+            if (message := refusal(context.auth_context() or {})) is not None:
+                context.set_code(code)
+                context.set_details(message)
+                return
+            yield from behavior(request, context)
+
+        return sync_gen
+
+    def sync(request: Any, context: Any) -> Any:
+        if (message := refusal(context.auth_context() or {})) is not None:
+            context.set_code(code)
+            context.set_details(message)
+            return None
+        return behavior(request, context)
+
+    return sync
+
+
+def accepts_tls12_handshake(host: str, port: int, timeout_s: float = 5.0) -> bool:
+    """Whether the TLS server on host:port answers a TLS-1.2-only ClientHello with a ServerHello.
+
+    A probe that needs no client certificate: it sends the ClientHello and reads the first
+    record header back; a handshake record (type 22) means the server chose TLS 1.2 (a TLS 1.3
+    server answers a 1.2-only hello with 1.2 or with an alert), an alert (21) or a closed
+    connection means it refused. Blocking; run it in a thread from async code.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    hello = ctx.wrap_bio(incoming, outgoing, server_side=False)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        hello.do_handshake()
+    with socket.create_connection((host, port), timeout=timeout_s) as sock:
+        sock.sendall(outgoing.read())
+        try:
+            header = sock.recv(5)
+        except (ConnectionResetError, TimeoutError):
+            return False
+    return header[:1] == b"\x16"
+
+
+def probe_host(host: str) -> str:
+    """Where to reach a listener bound to `host` from this machine (wildcards → loopback)."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host in ("::", "[::]"):
+        return "::1"
+    return host.strip("[]")

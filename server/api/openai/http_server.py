@@ -90,7 +90,11 @@ async def start_http(
     ssl_context = None
     if tls is not None:
         ssl_context, _files = reloading_ssl_context(
-            tls.cert, tls.key, tls.client_ca, require_client_cert=require_client_cert
+            tls.cert,
+            tls.key,
+            tls.client_ca,
+            require_client_cert=require_client_cert,
+            min_version=tls.min_version,
         )
     sock = _bind(listen, reuse_port=reuse_port)
     factory: Any = (lambda _config, _default: ssl_context) if ssl_context else None
