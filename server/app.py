@@ -23,7 +23,10 @@ from autoglm.server.api.openai.http_server import RunningHttp, start_http
 from autoglm.server.api.openai.routes import FrontDoor
 from autoglm.server.api.request_decoding import DecodeInterceptor
 from autoglm.server.api.service import TextGenerationService
-from autoglm.server.audit.writer import AuditWriter
+from autoglm.server.audit.anchor import AnchorSink, anchor_sink
+from autoglm.server.audit.interceptor import AuditInterceptor
+from autoglm.server.audit.sink import AuditSink
+from autoglm.server.audit.writer import AuditRecord, AuditWriter
 from autoglm.server.engine.client import EngineClient
 from autoglm.server.engine.contract_check import ContractMismatch, verify_contracts
 from autoglm.server.engine.health import EngineHealth
@@ -72,6 +75,7 @@ class RunningServer:
     versions: ModelVersions | None = None
     http: RunningHttp | None = None
     draining: asyncio.Event | None = None
+    anchor: asyncio.Task[None] | None = None
 
     @property
     def openai_port(self) -> int | None:
@@ -81,6 +85,7 @@ class RunningServer:
         """Re-select and load the best version of each model (SIGHUP); refusals keep the old."""
         if self.versions is None:
             return
+        before = {name: lv.version for name, lv in self.versions.loaded.items()}
         try:
             loaded = await self.versions.select_and_load()
         except Exception:
@@ -88,6 +93,18 @@ class RunningServer:
             return
         for name, lv in sorted(loaded.items()):
             log.info("model %s: serving version %d (profile %s)", name, lv.version, lv.profile_id)
+            if before.get(name) != lv.version:
+                # A version switch is a decision about what answers every caller: audited.
+                self.generations.audit.submit(
+                    AuditRecord(
+                        request_id="-",
+                        rpc="model.switch",
+                        status="OK",
+                        model=name,
+                        target=f"{name}:{lv.version}",
+                        reason=f"from version {before[name]}" if name in before else "first load",
+                    )
+                )
 
     @property
     def metrics_port(self) -> int | None:
@@ -111,6 +128,10 @@ class RunningServer:
         await self.engine.close()
         self.generations.close()  # drains the audit writer
         await self.generations.admission.close()  # the shared books' pending releases
+        if self.anchor is not None:
+            self.anchor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.anchor
         if self.metrics_server is not None:
             self.metrics_server.stop()
 
@@ -175,8 +196,12 @@ async def start_server(settings: Settings) -> RunningServer:
         await engine.close()
         raise
     metrics = FacadeMetrics(registry.names())
+    audit = _audit_sink(settings, metrics)
     # First: the OTel server span, so that refused calls are traced too ([] when tracing is off).
+    # Then the audit record of every call, refused ones included (outside auth).
     interceptors: list[grpc.aio.ServerInterceptor] = [*tracing.server_interceptors()]
+    if audit.enabled:
+        interceptors.append(AuditInterceptor(audit))
     # Local tokens, and the identity provider's JWTs when one is configured; None in dev mode.
     credentials = None if settings.insecure_dev else await _credentials(settings)
     if settings.insecure_dev:
@@ -203,9 +228,6 @@ async def start_server(settings: Settings) -> RunningServer:
             ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
         ],
     )
-    audit = None
-    if settings.audit_dir is not None:
-        audit = AuditWriter(settings.audit_dir / "audit.jsonl", record_text=settings.audit_text)
     generations = Generations(
         registry, engine, metrics=metrics, admission=_admission(settings, metrics), audit=audit
     )
@@ -294,7 +316,91 @@ async def start_server(settings: Settings) -> RunningServer:
         versions,
         http,
         draining,
+        _start_anchoring(settings, generations.audit, metrics),
     )
+
+
+async def _credentials(settings: Settings) -> Credentials:
+    assert settings.token_store is not None  # checked by settings.validate()
+    verifier = None
+    if settings.oidc is not None:
+        oidc = settings.oidc
+        config = OidcConfig(
+            issuer=oidc.issuer,
+            audience=oidc.audience,
+            mapping=load_mapping(oidc.config),
+            clock_skew_s=oidc.clock_skew_s,
+            refetch_interval_s=oidc.refetch_interval_s,
+        )
+        verifier = OidcVerifier(config, HttpsJwks(oidc.issuer, ca_file=oidc.ca_file))
+        await verifier.start()  # the first JWKS; a provider down is logged and retried
+        log.info("JWT bearer tokens of %s accepted (audience %s)", oidc.issuer, oidc.audience)
+    return Credentials(TokenStore(settings.token_store), verifier)
+
+
+def _audit_sink(settings: Settings, metrics: FacadeMetrics) -> AuditSink:
+    writer = None
+    if settings.audit_dir is not None:
+        writer = AuditWriter(settings.audit_dir / "audit.jsonl", record_text=settings.audit_text)
+    return AuditSink(
+        writer, required=settings.audit_required, on_failure=metrics.audit_write_failed
+    )
+
+
+def _start_anchoring(
+    settings: Settings, audit: AuditSink, metrics: FacadeMetrics
+) -> asyncio.Task[None] | None:
+    if audit.writer is None or settings.audit_anchor is None:
+        return None
+    sink = anchor_sink(settings.audit_anchor, audit.writer.path)
+    assert sink is not None
+    return asyncio.create_task(_anchor_loop(sink, audit, metrics, settings.audit_anchor_interval_s))
+
+
+async def _anchor_loop(
+    sink: AnchorSink, audit: AuditSink, metrics: FacadeMetrics, interval_s: float
+) -> None:
+    """The chain's head to the anchor every `interval_s`, and once more when stopped (after the
+    audit writer has drained, so the last head anchored is the chain's last record)."""
+    writer = audit.writer
+    assert writer is not None
+
+    def anchor() -> None:
+        try:
+            sink.write(writer.head)
+        except (OSError, ValueError) as exc:
+            metrics.audit_anchor_failed()
+            log.error("audit anchor %s not written: %s", sink.target, exc)
+
+    try:
+        while True:
+            await asyncio.sleep(interval_s)
+            await asyncio.to_thread(anchor)
+    finally:
+        anchor()
+        sink.close()
+
+
+async def _report_grpc_tls12(listen: str, port: int, min_version: str) -> None:
+    """Say at start whether the gRPC port refuses TLS 1.2 at the handshake (a real 1.2-only
+    ClientHello to it) or only per call (security/tls.py explains when each holds)."""
+    if min_version == "1.2" or listen.startswith("unix:"):
+        return
+    host = probe_host(split_host_port(listen)[0])
+    try:
+        accepted = await asyncio.to_thread(accepts_tls12_handshake, host, port)
+    except OSError as exc:
+        log.warning("could not probe the gRPC port's TLS 1.2 handshake (%s)", exc)
+        return
+    if accepted:
+        log.warning(
+            "gRPC port %d completes TLS 1.2 handshakes (grpc was loaded without the TLS 1.3 "
+            "cipher setting; start through `autoglm serve`); calls over TLS 1.2 are still "
+            "refused, each with UNAUTHENTICATED",
+            port,
+        )
+    else:
+        log.info("gRPC port %d refuses TLS 1.2 handshakes", port)
 
 
 def _admission(settings: Settings, metrics: FacadeMetrics) -> AdmissionControl:
@@ -319,46 +425,6 @@ def _admission(settings: Settings, metrics: FacadeMetrics) -> AdmissionControl:
         on_backend=metrics.set_limits_backend,
         on_store_error=metrics.limits_store_error,
     )
-
-
-async def _credentials(settings: Settings) -> Credentials:
-    assert settings.token_store is not None  # checked by settings.validate()
-    verifier = None
-    if settings.oidc is not None:
-        oidc = settings.oidc
-        config = OidcConfig(
-            issuer=oidc.issuer,
-            audience=oidc.audience,
-            mapping=load_mapping(oidc.config),
-            clock_skew_s=oidc.clock_skew_s,
-            refetch_interval_s=oidc.refetch_interval_s,
-        )
-        verifier = OidcVerifier(config, HttpsJwks(oidc.issuer, ca_file=oidc.ca_file))
-        await verifier.start()  # the first JWKS; a provider down is logged and retried
-        log.info("JWT bearer tokens of %s accepted (audience %s)", oidc.issuer, oidc.audience)
-    return Credentials(TokenStore(settings.token_store), verifier)
-
-
-async def _report_grpc_tls12(listen: str, port: int, min_version: str) -> None:
-    """Say at start whether the gRPC port refuses TLS 1.2 at the handshake (a real 1.2-only
-    ClientHello to it) or only per call (security/tls.py explains when each holds)."""
-    if min_version == "1.2" or listen.startswith("unix:"):
-        return
-    host = probe_host(split_host_port(listen)[0])
-    try:
-        accepted = await asyncio.to_thread(accepts_tls12_handshake, host, port)
-    except OSError as exc:
-        log.warning("could not probe the gRPC port's TLS 1.2 handshake (%s)", exc)
-        return
-    if accepted:
-        log.warning(
-            "gRPC port %d completes TLS 1.2 handshakes (grpc was loaded without the TLS 1.3 "
-            "cipher setting; start through `autoglm serve`); calls over TLS 1.2 are still "
-            "refused, each with UNAUTHENTICATED",
-            port,
-        )
-    else:
-        log.info("gRPC port %d refuses TLS 1.2 handshakes", port)
 
 
 def run_event_loop(main: Coroutine[Any, Any, T], event_loop: str) -> T:

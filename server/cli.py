@@ -135,6 +135,22 @@ def _model_spec(item: str, spec_type: type) -> object:
     )
 
 
+def _reexec_for_grpc_tls(min_version: str, command_line: list[str] | None) -> None:
+    """Start this command again in the same process (exec) with the environment under which
+    grpc refuses TLS 1.2 handshakes (security/tls.py: grpc reads it only when first imported,
+    and this process has imported it already). Only for a real command line (`command_line`
+    None = called from Python: the per-call refusal still holds there)."""
+    from autoglm.server.security.tls import grpc_handshake_environment
+
+    env = grpc_handshake_environment(min_version, os.environ)
+    if env is None or command_line is None:
+        return
+    log.info("restarting with grpc limited to TLS %s handshakes", min_version)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "autoglm.server.cli", *command_line], env)
+
+
 def _oidc_settings(args: argparse.Namespace) -> object:
     """The OIDC settings of the `--oidc-*` flags; None without --oidc-issuer."""
     from autoglm.server.settings import OidcSettings
@@ -162,22 +178,6 @@ def _oidc_settings(args: argparse.Namespace) -> object:
         ca_file=args.oidc_ca,
         clock_skew_s=args.oidc_clock_skew,
     )
-
-
-def _reexec_for_grpc_tls(min_version: str, command_line: list[str] | None) -> None:
-    """Start this command again in the same process (exec) with the environment under which
-    grpc refuses TLS 1.2 handshakes (security/tls.py: grpc reads it only when first imported,
-    and this process has imported it already). Only for a real command line (`command_line`
-    None = called from Python: the per-call refusal still holds there)."""
-    from autoglm.server.security.tls import grpc_handshake_environment
-
-    env = grpc_handshake_environment(min_version, os.environ)
-    if env is None or command_line is None:
-        return
-    log.info("restarting with grpc limited to TLS %s handshakes", min_version)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "autoglm.server.cli", *command_line], env)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -224,6 +224,9 @@ def _serve(args: argparse.Namespace) -> int:
         shared_limits=_shared_limits(args),
         audit_dir=args.audit_dir,
         audit_text=args.audit_text,
+        audit_required=args.audit_required,
+        audit_anchor=args.audit_anchor or None,
+        audit_anchor_interval_s=args.audit_anchor_interval,
         workers=args.workers,
         span_export=args.span_export,
         openai_listen=args.openai_listen or None,
@@ -330,9 +333,29 @@ def _token_create(args: argparse.Namespace) -> int:
         f"token id {record.id} for {record.principal} (scopes: {', '.join(sorted(record.scopes))})",
         file=sys.stderr,
     )
+    _audit_admin(
+        args,
+        "token.create",
+        f"token {record.id} for {record.principal} (scopes: {','.join(sorted(record.scopes))})",
+    )
     print("the token is shown once; store it now:", file=sys.stderr)
     print(token)
     return 0
+
+
+def _audit_admin(args: argparse.Namespace, action: str, target: str) -> None:
+    """The admin chain's record of a token change (audit/admin.py); a failure to write it is
+    reported and fails the command (the change itself is made: say so)."""
+    from autoglm.server.audit.admin import record_admin
+    from autoglm.server.audit.writer import AuditError
+
+    # Default: beside the token store, so a store's changes are recorded wherever it lives.
+    store = args.store or args.home / "dev" / "tokens.json"
+    audit_dir = args.audit_dir or store.parent / "audit"
+    try:
+        record_admin(audit_dir, action, "OK", target)
+    except (AuditError, OSError) as exc:
+        raise SystemExit(f"autoglm: error: {action} done but NOT audited: {exc}") from None
 
 
 def _token_list(args: argparse.Namespace) -> int:
@@ -349,8 +372,18 @@ def _token_list(args: argparse.Namespace) -> int:
 
 def _token_revoke(args: argparse.Namespace) -> int:
     record = _store(args).revoke(args.token_id)
+    _audit_admin(args, "token.revoke", f"token {record.id} for {record.principal}")
     print(f"revoked {record.id} ({record.principal})")
     return 0
+
+
+def _add_admin_audit_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--audit-dir",
+        type=Path,
+        help="audit folder: the record goes to its admin/ chain (default: the token store's "
+        "folder/audit)",
+    )
 
 
 def _add_span_export(parser: argparse.ArgumentParser) -> None:
@@ -576,6 +609,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--audit-text", action="store_true", help="also audit prompt/completion text (PII-masked)"
     )
     serve.add_argument(
+        "--audit-required",
+        action="store_true",
+        help="fail closed: refuse calls (UNAVAILABLE) while audit records cannot be written",
+    )
+    serve.add_argument(
+        "--audit-anchor",
+        help="append the audit chain's head to this file (another volume) or send it to "
+        "syslog[:/socket|:HOST:PORT], so truncation is detectable (`audit verify --anchor`)",
+    )
+    serve.add_argument(
+        "--audit-anchor-interval",
+        type=float,
+        default=60.0,
+        help="seconds between anchors of the audit chain's head",
+    )
+    serve.add_argument(
         "--max-in-flight", type=int, default=256, help="admitted requests, all principals"
     )
     serve.add_argument(
@@ -716,6 +765,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--store", type=Path, help="token store file (default: HOME/dev/tokens.json)"
     )
+    _add_admin_audit_dir(create)
     create.set_defaults(func=_token_create)
     lst = token.add_parser("list")
     lst.add_argument("--store", type=Path, help="token store file (default: HOME/dev/tokens.json)")
@@ -725,6 +775,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument(
         "--store", type=Path, help="token store file (default: HOME/dev/tokens.json)"
     )
+    _add_admin_audit_dir(revoke)
     revoke.set_defaults(func=_token_revoke)
 
     serve.epilog = settings_sources.forms_epilog(settings_sources.options(serve, skip=NOT_SETTINGS))

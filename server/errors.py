@@ -103,10 +103,25 @@ class EngineUnavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class AuditUnavailable(ServiceError):
+    """The audit log cannot be written and the operator requires it (`--audit-required`)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
 class EngineFailure(ServiceError):
     """The engine reported an error for this request: not the caller's fault."""
 
     code = grpc.StatusCode.INTERNAL
+
+
+def reason_of(exc: BaseException) -> str | None:
+    """What refused a call, for its audit record: the limit, else the request fields at fault."""
+    if isinstance(exc, ResourceExhausted):
+        return exc.limit
+    if isinstance(exc, InvalidArgument):
+        return ",".join(dict.fromkeys(f for f, _ in exc.violations)) or None
+    return exc.field if isinstance(exc, ServiceError) else None
 
 
 def code_of(exc: BaseException) -> grpc.StatusCode:

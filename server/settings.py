@@ -135,6 +135,12 @@ class Settings:
     # Hash-chained audit log (audit.jsonl in this folder); text only with audit_text (PII-masked).
     audit_dir: Path | None = None
     audit_text: bool = False
+    # Fail closed: refuse calls (UNAVAILABLE) while audit records cannot be written.
+    audit_required: bool = False
+    # Where the chain's head is anchored every audit_anchor_interval_s (and at shutdown): a file
+    # on another volume, or "syslog[:/socket|:host:port]" (audit/anchor.py); None = not anchored.
+    audit_anchor: str | None = None
+    audit_anchor_interval_s: float = 60.0
     # A model repository built by `autoglm build install`: at start-up (and on SIGHUP) the best
     # compatible version of each model is verified (sha256) and loaded into Triton.
     model_repository: Path | None = None

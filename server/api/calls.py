@@ -13,14 +13,14 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
 import grpc
 
-from autoglm.server import errors
-from autoglm.server.audit.writer import AuditRecord, AuditWriter, principal_fields
+from autoglm.server import call_facts, errors
+from autoglm.server.audit.sink import AuditSink
+from autoglm.server.audit.writer import AuditRecord, principal_fields
 from autoglm.server.engine.client import EngineClient
 from autoglm.server.generation import pipeline, text_pipeline
 from autoglm.server.generation.plan import GeneratePlan, PromptInput, Sampling
@@ -60,6 +60,7 @@ class Outcome:
     plan: GeneratePlan | None = None
     prepared: pipeline.Prepared | None = None
     completion: list[str] | None = field(default=None, repr=False)
+    reason: str | None = None  # what refused the call (a limit, a field), for the audit record
 
 
 class Generations:
@@ -72,16 +73,13 @@ class Generations:
         *,
         metrics: FacadeMetrics,
         admission: AdmissionControl,
-        audit: AuditWriter | None = None,
+        audit: AuditSink | None = None,
     ) -> None:
         self.registry = registry
         self.engine = engine
         self.metrics = metrics
         self.admission = admission
-        self.audit = audit
-        # One writer thread keeps records in request-completion order, off the event loop
-        # (an fsync per record costs ~2 ms on this machine's disk).
-        self._audit_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
+        self.audit = audit or AuditSink(None)
 
     def model(self, name: str, principal: Principal | None) -> ServedModel:
         # Checked before existence, so a token cannot probe which other models exist.
@@ -101,19 +99,31 @@ class Generations:
         )
 
     async def count_tokens(self, call: Call, check: Callable[[], PromptInput]) -> list[int]:
+        started = time.monotonic()
+        out = Outcome(request_id="-")
         obs = self.metrics.request(call.model, call.rpc, call.api)
-        code = grpc.StatusCode.OK
+        trace_id = tracing.current_trace_id()
+        facts = _take_record(call_facts.current())
+        ids: list[int] = []
         try:
+            self._refuse_if_unaudited()
             prompt_input = check()
             model = self.model(call.model, call.principal)
             plan = GeneratePlan("-", call.model, prompt_input, _NO_SAMPLING)
             images = await pipeline.check_request_images(plan, model)
-            return pipeline.encode_input(model, prompt_input, images)
+            ids = pipeline.encode_input(model, prompt_input, images)
+            return ids
+        except (asyncio.CancelledError, GeneratorExit):
+            out.code = grpc.StatusCode.CANCELLED
+            raise
         except Exception as exc:
-            code = errors.code_of(exc)
+            out.code = errors.code_of(exc)
+            out.reason = errors.reason_of(exc)
             raise
         finally:
-            obs.finish(code)
+            obs.finish(out.code)
+            out.last = pipeline.Delta("", prompt_tokens=len(ids))
+            self._record(out, call, started, trace_id, facts, model=call.model)
 
     async def generate(
         self,
@@ -134,10 +144,12 @@ class Generations:
         obs = self.metrics.request(call.model, call.rpc, call.api)
         principal = call.principal
         ticket = None
-        if self.audit and self.audit.record_text:
+        if self.audit.record_text:
             out.completion = []
         trace_id = tracing.current_trace_id()
+        facts = _take_record(call_facts.current())
         try:
+            self._refuse_if_unaudited()
             out.plan = plan = check()
             out.request_id = plan.request_id
             # Tokenized before admission: the budget admission checks is the one the engine gets
@@ -194,6 +206,7 @@ class Generations:
                 self.metrics.limit_rejection(exc.limit)
                 tracing.annotate({"autoglm.limit": exc.limit})  # which limit refused the call
             out.code = errors.code_of(exc)
+            out.reason = errors.reason_of(exc)
             raise
         finally:
             if ticket is not None:
@@ -204,14 +217,29 @@ class Generations:
                 ticket.release(end.prompt_tokens + end.completion_tokens if final else None)
             usage = out.last or pipeline.Delta("")
             obs.finish(out.code, usage.prompt_tokens, usage.completion_tokens)
-            self._record(out, call, started, trace_id)
+            self._record(out, call, started, trace_id, facts)
 
-    def _record(self, out: Outcome, call: Call, started: float, trace_id: str) -> None:
+    def _refuse_if_unaudited(self) -> None:
+        refusal = self.audit.refusal()
+        if refusal is not None:
+            call_facts.note_reason("audit_unavailable")
+            raise errors.AuditUnavailable(refusal)
+
+    def _record(
+        self,
+        out: Outcome,
+        call: Call,
+        started: float,
+        trace_id: str,
+        facts: call_facts.CallFacts | None,
+        *,
+        model: str | None = None,
+    ) -> None:
         """Log line and audit record (counts, ids, timings; text only when configured)."""
         duration = time.monotonic() - started
         last = out.last or pipeline.Delta("")
         finish = finish_name(last.finish_reason) if out.code == grpc.StatusCode.OK else None
-        model = out.plan.model if out.plan else None
+        model = out.plan.model if out.plan else model
         log.info(
             "%s %s trace=%s model=%s status=%s prompt_tokens=%d completion_tokens=%d "
             "finish=%s duration=%.3fs",
@@ -225,7 +253,7 @@ class Generations:
             finish or "-",
             duration,
         )
-        if self.audit is None:
+        if not self.audit.enabled:
             return
         prompt = None
         if out.completion is not None and out.plan is not None:
@@ -243,16 +271,15 @@ class Generations:
             finish_reason=finish,
             prompt=prompt,
             completion="".join(out.completion) if out.completion is not None else None,
+            peer=facts.peer if facts else None,
+            reason=(facts.reason if facts else None) or out.reason,
             **principal_fields(call.principal),
         )
-        future = self._audit_pool.submit(self.audit.write, record)
-        future.add_done_callback(_log_audit_failure)
+        self.audit.submit(record)
 
     def close(self) -> None:
         """Drain the audit writer (after the front doors have stopped)."""
-        self._audit_pool.shutdown(wait=True)
-        if self.audit is not None:
-            self.audit.close()
+        self.audit.close()
 
 
 def finish_name(reason: int) -> str:
@@ -269,8 +296,8 @@ def _joined(messages: tuple) -> str:  # type: ignore[type-arg]
     return "\n".join(f"{m.role}: {m.content}" for m in messages)
 
 
-def _log_audit_failure(future: object) -> None:
-    exc = future.exception()  # type: ignore[attr-defined]
-    if exc is not None:
-        # Loud on purpose: an audit gap is an incident (alert on this log line / metric).
-        log.critical("AUDIT WRITE FAILED: %r", exc)
+def _take_record(facts: call_facts.CallFacts | None) -> call_facts.CallFacts | None:
+    """This generation writes the call's audit record: the front door's must not."""
+    if facts is not None:
+        facts.recorded = True
+    return facts

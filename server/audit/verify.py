@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autoglm.server.audit.anchor import Anchor, read_anchors
 from autoglm.server.audit.writer import (
     DEFAULT_NAME,
     GENESIS,
@@ -23,7 +24,15 @@ from autoglm.server.audit.writer import (
     rotated_files,
 )
 
-__all__ = ["VerifyProblem", "VerifyResult", "audit_cli", "verify", "verify_dir"]
+__all__ = [
+    "AnchorProblem",
+    "VerifyProblem",
+    "VerifyResult",
+    "audit_cli",
+    "check_anchors",
+    "verify",
+    "verify_dir",
+]
 
 
 @dataclass(frozen=True)
@@ -164,6 +173,57 @@ def verify_dir(
     return verify(files, require_genesis=require_genesis)
 
 
+@dataclass(frozen=True)
+class AnchorProblem:
+    anchor: Anchor
+    reason: str  # truncated | rewritten
+    detail: str
+
+    def __str__(self) -> str:
+        return f"anchor seq={self.anchor.seq} ({self.anchor.time}): {self.reason}: {self.detail}"
+
+
+def select_chain(anchors: Sequence[Anchor], chain: str | None) -> list[Anchor]:
+    """The anchors of one chain: `chain`, or the only chain the anchors name."""
+    names = sorted({a.chain for a in anchors})
+    if chain is None:
+        if len(names) > 1:
+            raise ValueError(f"the anchor file holds several chains; name one (--chain): {names}")
+        return list(anchors)
+    chosen = [a for a in anchors if a.chain == chain]
+    if not chosen:
+        raise ValueError(f"no anchor of chain {chain!r}; the file holds {names}")
+    return chosen
+
+
+def check_anchors(
+    paths: Sequence[Path], result: VerifyResult, anchors: Sequence[Anchor]
+) -> AnchorProblem | None:
+    """The first anchor the (already verified) chain contradicts, None if it keeps them all.
+
+    A chain that ends before the newest anchored seq was truncated; an anchored seq present
+    with another hash was rewritten (the chain recomputed from an edit onwards). Anchors
+    older than the first record present (rotated away) cannot be checked and are skipped.
+    """
+    if not anchors:
+        return None
+    newest = max(anchors, key=lambda a: a.seq)
+    end = result.head[0] if result.head else 0
+    if newest.seq > end:
+        return AnchorProblem(
+            newest, "truncated", f"the anchor records seq {newest.seq} but the chain ends at {end}"
+        )
+    first = result.first_seq or 0
+    wanted = {a.seq: a for a in anchors if a.seq >= first}
+    for line in _read_lines(paths):
+        anchor = wanted.get(line.seq) if line.seq is not None else None
+        if anchor is not None and line.entry is not None and line.entry["hash"] != anchor.hash:
+            return AnchorProblem(
+                anchor, "rewritten", f"seq {anchor.seq} has another hash than the one anchored"
+            )
+    return None
+
+
 # --- CLI --------------------------------------------------------------------------------------
 
 
@@ -186,6 +246,13 @@ def _cli_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fail unless the chain starts at seq 1 (no file rotated away)",
     )
+    check.add_argument(
+        "--anchor",
+        type=Path,
+        help="an anchor file (`serve --audit-anchor`): also fail if the chain was truncated "
+        "or rewritten after an anchored head",
+    )
+    check.add_argument("--chain", help="the chain to check in an anchor file holding several")
     check.set_defaults(default_dir=autoglm_home() / "audit")
     return p
 
@@ -196,20 +263,31 @@ def audit_cli(argv: Sequence[str]) -> int:
         args = _cli_parser().parse_args(list(argv))
     except SystemExit as exc:  # argparse exits on --help and on usage errors
         return int(exc.code or 0)
-    paths: list[Path] = args.paths or [args.default_dir]
+    args.paths = args.paths or [args.default_dir]
+    paths: list[Path] = args.paths
     try:
         if len(paths) == 1 and paths[0].is_dir():
-            result = verify_dir(paths[0], name=args.name, require_genesis=args.require_genesis)
-        else:
-            missing = [p for p in paths if not p.is_file()]
-            if missing:
-                raise FileNotFoundError(f"no such audit file: {missing[0]}")
-            result = verify(paths, require_genesis=args.require_genesis)
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as err:
+            paths = rotated_files(paths[0] / args.name)
+            if not paths:
+                raise FileNotFoundError(f"no audit log {args.name} in {args.paths[0]}")
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"no such audit file: {missing[0]}")
+        result = verify(paths, require_genesis=args.require_genesis)
+        anchors = select_chain(read_anchors(args.anchor), args.chain) if args.anchor else []
+    except (FileNotFoundError, PermissionError, IsADirectoryError, ValueError) as err:
         print(f"autoglm audit: error: {err}", file=sys.stderr)
         return 2
     _print_result(result)
-    return 0 if result.ok else 1
+    if not result.ok:
+        return 1
+    anchor_problem = check_anchors(paths, result, anchors)
+    if anchor_problem is not None:
+        print(f"FAILED against the anchor: {anchor_problem}")
+        return 1
+    if anchors:
+        print(f"anchors: {len(anchors)} kept (newest seq {max(a.seq for a in anchors)})")
+    return 0
 
 
 def _print_result(result: VerifyResult) -> None:

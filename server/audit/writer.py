@@ -1,4 +1,4 @@
-"""Append-only, hash-chained JSON-lines audit log: one line per RPC, tamper-evident.
+"""Append-only, hash-chained JSON-lines audit log: one line per call or decision, tamper-evident.
 
 Every line is the canonical JSON (sorted keys, no whitespace, ASCII) of a record plus
   seq   1, 2, 3, … across the whole chain (rotated files included),
@@ -75,6 +75,14 @@ class AuditRecord:
     completion_tokens: int = 0
     duration_ms: float = 0.0
     finish_reason: str | None = None
+    # The caller's address as the transport reports it ("ipv4:10.0.0.7:51234"); None for records
+    # that are not calls (token administration, version switches).
+    peer: str | None = None
+    # Why the call was refused: the auth failure ("expired", "scope", "jwt_audience", …), the
+    # limit ("rate", "principal_concurrency", …) or another refusal's cause; None when served.
+    reason: str | None = None
+    # What an administrative record acted on: a token id, "model:version".
+    target: str | None = None
     # Stored only by a writer with record_text=True, and then masked with mask_pii.
     prompt: str | None = None
     completion: str | None = None

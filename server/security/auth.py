@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from autoglm.server import call_facts
 from autoglm.server.errors import PermissionDenied, Unauthenticated
 from autoglm.server.security.bearer_tokens import AuthError, AuthFailure, TokenRecord, TokenStore
 from autoglm.server.security.credentials import Credentials, averify
@@ -148,7 +149,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         except AuthError as err:
             logger.info("unauthenticated call: method=%s reason=%s", method, err.reason)
             self._on_failure(err.reason)
-            return _abort_handler(handler, grpc.StatusCode.UNAUTHENTICATED, _MESSAGES[err.reason])
+            return _abort_handler(
+                handler, grpc.StatusCode.UNAUTHENTICATED, _MESSAGES[err.reason], err.reason
+            )
         needed = self._method_scopes.get(method, ADMIN_SCOPE)
         if needed not in record.scopes and ADMIN_SCOPE not in record.scopes:
             logger.info("permission denied: method=%s token=%s scope=%s", method, record.id, needed)
@@ -157,6 +160,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 handler,
                 grpc.StatusCode.PERMISSION_DENIED,
                 _lacks_scope(record, needed, f" for {method}"),
+                "scope",
+                Principal.from_record(record),
             )
         return _with_principal(handler, Principal.from_record(record))
 
@@ -179,18 +184,22 @@ def authenticate_bearer(
     except AuthError as err:
         logger.info("unauthenticated call: scope=%s reason=%s", scope, err.reason)
         fail(err.reason)
+        call_facts.note_reason(err.reason)
         _auth_attributes("UNAUTHENTICATED")
         raise Unauthenticated(_HTTP_MESSAGES.get(err.reason, _MESSAGES[err.reason])) from None
     if scope not in record.scopes and ADMIN_SCOPE not in record.scopes:
         logger.info("permission denied: token=%s scope=%s", record.id, scope)
         fail("scope")
+        call_facts.note_reason("scope")
         _auth_attributes("PERMISSION_DENIED")
         raise PermissionDenied(_lacks_scope(record, scope, " here"))
     principal = replace(Principal.from_record(record), cert_identity=cert_identity)
     refusal = _binding_refusal(principal)
     _auth_attributes("UNAUTHENTICATED" if refusal else "OK", principal)
+    call_facts.note_principal(principal)
     if refusal is not None:
         fail("cert_binding")
+        call_facts.note_reason("cert_binding")
         raise Unauthenticated(refusal)
     return principal
 
@@ -215,7 +224,11 @@ def _bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | N
 
 
 def _abort_handler(
-    handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
+    handler: grpc.RpcMethodHandler,
+    code: grpc.StatusCode,
+    message: str,
+    reason: str,
+    principal: Principal | None = None,
 ) -> grpc.RpcMethodHandler:
     """A handler of the same kind as `handler` that fails with `code`.
 
@@ -224,12 +237,14 @@ def _abort_handler(
 
     async def abort(_request: Any, context: grpc.aio.ServicerContext) -> None:
         _auth_attributes(code.name)
+        _note_refusal(reason, principal, context)  # for the call's audit record
         await context.abort(code, message)
 
     async def abort_stream(_request: Any, context: grpc.aio.ServicerContext) -> Any:
         # An async generator, as a streaming behaviour must be for wrappers that iterate it
         # (the OTel server interceptor does `async for` over it).
         _auth_attributes(code.name)
+        _note_refusal(reason, principal, context)
         await context.abort(code, message)
         yield  # pragma: no cover - never reached: abort raises
 
@@ -276,6 +291,7 @@ def _wrap_behavior(behavior: Callable[..., Any], principal: Principal) -> Callab
             bound = _bind(principal, context)
             refusal = _binding_refusal(bound)
             _auth_attributes("UNAUTHENTICATED" if refusal else "OK", bound)
+            _note(bound, refusal)
             if refusal is not None:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
             _current.set(bound)
@@ -290,6 +306,7 @@ def _wrap_behavior(behavior: Callable[..., Any], principal: Principal) -> Callab
             bound = _bind(principal, context)
             refusal = _binding_refusal(bound)
             _auth_attributes("UNAUTHENTICATED" if refusal else "OK", bound)
+            _note(bound, refusal)
             if refusal is not None:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
             token = _current.set(bound)
@@ -326,6 +343,21 @@ def _wrap_behavior(behavior: Callable[..., Any], principal: Principal) -> Callab
         return ctx.run(behavior, request, context)
 
     return sync
+
+
+def _note_refusal(reason: str, principal: Principal | None, context: Any) -> None:
+    """A refusal's cause (and the known caller, for a scope refusal) on the call's facts, which
+    audit/interceptor.py writes into the call's record."""
+    call_facts.note_reason(reason)
+    if principal is not None:
+        call_facts.note_principal(_bind(principal, context))
+
+
+def _note(principal: Principal, refusal: str | None) -> None:
+    """The caller (and a binding refusal) on the call's facts, for its audit record."""
+    call_facts.note_principal(principal)
+    if refusal is not None:
+        call_facts.note_reason("cert_binding")
 
 
 def _bind(principal: Principal, context: Any) -> Principal:

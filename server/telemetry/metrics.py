@@ -225,12 +225,17 @@ class FacadeMetrics:
         self.in_flight = Gauge(
             "autoglm_in_flight_requests", "RPCs currently being served.", ["model"], registry=r
         )
-        self.queued = Gauge(
-            "autoglm_queued_requests", "Requests waiting for a concurrency slot.", registry=r
-        )
         self.auth_failures = Counter(
             "autoglm_auth_failures", "Refused calls by reason (bounded set of reasons).",
             ["reason"], registry=r,
+        )  # fmt: skip
+        self.audit_write_failures = Counter(
+            "autoglm_audit_write_failures", "Audit records that could not be written (lost).",
+            registry=r,
+        )  # fmt: skip
+        self.audit_anchor_failures = Counter(
+            "autoglm_audit_anchor_failures", "Audit chain heads that could not be anchored.",
+            registry=r,
         )  # fmt: skip
         self.limit_rejections = Counter(
             "autoglm_limit_rejections", "Requests refused by a limit (RESOURCE_EXHAUSTED).",
@@ -305,15 +310,15 @@ class FacadeMetrics:
         permission_denied, no_client_cert), never from caller input."""
         self.auth_failures.labels(reason).inc()
 
+    def audit_write_failed(self) -> None:
+        self.audit_write_failures.inc()
+
+    def audit_anchor_failed(self) -> None:
+        self.audit_anchor_failures.inc()
+
     def limit_rejection(self, limit: str) -> None:
         """`limit` names the limit that refused (e.g. concurrency, queue, prompt_tokens)."""
         self.limit_rejections.labels(limit).inc()
-
-    def queue_entered(self) -> None:
-        self.queued.inc()
-
-    def queue_left(self) -> None:
-        self.queued.dec()
 
     def set_engine_up(self, up: bool) -> None:
         self.engine_up.set(1 if up else 0)

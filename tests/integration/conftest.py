@@ -317,7 +317,7 @@ def audited(facade: Facade, *request_ids: str) -> dict[str, dict[str, Any]]:
     deadline = time.monotonic() + 10
     while True:
         # Each call's record is queued when the call ends; the writer's next task runs after it.
-        facade.thread.running.generations._audit_pool.submit(lambda: None).result(timeout=10)
+        facade.thread.running.generations.audit.flush(timeout=10)
         lines = (audit_dir / "audit.jsonl").read_text().splitlines()
         records = {r["request_id"]: r for r in map(json.loads, lines)}
         if set(request_ids) <= set(records):

@@ -194,7 +194,7 @@ class Env:
 
     def audit(self) -> list[dict[str, Any]]:
         """The façade's audit records written so far (pending ones flushed)."""
-        self.facade.running.generations._audit_pool.submit(lambda: None).result(timeout=10)
+        self.facade.running.generations.audit.flush(timeout=10)
         lines = (self.audit_dir / "audit.jsonl").read_text().splitlines()
         return [json.loads(line) for line in lines]
 

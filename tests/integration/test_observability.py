@@ -149,7 +149,7 @@ def test_audit_chain_records_requests_without_secrets(
     client.generate("The capital of France is", max_tokens=2, request_id="audited-1")
     audit_dir = facade.settings.audit_dir
     assert audit_dir is not None
-    facade.thread.running.generations._audit_pool.submit(lambda: None).result(timeout=10)
+    facade.thread.running.generations.audit.flush(timeout=10)
     result = verify_dir(audit_dir)
     assert result.ok, result.problem
     text = (audit_dir / "audit.jsonl").read_text()

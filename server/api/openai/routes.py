@@ -13,16 +13,27 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import grpc
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route as HttpRoute
 
+from autoglm.server import call_facts
 from autoglm.server.api.calls import Generations
 from autoglm.server.api.openai import serving
 from autoglm.server.api.validation import request_id_of
-from autoglm.server.errors import InvalidArgument, NotFound, RequestTooLarge, ServiceError
+from autoglm.server.audit.interceptor import record_of
+from autoglm.server.errors import (
+    AuditUnavailable,
+    InvalidArgument,
+    NotFound,
+    RequestTooLarge,
+    ServiceError,
+    code_of,
+    reason_of,
+)
 from autoglm.server.security.auth import Principal, authenticate_bearer
 from autoglm.server.security.bearer_tokens import TokenStore
 from autoglm.server.telemetry import tracing
@@ -51,12 +62,22 @@ def build_app(door: FrontDoor) -> Starlette:
         return await _generate(door, serving.COMPLETIONS, request)
 
     async def models(request: Request) -> Response:
-        return _traced(request, "/v1/models", lambda principal: _models(door, principal), door)
+        return _traced(
+            request,
+            "/v1/models",
+            "models.list",
+            lambda principal: _models(door, principal),
+            door,
+        )
 
     async def model(request: Request) -> Response:
         name = request.path_params["model"]
         return _traced(
-            request, "/v1/models/{model}", lambda principal: _model(door, principal, name), door
+            request,
+            "/v1/models/{model}",
+            "models.get",
+            lambda principal: _model(door, principal, name),
+            door,
         )
 
     async def healthz(_request: Request) -> Response:
@@ -129,26 +150,52 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(parts)
 
 
+def _peer(request: Request) -> str | None:
+    """The caller's address, spelled as gRPC spells its peers."""
+    client = request.client
+    if client is None:
+        return None
+    return (
+        f"ipv6:[{client.host}]:{client.port}"
+        if ":" in client.host
+        else (f"ipv4:{client.host}:{client.port}")
+    )
+
+
+def _audit_refused(door: FrontDoor, facts: call_facts.CallFacts, exc: BaseException) -> None:
+    """The audit record of a call refused before any generation took it over."""
+    code = grpc.StatusCode.CANCELLED if isinstance(exc, ClientDisconnect) else code_of(exc)
+    reason = reason_of(exc)
+    if reason is not None:
+        call_facts.note_reason(reason)
+    door.generations.audit.submit(record_of(facts, code, tracing.current_trace_id()))
+
+
 async def _generate(door: FrontDoor, route: serving.Route, request: Request) -> Response:
     span = tracing.http_server_span("POST", request.url.path, _headers(request))
     span.attach()  # serving.serve ends (and detaches) it when the answer is out
+    facts = call_facts.begin("openai", route.rpc, _peer(request))
     raw_id = request.headers.get("x-request-id", "")
     rid = request_id_of(raw_id) if raw_id else ""
     try:
         principal = _authenticate(door, request, "generate")
         body = await _read_body(request, door.max_body_bytes)
     except ServiceError as exc:
+        _audit_refused(door, facts, exc)
         response = serving.error_response(exc, request_id=rid or "-")
         span.end(response.status_code)
         return response
-    except ClientDisconnect:
+    except ClientDisconnect as exc:
+        _audit_refused(door, facts, exc)
         span.end(499)
         return Response(status_code=499)
     if raw_id and raw_id != rid:
         exc = InvalidArgument([("x-request-id", "must be 1..64 characters of [A-Za-z0-9._:-]")])
+        _audit_refused(door, facts, exc)
         response = serving.error_response(exc, request_id=rid)
         span.end(response.status_code)
         return response
+    # From here the generation (calls.py) writes the call's audit record.
     return await serving.serve(
         route,
         door.generations,
@@ -169,17 +216,27 @@ async def _disconnected(request: Request) -> None:
 def _traced(
     request: Request,
     route: str,
+    method: str,
     answer: Callable[[Principal | None], bytes],
     door: FrontDoor,
 ) -> Response:
     span = tracing.http_server_span("GET", route, _headers(request))
     span.attach()
+    facts = call_facts.begin("openai", method, _peer(request))
     try:
         try:
+            refusal = door.generations.audit.refusal()
+            if refusal is not None:
+                call_facts.note_reason("audit_unavailable")
+                raise AuditUnavailable(refusal)
             payload = answer(_authenticate(door, request, "models:read"))
         except ServiceError as exc:
+            _audit_refused(door, facts, exc)
             response = serving.error_response(exc, request_id="-")
         else:
+            door.generations.audit.submit(
+                record_of(facts, grpc.StatusCode.OK, tracing.current_trace_id())
+            )
             response = Response(payload, media_type=serving.JSON)
         span.end(response.status_code)
         return response
