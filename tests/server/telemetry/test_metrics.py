@@ -96,7 +96,6 @@ def test_scrape_after_simulated_requests(served) -> None:
     assert value(f, "autoglm_completion_tokens", "autoglm_completion_tokens_sum", model=MODEL) == 8
     assert value(f, "autoglm_generated_tokens", "autoglm_generated_tokens_total", model=MODEL) == 8
     assert value(f, "autoglm_in_flight_requests", "autoglm_in_flight_requests", model=MODEL) == 1
-    assert value(f, "autoglm_queued_requests", "autoglm_queued_requests") == 0
     assert sample(f, "autoglm_auth_failures", "_total", reason="invalid_token") == 1
     assert sample(f, "autoglm_limit_rejections", "_total", limit="concurrency") == 1
     assert value(f, "autoglm_engine_up", "autoglm_engine_up") == 1

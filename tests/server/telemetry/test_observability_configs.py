@@ -95,7 +95,6 @@ def test_dashboard_covers_both_sides() -> None:
 def test_alerts_are_well_formed() -> None:
     exprs = " ".join(alert_exprs())
     assert "nv_inference_pending_request_count" in exprs
-    assert "autoglm_queued_requests" in exprs
     for group in load_yaml("alerts.yml")["groups"]:
         for rule in group["rules"]:
             assert set(rule) >= {"alert", "expr", "labels", "annotations"}, rule
