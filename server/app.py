@@ -94,17 +94,7 @@ class RunningServer:
         for name, lv in sorted(loaded.items()):
             log.info("model %s: serving version %d (profile %s)", name, lv.version, lv.profile_id)
             if before.get(name) != lv.version:
-                # A version switch is a decision about what answers every caller: audited.
-                self.generations.audit.submit(
-                    AuditRecord(
-                        request_id="-",
-                        rpc="model.switch",
-                        status="OK",
-                        model=name,
-                        target=f"{name}:{lv.version}",
-                        reason=f"from version {before[name]}" if name in before else "first load",
-                    )
-                )
+                _audit_switch(self.generations.audit, name, lv.version, before.get(name))
 
     @property
     def metrics_port(self) -> int | None:
@@ -231,6 +221,9 @@ async def start_server(settings: Settings) -> RunningServer:
     generations = Generations(
         registry, engine, metrics=metrics, admission=_admission(settings, metrics), audit=audit
     )
+    if versions is not None:
+        for name, lv in sorted(versions.loaded.items()):
+            _audit_switch(audit, name, lv.version, None)
     service = TextGenerationService(generations)
     pb_grpc.add_TextGenerationServicer_to_server(service, server)
     hs = health.aio.HealthServicer()
@@ -336,6 +329,20 @@ async def _credentials(settings: Settings) -> Credentials:
         await verifier.start()  # the first JWKS; a provider down is logged and retried
         log.info("JWT bearer tokens of %s accepted (audience %s)", oidc.issuer, oidc.audience)
     return Credentials(TokenStore(settings.token_store), verifier)
+
+
+def _audit_switch(audit: AuditSink, model: str, version: int, previous: int | None) -> None:
+    """Which version answers every caller is a decision: audited, at start and on each switch."""
+    audit.submit(
+        AuditRecord(
+            request_id="-",
+            rpc="model.switch",
+            status="OK",
+            model=model,
+            target=f"{model}:{version}",
+            reason="at start" if previous is None else f"from version {previous}",
+        )
+    )
 
 
 def _audit_sink(settings: Settings, metrics: FacadeMetrics) -> AuditSink:

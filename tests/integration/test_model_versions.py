@@ -8,6 +8,7 @@ fresh engine link (mTLS + restricted-protocol secret): model_versions.py loads e
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -278,10 +279,16 @@ async def test_pin_switches_on_reload_then_unpin_returns_to_best(
 
 
 def test_facade_serves_the_selected_version(
-    plan: BuildPlan, triton: TritonProcess, link: EngineLink, versions: ModelVersions
+    plan: BuildPlan,
+    triton: TritonProcess,
+    link: EngineLink,
+    versions: ModelVersions,
+    tmp_path: Path,
 ) -> None:
-    """`autoglm serve --model-repository`: the façade selects, verifies and serves a version."""
+    """`autoglm serve --model-repository`: the façade selects, verifies and serves a version;
+    the version served at start and each switch (SIGHUP's reload) are audited."""
     settings = Settings(
+        audit_dir=tmp_path / "audit",
         listen="127.0.0.1:0",
         triton_target=triton.grpc_target,
         models=(),
@@ -307,8 +314,21 @@ def test_facade_serves_the_selected_version(
             assert out.completion_tokens == 2
         loaded = facade.running.versions.loaded[MODEL] if facade.running.versions else None
         assert loaded is not None and loaded.manifest.profile.sku == "cpu"
+        new = install(plan)  # a newer valid version: the reload switches to it
+        facade.run(facade.running.reload_versions())
+        # Back to the version the module's other tests expect Triton to serve.
+        shutil.rmtree(new.version_dir)
+        facade.run(facade.running.reload_versions())
+        facade.running.generations.audit.flush(timeout=10)
     finally:
         facade.stop()
+    lines = (tmp_path / "audit" / "audit.jsonl").read_text().splitlines()
+    switches = [r for r in map(json.loads, lines) if r["rpc"] == "model.switch"]
+    assert [(r["target"], r["reason"]) for r in switches] == [
+        (f"{MODEL}:{loaded.version}", "at start"),
+        (f"{MODEL}:{new.version}", f"from version {loaded.version}"),
+        (f"{MODEL}:{loaded.version}", f"from version {new.version}"),
+    ]
 
 
 def as_gpu_engine(candidate: Candidate) -> Footprint:
