@@ -41,6 +41,15 @@ class Credentials:
             return await self.oidc.averify(token)
         return self.verify(token)
 
+    async def prepare(self, authorization: str | None) -> None:
+        """For a front door whose check is sync (the OpenAI routes): await this with the
+        `Authorization` header first, so that a JWT signed by a key the provider has just
+        rotated in passes at once instead of after the background refetch."""
+        scheme, _, token = (authorization or "").partition(" ")
+        token = token.strip()
+        if scheme.lower() == "bearer" and self.oidc is not None and looks_like_jwt(token):
+            await self.oidc.ensure_key(token)
+
 
 async def averify(store: TokenStore | Credentials, token: str | None) -> TokenRecord:
     """The record of `token` from either kind of store (auth.py takes both)."""

@@ -287,6 +287,16 @@ class OidcVerifier:
             self._refresh_if_stale()
         return self._validate(token, key, alg)
 
+    async def ensure_key(self, token: str) -> None:
+        """Wait for the (rate-limited) refetch if the token's kid is not cached, so that a sync
+        `verify` right after finds it; never raises (`verify` gives the reasons)."""
+        try:
+            _alg, kid = self._header(token)
+        except AuthError:
+            return
+        if self._key(kid) is None:
+            await self.refresh()
+
     def _header(self, token: str) -> tuple[str, str | None]:
         if len(token) > _MAX_TOKEN_CHARS or not looks_like_jwt(token):
             raise AuthError("jwt_invalid")

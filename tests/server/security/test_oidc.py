@@ -352,6 +352,26 @@ async def test_a_withdrawn_key_stops_working_once_the_cache_is_old() -> None:
     assert v.verify(sign(new)).principal == "ana"
 
 
+async def test_prepare_lets_a_sync_door_see_a_rotated_key(tmp_path: Any) -> None:
+    key, new = ec_key("k1"), ec_key("k2")
+    jwks = Jwks(key)
+    v = OidcVerifier(
+        OidcConfig(issuer=ISSUER, audience=AUDIENCE, mapping=MAPPING), jwks, clock=Clock()
+    )
+    await v.start()
+    both = Credentials(TokenStore(tmp_path / "tokens.json"), v)
+    jwks.keys = [key, new]
+    v._last_attempt = float("-inf")  # past the refetch interval
+    token = sign(new)
+    await both.prepare(f"Bearer {token}")
+    assert jwks.fetches == 2
+    assert both.verify(token).principal == "ana"
+    await both.prepare(f"Bearer {sign(key)}")  # a cached kid: no fetch
+    await both.prepare("Bearer agm_x")  # not a JWT: nothing
+    await both.prepare(None)
+    assert jwks.fetches == 2
+
+
 def test_private_keys_in_a_jwks_are_used_as_public_only() -> None:
     key = ec_key("k1")
 
