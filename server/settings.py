@@ -173,10 +173,24 @@ class Settings:
     # Images per request and bytes per image, for every vision-language model (vision.py).
     image_limits: ImageLimits = field(default_factory=ImageLimits)
 
+    def _validate_audit(self) -> None:
+        # Asking for a fail-closed or anchored audit without a log must not pass unnoticed.
+        for name, on in (
+            ("audit_required", self.audit_required),
+            ("audit_anchor", self.audit_anchor),
+        ):
+            if on and self.audit_dir is None:
+                raise SettingsError(f"{name}: needs audit_dir (--audit-dir)")
+        if not self.audit_anchor_interval_s > 0:
+            raise SettingsError(
+                f"audit_anchor_interval_s: must be > 0, got {self.audit_anchor_interval_s}"
+            )
+
     def validate(self) -> None:
         host, _ = split_host_port(self.listen)
         self._validate_images()
         self._validate_openai()
+        self._validate_audit()
         if self.oidc is not None:
             if self.insecure_dev:
                 raise SettingsError("oidc_issuer: insecure dev mode checks no tokens")
