@@ -88,10 +88,15 @@ class ServeProcess:
             text=True,
         )
         self.log: list[str] = []
-        found = self._wait_for(
-            port=r"façade listening on port (\d+)",
-            openai_port=r"OpenAI-compatible API on https://[^:]+:(\d+)",
-        )
+        try:
+            found = self._wait_for(
+                port=r"façade listening on port (\d+)",
+                openai_port=r"OpenAI-compatible API on https://[^:]+:(\d+)",
+            )
+        except BaseException:  # incl. a test timeout: a fixture that fails never tears down
+            self.proc.kill()
+            self.proc.wait()
+            raise
         self.port, self.openai_port = found["port"], found["openai_port"]
         # Keep reading, so the child never blocks on a full pipe.
         threading.Thread(target=self.log.extend, args=(self.proc.stderr,), daemon=True).start()
