@@ -28,6 +28,8 @@ from autoglm.server.telemetry import tracing
 
 __all__ = ["AuditInterceptor", "record_of"]
 
+_MAX_PROBED = 200  # characters of an unknown method's path kept in its record
+
 
 class AuditInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
@@ -42,9 +44,20 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(details)
-        if handler is None or details.method in self._open_methods:
+        if details.method in self._open_methods:
             return handler
+        if handler is None:
+            # No such method: what grpc would answer, recorded (probing for methods is worth a
+            # line). On the wire every call is a stream, so one stream handler answers any kind.
+            handler = grpc.stream_stream_rpc_method_handler(_unimplemented)
         return _wrapped(handler, details.method, self._sink)
+
+
+async def _unimplemented(_requests: Any, context: grpc.aio.ServicerContext) -> Any:
+    # An async generator: a streaming behaviour must be one for the wrappers that iterate it.
+    call_facts.note_reason("method")
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+    yield  # pragma: no cover - never reached: abort raises
 
 
 def record_of(facts: call_facts.CallFacts, code: grpc.StatusCode, trace_id: str) -> AuditRecord:
@@ -72,7 +85,9 @@ def _final_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
 
 
 def _wrapped(handler: grpc.RpcMethodHandler, method: str, sink: AuditSink) -> grpc.RpcMethodHandler:
-    name = method.rsplit("/", 1)[-1]
+    # The method's name; a caller's made-up path is kept whole (bounded) to show what was probed.
+    known = method.startswith("/autoglm.v1.") or method.startswith("/grpc.")
+    name = method.rsplit("/", 1)[-1] if known else method[:_MAX_PROBED]
 
     def start(context: grpc.aio.ServicerContext) -> call_facts.CallFacts:
         facts = call_facts.begin("grpc", name, context.peer())

@@ -314,3 +314,18 @@ def test_the_chain_head_is_anchored_and_truncation_detected(
     assert verify().returncode == 0  # the chain alone cannot tell
     cut = verify("--anchor", str(anchor))
     assert cut.returncode == 1 and "truncated" in cut.stdout
+
+
+def test_probes_for_methods_and_routes_are_audited(facade: Facade, pki: DevPki) -> None:
+    before = len(_records(facade))
+    with secure_channel(facade.endpoint, pki) as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            channel.unary_unary("/admin.v1.Secrets/Dump")(b"", timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    probed = _new_record(facade, before, lambda r: r["rpc"] == "/admin.v1.Secrets/Dump")
+    assert (probed["status"], probed["reason"]) == ("UNIMPLEMENTED", "method")
+    assert probed["peer"].startswith("ipv4:127.0.0.1:")
+    assert _http(facade, pki, "/embeddings", None, b"{}") == 404
+    route = _new_record(facade, before, lambda r: r["rpc"] == "openai:POST /v1/embeddings")
+    assert (route["status"], route["reason"]) == ("NOT_FOUND", "route")
+    assert route["peer"].startswith("ipv4:127.0.0.1:")

@@ -10,7 +10,7 @@ take no credentials, as Kubernetes probes present none, and reveal nothing but u
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -55,6 +55,8 @@ class FrontDoor:
 
 
 def build_app(door: FrontDoor) -> Starlette:
+    no_route = _no_route_handler(door)
+
     async def chat(request: Request) -> Response:
         return await _generate(door, serving.CHAT, request)
 
@@ -97,11 +99,29 @@ def build_app(door: FrontDoor) -> Starlette:
             HttpRoute("/healthz", healthz, methods=["GET"]),
             HttpRoute("/readyz", readyz, methods=["GET"]),
         ],
-        exception_handlers={404: _no_route, 405: _no_route},
+        exception_handlers={404: no_route, 405: no_route},
     )
 
 
-async def _no_route(request: Request, exc: Exception) -> Response:
+def _no_route_handler(door: FrontDoor) -> Callable[[Request, Exception], Awaitable[Response]]:
+    async def no_route(request: Request, exc: Exception) -> Response:
+        response = _no_route(request, exc)
+        # Probing for routes is worth a line of the audit log (the path bounded).
+        what = f"{request.method} {request.url.path}"[:200]
+        facts = call_facts.begin("openai", what, _peer(request))
+        facts.reason = "route" if response.status_code == 404 else "method"
+        code = (
+            grpc.StatusCode.NOT_FOUND
+            if response.status_code == 404
+            else (grpc.StatusCode.UNIMPLEMENTED)
+        )
+        door.generations.audit.submit(record_of(facts, code, tracing.current_trace_id()))
+        return response
+
+    return no_route
+
+
+def _no_route(request: Request, exc: Exception) -> Response:
     """Unknown routes and methods in OpenAI's error shape (a client probing for
     `/v1/embeddings` learns it is not served here, in the form its SDK reads)."""
     status = getattr(exc, "status_code", 404)
