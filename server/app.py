@@ -278,7 +278,7 @@ async def start_server(settings: Settings) -> RunningServer:
     if settings.openai_listen is not None:
         door = FrontDoor(
             generations=generations,
-            tokens=credentials,  # type: ignore[arg-type]
+            tokens=credentials,
             max_body_bytes=settings.openai_max_body_bytes,
             # Ready as gRPC health says SERVING: the engine passed its deep check, and the
             # façade is not draining (stop() flips it first).

@@ -36,6 +36,7 @@ from autoglm.server.errors import (
 )
 from autoglm.server.security.auth import Principal, authenticate_bearer
 from autoglm.server.security.bearer_tokens import TokenStore
+from autoglm.server.security.credentials import Credentials
 from autoglm.server.telemetry import tracing
 
 # Where the TLS layer leaves the client certificate's identity in the ASGI scope (http_server.py).
@@ -46,7 +47,7 @@ OWNER = "autoglm"
 @dataclass(frozen=True)
 class FrontDoor:
     generations: Generations
-    tokens: TokenStore | None  # None = insecure dev mode (loopback, no tokens)
+    tokens: TokenStore | Credentials | None  # None = insecure dev mode (loopback, no tokens)
     max_body_bytes: int
     ready: Callable[[], bool]  # the deep readiness of gRPC health (engine/health.py)
     on_auth_failure: Callable[[str], None]
@@ -64,6 +65,7 @@ def build_app(door: FrontDoor) -> Starlette:
         return await _generate(door, serving.COMPLETIONS, request)
 
     async def models(request: Request) -> Response:
+        await _prepare(door, request)
         return _traced(
             request,
             "/v1/models",
@@ -73,6 +75,7 @@ def build_app(door: FrontDoor) -> Starlette:
         )
 
     async def model(request: Request) -> Response:
+        await _prepare(door, request)
         name = request.path_params["model"]
         return _traced(
             request,
@@ -144,6 +147,13 @@ def _headers(request: Request) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}
 
 
+async def _prepare(door: FrontDoor, request: Request) -> None:
+    """Fetch the signing key of a JWT whose `kid` is new (a key just rotated in at the
+    provider) before the synchronous check, so it passes at once, as on gRPC."""
+    if isinstance(door.tokens, Credentials):
+        await door.tokens.prepare(request.headers.get("authorization"))
+
+
 def _authenticate(door: FrontDoor, request: Request, scope: str) -> Principal | None:
     if door.tokens is None:
         return None
@@ -198,6 +208,7 @@ async def _generate(door: FrontDoor, route: serving.Route, request: Request) -> 
     raw_id = request.headers.get("x-request-id", "")
     rid = request_id_of(raw_id) if raw_id else ""
     try:
+        await _prepare(door, request)
         principal = _authenticate(door, request, "generate")
         body = await _read_body(request, door.max_body_bytes)
     except ServiceError as exc:
