@@ -23,10 +23,10 @@ from autoglm.server.api.openai.http_server import RunningHttp, start_http
 from autoglm.server.api.openai.routes import FrontDoor
 from autoglm.server.api.request_decoding import DecodeInterceptor
 from autoglm.server.api.service import TextGenerationService
-from autoglm.server.audit.anchor import AnchorSink, anchor_sink
+from autoglm.server.audit.anchor import start_anchoring
 from autoglm.server.audit.interceptor import AuditInterceptor
 from autoglm.server.audit.sink import AuditSink
-from autoglm.server.audit.writer import AuditRecord, AuditWriter
+from autoglm.server.audit.writer import AuditWriter
 from autoglm.server.engine.client import EngineClient
 from autoglm.server.engine.contract_check import ContractMismatch, verify_contracts
 from autoglm.server.engine.health import EngineHealth
@@ -94,7 +94,7 @@ class RunningServer:
         for name, lv in sorted(loaded.items()):
             log.info("model %s: serving version %d (profile %s)", name, lv.version, lv.profile_id)
             if before.get(name) != lv.version:
-                _audit_switch(self.generations.audit, name, lv.version, before.get(name))
+                self.generations.audit.model_switch(name, lv.version, before.get(name))
 
     @property
     def metrics_port(self) -> int | None:
@@ -223,7 +223,7 @@ async def start_server(settings: Settings) -> RunningServer:
     )
     if versions is not None:
         for name, lv in sorted(versions.loaded.items()):
-            _audit_switch(audit, name, lv.version, None)
+            audit.model_switch(name, lv.version, None)
     service = TextGenerationService(generations)
     pb_grpc.add_TextGenerationServicer_to_server(service, server)
     hs = health.aio.HealthServicer()
@@ -279,6 +279,7 @@ async def start_server(settings: Settings) -> RunningServer:
         door = FrontDoor(
             generations=generations,
             tokens=credentials,
+            audit=generations.audit,
             max_body_bytes=settings.openai_max_body_bytes,
             # Ready as gRPC health says SERVING: the engine passed its deep check, and the
             # façade is not draining (stop() flips it first).
@@ -309,7 +310,12 @@ async def start_server(settings: Settings) -> RunningServer:
         versions,
         http,
         draining,
-        _start_anchoring(settings, generations.audit, metrics),
+        start_anchoring(
+            settings.audit_anchor,
+            settings.audit_anchor_interval_s,
+            generations.audit,
+            on_failure=metrics.audit_anchor_failed,
+        ),
     )
 
 
@@ -331,20 +337,6 @@ async def _credentials(settings: Settings) -> Credentials:
     return Credentials(TokenStore(settings.token_store), verifier)
 
 
-def _audit_switch(audit: AuditSink, model: str, version: int, previous: int | None) -> None:
-    """Which version answers every caller is a decision: audited, at start and on each switch."""
-    audit.submit(
-        AuditRecord(
-            request_id="-",
-            rpc="model.switch",
-            status="OK",
-            model=model,
-            target=f"{model}:{version}",
-            reason="at start" if previous is None else f"from version {previous}",
-        )
-    )
-
-
 def _audit_sink(settings: Settings, metrics: FacadeMetrics) -> AuditSink:
     writer = None
     if settings.audit_dir is not None:
@@ -352,40 +344,6 @@ def _audit_sink(settings: Settings, metrics: FacadeMetrics) -> AuditSink:
     return AuditSink(
         writer, required=settings.audit_required, on_failure=metrics.audit_write_failed
     )
-
-
-def _start_anchoring(
-    settings: Settings, audit: AuditSink, metrics: FacadeMetrics
-) -> asyncio.Task[None] | None:
-    if audit.writer is None or settings.audit_anchor is None:
-        return None
-    sink = anchor_sink(settings.audit_anchor, audit.writer.path)
-    assert sink is not None
-    return asyncio.create_task(_anchor_loop(sink, audit, metrics, settings.audit_anchor_interval_s))
-
-
-async def _anchor_loop(
-    sink: AnchorSink, audit: AuditSink, metrics: FacadeMetrics, interval_s: float
-) -> None:
-    """The chain's head to the anchor every `interval_s`, and once more when stopped (after the
-    audit writer has drained, so the last head anchored is the chain's last record)."""
-    writer = audit.writer
-    assert writer is not None
-
-    def anchor() -> None:
-        try:
-            sink.write(writer.head)
-        except (OSError, ValueError) as exc:
-            metrics.audit_anchor_failed()
-            log.error("audit anchor %s not written: %s", sink.target, exc)
-
-    try:
-        while True:
-            await asyncio.sleep(interval_s)
-            await asyncio.to_thread(anchor)
-    finally:
-        anchor()
-        sink.close()
 
 
 async def _report_grpc_tls12(listen: str, port: int, min_version: str) -> None:

@@ -17,19 +17,21 @@ hash chain (each façade worker writes its own, workers.py), so one anchor file 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import logging.handlers
 import os
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from autoglm.server.audit.sink import AuditSink
 from autoglm.server.audit.writer import rfc3339
 
-__all__ = ["Anchor", "AnchorSink", "anchor_sink", "read_anchors"]
+__all__ = ["Anchor", "AnchorSink", "anchor_sink", "read_anchors", "start_anchoring"]
 
 log = logging.getLogger("autoglm.server.audit")
 
@@ -129,6 +131,40 @@ def anchor_sink(target: str | None, audit_path: Path) -> AnchorSink | None:
     if not target:
         return None
     return AnchorSink(target, chain=f"{socket.gethostname()}:{audit_path.resolve()}")
+
+
+def start_anchoring(
+    target: str | None, interval_s: float, audit: AuditSink, *, on_failure: Callable[[], None]
+) -> asyncio.Task[None] | None:
+    """The task that anchors `audit`'s chain to `target` (None when either is off); cancel it
+    after the audit sink has drained: it anchors the final head once more on the way out."""
+    if audit.writer is None or not target:
+        return None
+    sink = anchor_sink(target, audit.writer.path)
+    assert sink is not None
+    return asyncio.create_task(_anchor_loop(sink, audit, interval_s, on_failure))
+
+
+async def _anchor_loop(
+    sink: AnchorSink, audit: AuditSink, interval_s: float, on_failure: Callable[[], None]
+) -> None:
+    writer = audit.writer
+    assert writer is not None
+
+    def anchor() -> None:
+        try:
+            sink.write(writer.head)
+        except (OSError, ValueError) as exc:
+            on_failure()
+            log.error("audit anchor %s not written: %s", sink.target, exc)
+
+    try:
+        while True:
+            await asyncio.sleep(interval_s)
+            await asyncio.to_thread(anchor)
+    finally:
+        anchor()
+        sink.close()
 
 
 def read_anchors(path: Path) -> list[Anchor]:

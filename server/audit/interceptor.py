@@ -23,6 +23,7 @@ import grpc
 from autoglm.server import call_facts
 from autoglm.server.audit.sink import AuditSink
 from autoglm.server.audit.writer import AuditRecord, principal_fields
+from autoglm.server.grpc_handlers import rewrap
 from autoglm.server.security.auth import DEFAULT_OPEN_METHODS
 from autoglm.server.telemetry import tracing
 
@@ -106,15 +107,14 @@ def _wrapped(handler: grpc.RpcMethodHandler, method: str, sink: AuditSink) -> gr
             call_facts.note_reason("audit_unavailable")
             await context.abort(grpc.StatusCode.UNAVAILABLE, refusal)
 
-    if handler.request_streaming and handler.response_streaming:
-        behavior, factory = handler.stream_stream, grpc.stream_stream_rpc_method_handler
-    elif handler.request_streaming:
-        behavior, factory = handler.stream_unary, grpc.stream_unary_rpc_method_handler
-    elif handler.response_streaming:
-        behavior, factory = handler.unary_stream, grpc.unary_stream_rpc_method_handler
-    else:
-        behavior, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
+    return rewrap(handler, lambda behavior: _audited(behavior, start, refuse_if_unwritable))
 
+
+def _audited(
+    behavior: Callable[..., Any],
+    start: Callable[[grpc.aio.ServicerContext], call_facts.CallFacts],
+    refuse_if_unwritable: Callable[[grpc.aio.ServicerContext], Awaitable[None]],
+) -> Callable[..., Any]:
     # grpc.aio picks how to run a behaviour by inspecting it: each wrapper must be the same kind
     # of callable as the one it wraps. The façade's and grpc's own aio servicers are async.
     wrapper: Callable[..., Any]
@@ -142,8 +142,4 @@ def _wrapped(handler: grpc.RpcMethodHandler, method: str, sink: AuditSink) -> gr
             return behavior(request, context)
 
         wrapper = sync
-    return factory(
-        wrapper,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    return wrapper

@@ -80,6 +80,19 @@ class AuditSink:
                 self._failing = False
             log.warning("audit log writable again")
 
+    def model_switch(self, model: str, version: int, previous: int | None) -> None:
+        """Which version answers every caller is a decision: recorded at start and each switch."""
+        self.submit(
+            AuditRecord(
+                request_id="-",
+                rpc="model.switch",
+                status="OK",
+                model=model,
+                target=f"{model}:{version}",
+                reason="at start" if previous is None else f"from version {previous}",
+            )
+        )
+
     def flush(self, timeout: float | None = None) -> None:
         """Return once every record submitted so far has been written (or has failed)."""
         self._pool.submit(lambda: None).result(timeout=timeout)

@@ -18,6 +18,7 @@ import grpc
 
 from autoglm.server import call_facts
 from autoglm.server.errors import PermissionDenied, Unauthenticated
+from autoglm.server.grpc_handlers import rewrap
 from autoglm.server.security.bearer_tokens import AuthError, AuthFailure, TokenRecord, TokenStore
 from autoglm.server.security.credentials import Credentials, averify
 from autoglm.server.security.limits import PrincipalLimits
@@ -265,19 +266,7 @@ def _with_principal(handler: grpc.RpcMethodHandler, principal: Principal) -> grp
     `migration_thread_pool` via run_in_executor (no context copy). Wrapping also gives access to
     the servicer context, hence to the client certificate.
     """
-    if handler.request_streaming and handler.response_streaming:
-        kind, factory = handler.stream_stream, grpc.stream_stream_rpc_method_handler
-    elif handler.request_streaming:
-        kind, factory = handler.stream_unary, grpc.stream_unary_rpc_method_handler
-    elif handler.response_streaming:
-        kind, factory = handler.unary_stream, grpc.unary_stream_rpc_method_handler
-    else:
-        kind, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
-    return factory(
-        _wrap_behavior(kind, principal),
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    return rewrap(handler, lambda behavior: _wrap_behavior(behavior, principal))
 
 
 def _wrap_behavior(behavior: Callable[..., Any], principal: Principal) -> Callable[..., Any]:

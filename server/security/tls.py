@@ -13,6 +13,8 @@ from typing import Any
 
 import grpc
 
+from autoglm.server.grpc_handlers import rewrap
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -304,19 +306,7 @@ class TlsVersionInterceptor(grpc.aio.ServerInterceptor):
 def _guarded(
     handler: grpc.RpcMethodHandler, refusal: Callable[[Mapping[str, Any]], str | None]
 ) -> grpc.RpcMethodHandler:
-    if handler.request_streaming and handler.response_streaming:
-        kind, factory = handler.stream_stream, grpc.stream_stream_rpc_method_handler
-    elif handler.request_streaming:
-        kind, factory = handler.stream_unary, grpc.stream_unary_rpc_method_handler
-    elif handler.response_streaming:
-        kind, factory = handler.unary_stream, grpc.unary_stream_rpc_method_handler
-    else:
-        kind, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
-    return factory(
-        _guard_behavior(kind, refusal),
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    return rewrap(handler, lambda behavior: _guard_behavior(behavior, refusal))
 
 
 def _guard_behavior(

@@ -25,6 +25,7 @@ from autoglm.server.api.calls import Generations
 from autoglm.server.api.openai import serving
 from autoglm.server.api.validation import request_id_of
 from autoglm.server.audit.interceptor import record_of
+from autoglm.server.audit.sink import AuditSink
 from autoglm.server.errors import (
     AuditUnavailable,
     InvalidArgument,
@@ -51,6 +52,8 @@ class FrontDoor:
     max_body_bytes: int
     ready: Callable[[], bool]  # the deep readiness of gRPC health (engine/health.py)
     on_auth_failure: Callable[[str], None]
+    # Where the records of calls no generation recorded go (the generations' own sink).
+    audit: AuditSink = field(default_factory=lambda: AuditSink(None))
     # `created` of /v1/models entries: when this façade started.
     started: int = field(default_factory=lambda: int(time.time()))
 
@@ -118,7 +121,7 @@ def _no_route_handler(door: FrontDoor) -> Callable[[Request, Exception], Awaitab
             if response.status_code == 404
             else (grpc.StatusCode.UNIMPLEMENTED)
         )
-        door.generations.audit.submit(record_of(facts, code, tracing.current_trace_id()))
+        door.audit.submit(record_of(facts, code, tracing.current_trace_id()))
         return response
 
     return no_route
@@ -198,7 +201,7 @@ def _audit_refused(door: FrontDoor, facts: call_facts.CallFacts, exc: BaseExcept
     reason = reason_of(exc)
     if reason is not None:
         call_facts.note_reason(reason)
-    door.generations.audit.submit(record_of(facts, code, tracing.current_trace_id()))
+    door.audit.submit(record_of(facts, code, tracing.current_trace_id()))
 
 
 async def _generate(door: FrontDoor, route: serving.Route, request: Request) -> Response:
@@ -256,7 +259,7 @@ def _traced(
     facts = call_facts.begin("openai", method, _peer(request))
     try:
         try:
-            refusal = door.generations.audit.refusal()
+            refusal = door.audit.refusal()
             if refusal is not None:
                 call_facts.note_reason("audit_unavailable")
                 raise AuditUnavailable(refusal)
@@ -265,9 +268,7 @@ def _traced(
             _audit_refused(door, facts, exc)
             response = serving.error_response(exc, request_id="-")
         else:
-            door.generations.audit.submit(
-                record_of(facts, grpc.StatusCode.OK, tracing.current_trace_id())
-            )
+            door.audit.submit(record_of(facts, grpc.StatusCode.OK, tracing.current_trace_id()))
             response = Response(payload, media_type=serving.JSON)
         span.end(response.status_code)
         return response
