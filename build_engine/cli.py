@@ -22,6 +22,7 @@ from rich.table import Table
 
 from autoglm.build_engine import manifest as mf
 from autoglm.build_engine import plan as plan_mod
+from autoglm.build_engine.adapter_cli import add_adapter_commands
 from autoglm.build_engine.checkpoint import CheckpointError
 from autoglm.build_engine.compile import CompileError, compile_engine
 from autoglm.build_engine.gpus import GpuDetectionError
@@ -170,6 +171,7 @@ def _add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.set_defaults(func=cmd_activate)
 
     _add_vllm_profile(sub)
+    add_adapter_commands(sub)
 
 
 def _add_vllm_profile(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

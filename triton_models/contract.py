@@ -39,6 +39,7 @@ _NUMPY = {
     "TYPE_INT32": np.int32,
     "TYPE_UINT64": np.uint64,
     "TYPE_FP32": np.float32,
+    "TYPE_FP16": np.float16,  # lora_contract.py's lora_weights
     "TYPE_BOOL": np.bool_,
     "TYPE_UINT32": np.uint32,  # vllm_contract.py's token counts
     "TYPE_STRING": np.object_,  # vllm_contract.py's BYTES tensors (Python bytes objects)
