@@ -96,6 +96,7 @@ class AsyncClient:
         *,
         messages: Iterable[MessageLike] | None = None,
         model: str | None = None,
+        adapter: str | None = None,
         max_tokens: int = 0,
         temperature: float | None = None,
         top_p: float | None = None,
@@ -126,6 +127,7 @@ class AsyncClient:
                 logprobs=logprobs,
             ),
             request_id=request_id or new_request_id(),
+            adapter=adapter or "",
         )
         request.model = await self._model(model)
         operation = operation_for(request.messages)
@@ -151,6 +153,7 @@ class AsyncClient:
         *,
         messages: Iterable[MessageLike] | None = None,
         model: str | None = None,
+        adapter: str | None = None,
         max_tokens: int = 0,
         temperature: float | None = None,
         top_p: float | None = None,
@@ -186,6 +189,7 @@ class AsyncClient:
                 logprobs=logprobs,
             ),
             request_id=request_id or new_request_id(),
+            adapter=adapter or "",
         )
         return self._stream(request, model, self._deadline(timeout))
 

@@ -97,6 +97,7 @@ class Client:
         *,
         messages: Iterable[MessageLike] | None = None,
         model: str | None = None,
+        adapter: str | None = None,
         max_tokens: int = 0,
         temperature: float | None = None,
         top_p: float | None = None,
@@ -127,6 +128,7 @@ class Client:
                 logprobs=logprobs,
             ),
             request_id=request_id or new_request_id(),
+            adapter=adapter or "",
         )
         request.model = self._model(model)
         operation = operation_for(request.messages)
@@ -162,6 +164,7 @@ class Client:
         *,
         messages: Iterable[MessageLike] | None = None,
         model: str | None = None,
+        adapter: str | None = None,
         max_tokens: int = 0,
         temperature: float | None = None,
         top_p: float | None = None,
@@ -197,6 +200,7 @@ class Client:
                 logprobs=logprobs,
             ),
             request_id=request_id or new_request_id(),
+            adapter=adapter or "",
         )
         request.model = self._model(model)
         return self._stream(request, self._deadline(timeout))

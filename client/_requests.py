@@ -168,10 +168,12 @@ def build_generate_request(
     sampling: Sampling,
     model: str = "",
     request_id: str | None = None,
+    adapter: str = "",
 ) -> pb.GenerateRequest:
-    """A GenerateRequest; `sampling` is left unset entirely when every option is a default."""
+    """A GenerateRequest; `sampling` is left unset entirely when every option is a default;
+    `adapter` a LoRA adapter of the model (ModelInfo.adapters), "" for the base model."""
     text, chat = _prompt_fields(prompt, messages)
-    request = pb.GenerateRequest(model=model, prompt=text, messages=chat)
+    request = pb.GenerateRequest(model=model, prompt=text, messages=chat, adapter=adapter)
     params = sampling.to_proto()
     if params.ByteSize():
         request.sampling.CopyFrom(params)
@@ -251,6 +253,7 @@ def model_info_from_proto(model: pb.ModelInfo) -> ModelInfo:
         max_images=model.max_images,
         max_image_bytes=model.max_image_bytes,
         max_prompt_tokens=model.max_prompt_tokens,
+        adapters=tuple(model.adapters),
     )
 
 

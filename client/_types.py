@@ -64,6 +64,7 @@ class ModelInfo:
     max_images: int = 0  # images one request may carry; 0 = a text-only model
     max_image_bytes: int = 0
     max_prompt_tokens: int = 0  # longest prompt (0 from a server that does not say)
+    adapters: tuple[str, ...] = ()  # its LoRA adapters this caller may use (generate(adapter=))
 
 
 @dataclass(frozen=True)

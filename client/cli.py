@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     connection, prompt = _connection_options(), _prompt_options()
 
     gen = commands.add_parser("generate", parents=[prompt, connection], help="generate text")
+    gen.add_argument(
+        "--adapter", default="", metavar="NAME", help="a LoRA adapter of the model (models --json)"
+    )
     gen.add_argument("--max-tokens", type=int, default=0, metavar="N", help="0 = server default")
     gen.add_argument("--temperature", type=float)
     gen.add_argument("--top-p", type=float)
@@ -140,6 +143,8 @@ def _generate(client: Client, args: argparse.Namespace) -> int:
         "logprobs": args.logprobs,
         "request_id": args.request_id,
     }
+    if args.adapter:
+        options["adapter"] = args.adapter
     if args.json or args.no_stream:
         completion: Completion = client.generate(prompt, **options)
         if args.json:

@@ -17,7 +17,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from autoglm.build_engine import manifest as mf
+from autoglm.build_engine.adapters import ADAPTERS_DIR
 from autoglm.build_engine.version_plan import parse_override
+from autoglm.server.adapters import AdapterSet, load_adapters
 from autoglm.server.api.calls import Generations
 from autoglm.server.api.openai.http_server import RunningHttp, start_http
 from autoglm.server.api.openai.routes import FrontDoor
@@ -32,7 +34,7 @@ from autoglm.server.engine.contract_check import ContractMismatch, verify_contra
 from autoglm.server.engine.health import EngineHealth
 from autoglm.server.engine.model_versions import ModelVersions
 from autoglm.server.model_limits import EngineLimits
-from autoglm.server.models import ModelRegistry, ModelSpec, load_model
+from autoglm.server.models import ModelRegistry, ModelSpec, ServedModel, load_model
 from autoglm.server.security.auth import AuthInterceptor
 from autoglm.server.security.bearer_tokens import TokenStore
 from autoglm.server.security.claims import load_mapping
@@ -161,6 +163,27 @@ async def _load_repository(
     return versions, specs
 
 
+def _adapters(settings: Settings, models: list[ServedModel]) -> AdapterSet:
+    """The verified LoRA adapters of served token-id models; every other one is logged as
+    refused and not served (server/adapters.py)."""
+    root = settings.adapters_dir
+    if root is None and settings.model_repository is not None:
+        root = settings.model_repository / ADAPTERS_DIR
+    if root is None:
+        return AdapterSet()
+    served, refused = load_adapters(root)
+    bases = {m.spec.name for m in models if not m.returns_text}
+    for adapter in [a for a in served if a.base not in bases]:
+        why = f"base {adapter.base!r} is not served here on a token-id engine"
+        refused.append(f"adapter {adapter.name}: refused, not served: {why}")
+        served.remove(adapter)
+    for reason in refused:
+        log.error("%s", reason)
+    for adapter in served:
+        log.info("adapter %s of %s: task %d", adapter.name, adapter.base, adapter.task_id)
+    return AdapterSet(served)
+
+
 async def start_server(settings: Settings) -> RunningServer:
     """Start the façade; returns once it listens (the bound port is in the result)."""
     settings.validate()
@@ -173,12 +196,11 @@ async def start_server(settings: Settings) -> RunningServer:
         ssl_context=link.ssl_context() if link else None,
     )
     versions, specs = await _load_repository(settings, engine)
-    registry = ModelRegistry(
-        [
-            load_model(dataclasses.replace(spec, image_limits=settings.image_limits))
-            for spec in (*settings.models, *specs)
-        ]
-    )
+    models = [
+        load_model(dataclasses.replace(spec, image_limits=settings.image_limits))
+        for spec in (*settings.models, *specs)
+    ]
+    registry = ModelRegistry(models, await asyncio.to_thread(_adapters, settings, models))
     # Each served model must declare the tensors of the contract the façade will speak to it.
     try:
         await verify_contracts(engine, registry)

@@ -213,6 +213,7 @@ def _serve(args: argparse.Namespace) -> int:
         health_probe_timeout_s=args.health_probe_timeout,
         triton_tls_name=args.triton_tls_name,
         model_repository=args.model_repository,
+        adapters_dir=args.adapters,
         profile_overrides=tuple(args.profile),
         limits=LimitSettings(
             max_in_flight=args.max_in_flight,
@@ -328,6 +329,7 @@ def _token_create(args: argparse.Namespace) -> int:
         bound_identity=args.bind_cert,
         limits=limits,
         roles=args.role,
+        adapters=args.adapter,
     )
     print(
         f"token id {record.id} for {record.principal} (scopes: {', '.join(sorted(record.scopes))})",
@@ -366,6 +368,7 @@ def _token_list(args: argparse.Namespace) -> int:
             else ("expires " + r.expires_at.isoformat() if r.expires_at else "active")
         )
         roles = f"  roles: {','.join(sorted(r.roles))}" if r.roles else ""
+        roles += f"  adapters: {','.join(sorted(r.adapters))}" if r.adapters else ""
         print(f"{r.id}  {r.principal:<20} {','.join(sorted(r.scopes)):<28} {state}{roles}")
     return 0
 
@@ -502,6 +505,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="repository built by `autoglm build install`: load the best verified version of "
         "each model into Triton (explicit model control); SIGHUP re-selects",
+    )
+    serve.add_argument(
+        "--adapters",
+        type=Path,
+        metavar="DIR",
+        help="LoRA adapter registry (`autoglm build adapter add`), verified at start; an adapter"
+        " whose sha256 does not match is refused (default: the model repository's adapters/)",
     )
     serve.add_argument(
         "--profile",
@@ -749,6 +759,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument(
         "--model", action="append", default=[], help="allowed model (repeatable; none = all)"
+    )
+    create.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="allowed LoRA adapter, a tenant's own (repeatable; none = all)",
     )
     create.add_argument(
         "--ttl-hours", type=float, help="hours until the token expires (default: never)"

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoglm.server.adapters import AdapterError, AdapterSet, ServedAdapter
 from autoglm.server.model_limits import (
     EngineLimits,
     ModelLimits,
@@ -161,11 +162,24 @@ def _pad_id(config: dict[str, Any], generation: dict[str, Any] | None) -> int | 
 
 
 class ModelRegistry:
-    def __init__(self, models: list[ServedModel]) -> None:
+    def __init__(self, models: list[ServedModel], adapters: AdapterSet | None = None) -> None:
         self._models = {m.spec.name: m for m in models}
+        self.adapters = adapters or AdapterSet()
+        for adapter in self.adapters:
+            base = self._models.get(adapter.base)
+            if base is None or base.returns_text:
+                # Refused at start (app.py logs and drops it): only the token-id contract
+                # carries LoRA tensors (lora_task_id, lora_weights, lora_config).
+                raise AdapterError(
+                    f"adapter {adapter.name}: base {adapter.base!r} is not a served model"
+                    " on a token-id engine (tensorrt_llm, cpu_reference)"
+                )
 
     def get(self, name: str) -> ServedModel | None:
         return self._models.get(name)
+
+    def adapter(self, name: str) -> ServedAdapter | None:
+        return self.adapters.get(name)
 
     def __iter__(self):
         return iter(self._models.values())

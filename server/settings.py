@@ -144,6 +144,9 @@ class Settings:
     # A model repository built by `autoglm build install`: at start-up (and on SIGHUP) the best
     # compatible version of each model is verified (sha256) and loaded into Triton.
     model_repository: Path | None = None
+    # The LoRA adapter registry (`autoglm build adapter add`; server/adapters.py); None = the
+    # model repository's adapters/ folder, or no adapters without a repository.
+    adapters_dir: Path | None = None
     profile_overrides: tuple[str, ...] = ()  # PROFILE_ID, MODEL=PROFILE_ID or MODEL@VERSION
     grace_period_s: float = 10.0
     # Façade processes sharing the listen port (SO_REUSEPORT, workers.py); 1 = this process.

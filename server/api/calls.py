@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from autoglm.server import call_facts, errors
+from autoglm.server.adapters import ServedAdapter
 from autoglm.server.audit.sink import AuditSink
 from autoglm.server.audit.writer import AuditRecord, principal_fields
 from autoglm.server.engine.client import EngineClient
@@ -92,6 +93,38 @@ class Generations:
             )
         return model
 
+    def adapter(
+        self, name: str, model: ServedModel, principal: Principal | None
+    ) -> ServedAdapter | None:
+        """The request's adapter of `model` ("" = none): PERMISSION_DENIED before NOT_FOUND, as
+        for models, so a token cannot probe which adapters other tenants have."""
+        if not name:
+            return None
+        if principal is not None and not principal.allows_adapter(name):
+            raise errors.PermissionDenied(
+                f"adapter: this token may not use {name!r}", field="adapter"
+            )
+        adapter = self.registry.adapter(name)
+        if adapter is None:
+            served = [a.name for a in self.visible_adapters(model.spec.name, principal)]
+            raise errors.NotFound(
+                f"adapter: no adapter named {name!r}; {model.spec.name}'s: {served}",
+                field="adapter",
+            )
+        if adapter.base != model.spec.name:
+            raise errors.InvalidArgument(
+                [("adapter", f"{name!r} adapts {adapter.base!r}, not {model.spec.name!r}")]
+            )
+        return adapter
+
+    def visible_adapters(self, model: str, principal: Principal | None) -> list[ServedAdapter]:
+        """The adapters of `model` this caller may use."""
+        return [
+            a
+            for a in self.registry.adapters.of(model)
+            if principal is None or principal.allows_adapter(a.name)
+        ]
+
     def visible_models(self, principal: Principal | None) -> Iterator[ServedModel]:
         """The served models this caller may use (all of them in insecure dev mode)."""
         return (
@@ -155,8 +188,9 @@ class Generations:
             # Tokenized before admission: the budget admission checks is the one the engine gets
             # (the room the prompt leaves in the context can lower the model's default).
             model = self.model(plan.model, principal)
+            adapter = self.adapter(plan.adapter, model, principal)
             images = await pipeline.check_request_images(plan, model)
-            out.prepared = prepared = pipeline.prepare(plan, model, images)
+            out.prepared = prepared = pipeline.prepare(plan, model, images, adapter)
             ticket = await self.admission.admit(
                 principal.name if principal else ANONYMOUS,
                 principal.limits if principal else None,

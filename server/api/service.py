@@ -111,6 +111,7 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
+        principal = current_principal()
         return pb.ListModelsResponse(
             models=[
                 pb.ModelInfo(
@@ -123,8 +124,11 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
                     max_images=m.vision.limits.max_images if m.vision else 0,
                     max_image_bytes=m.vision.limits.max_bytes if m.vision else 0,
                     max_prompt_tokens=m.limits.max_input,
+                    adapters=[
+                        a.name for a in self.generations.visible_adapters(m.spec.name, principal)
+                    ],
                 )
-                for m in self.generations.visible_models(current_principal())
+                for m in self.generations.visible_models(principal)
             ]
         )
 

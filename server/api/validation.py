@@ -28,6 +28,7 @@ MAX_STOP_BYTES = 128
 MAX_TOP_K = 1000
 ROLES = frozenset({"system", "user", "assistant"})
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+MAX_ADAPTER_BYTES = 256
 
 
 def request_id_of(raw: str) -> str:
@@ -43,6 +44,12 @@ def check_request_id(raw: str, errors: list[tuple[str, str]]) -> None:
 def check_model(name: str, errors: list[tuple[str, str]]) -> None:
     if not name:
         errors.append(("model", "required"))
+
+
+def check_adapter(name: str, errors: list[tuple[str, str]]) -> None:
+    """Only its size: whether it exists (and may be used) is the registry's (calls.py)."""
+    if len(name.encode()) > MAX_ADAPTER_BYTES:
+        errors.append(("adapter", f"longer than {MAX_ADAPTER_BYTES} bytes"))
 
 
 def check_prompt_input(
@@ -160,6 +167,7 @@ def validate_generate(req: pb.GenerateRequest) -> GeneratePlan:
     errors: list[tuple[str, str]] = []
     check_request_id(req.request_id, errors)
     check_model(req.model, errors)
+    check_adapter(req.adapter, errors)
     prompt_input = check_prompt_input(req.prompt, list(req.messages), errors)
     sampling = check_sampling(req.sampling, errors)
     if errors:
@@ -169,6 +177,7 @@ def validate_generate(req: pb.GenerateRequest) -> GeneratePlan:
         model=req.model,
         input=prompt_input,
         sampling=sampling,
+        adapter=req.adapter,
     )
 
 

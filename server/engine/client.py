@@ -33,6 +33,7 @@ import numpy as np
 from tritonclient.grpc import model_config_pb2, service_pb2
 
 from autoglm.server.engine import reader, replicas
+from autoglm.server.engine.lora import LoraRequest, LoraTasks, add_lora_tensors
 from autoglm.server.engine.routes import EngineRoutes
 from autoglm.server.engine.stream_errors import stream_error
 from autoglm.server.engine.text_request import (
@@ -82,6 +83,7 @@ class EngineRequest:
     pad_id: int
     sampling: EngineSampling
     stop_words: Sequence[Sequence[int]] = ()
+    lora: LoraRequest | None = None  # a LoRA adapter's task (and weights): lora.py
 
 
 # struct codes of the contract's data types, packed little-endian ("<"), as Triton reads raw
@@ -134,6 +136,8 @@ def build_infer_request(r: EngineRequest) -> service_pb2.ModelInferRequest:
         _add(req, contract.PRESENCE_PENALTY, (1, 1), (s.presence_penalty,))
     if s.return_log_probs:
         _add(req, contract.RETURN_LOG_PROBS, (1, 1), (True,))
+    if r.lora is not None:
+        add_lora_tensors(req, r.lora)
     return req
 
 
@@ -224,6 +228,8 @@ class EngineClient:
         self._turn = itertools.count()
         # triton model -> monotonic time its engine last streamed tokens (evidence for health.py)
         self.last_token_at: dict[str, float] = {}
+        # LoRA tasks whose weights this process has sent (lora.py: later requests omit them)
+        self.lora_tasks = LoraTasks()
 
     # ---- endpoints (replicas; routes.py) ----------------------------------------------------
 

@@ -23,7 +23,9 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
+from autoglm.server.adapters import ServedAdapter
 from autoglm.server.engine.client import EngineClient, EngineRequest
+from autoglm.server.engine.lora import LoraRequest, stream_with_lora
 from autoglm.server.errors import EngineFailure, InvalidArgument, ServiceError
 from autoglm.server.generation.detokenizer import IncrementalDetokenizer
 from autoglm.server.generation.images import CheckedImage, check_images
@@ -150,14 +152,18 @@ class Prepared:
     tokenize_seconds: float
     prompt_text: str | None = None  # the rendered prompt, for a text engine (text_pipeline.py)
     images: tuple[CheckedImage, ...] = ()  # checked and resized, in placeholder order
+    adapter: ServedAdapter | None = None  # the plan's adapter, resolved (calls.py)
 
 
 def prepare(
-    plan: GeneratePlan, model: ServedModel, images: tuple[CheckedImage, ...] = ()
+    plan: GeneratePlan,
+    model: ServedModel,
+    images: tuple[CheckedImage, ...] = (),
+    adapter: ServedAdapter | None = None,
 ) -> Prepared:
     """Tokenize and resolve max_tokens (InvalidArgument when the request cannot fit the model).
 
-    `images` are the plan's, checked (check_request_images)."""
+    `images` are the plan's, checked (check_request_images); `adapter` its adapter, resolved."""
     limits = model.limits
     if model.returns_text and plan.sampling.logprobs:
         # The vLLM contract returns log-probabilities with the engine's own token texts, which
@@ -180,7 +186,9 @@ def prepare(
         default=limits.default_max_tokens,
         max_input=limits.max_input,
     )
-    return Prepared(plan, model, tuple(prompt_ids), max_new, tokenize_s, prompt_text, images)
+    return Prepared(
+        plan, model, tuple(prompt_ids), max_new, tokenize_s, prompt_text, images, adapter
+    )
 
 
 async def generate(
@@ -208,7 +216,9 @@ async def generate(
         # The model's other end-of-sequence ids. Stop strings are matched here on the text, so
         # no caller's words join them.
         stop_words=model.stop_words,
+        lora=LoraRequest(prepared.adapter.task_id) if prepared.adapter else None,
     )
+    adapter = prepared.adapter
     detok = IncrementalDetokenizer(
         model.encoder.tokenizer, skip_special_tokens=plan.sampling.skip_special_tokens
     )
@@ -226,7 +236,16 @@ async def generate(
 
     async def read(push: Push) -> None:
         try:
-            if logprobs:  # the ids' values go to the relay ahead of the ids (relay.py)
+            if adapter is not None:  # its weights with the task's first request (lora.py)
+                await stream_with_lora(
+                    engine,
+                    request,
+                    adapter.arrays,
+                    push,
+                    timeout=timeout,
+                    on_log_probs=relay.push_logprobs if logprobs else None,
+                )
+            elif logprobs:  # the ids' values go to the relay ahead of the ids (relay.py)
                 await engine.stream_into(
                     request, push, timeout=timeout, on_log_probs=relay.push_logprobs
                 )

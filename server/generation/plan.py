@@ -52,6 +52,7 @@ class GeneratePlan:
     model: str
     input: PromptInput
     sampling: Sampling
+    adapter: str = ""  # a LoRA adapter of `model` (GenerateRequest.adapter); "" = none
 
 
 def check_max_output(requested: int, max_output: int) -> None:

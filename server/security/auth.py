@@ -76,6 +76,7 @@ class Principal:
     bound_identity: str | None = None  # the token only works with this certificate identity
     limits: PrincipalLimits | None = None
     roles: frozenset[str] = frozenset()  # roles.py; `scopes` already includes theirs
+    adapters: frozenset[str] = frozenset()  # LoRA adapters it may use; empty = every adapter
 
     @classmethod
     def from_record(cls, record: TokenRecord) -> Principal:
@@ -87,10 +88,14 @@ class Principal:
             bound_identity=record.bound_identity,
             limits=record.limits,
             roles=record.roles,
+            adapters=record.adapters,
         )
 
     def allows_model(self, model: str) -> bool:
         return not self.models or model in self.models
+
+    def allows_adapter(self, adapter: str) -> bool:
+        return not self.adapters or adapter in self.adapters
 
 
 _current: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(

@@ -89,6 +89,8 @@ class TokenRecord:
     # The scopes given by name, as stored (None = all of `scopes`): kept apart from the roles'
     # scopes so that a role's definition is read afresh, never frozen into the file.
     named_scopes: frozenset[str] | None = None
+    # LoRA adapters the token may use (server/adapters.py); empty = every adapter.
+    adapters: frozenset[str] = frozenset()
 
     def expired(self, now: datetime) -> bool:
         return self.expires_at is not None and now >= self.expires_at
@@ -145,6 +147,7 @@ class TokenStore:
         bound_identity: str | None = None,
         limits: PrincipalLimits | None = None,
         roles: Iterable[str] = (),
+        adapters: Iterable[str] = (),
     ) -> tuple[str, TokenRecord]:
         """Creates a token. The plain token is returned here, once; only its hash is stored.
         Its scopes are the named `scopes` and those of its `roles` (roles.py)."""
@@ -155,6 +158,9 @@ class TokenStore:
         if bad:
             raise ValueError(f"invalid scopes: {bad}")
         role_set = check_roles(roles)
+        adapter_set = frozenset(adapters)
+        if any(not a or a != a.strip() for a in adapter_set):
+            raise ValueError("adapters must be non-empty names without surrounding spaces")
         if ttl is not None and ttl <= timedelta(0):
             raise ValueError("ttl must be positive")
         now = self._clock()
@@ -174,6 +180,7 @@ class TokenStore:
                 limits=limits,
                 roles=role_set,
                 named_scopes=scope_set,
+                adapters=adapter_set,
             )
             self._records[token_id] = record
             self._hashes[token_id] = _hash_secret(secret)
@@ -307,6 +314,8 @@ def _record_to_json(record: TokenRecord, secret_sha256: str) -> dict[str, Any]:
     # versions before roles wrote (and read).
     if record.roles:
         document["roles"] = sorted(record.roles)
+    if record.adapters:  # likewise
+        document["adapters"] = sorted(record.adapters)
     return document
 
 
@@ -323,6 +332,9 @@ def _parse(data: bytes) -> tuple[dict[str, TokenRecord], dict[str, str]]:
             roles = frozenset(item.get("roles", ()))
             if any(not isinstance(r, str) for r in roles):
                 raise TypeError("roles")
+            adapters = item.get("adapters", [])
+            if not isinstance(adapters, list) or any(not isinstance(a, str) for a in adapters):
+                raise TypeError("adapters")
             record = TokenRecord(
                 id=str(item["id"]),
                 principal=str(item["principal"]),
@@ -336,6 +348,7 @@ def _parse(data: bytes) -> tuple[dict[str, TokenRecord], dict[str, str]]:
                 limits=PrincipalLimits.from_json(item.get("limits")),
                 roles=roles,
                 named_scopes=named,
+                adapters=frozenset(adapters),
             )
             records[record.id] = record
             hashes[record.id] = str(item["secret_sha256"])

@@ -9,6 +9,7 @@ The mapping is configuration (a TOML or JSON file, `--oidc-config`), e.g.
     values = ["llm-users"]                     # any of them matches
     roles = ["user"]
     models = ["smollm2-135m-instruct"]         # empty or absent = every model
+    adapters = ["tenant-a-support"]            # LoRA adapters; absent = no restriction
 
     [[rules]]
     claim = "scope"                            # space-separated (RFC 8693 §4.2 / RFC 9068)
@@ -17,7 +18,10 @@ The mapping is configuration (a TOML or JSON file, `--oidc-config`), e.g.
 
 A claim name with dots reaches into objects (Keycloak's `realm_access.roles`). A token gets the
 union of the roles of every rule it matches, and the union of their models, where a matched rule
-without models allows every model. Pure: no I/O but `load_mapping` reading its file.
+without models allows every model. Adapters are the other way round, since they belong to
+tenants: the union of the adapters of the matched rules that list some, and every adapter only
+when no matched rule lists any (a general rule such as `llm-users` never widens a tenant's
+rule). Pure: no I/O but `load_mapping` reading its file.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class MappingRule:
     values: frozenset[str]
     roles: frozenset[str]
     models: frozenset[str] = frozenset()  # empty = every model
+    adapters: frozenset[str] = frozenset()  # empty = this rule does not restrict adapters
 
     def matches(self, claims: Mapping[str, Any]) -> bool:
         return not self.values.isdisjoint(claim_values(claims, self.claim))
@@ -53,6 +58,7 @@ class MappingRule:
 class Grant:
     roles: frozenset[str]
     models: frozenset[str]  # empty = every model
+    adapters: frozenset[str] = frozenset()  # empty = every adapter
 
 
 @dataclass(frozen=True)
@@ -72,7 +78,8 @@ class ClaimMapping:
             models: frozenset[str] = frozenset()
         else:
             models = frozenset().union(*(rule.models for rule in matched))
-        return Grant(roles=roles, models=models)
+        adapters = frozenset().union(*(rule.adapters for rule in matched))
+        return Grant(roles=roles, models=models, adapters=adapters)
 
 
 def claim_values(claims: Mapping[str, Any], name: str) -> frozenset[str]:
@@ -122,7 +129,7 @@ def parse_mapping(document: Mapping[str, Any], source: str = "oidc config") -> C
         where = f"{source}: rules[{i}]"
         if not isinstance(raw, Mapping):
             raise ValueError(f"{where}: must be a table")
-        extra = sorted(set(raw) - {"claim", "values", "roles", "models"})
+        extra = sorted(set(raw) - {"claim", "values", "roles", "models", "adapters"})
         if extra:
             raise ValueError(f"{where}: unknown keys {extra}")
         claim = raw.get("claim")
@@ -138,7 +145,10 @@ def parse_mapping(document: Mapping[str, Any], source: str = "oidc config") -> C
         if not roles:
             raise ValueError(f"{where}.roles: give at least one role")
         models = _strings(raw.get("models", []), f"{where}.models")
-        rules.append(MappingRule(claim=claim, values=values, roles=roles, models=models))
+        adapters = _strings(raw.get("adapters", []), f"{where}.adapters")
+        rules.append(
+            MappingRule(claim=claim, values=values, roles=roles, models=models, adapters=adapters)
+        )
     return ClaimMapping(principal_claim=principal_claim, rules=tuple(rules))
 
 

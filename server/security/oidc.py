@@ -367,6 +367,7 @@ class OidcVerifier:
             created_at=created,
             expires_at=datetime.fromtimestamp(claims["exp"], UTC),
             roles=grant.roles,
+            adapters=grant.adapters,
         )
 
 

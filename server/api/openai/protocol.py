@@ -204,6 +204,8 @@ def param_name(field: str, *, prompt_field: str) -> str:
         return field.removeprefix("sampling.")
     if field == "prompt":
         return prompt_field
+    if field == "adapter":  # named in `model` on this door (model_names.py)
+        return "model"
     # An image part: autoglm.v1's `messages[i].parts[j].image` is the caller's `content[j]`.
     return _PART.sub(r"\1.content[\2]", field)
 

@@ -276,27 +276,44 @@ def _traced(
         span.detach()
 
 
-def _model_entry(door: FrontDoor, name: str, context: int) -> dict[str, object]:
-    return {
+def _model_entry(
+    door: FrontDoor, name: str, context: int, parent: str | None = None
+) -> dict[str, object]:
+    entry: dict[str, object] = {
         "id": name,
         "object": "model",
         "created": door.started,
         "owned_by": OWNER,
         "max_model_len": context,
     }
+    if parent is not None:  # a LoRA adapter: its base, as vLLM lists adapters (model_names.py)
+        entry["parent"] = parent
+    return entry
+
+
+def _entries(door: FrontDoor, principal: Principal | None) -> list[dict[str, object]]:
+    """Each visible model, then its visible adapters (by their own names)."""
+    data = []
+    for m in door.generations.visible_models(principal):
+        context = m.limits.max_context
+        data.append(_model_entry(door, m.spec.name, context))
+        data.extend(
+            _model_entry(door, a.name, context, parent=m.spec.name)
+            for a in door.generations.visible_adapters(m.spec.name, principal)
+        )
+    return data
 
 
 def _models(door: FrontDoor, principal: Principal | None) -> bytes:
-    data = [
-        _model_entry(door, m.spec.name, m.limits.max_context)
-        for m in door.generations.visible_models(principal)
-    ]
-    return orjson.dumps({"object": "list", "data": data})
+    return orjson.dumps({"object": "list", "data": _entries(door, principal)})
 
 
 def _model(door: FrontDoor, principal: Principal | None, name: str) -> bytes:
-    for m in door.generations.visible_models(principal):
-        if m.spec.name == name:
-            return orjson.dumps(_model_entry(door, name, m.limits.max_context))
+    base, sep, adapter = name.partition(":")
+    for entry in _entries(door, principal):
+        if entry["id"] == name:
+            return orjson.dumps(entry)
+        if sep and entry["id"] == adapter and entry.get("parent") == base:
+            return orjson.dumps(entry | {"id": name})  # BASE:ADAPTER, as asked
     # The same answer for a model that does not exist and one this token may not see.
     raise NotFound(f"model: no model named {name!r}", field="model")

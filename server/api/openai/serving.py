@@ -27,7 +27,7 @@ from starlette.responses import Response
 
 from autoglm.server import errors
 from autoglm.server.api.calls import Call, Generations, finish_name
-from autoglm.server.api.openai import chunks, protocol
+from autoglm.server.api.openai import chunks, model_names, protocol
 from autoglm.server.api.openai.streaming import DisconnectGuard, EventStream
 from autoglm.server.api.validation import validate_generate
 from autoglm.server.errors import InvalidArgument
@@ -107,6 +107,10 @@ async def serve(
             raise parse_error
         grpc_request = route.to_request(req)
         grpc_request.request_id = request_id
+        # `BASE:ADAPTER` or an adapter's own name (model_names.py)
+        grpc_request.model, grpc_request.adapter = model_names.resolve(
+            grpc_request.model, generations.registry, principal
+        )
         plan = validate_generate(grpc_request)
         rid = plan.request_id
         return plan
@@ -117,7 +121,7 @@ async def serve(
         rpc=route.rpc,
         principal=principal,
         request_id=rid,
-        model=req.model if req is not None else "",
+        model=model_names.metrics_model(req.model, generations.registry) if req else "",
     )
     gen = generations.generate(call, check, on_prepared=prepared.append)
     guard = DisconnectGuard(disconnected)

@@ -12,6 +12,7 @@ from typing import Any
 from autoglm.server.api.openai import serving, streaming
 from autoglm.server.errors import EngineUnavailable
 from autoglm.server.generation.pipeline import Delta
+from autoglm.server.models import ModelRegistry
 from autoglm.server.telemetry.tracing import http_server_span
 from autoglm.v1 import text_generation_pb2 as pb
 
@@ -22,6 +23,8 @@ BODY = json.dumps(
 
 class StandInGenerations:
     """Yields `texts` as deltas, then fails with `fail` or finishes; records how it ended."""
+
+    registry = ModelRegistry([])  # serving resolves adapter names against it: none here
 
     def __init__(self, texts: list[str], fail: Exception | None = None, hang: bool = False):
         self.texts, self.fail, self.hang = texts, fail, hang
