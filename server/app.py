@@ -30,7 +30,11 @@ from autoglm.server.audit.interceptor import AuditInterceptor
 from autoglm.server.audit.sink import AuditSink
 from autoglm.server.audit.writer import AuditWriter
 from autoglm.server.engine.client import EngineClient
-from autoglm.server.engine.contract_check import ContractMismatch, verify_contracts
+from autoglm.server.engine.contract_check import (
+    ContractMismatch,
+    refuse_adapters_without_lora,
+    verify_contracts,
+)
 from autoglm.server.engine.health import EngineHealth
 from autoglm.server.engine.model_versions import ModelVersions
 from autoglm.server.model_limits import EngineLimits
@@ -204,6 +208,7 @@ async def start_server(settings: Settings) -> RunningServer:
     # Each served model must declare the tensors of the contract the façade will speak to it.
     try:
         await verify_contracts(engine, registry)
+        await refuse_adapters_without_lora(engine, registry)
     except ContractMismatch:
         await engine.close()
         raise

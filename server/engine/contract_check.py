@@ -12,10 +12,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+from autoglm.server.adapters import AdapterSet
 from autoglm.server.engine.client import EngineClient
 from autoglm.server.errors import EngineUnavailable
-from autoglm.server.models import ServedModel
+from autoglm.server.models import ModelRegistry, ServedModel
 from autoglm.triton_models import contract
+from autoglm.triton_models import lora_contract as lc
 from autoglm.triton_models import vllm_contract as vc
 
 log = logging.getLogger("autoglm.server.engine")
@@ -50,3 +52,35 @@ async def verify_contracts(engine: EngineClient, models: Iterable[ServedModel]) 
         raise ContractMismatch(
             "served models do not speak the contract of their engine kind: " + " | ".join(problems)
         )
+
+
+async def refuse_adapters_without_lora(engine: EngineClient, registry: ModelRegistry) -> None:
+    """Adapters of a model whose Triton config does not declare the LoRA inputs
+    (lora_contract.LORA_INPUTS: an engine built without the LoRA plugin, or a template without
+    them) are refused at start, logged and not served: every request of theirs would fail."""
+    keep = []
+    missing_by_base: dict[str, list[str]] = {}
+    for base in sorted({a.base for a in registry.adapters}):
+        model = registry.get(base)
+        if model is None:
+            continue
+        try:
+            inputs, _ = await engine.model_tensors(model.spec.triton_model)
+        except EngineUnavailable as exc:
+            log.warning("model %s: LoRA inputs not checked at start (%s)", base, exc)
+            continue
+        missing = [t.name for t in lc.LORA_INPUTS if t.name not in inputs]
+        if missing:
+            missing_by_base[base] = missing
+    for adapter in registry.adapters:
+        missing = missing_by_base.get(adapter.base)
+        if missing:
+            log.error(
+                "adapter %s: refused, not served: Triton model of %s does not declare %s",
+                adapter.name,
+                adapter.base,
+                missing,
+            )
+        else:
+            keep.append(adapter)
+    registry.adapters = AdapterSet(keep)
