@@ -49,15 +49,19 @@ from autoglm.build_engine.skus import (
 )
 from autoglm.build_engine.texts import TextError
 from autoglm.build_engine.version_plan import (
+    Canary,
     Override,
     OverrideError,
     merge_overrides,
     parse_override,
     plan_loads,
+    promote_canary,
     read_pins,
+    remove_canary,
     remove_pin,
     scan_repository,
     scan_roots,
+    write_canary,
     write_pin,
 )
 from autoglm.build_engine.vllm_profile import PRECISIONS as VLLM_PRECISIONS
@@ -161,6 +165,22 @@ def _add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     which.add_argument("--profile", dest="profile_id", help="serve the version of this profile")
     which.add_argument(
         "--best", action="store_true", help="remove the pin: serve the best compatible version"
+    )
+    which.add_argument(
+        "--canary",
+        type=int,
+        metavar="VERSION",
+        help="serve this installed version to --weight percent of the principals, beside the "
+        "stable one",
+    )
+    which.add_argument(
+        "--promote", action="store_true", help="the canary becomes the only version (pinned)"
+    )
+    which.add_argument(
+        "--rollback", action="store_true", help="end the canary: the stable version alone"
+    )
+    p.add_argument(
+        "--weight", type=int, metavar="PERCENT", help="with --canary: 1..99 percent of principals"
     )
     p.add_argument(
         "--signal",
@@ -384,7 +404,11 @@ def cmd_activate(args: argparse.Namespace, console: Console) -> int:
         raise OverrideError(f"model: no model {args.model!r} in {repo}")
     if args.version is not None and args.version < 1:
         raise OverrideError(f"--version: must be >= 1, got {args.version}")
-    if args.best:
+    if (args.weight is not None) != (args.canary is not None):
+        raise OverrideError("--weight: give it with --canary, and only then")
+    if args.canary is not None or args.promote or args.rollback:
+        _activate_canary(args, repo, console)
+    elif args.best:
         removed = remove_pin(repo, args.model)
         console.print(f"{args.model}: {'pin removed' if removed else 'was not pinned'}")
     else:
@@ -415,6 +439,43 @@ def cmd_activate(args: argparse.Namespace, console: Console) -> int:
     else:
         console.print("the server switches at its next reload: kill -HUP <pid of autoglm serve>")
     return 0
+
+
+def _activate_canary(args: argparse.Namespace, repo: Path, console: Console) -> None:
+    """Write, promote or remove `<repo>/<model>/canary.json` (version_plan.py)."""
+    if args.promote:
+        promoted = promote_canary(repo, args.model)
+        console.print(f"{args.model}: version {promoted.version} promoted (pinned, canary ended)")
+        return
+    if args.rollback:
+        removed = remove_canary(repo, args.model)
+        console.print(
+            f"{args.model}: canary version {removed.version} ended"
+            if removed
+            else f"{args.model}: had no canary"
+        )
+        return
+    canary = Canary(args.model, args.canary, args.weight)
+    canary.validate()
+    # The serving side's own decision for that version on this host, before anything changes.
+    candidates = scan_repository(repo)
+    decision = next(
+        (
+            d
+            for d in plan_loads(
+                candidates, mf.detect_hardware(), [Override(args.model, version=args.canary)]
+            )
+            if d.model == args.model
+        ),
+        None,
+    )
+    if decision is None or decision.chosen is None:
+        reason = decision.error if decision else f"no version of {args.model}"
+        raise OverrideError(f"--canary {args.canary} cannot be served here: {reason}")
+    path = write_canary(repo, canary)
+    console.print(
+        f"{args.model}: version {args.canary} as a canary for {args.weight}% of principals → {path}"
+    )
 
 
 def _engine_arg(item: str) -> tuple[str, object]:

@@ -13,7 +13,14 @@ A repository may also *pin* a model: `<repo>/<model>/pin.json` (`{"version": N}`
 reload (SIGHUP). A pin is an override like `--profile`; a `--profile` given for the same model
 wins. This is how an operator switches the served version without a restart.
 
-Only `scan_repository` / `scan_roots` / `read_pins` / `write_pin` touch the disk (they read
+A model may also run a *canary* beside the version it serves: `<repo>/<model>/canary.json`
+(`{"version": N, "weight": W}`, W in 1..99 percent of the principals), written by
+`autoglm build activate MODEL --canary N --weight W`, removed by `--rollback` (the stable version
+alone again) or by `--promote` (which pins N: the canary becomes the only version). It is read
+with the pins, at start-up and on every reload (SIGHUP); model_versions.py loads both versions.
+
+Only `scan_repository` / `scan_roots` / `read_pins` / `write_pin` / the canary functions touch
+the disk (they read
 manifests; checksums are verified later, just before loading: model_versions.py).
 """
 
@@ -190,6 +197,72 @@ def remove_pin(repo: Path, model: str) -> bool:
         return False
     path.unlink()
     return True
+
+
+CANARY = "canary.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Canary:
+    """A version served to `weight` percent of the principals beside the stable one."""
+
+    model: str
+    version: int
+    weight: int  # 1..99: percent of principals (server/engine/canary.py routes them)
+
+    def validate(self) -> None:
+        if type(self.version) is not int or self.version < 1:
+            raise OverrideError(f"canary version must be a positive integer, got {self.version!r}")
+        if type(self.weight) is not int or not 1 <= self.weight <= 99:
+            raise OverrideError(f"canary weight must be an integer in 1..99, got {self.weight!r}")
+
+
+def read_canaries(repo: Path) -> dict[str, Canary]:
+    """The canaries of a repository by model (OverrideError naming the file when malformed)."""
+    out: dict[str, Canary] = {}
+    for path in sorted(repo.glob(f"*/{CANARY}")):
+        model = path.parent.name
+        try:
+            data = json.loads(path.read_text())
+            canary = Canary(model, data.get("version"), data.get("weight"))
+            canary.validate()
+        except (OSError, ValueError, AttributeError) as exc:
+            raise OverrideError(f"{path}: {exc}") from None
+        out[model] = canary
+    return out
+
+
+def write_canary(repo: Path, canary: Canary) -> Path:
+    """Record a canary (atomic replace); OverrideError when the version is not installed."""
+    canary.validate()
+    model_dir = repo / canary.model
+    if not model_dir.is_dir():
+        raise OverrideError(f"canary: no model {canary.model!r} in {repo}")
+    if not (model_dir / str(canary.version)).is_dir():
+        raise OverrideError(f"canary: {canary.model} has no installed version {canary.version}")
+    path = model_dir / CANARY
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"version": canary.version, "weight": canary.weight}) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def remove_canary(repo: Path, model: str) -> Canary | None:
+    """End a canary (the stable version alone after the next reload); the removed one, if any."""
+    current = read_canaries(repo).get(model)
+    if current is not None:
+        (repo / model / CANARY).unlink()
+    return current
+
+
+def promote_canary(repo: Path, model: str) -> Canary:
+    """The canary becomes the only version: pinned, and the canary record removed."""
+    current = read_canaries(repo).get(model)
+    if current is None:
+        raise OverrideError(f"promote: {model} has no canary")
+    write_pin(repo, Override(model, version=current.version))
+    (repo / model / CANARY).unlink()
+    return current
 
 
 # ---- the decision (pure) -------------------------------------------------------------------

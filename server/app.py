@@ -246,7 +246,12 @@ async def start_server(settings: Settings) -> RunningServer:
         ],
     )
     generations = Generations(
-        registry, engine, metrics=metrics, admission=_admission(settings, metrics), audit=audit
+        registry,
+        engine,
+        metrics=metrics,
+        admission=_admission(settings, metrics),
+        audit=audit,
+        routes=versions.route if versions is not None else None,
     )
     if versions is not None:
         for name, lv in sorted(versions.loaded.items()):

@@ -22,6 +22,7 @@ from autoglm.server import call_facts, errors
 from autoglm.server.adapters import ServedAdapter
 from autoglm.server.audit.sink import AuditSink
 from autoglm.server.audit.writer import AuditRecord, principal_fields
+from autoglm.server.engine.canary import Route, VersionedEngine
 from autoglm.server.engine.client import EngineClient
 from autoglm.server.generation import pipeline, text_pipeline
 from autoglm.server.generation.plan import GeneratePlan, PromptInput, Sampling
@@ -62,6 +63,7 @@ class Outcome:
     prepared: pipeline.Prepared | None = None
     completion: list[str] | None = field(default=None, repr=False)
     reason: str | None = None  # what refused the call (a limit, a field), for the audit record
+    version: int | None = None  # the model version that answered (repository models only)
 
 
 class Generations:
@@ -75,12 +77,15 @@ class Generations:
         metrics: FacadeMetrics,
         admission: AdmissionControl,
         audit: AuditSink | None = None,
+        routes: Callable[[str], Route | None] | None = None,
     ) -> None:
         self.registry = registry
         self.engine = engine
         self.metrics = metrics
         self.admission = admission
         self.audit = audit or AuditSink(None)
+        # The versions a repository model serves now (ModelVersions.route; None: no repository).
+        self.routes = routes or (lambda _model: None)
 
     def model(self, name: str, principal: Principal | None) -> ServedModel:
         # Checked before existence, so a token cannot probe which other models exist.
@@ -197,6 +202,14 @@ class Generations:
                 prepared.max_new_tokens,
                 len(prepared.prompt_ids),
             )
+            # The version that answers this principal: sticky while a canary runs (canary.py).
+            route = self.routes(plan.model)
+            who = principal.name if principal else ANONYMOUS
+            engine = self.engine
+            if route is not None:
+                out.version = route.version_for(who)
+                if pinned := route.engine_version(who):
+                    engine = VersionedEngine(self.engine, pinned)
             if on_prepared is not None:
                 on_prepared(prepared)
             with tracing.generation_span(
@@ -208,7 +221,7 @@ class Generations:
             ) as span:
                 first = True
                 run = text_pipeline.generate_text if model.returns_text else pipeline.generate
-                generation = run(prepared, self.engine, timeout=call.timeout)
+                generation = run(prepared, engine, timeout=call.timeout)
                 # One pass per delta — per coalesced message, not per token: metrics are
                 # batched, and timed by the engine's arrival times carried on the delta.
                 async with aclosing(generation) as deltas:

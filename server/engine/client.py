@@ -84,6 +84,7 @@ class EngineRequest:
     sampling: EngineSampling
     stop_words: Sequence[Sequence[int]] = ()
     lora: LoraRequest | None = None  # a LoRA adapter's task (and weights): lora.py
+    model_version: str = ""  # "" = Triton's version policy; a canary routes explicitly (canary.py)
 
 
 # struct codes of the contract's data types, packed little-endian ("<"), as Triton reads raw
@@ -108,7 +109,9 @@ def _add(
 
 def build_infer_request(r: EngineRequest) -> service_pb2.ModelInferRequest:
     """The ModelInferRequest for one generation (batch 1, streaming, input excluded)."""
-    req = service_pb2.ModelInferRequest(model_name=r.triton_model, id=r.request_id)
+    req = service_pb2.ModelInferRequest(
+        model_name=r.triton_model, model_version=r.model_version, id=r.request_id
+    )
     req.parameters["triton_enable_empty_final_response"].bool_param = True
     s = r.sampling
     _add(req, contract.INPUT_IDS, (1, len(r.input_ids)), r.input_ids)  # [batch, tokens]

@@ -25,6 +25,17 @@ one. During that gap the façade answers UNAVAILABLE ("engine unavailable": Trit
 UNAVAILABLE for an unloaded model, engine/client.py), which clients retry. If the new version
 then fails to load, the old one is loaded again before VersionRefused is raised. The decision is
 logged either way; CPU engines keep loading beside.
+
+Canaries (version_plan.py `Canary`, server/engine/canary.py routes the calls): after the stable
+version of a model is in place, a canary recorded for it is loaded *with* it, as one load whose
+policy is `specific { versions: [stable, canary] }`. A Triton model has one config for all its
+versions, so the stable version's config is the base and each `parameters` entry that differs in
+the canary's own config is added as `KEY@v<canary>` (the CPU engine's model.py reads its own
+version's entries first: triton_models/cpu_engine/versions.py). Backends that cannot read such
+per-version entries (tensorrt_llm's gpt_model_path, for one) are refused a canary whose
+parameters differ, naming the keys. Ending a canary is a load of the stable version alone: Triton
+unloads the canary once its in-flight requests have finished; promoting it is a plain switch to
+the (already loaded) canary version.
 """
 
 from __future__ import annotations
@@ -51,14 +62,18 @@ from autoglm.build_engine.switch_plan import (
     plan_switch,
 )
 from autoglm.build_engine.version_plan import (
+    Canary,
     Candidate,
     Decision,
     Override,
     merge_overrides,
     plan_loads,
+    read_canaries,
     read_pins,
+    remove_canary,
     scan_repository,
 )
+from autoglm.server.engine.canary import Route
 from autoglm.server.engine.client import EngineClient, ModelControlError
 
 log = logging.getLogger("autoglm.server.engine.model_versions")
@@ -115,6 +130,41 @@ def triton_config_json(
     if kv_fraction is not None:
         config.parameters[KV_FRACTION].string_value = repr(float(kv_fraction))
     return json_format.MessageToJson(config, preserving_proto_field_name=True, indent=None)
+
+
+def per_version_key(key: str, version: int) -> str:
+    """The name of a parameter that applies to one version only (cpu_engine/versions.py)."""
+    return f"{key}@v{version}"
+
+
+def canary_config_json(stable: Candidate, canary: Candidate, model_root: Path) -> str:
+    """One config serving both versions: the stable one's, a policy of both, and the canary's
+    differing `parameters` as per-version entries (VersionRefused when the backend cannot read
+    them)."""
+    assert stable.version is not None and canary.version is not None
+    base = version_config(stable, model_root)
+    own = version_config(canary, model_root)
+    keys = sorted(set(base.parameters) | set(own.parameters))
+    differ = [
+        k
+        for k in keys
+        if (base.parameters[k].string_value if k in base.parameters else None)
+        != (own.parameters[k].string_value if k in own.parameters else None)
+    ]
+    if differ and base.backend != "python":
+        raise VersionRefused(
+            canary.model,
+            canary.version,
+            f"{canary.label} cannot run as a canary beside version {stable.version}: backend "
+            f"{base.backend or base.platform!r} has one config for all versions and their "
+            f"parameters differ ({', '.join(differ)})",
+        )
+    for k in differ:
+        value = own.parameters[k].string_value if k in own.parameters else ""
+        base.parameters[per_version_key(k, canary.version)].string_value = value
+    base.name = stable.model
+    base.version_policy.specific.versions[:] = sorted({stable.version, canary.version})
+    return json_format.MessageToJson(base, preserving_proto_field_name=True, indent=None)
 
 
 def gpu_memory_bytes(profile: mf.Profile, hardware: mf.Hardware) -> int:
@@ -177,6 +227,8 @@ class ModelVersions:
         self.switch_policy.validate()
         self.footprint_for_tests = footprint_for_tests
         self.loaded: dict[str, LoadedVersion] = {}
+        # Per model: the canary loaded beside the stable version, and its weight (percent).
+        self.canaries: dict[str, tuple[LoadedVersion, int]] = {}
         self._lock = asyncio.Lock()  # one load/switch at a time (Triton loads one by one anyway)
 
     def plan(self, overrides: Sequence[Override] | None = None) -> list[Decision]:
@@ -189,6 +241,32 @@ class ModelVersions:
             merge_overrides(given, read_pins(self.repo), candidates),
         )
 
+    def route(self, model: str) -> Route | None:
+        """The versions `model` serves now (None: not loaded from this repository)."""
+        stable = self.loaded.get(model)
+        if stable is None:
+            return None
+        canary = self.canaries.get(model)
+        if canary is None:
+            return Route(model, stable.version)
+        return Route(model, stable.version, canary[0].version, canary[1])
+
+    def routes(self) -> dict[str, Route]:
+        return {m: r for m in self.loaded if (r := self.route(m)) is not None}
+
+    async def rollback(self, model: str, reason: str) -> int | None:
+        """End `model`'s canary now (the rollback guard): its record removed, so that a reload
+        does not bring it back, and the stable version loaded alone. The canary's version, or
+        None when there was none."""
+        async with self._lock:
+            canary = self.canaries.get(model)
+            if canary is None:
+                return None
+            await asyncio.to_thread(remove_canary, self.repo, model)
+            log.warning("%s: canary version %d rolled back: %s", model, canary[0].version, reason)
+            await self._end_canary(model)
+            return canary[0].version
+
     async def select_and_load(self) -> dict[str, LoadedVersion]:
         """Start-up and reload: the best verified version of every model, loaded.
 
@@ -197,7 +275,9 @@ class ModelVersions:
         """
         failures: list[VersionRefused] = []
         async with self._lock:
-            for decision in await asyncio.to_thread(self.plan):
+            decisions = await asyncio.to_thread(self.plan)
+            canaries = await asyncio.to_thread(read_canaries, self.repo)
+            for decision in decisions:
                 try:
                     await self._apply(decision)
                 except VersionRefused as exc:
@@ -205,6 +285,11 @@ class ModelVersions:
                         log.error("%s; %s keeps serving", exc, _label(self.loaded[exc.model]))
                     else:
                         failures.append(exc)
+                    continue
+                try:
+                    await self._sync_canary(decision.model, canaries.get(decision.model))
+                except VersionRefused as exc:
+                    log.error("%s; %s serves alone", exc, _label(self.loaded[decision.model]))
         if failures:
             raise (
                 failures[0]
@@ -222,6 +307,88 @@ class ModelVersions:
             decisions = await asyncio.to_thread(self.plan, [Override(model, version=version)])
             decision = next(d for d in decisions if d.model == model)
             return await self._apply(decision, fallback=False)
+
+    async def _sync_canary(self, model: str, record: Canary | None) -> None:
+        """Load, re-weight or end `model`'s canary so that it matches `record`."""
+        stable = self.loaded[model]
+        current = self.canaries.get(model)
+        if record is None or record.version == stable.version:
+            if record is not None:
+                log.warning(
+                    "%s: canary version %d is the stable one: ignored", model, record.version
+                )
+            if current is not None:
+                if current[0].version == stable.version:
+                    del self.canaries[model]  # promoted: the switch made it the only version
+                else:
+                    await self._end_canary(model)
+            return
+        if (
+            current is not None
+            and current[0].version == record.version
+            and await self.engine.model_ready(model, version=str(record.version))
+            and await self.engine.model_ready(model, version=str(stable.version))
+        ):
+            self.canaries[model] = (current[0], record.weight)
+            return
+        candidate = next(
+            (c for c in await asyncio.to_thread(scan_repository, self.repo)
+             if c.model == model and c.version == record.version),
+            None,
+        )  # fmt: skip
+        if candidate is None or candidate.manifest is None:
+            why = candidate.error if candidate else "not installed"
+            raise VersionRefused(model, record.version, f"{model} canary {record.version}: {why}")
+        try:
+            manifest = await asyncio.to_thread(self._verify, candidate.path)
+        except mf.ManifestError as exc:
+            raise VersionRefused(
+                model, record.version, f"{candidate.label} refused as a canary: {exc}"
+            ) from None
+        base = Candidate(model, stable.version, stable.path, stable.manifest)
+        config = await asyncio.to_thread(canary_config_json, base, candidate, self.repo / model)
+        started = time.monotonic()
+        try:
+            await self.engine.load_model(model, config_json=config)
+        except ModelControlError as exc:
+            raise VersionRefused(
+                model, record.version, f"{candidate.label} refused by Triton as a canary: {exc}"
+            ) from None
+        for version in (stable.version, record.version):
+            if not await self.engine.model_ready(model, version=str(version), timeout=10):
+                raise VersionRefused(
+                    model, record.version, f"{model} version {version}: loaded but not READY"
+                )
+        seconds = time.monotonic() - started
+        loaded = LoadedVersion(
+            model, record.version, manifest.profile_id, candidate.path, manifest, seconds
+        )
+        self.canaries[model] = (loaded, record.weight)
+        log.info(
+            "%s: canary version %d for %d%% of principals beside version %d (loaded in %.1f s)",
+            model,
+            record.version,
+            record.weight,
+            stable.version,
+            seconds,
+        )
+
+    async def _end_canary(self, model: str) -> None:
+        """Load the stable version alone: Triton unloads the canary once its requests end."""
+        stable = self.loaded[model]
+        canary, _ = self.canaries.pop(model)
+        c = Candidate(model, stable.version, stable.path, stable.manifest)
+        try:
+            await self.engine.load_model(
+                model, config_json=triton_config_json(c, self.repo / model)
+            )
+        except ModelControlError as exc:
+            self.canaries[model] = (canary, 0)  # still loaded; no principal routed to it
+            raise VersionRefused(
+                model, canary.version, f"{model}: ending canary {canary.version} failed: {exc}"
+            ) from None
+        log.info("%s: canary version %d ended; version %d alone", model, canary.version,
+                 stable.version)  # fmt: skip
 
     async def _apply(self, decision: Decision, *, fallback: bool = True) -> LoadedVersion:
         model = decision.model

@@ -42,6 +42,7 @@ class TextEngineRequest:
     sampling: EngineSampling
     stop: Sequence[str] = ()
     skip_special_tokens: bool = True
+    model_version: str = ""  # "" = Triton's version policy; a canary routes explicitly (canary.py)
 
 
 @dataclass(slots=True)
@@ -109,7 +110,9 @@ def _bool_tensor(
 
 def build_text_infer_request(r: TextEngineRequest) -> service_pb2.ModelInferRequest:
     """The ModelInferRequest of one streamed generation on the vLLM contract."""
-    req = service_pb2.ModelInferRequest(model_name=r.triton_model, id=r.request_id)
+    req = service_pb2.ModelInferRequest(
+        model_name=r.triton_model, model_version=r.model_version, id=r.request_id
+    )
     req.parameters["triton_enable_empty_final_response"].bool_param = True
     _bytes_tensor(req, vc.TEXT_INPUT, [r.prompt.encode()])
     if r.images:

@@ -39,14 +39,17 @@ from autoglm.triton_models.backend_io import (
 )
 from autoglm.triton_models.cpu_engine.request import parse_max_input_len, parse_request
 from autoglm.triton_models.cpu_engine.runner import CausalLMRunner
+from autoglm.triton_models.cpu_engine.versions import TEST_ONLY_FAIL, fails_on_purpose, for_version
 from autoglm.triton_models.refusal import Refusal
 
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        config = json.loads(args["model_config"])
+        # This version's own parameters when a canary shares the config (cpu_engine/versions.py).
+        config = for_version(json.loads(args["model_config"]), args["model_version"])
         if not pb_utils.using_decoupled_model_transaction_policy(config):
             raise pb_utils.TritonModelException("the CPU reference engine must be decoupled")
+        self.fail_on_purpose = fails_on_purpose(config)  # TEST ONLY: never on by default
         fake_quant_dir = param(config, "fake_quant_dir")
         self.runner = CausalLMRunner(
             Path(param(config, "hf_model_dir")),
@@ -94,6 +97,10 @@ class TritonPythonModel:
 
     def _serve(self, sender, tensors: dict) -> None:
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        if self.fail_on_purpose:  # the test-only failure switch (cpu_engine/versions.py)
+            self._count("failed")
+            sender.send(error_response(f"{TEST_ONLY_FAIL} is set"), flags=final)
+            return
         try:
             req = parse_request(
                 tensors, vocab_size=self.runner.vocab_size, max_input_len=self.max_input_len
