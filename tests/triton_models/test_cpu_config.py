@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from autoglm.triton_models import contract
+from autoglm.triton_models import contract, lora_contract
 from autoglm.triton_models.render import TEMPLATES, parse_model_config
 from autoglm.triton_models.repository import CpuEngineConfig, render_cpu_model
 from autoglm.triton_models.tensorrt_llm import TensorRTLLMConfig
@@ -84,8 +84,10 @@ def test_instance_group_and_parameters(cpu: mc.ModelConfig, model_dir: Path) -> 
 
 
 def test_inputs_are_exactly_the_contract(cpu: mc.ModelConfig) -> None:
-    assert [t.name for t in cpu.input] == [t.name for t in contract.INPUTS]
-    for spec in contract.INPUTS:
+    # The façade's tensors, then the optional LoRA ones (lora_contract.py).
+    specs = contract.INPUTS + lora_contract.LORA_INPUTS
+    assert [t.name for t in cpu.input] == [t.name for t in specs]
+    for spec in specs:
         tensor = by_name(cpu.input)[spec.name]
         assert dtype_name(tensor) == spec.data_type, spec.name
         assert tuple(tensor.dims) == spec.dims, spec.name

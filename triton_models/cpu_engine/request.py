@@ -14,8 +14,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from autoglm.triton_models import contract
+from autoglm.triton_models import lora_contract as lc
+from autoglm.triton_models.cpu_engine.lora import LoraRequest
 from autoglm.triton_models.cpu_engine.sampling import SamplingConfig
 from autoglm.triton_models.refusal import Refusal
+
+# Every input the engine reads: the façade's tensors, then the optional LoRA ones.
+ENGINE_INPUTS: tuple[contract.TensorSpec, ...] = contract.INPUTS + lc.LORA_INPUTS
 
 
 class RequestError(Refusal):
@@ -32,6 +37,7 @@ class EngineRequest:
     sampling: SamplingConfig
     stop_words: tuple[tuple[int, ...], ...] = field(default=())
     return_log_probs: bool = False
+    lora: LoraRequest | None = None  # the request's adapter (cpu_engine/lora.py), if any
 
 
 def _scalar(
@@ -121,4 +127,30 @@ def parse_request(
         sampling=sampling,
         stop_words=stop_words,
         return_log_probs=bool(_scalar(tensors, contract.RETURN_LOG_PROBS, False)),
+        lora=parse_lora(tensors),
     )
+
+
+def parse_lora(tensors: Mapping[str, np.ndarray]) -> LoraRequest | None:
+    """The LoRA tensors (lora_contract.py): none, a task id alone, or a task id with both
+    arrays, as the executor takes them (`loraValidateRequestTensors`,
+    cpp/tensorrt_llm/runtime/loraUtils.cpp: weights and config come together, with a task id)."""
+    task = tensors.get(lc.LORA_TASK_ID.name)
+    weights = tensors.get(lc.LORA_WEIGHTS.name)
+    config = tensors.get(lc.LORA_CONFIG.name)
+    if task is None and weights is None and config is None:
+        return None
+    if task is None:
+        raise RequestError(lc.LORA_TASK_ID.name, "required with lora_weights and lora_config")
+    if (weights is None) != (config is None):
+        missing = lc.LORA_CONFIG.name if config is None else lc.LORA_WEIGHTS.name
+        raise RequestError(missing, "lora_weights and lora_config must be sent together")
+    task_id = int(_scalar(tensors, lc.LORA_TASK_ID, 0))  # type: ignore[call-overload]
+    if weights is not None and config is not None:
+        if weights.ndim != 3 or weights.shape[0] != 1:
+            raise RequestError(
+                lc.LORA_WEIGHTS.name, f"must be [1, rows, width], got {weights.shape}"
+            )
+        if config.ndim != 3 or config.shape[0] != 1 or config.shape[2] != 3:
+            raise RequestError(lc.LORA_CONFIG.name, f"must be [1, rows, 3], got {config.shape}")
+    return LoraRequest(task_id=task_id, weights=weights, config=config)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from autoglm.triton_models.cpu_engine import fake_quant
+from autoglm.triton_models.cpu_engine import fake_quant, lora
 from autoglm.triton_models.cpu_engine.request import EngineRequest
 from autoglm.triton_models.cpu_engine.sampling import Sampler
 
@@ -31,6 +31,8 @@ class CausalLMRunner:
         torch_threads: int = 1,
         precision: str = "fp32",
         fake_quant_dir: Path | None = None,
+        max_lora_rank: int = lora.DEFAULT_MAX_RANK,
+        lora_cache_size: int = lora.DEFAULT_CACHE_SIZE,
     ) -> None:
         from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -50,6 +52,8 @@ class CausalLMRunner:
             self.model = fake_quant.restore(self.model, fake_quant_dir, precision=precision)
         self.precision = precision
         self.vocab_size = int(self.config.vocab_size)
+        # LoRA adapters by task id, applied per request (lora.py); hooks on the final model.
+        self.lora = lora.LoraApplier(self.model, max_rank=max_lora_rank, cache_size=lora_cache_size)
 
     def generate(
         self, request: EngineRequest, *, is_cancelled: Callable[[], bool]
@@ -69,6 +73,9 @@ class CausalLMRunner:
         words in the output), after `max_new_tokens`, or as soon as `is_cancelled()` is true.
         """
         sampler = Sampler(request.sampling)
+        # Before the first token: an uncached task id alone raises LoraNotCached, bad arrays a
+        # Refusal naming the tensor.
+        adapter = self.lora.resolve(request.lora) if request.lora is not None else None
         with_log_prob = request.return_log_probs
         history = torch.tensor(request.input_ids, dtype=torch.long)
         generated: list[int] = []
@@ -78,7 +85,8 @@ class CausalLMRunner:
             for _ in range(request.max_new_tokens):
                 if is_cancelled():
                     return
-                out = self.model(input_ids=input_ids, past_key_values=past, use_cache=True)
+                with lora.active(adapter):
+                    out = self.model(input_ids=input_ids, past_key_values=past, use_cache=True)
                 past = out.past_key_values
                 logits = out.logits[0, -1].float()  # [vocab]
                 token, log_prob = sampler.choose(logits, history, with_log_prob=with_log_prob)

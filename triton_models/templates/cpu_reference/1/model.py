@@ -18,6 +18,10 @@ INTERNAL. Cancellations are counted in a custom metric in Triton's own /metrics 
 (`autoglm_engine_requests_total{outcome="cancelled"}`). A quantized CPU version (parameters
 `precision`, `fake_quant_dir`) serves the build's ModelOpt fake-quant model
 (cpu_engine/fake_quant.py).
+
+LoRA adapters come as the `tensorrtllm` backend takes them (`lora_task_id`, with `lora_weights`
+and `lora_config` on a task's first request; lora_contract.py) and are applied per request
+(cpu_engine/lora.py); a task id alone that is not cached gets the executor's own error text.
 """
 
 from __future__ import annotations
@@ -37,7 +41,12 @@ from autoglm.triton_models.backend_io import (
     refusal_response,
     take_inputs,
 )
-from autoglm.triton_models.cpu_engine.request import parse_max_input_len, parse_request
+from autoglm.triton_models.cpu_engine.lora import LoraNotCached
+from autoglm.triton_models.cpu_engine.request import (
+    ENGINE_INPUTS,
+    parse_max_input_len,
+    parse_request,
+)
 from autoglm.triton_models.cpu_engine.runner import CausalLMRunner
 from autoglm.triton_models.cpu_engine.versions import TEST_ONLY_FAIL, fails_on_purpose, for_version
 from autoglm.triton_models.refusal import Refusal
@@ -81,7 +90,7 @@ class TritonPythonModel:
             self.slots.acquire()  # released when the worker is done with this request
             # Everything the worker needs, taken now: the request object stays in this call.
             sender = request.get_response_sender()
-            tensors = take_inputs(request)
+            tensors = take_inputs(request, ENGINE_INPUTS)  # the façade's and the LoRA tensors
             self.pool.submit(self._serve_logged, request.request_id(), sender, tensors)
         return None
 
@@ -130,6 +139,9 @@ class TritonPythonModel:
                 sender.send(ids_response(ids, log_probs))
             self._count("completed")
             sender.send(flags=final)
+        except LoraNotCached as exc:  # the executor's own text: the façade resends the weights
+            self._count("rejected")
+            sender.send(error_response(str(exc)), flags=final)
         except Refusal as exc:  # a value the sampler cannot use (e.g. logits / it overflow)
             self._add_tokens(len(generated))
             self._count("rejected")
