@@ -120,6 +120,18 @@ def _add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("--model-name", default=None, help="default: tensorrt_llm (GPU) / SKU name")
     p.add_argument("--calib", type=Path, help="local calibration .txt file or folder")
     p.add_argument("--heldout", type=Path, help="local held-out .txt file or folder")
+    p.add_argument(
+        "--max-lora-rank",
+        type=int,
+        default=0,
+        help="build with the LoRA plugin for adapters up to this rank (0: no LoRA)",
+    )
+    p.add_argument(
+        "--lora-target-modules",
+        nargs="+",
+        default=[],
+        help="TensorRT-LLM modules adapters may target, e.g. attn_q attn_k attn_v attn_dense",
+    )
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("quantize", help="PTQ (or convert) → TensorRT-LLM checkpoint + quality")
@@ -269,6 +281,8 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
         model_name=args.model_name or ("tensorrt_llm" if sku.is_gpu else "cpu_reference"),
         calib_path=args.calib.resolve() if args.calib else None,
         heldout_path=args.heldout.resolve() if args.heldout else None,
+        max_lora_rank=args.max_lora_rank,
+        lora_target_modules=tuple(args.lora_target_modules),
     )
     plan.validate()
     if (plan.model_dir / "config.json").is_file():  # else quantize checks it

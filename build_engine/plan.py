@@ -14,6 +14,12 @@ Pure logic: nothing here touches the disk except `save`/`load` (plan.json), noth
   `--gemm_plugin` accept "auto" (= the checkpoint's dtype); boolean features take
   enable/disable: `--remove_input_padding`, `--use_paged_context_fmha`, `--use_fp8_context_fmha`,
   `--multiple_profiles`. `--paged_kv_cache` is deprecated there in favour of `--kv_cache_type`.
+- LoRA (same build.py): `--max_lora_rank` (int, default 64, "used to compute the workspace size
+  of lora plugin") and `--lora_target_modules` (nargs "+", choices
+  `LoraManager.LORA_MODULE_IDS.keys()`: attn_q, attn_k, attn_v, attn_dense, mlp_h_to_4h,
+  mlp_gate, mlp_4h_to_h, ...); `--lora_plugin` is a plugin option of plugin.py (`_lora_plugin`,
+  "Enable LoRA.", a dtype or "auto"). The adapters' weights are not built in (no `--lora_dir`):
+  requests bring them (`lora_weights` / `lora_config`, triton_models/lora_contract.py).
 The 1.2.1 tag itself is not in the stored sources; a GPU host confirms with `trtllm-build --help`
 (scripts/gpu-acceptance.sh prints it).
 """
@@ -32,6 +38,7 @@ from autoglm.build_engine.skus import (
     check_precision,
     get_sku,
 )
+from autoglm.triton_models import lora_contract as lc
 
 PROFILES: tuple[str, ...] = ("latency", "throughput")
 # Our own entry point (cli.py); `autoglm build <cmd>` once wired into the main CLI.
@@ -63,6 +70,10 @@ class BuildPlan:
     # Calibration / held-out text (a local file or folder; nothing is downloaded).
     calib_path: Path | None = None
     heldout_path: Path | None = None
+    # LoRA adapters served from the engine: 0 = built without the LoRA plugin. Else the largest
+    # adapter rank and the TensorRT-LLM modules adapters may target (lora_contract.MODULE_IDS).
+    max_lora_rank: int = 0
+    lora_target_modules: tuple[str, ...] = ()
 
     def validate(self) -> None:
         """Raise PlanError naming the first bad field."""
@@ -88,6 +99,7 @@ class BuildPlan:
                 f"max_num_tokens ({self.max_num_tokens}) must be >= max_input_len "
                 f"({self.max_input_len})"
             )
+        _check_lora(self.max_lora_rank, self.lora_target_modules)
         if not sku.is_gpu and (self.tp, self.pp) != (1, 1):
             raise PlanError(
                 f"tp/pp: the CPU reference engine runs on one process, got "
@@ -138,6 +150,8 @@ class BuildPlan:
             raise PlanError(f"unknown plan fields: {', '.join(sorted(unknown))}")
         paths = {"model_dir", "output_dir", "model_repo", "calib_path", "heldout_path"}
         kwargs = {k: (Path(v) if k in paths and v is not None else v) for k, v in data.items()}
+        if isinstance(kwargs.get("lora_target_modules"), list):  # JSON has no tuples
+            kwargs["lora_target_modules"] = tuple(kwargs["lora_target_modules"])  # type: ignore[arg-type]
         plan = cls(**kwargs)  # type: ignore[arg-type]
         plan.validate()
         return plan
@@ -180,7 +194,27 @@ def trtllm_build_argv(plan: BuildPlan) -> tuple[str, ...]:
         "--output_timing_cache", str(plan.timing_cache),
         "--log_level", "info",
     ]  # fmt: skip
+    if plan.max_lora_rank:
+        # The LoRA plugin in the checkpoint's dtype; the rank sizes its workspace (build.py).
+        argv += ["--lora_plugin", "auto", "--max_lora_rank", str(plan.max_lora_rank)]
+        argv += ["--lora_target_modules", *plan.lora_target_modules]
     return tuple(argv)
+
+
+def _check_lora(rank: object, modules: object) -> None:
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        raise PlanError(f"max_lora_rank: {rank!r} must be an integer >= 0 (0 = no LoRA)")
+    if not isinstance(modules, tuple) or len(set(modules)) != len(modules):
+        raise PlanError(f"lora_target_modules: {modules!r} must be distinct module names")
+    if bool(rank) != bool(modules):
+        raise PlanError(
+            f"lora_target_modules: {list(modules)} with max_lora_rank {rank}: give both or neither"
+        )
+    for module in modules:
+        if module not in lc.MODULE_IDS:
+            raise PlanError(
+                f"lora_target_modules: {module!r} is not one of {', '.join(lc.MODULE_IDS)}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

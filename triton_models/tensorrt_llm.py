@@ -91,6 +91,12 @@ class TensorRTLLMConfig:
     logits_datatype: str = "TYPE_FP32"
     encoder_input_features_data_type: str = "TYPE_FP16"
     prompt_embedding_table_data_type: str = "TYPE_FP16"
+    # LoRA cache (getPeftCacheConfigFromParams); the backend's defaults. max_adapter_size must be
+    # at least the engine's --max_lora_rank (build_engine/plan.py).
+    lora_cache_optimal_adapter_size: int = 8
+    lora_cache_max_adapter_size: int = 64
+    lora_cache_gpu_memory_fraction: float = 0.05
+    lora_cache_host_memory_bytes: int = 1 << 30
 
     def validate(self) -> None:
         """Raise ValueError naming the first field with a bad value."""
@@ -106,6 +112,16 @@ class TensorRTLLMConfig:
             "batch_scheduler_policy", self.batch_scheduler_policy, BATCH_SCHEDULER_POLICIES
         )
         _check_fraction("kv_cache_free_gpu_mem_fraction", self.kv_cache_free_gpu_mem_fraction)
+        _check_int(
+            "lora_cache_optimal_adapter_size", self.lora_cache_optimal_adapter_size, minimum=1
+        )
+        _check_int(
+            "lora_cache_max_adapter_size",
+            self.lora_cache_max_adapter_size,
+            minimum=self.lora_cache_optimal_adapter_size,
+        )
+        _check_fraction("lora_cache_gpu_memory_fraction", self.lora_cache_gpu_memory_fraction)
+        _check_int("lora_cache_host_memory_bytes", self.lora_cache_host_memory_bytes, minimum=1)
         for name in (
             "decoupled",
             "enable_kv_cache_reuse",
@@ -143,6 +159,10 @@ class TensorRTLLMConfig:
             "logits_datatype": self.logits_datatype,
             "encoder_input_features_data_type": self.encoder_input_features_data_type,
             "prompt_embedding_table_data_type": self.prompt_embedding_table_data_type,
+            "lora_cache_optimal_adapter_size": str(self.lora_cache_optimal_adapter_size),
+            "lora_cache_max_adapter_size": str(self.lora_cache_max_adapter_size),
+            "lora_cache_gpu_memory_fraction": repr(float(self.lora_cache_gpu_memory_fraction)),
+            "lora_cache_host_memory_bytes": str(self.lora_cache_host_memory_bytes),
         }
 
     def render(self, dest_dir: Path) -> Path:
