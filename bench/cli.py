@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--scenario",
         default="paced,unpaced",
         help="comma list of paced, unpaced, cpu-model, images (the agent's screenshot step on "
-        "the tiny GLM-4.1V; default paced,unpaced)",
+        "the tiny GLM-4.1V), lora (the CPU model alone, with one LoRA adapter and with 8 mixed "
+        "across streams); default paced,unpaced",
     )
     b.add_argument(
         "--concurrency",

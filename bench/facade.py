@@ -13,7 +13,7 @@ way, so what it does per call is unchanged.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
@@ -46,7 +46,10 @@ class FacadePath:
         *,
         connections: int = 1,
         name: str = "facade",
+        adapters: Sequence[str] = (),
     ) -> None:
+        """`adapters`: LoRA adapters of `model` the requests name in turn (GenerateRequest.adapter),
+        so concurrent streams mix them; none = the base model."""
         self.name = name  # "relay": the same client against bare_relay.py (autoglm bench --floor)
         # SO_REUSEPORT spreads *connections* over the façade's worker processes, so a scale-out
         # run needs several; a local subchannel pool per channel keeps gRPC from sharing one.
@@ -59,6 +62,7 @@ class FacadePath:
         self._stubs = [pb_grpc.TextGenerationStub(c) for c in self._channels]
         self._next = itertools.count()
         self._model = model
+        self._adapters = itertools.cycle(adapters) if adapters else None
 
     async def stream(self, req: BenchRequest, request_id: str = "") -> AsyncIterator[int]:
         """Token counts per message; `request_id` (optional) lets a caller join its timings with
@@ -69,6 +73,8 @@ class FacadePath:
             prompt=req.prompt,
             sampling=pb.SamplingParams(max_tokens=req.max_tokens, temperature=0.0),
         )
+        if self._adapters is not None:
+            request.adapter = next(self._adapters)
         stub = self._stubs[next(self._next) % len(self._stubs)]
         call = stub.GenerateStream(request, metadata=self._metadata)
         try:

@@ -16,16 +16,26 @@ from autoglm.bench import image_cost
 from autoglm.bench.image_runner import ImageScenario, run_images
 from autoglm.bench.image_workload import image_requests
 from autoglm.bench.loadgen import LoadSpec
+from autoglm.bench.lora_runner import (
+    ADAPTERS,
+    BASE,
+    MIXED,
+    ONE,
+    LoraScenario,
+    register_adapters,
+    run_lora,
+)
 from autoglm.bench.report import PATHS, BenchReport, table, to_json
 from autoglm.bench.runner import RunConfig, Scenario, run_all, scenario_loads
 from autoglm.bench.screenshots import screenshots
 from autoglm.bench.stack import BenchStack, EngineModel, StackOptions
-from autoglm.bench.workload import LengthDist, token_cycle
+from autoglm.bench.workload import LengthDist, Workload, token_cycle
 from autoglm.server.models import ModelSpec, ServedModel, load_model
 from autoglm.server.telemetry.span_export import DEFAULT_SPAN_EXPORT
 
-# "images": the agent's screenshot step on the tiny GLM-4.1V (image_runner.py)
-SCENARIOS = ("paced", "unpaced", "cpu-model", "images")
+# "images": the agent's screenshot step on the tiny GLM-4.1V (image_runner.py); "lora": the CPU
+# model alone, with one LoRA adapter and with 8 mixed (lora_runner.py)
+SCENARIOS = ("paced", "unpaced", "cpu-model", "images", "lora")
 Log = Callable[[str], None]
 
 
@@ -122,6 +132,7 @@ def _engine_models(o: BenchOptions) -> dict[str, EngineModel]:
         "unpaced": EngineModel("bench-synthetic-unpaced", 0.0),
         "cpu-model": EngineModel("bench-smollm2-cpu", None),
         "images": EngineModel("bench-glm4v-tiny-cpu", None, vl_dir=o.vl_model_dir),
+        "lora": EngineModel("bench-smollm2-cpu", None),  # the cpu-model's engine, adapters on
     }
 
 
@@ -152,7 +163,7 @@ def _config(o: BenchOptions, models: dict[str, EngineModel]) -> RunConfig:
     )
     scenarios = []
     for name in o.scenarios:
-        if name == "images":  # image_runner.py, _image_scenario
+        if name in ("images", "lora"):  # image_runner.py, lora_runner.py: their own runs
             continue
         cpu = name == "cpu-model"
         levels = o.cpu_concurrency if cpu else o.concurrency
@@ -203,6 +214,22 @@ def _served(o: BenchOptions, m: EngineModel) -> ServedModel:
     return load_model(spec)
 
 
+def _lora_scenario(o: BenchOptions, model: EngineModel, registry: Path) -> LoraScenario:
+    """The adapters, registered now (before the stack starts: the façade verifies them at
+    start), and the scenario's levels: the CPU model's."""
+    adapters = register_adapters(o.model_dir, registry, model.name, seed=o.seed)
+    base = LoadSpec(
+        concurrency=1,
+        warmup_s=o.warmup_s,
+        duration_s=o.duration_s,
+        num_requests=o.num_requests,
+        seed=o.seed,
+        ramp_up_s=o.ramp_up_s or 0.0,
+    )
+    loads = scenario_loads(o.cpu_concurrency, None, base)
+    return LoraScenario(model, loads, o.cpu_output_len, adapters)
+
+
 async def _run(
     stack: BenchStack,
     served: dict[str, ServedModel],
@@ -210,8 +237,12 @@ async def _run(
     images: ImageScenario | None,
     report: BenchReport,
     log: Log,
+    lora: tuple[LoraScenario, Callable[[], Workload]] | None = None,
 ) -> None:
-    await run_all(stack, served, cfg, report, log)
+    if cfg.scenarios:
+        await run_all(stack, served, cfg, report, log)
+    if lora is not None:
+        await run_lora(stack, lora[0], lora[1], report, log, step=len(cfg.scenarios))
     if images is not None:
         await run_images(stack, images, report, log, step=len(cfg.scenarios))
 
@@ -219,7 +250,7 @@ async def _run(
 def run_bench(o: BenchOptions, log: Log = print) -> BenchReport:
     o.validate()
     models = _engine_models(o)
-    used = tuple(models[s] for s in o.scenarios)
+    used = tuple(dict.fromkeys(models[s] for s in o.scenarios))  # lora shares cpu-model's
     with tempfile.TemporaryDirectory(prefix="autoglm-bench-") as tmp:
         work = o.workdir or Path(tmp)
         served = {m.name: _served(o, m) for m in used}
@@ -273,6 +304,25 @@ def run_bench(o: BenchOptions, log: Log = print) -> BenchReport:
         if o.rate is None:
             ramps = ", ".join(f"{s} {ramp_up_for(o, s):g} s" for s in o.scenarios)
             report.notes.append(f"streams' starts spread over (ramp-up): {ramps}")
+        lora = None
+        if "lora" in o.scenarios:
+            registry = work / "adapters"
+            log(f"registering {ADAPTERS} LoRA adapters of {models['lora'].name} in {registry}")
+            lora_sc = _lora_scenario(o, models["lora"], registry)
+
+            def workload() -> Workload:
+                return Workload(o.prompt_len, o.cpu_output_len, _encode, tok.decode, seed=o.seed)
+
+            def _encode(text: str) -> list[int]:
+                return tok.encode(text, add_special_tokens=False).ids
+
+            lora = (lora_sc, workload)
+            report.notes.append(
+                f"lora: the CPU model through the façade's gRPC API, alone ({BASE}), with one "
+                f"adapter ({ONE}) and with {ADAPTERS} adapters named in turn by the requests, so "
+                f"concurrent streams mix them ({MIXED}); rank-8 PEFT adapters on q_proj and "
+                "v_proj (tiny_lora.py), each task's weights sent with its first request"
+            )
         log(f"starting Triton ({', '.join(m.name for m in used)}) and the façade in {work}")
         stack_opts = StackOptions(
             work,
@@ -284,6 +334,7 @@ def run_bench(o: BenchOptions, log: Log = print) -> BenchReport:
             engine_link=o.engine_link,
             floors=o.floor,
             openai="openai" in o.paths,
+            adapters_dir=work / "adapters" if lora is not None else None,
         )
         with BenchStack(stack_opts) as stack:
             openai = f", OpenAI on https://{stack.openai_endpoint}" if stack.openai_endpoint else ""
@@ -291,7 +342,7 @@ def run_bench(o: BenchOptions, log: Log = print) -> BenchReport:
                 f"façade pid {stack.facade_pid} on {stack.facade_endpoint}{openai}; "
                 f"Triton pid {stack.triton.pid if stack.triton else '?'}"
             )
-            asyncio.run(_run(stack, served, _config(o, models), images, report, log))
+            asyncio.run(_run(stack, served, _config(o, models), images, report, log, lora))
             report.notes.append(f"spans received by the sink: {stack.sink.spans}")
         report.machine["loadavg_at_end"] = os.getloadavg()
     write_outputs(report, o, log)

@@ -83,6 +83,8 @@ class StackOptions:
     # The façade also serves its OpenAI-compatible front door (`serve --openai-listen`), TLS
     # with the same server certificate, bearer tokens from the same store.
     openai: bool = False
+    # The LoRA adapter registry the façade serves (`serve --adapters`; the lora scenario).
+    adapters_dir: Path | None = None
 
 
 class BenchStack:
@@ -215,6 +217,8 @@ class BenchStack:
         ]
         if self.opts.openai:
             cmd += ["--openai-listen", "127.0.0.1:0"]
+        if self.opts.adapters_dir is not None:
+            cmd += ["--adapters", str(self.opts.adapters_dir)]
         for m in self.opts.models:
             if m.vl_dir is not None:
                 cmd += ["--model", f"{m.name}={m.name}:{m.vl_dir},engine=cpu_reference_vl"]
