@@ -311,7 +311,11 @@ def add(
     config, arrays, dtypes = _read_adapter(source)
     shapes = {k: (tuple(v.shape), dtypes[k]) for k, v in arrays.items()}
     rank, modules, scale = check(config, shapes, read_base(base_dir), max_rank=max_rank)
-    weights, lora_config = lora_format.to_trtllm(lora_format.peft_modules(arrays), scale=scale)
+    try:
+        pairs = lora_format.peft_modules(arrays)  # e.g. a lora_A without its lora_B
+    except ValueError as exc:
+        raise AdapterError(str(exc)) from None
+    weights, lora_config = lora_format.to_trtllm(pairs, scale=scale)
     task_id = task_id_of(weights, lora_config)
     weights_sha = _npy_sha256(weights)
     for other in load_registry(registry).values():

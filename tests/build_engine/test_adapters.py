@@ -202,6 +202,20 @@ def test_refused_adapter_leaves_nothing(tmp_path: Path, model_dir: Path, adapter
         ad.add(registry, "../x", base=BASE, base_dir=model_dir, source=adapter_dir)
 
 
+def test_half_a_module_is_refused(tmp_path: Path, model_dir: Path, adapter_dir: Path) -> None:
+    from safetensors.numpy import save_file
+
+    source = tmp_path / "half"
+    source.mkdir()
+    (source / ad.CONFIG_FILE).write_bytes((adapter_dir / ad.CONFIG_FILE).read_bytes())
+    state = load_file(str(adapter_dir / ad.WEIGHTS_FILE))
+    del state["base_model.model.model.layers.3.self_attn.q_proj.lora_B.weight"]
+    save_file(state, str(source / ad.WEIGHTS_FILE))
+    with pytest.raises(ad.AdapterError, match="layer 3 q_proj lacks lora_A/B"):
+        ad.add(tmp_path / "adapters", "half", base=BASE, base_dir=model_dir, source=source)
+    assert not (tmp_path / "adapters" / "half").exists()
+
+
 def test_cli_add_and_list(
     tmp_path: Path, model_dir: Path, adapter_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
