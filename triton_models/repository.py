@@ -42,6 +42,9 @@ class CpuEngineConfig:
     # The longest prompt the engine takes, as a TensorRT-LLM build's max_input_len (the
     # version's manifest); None = no limit but the model's.
     max_input_len: int | None = None
+    # LoRA adapters kept by task id, least recently used evicted first (cpu_engine/lora.py's
+    # DEFAULT_CACHE_SIZE); the tensorrtllm backend sizes its cache in bytes instead.
+    lora_cache_size: int = 8
 
     def validate(self) -> None:
         check_model_name(self.model_name)
@@ -54,6 +57,7 @@ class CpuEngineConfig:
             "torch_threads",
             "max_batch_size",
             "version",
+            "lora_cache_size",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
@@ -85,6 +89,7 @@ def render_cpu_model(repo: Path, cfg: CpuEngineConfig) -> model_config_pb2.Model
             "precision": cfg.precision,
             "fake_quant_dir": cfg.fake_quant_dir or "",
             "max_input_len": cfg.max_input_len or "",
+            "lora_cache_size": cfg.lora_cache_size,
         },
     )
     _write_python_model(repo / cfg.model_name, cfg.version, src, text)

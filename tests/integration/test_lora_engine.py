@@ -39,7 +39,9 @@ RESPONSE_TIMEOUT_S = 60
 def triton(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[TritonProcess]:
     """Triton with the CPU reference engine alone, on plaintext loopback."""
     repo = tmp_path_factory.mktemp("triton-lora") / "model_repository"
-    render_cpu_model(repo, CpuEngineConfig(model_name=MODEL, hf_model_dir=model_dir))
+    # A cache of one adapter: a task is evicted as soon as another one is used.
+    config = CpuEngineConfig(model_name=MODEL, hf_model_dir=model_dir, lora_cache_size=1)
+    render_cpu_model(repo, config)
     proc = TritonProcess(TritonOptions(model_repository=repo, models=(MODEL,), exit_timeout_s=5))
     proc.start()
     yield proc
@@ -176,6 +178,19 @@ def test_uncached_task_id_gets_the_executors_error(stream: Stream, prompt_ids: l
     assert isinstance(got, str)
     assert lc.not_cached_task(got) == 4242
     assert lc.not_cached_message(4242) in got
+
+
+def test_evicted_task_needs_its_weights_again(
+    stream: Stream, prompt_ids: list[int], adapters: dict[str, ad.Adapter]
+) -> None:
+    """The resend the façade does on the engine's answer: weights again, and it is served."""
+    a, b = adapters["a"], adapters["b"]
+    tuned = generate(stream, request(prompt_ids, a))
+    generate(stream, request(prompt_ids, b))  # evicts a (lora_cache_size 1)
+    got = generate(stream, request(prompt_ids, a, with_weights=False))
+    assert isinstance(got, str) and lc.not_cached_task(got) == a.task_id
+    assert generate(stream, request(prompt_ids, a)) == tuned
+    assert generate(stream, request(prompt_ids, a, with_weights=False)) == tuned
 
 
 def test_changed_weights_are_refused_and_nothing_is_served(

@@ -80,6 +80,7 @@ def test_instance_group_and_parameters(cpu: mc.ModelConfig, model_dir: Path) -> 
         "precision": "fp32",
         "fake_quant_dir": "",
         "max_input_len": "",  # no limit but the model's
+        "lora_cache_size": "8",  # adapters kept by task id (cpu_engine/lora.py)
     }
 
 

@@ -54,6 +54,7 @@ def test_cpu_reference_declares_the_same_lora_inputs() -> None:
         "precision": "fp32",
         "fake_quant_dir": "",
         "max_input_len": "",
+        "lora_cache_size": "8",
     }
     for key, value in values.items():
         text = text.replace("${" + key + "}", value)

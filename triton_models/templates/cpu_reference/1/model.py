@@ -41,7 +41,7 @@ from autoglm.triton_models.backend_io import (
     refusal_response,
     take_inputs,
 )
-from autoglm.triton_models.cpu_engine.lora import LoraNotCached
+from autoglm.triton_models.cpu_engine.lora import DEFAULT_CACHE_SIZE, LoraNotCached
 from autoglm.triton_models.cpu_engine.request import (
     ENGINE_INPUTS,
     parse_max_input_len,
@@ -65,6 +65,11 @@ class TritonPythonModel:
             torch_threads=int(param(config, "torch_threads")),
             precision=param(config, "precision"),
             fake_quant_dir=Path(fake_quant_dir) if fake_quant_dir else None,
+            # Optional: a repository rendered before the parameter existed keeps the default.
+            lora_cache_size=int(
+                config["parameters"].get("lora_cache_size", {}).get("string_value")
+                or DEFAULT_CACHE_SIZE
+            ),
         )
         # Optional: a repository rendered before the parameter existed has no limit.
         self.max_input_len = parse_max_input_len(
