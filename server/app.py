@@ -26,9 +26,11 @@ from autoglm.server.api.openai.routes import FrontDoor
 from autoglm.server.api.request_decoding import DecodeInterceptor
 from autoglm.server.api.service import TextGenerationService
 from autoglm.server.audit.anchor import start_anchoring
+from autoglm.server.audit.canary import audit_canaries, decision_record
 from autoglm.server.audit.interceptor import AuditInterceptor
 from autoglm.server.audit.sink import AuditSink
 from autoglm.server.audit.writer import AuditWriter
+from autoglm.server.engine.canary_guard import VersionWindow, run_guard
 from autoglm.server.engine.client import EngineClient
 from autoglm.server.engine.contract_check import (
     ContractMismatch,
@@ -82,6 +84,7 @@ class RunningServer:
     http: RunningHttp | None = None
     draining: asyncio.Event | None = None
     anchor: asyncio.Task[None] | None = None
+    canary_guard: asyncio.Task[None] | None = None  # engine/canary_guard.py (repository only)
 
     @property
     def openai_port(self) -> int | None:
@@ -92,6 +95,7 @@ class RunningServer:
         if self.versions is None:
             return
         before = {name: lv.version for name, lv in self.versions.loaded.items()}
+        routes = self.versions.routes()
         try:
             loaded = await self.versions.select_and_load()
         except Exception:
@@ -101,6 +105,7 @@ class RunningServer:
             log.info("model %s: serving version %d (profile %s)", name, lv.version, lv.profile_id)
             if before.get(name) != lv.version:
                 self.generations.audit.model_switch(name, lv.version, before.get(name))
+        audit_canaries(self.generations.audit, routes, self.versions.routes())
 
     @property
     def metrics_port(self) -> int | None:
@@ -124,6 +129,10 @@ class RunningServer:
         await self.engine.close()
         self.generations.close()  # drains the audit writer
         await self.generations.admission.close()  # the shared books' pending releases
+        if self.canary_guard is not None:
+            self.canary_guard.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.canary_guard
         if self.anchor is not None:
             self.anchor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -245,6 +254,14 @@ async def start_server(settings: Settings) -> RunningServer:
             ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
         ],
     )
+    window = VersionWindow(settings.canary_guard.window_s)
+
+    def observe_version(
+        model: str, version: int, code: grpc.StatusCode, ttft: float | None
+    ) -> None:
+        window.observe(model, version, code, ttft)  # the rollback guard's evidence
+        metrics.version_outcome(model, version, code, ttft)
+
     generations = Generations(
         registry,
         engine,
@@ -252,10 +269,12 @@ async def start_server(settings: Settings) -> RunningServer:
         admission=_admission(settings, metrics),
         audit=audit,
         routes=versions.route if versions is not None else None,
+        observe=observe_version,
     )
     if versions is not None:
         for name, lv in sorted(versions.loaded.items()):
             audit.model_switch(name, lv.version, None)
+        audit_canaries(audit, {}, versions.routes())
     service = TextGenerationService(generations)
     pb_grpc.add_TextGenerationServicer_to_server(service, server)
     hs = health.aio.HealthServicer()
@@ -303,6 +322,7 @@ async def start_server(settings: Settings) -> RunningServer:
         services=("", SERVICE_NAME),
         interval_s=settings.health_interval_s,
         probe_timeout_s=settings.health_probe_timeout_s,
+        routes=versions.route if versions is not None else None,
     )
     watch = asyncio.create_task(deep_health.run())
     draining = asyncio.Event()
@@ -326,6 +346,17 @@ async def start_server(settings: Settings) -> RunningServer:
             reuse_port=settings.workers > 1,
         )
     log.info("façade listening on port %d (models: %s)", port, ", ".join(registry.names()))
+    guard = None
+    if versions is not None:
+
+        def rolled_back(model: str, version: int, reason: str) -> None:
+            generations.audit.submit(decision_record("model.rollback", model, version, reason))
+
+        guard = asyncio.create_task(
+            run_guard(
+                versions.routes, window, settings.canary_guard, versions.rollback, rolled_back
+            )
+        )
     return RunningServer(
         server,
         port,
@@ -348,6 +379,7 @@ async def start_server(settings: Settings) -> RunningServer:
             generations.audit,
             on_failure=metrics.audit_anchor_failed,
         ),
+        guard,
     )
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from autoglm.server import settings_sources
+from autoglm.server.engine.canary_guard import GuardSettings
 from autoglm.server.settings import (
     DEFAULT_GRPC_MAX_RECEIVE_BYTES,
     DEFAULT_OPENAI_MAX_BODY_BYTES,
@@ -210,6 +211,13 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_listen=args.metrics_listen or None,
         health_listen=args.health_listen,
         health_interval_s=args.health_interval,
+        canary_guard=GuardSettings(
+            window_s=args.canary_window,
+            min_requests=args.canary_min_requests,
+            max_error_rate_delta=args.canary_max_error_rate_delta,
+            max_ttft_ratio=args.canary_max_ttft_ratio,
+            interval_s=args.canary_check_interval,
+        ),
         health_probe_timeout_s=args.health_probe_timeout,
         triton_tls_name=args.triton_tls_name,
         model_repository=args.model_repository,
@@ -484,6 +492,39 @@ def build_parser() -> argparse.ArgumentParser:
     _add_span_export(serve)
     serve.add_argument(
         "--health-interval", type=float, default=2.0, help="seconds between deep health checks"
+    )
+    guard = GuardSettings()
+    serve.add_argument(
+        "--canary-window",
+        type=float,
+        default=guard.window_s,
+        help="rollback guard: seconds of calls compared (canary vs stable)",
+    )
+    serve.add_argument(
+        "--canary-min-requests",
+        type=int,
+        default=guard.min_requests,
+        help="rollback guard: calls the canary needs in the window before it is judged",
+    )
+    serve.add_argument(
+        "--canary-max-error-rate-delta",
+        type=float,
+        default=guard.max_error_rate_delta,
+        help="rollback guard: roll back when the canary's error rate exceeds the stable one's "
+        "by more than this (absolute, 0.05 = 5 points)",
+    )
+    serve.add_argument(
+        "--canary-max-ttft-ratio",
+        type=float,
+        default=guard.max_ttft_ratio,
+        help="rollback guard: roll back when the canary's TTFT p99 exceeds the stable one's "
+        "times this",
+    )
+    serve.add_argument(
+        "--canary-check-interval",
+        type=float,
+        default=guard.interval_s,
+        help="rollback guard: seconds between checks",
     )
     serve.add_argument(
         "--health-probe-timeout",

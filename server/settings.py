@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autoglm.server.engine.canary_guard import GuardSettings
 from autoglm.server.engine.link import EngineLink
 from autoglm.server.engine.replicas import TargetError, parse_target, unix_socket_path
 from autoglm.server.models import ModelSpec
@@ -155,6 +156,8 @@ class Settings:
     # (real traffic or a one-token probe) within the probe timeout, else it is ejected.
     health_interval_s: float = 2.0
     health_probe_timeout_s: float = 5.0
+    # The canary rollback guard's window, margins and period (engine/canary_guard.py).
+    canary_guard: GuardSettings = field(default_factory=GuardSettings)
     # TLS name to check Triton's certificate against when the target lists addresses (replicas);
     # None = the target's host name.
     triton_tls_name: str | None = None
@@ -191,6 +194,10 @@ class Settings:
 
     def validate(self) -> None:
         host, _ = split_host_port(self.listen)
+        try:
+            self.canary_guard.validate()
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
         self._validate_images()
         self._validate_openai()
         self._validate_audit()

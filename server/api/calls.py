@@ -64,6 +64,7 @@ class Outcome:
     completion: list[str] | None = field(default=None, repr=False)
     reason: str | None = None  # what refused the call (a limit, a field), for the audit record
     version: int | None = None  # the model version that answered (repository models only)
+    ttft: float | None = None  # seconds from the call's start to its first token
 
 
 class Generations:
@@ -78,6 +79,7 @@ class Generations:
         admission: AdmissionControl,
         audit: AuditSink | None = None,
         routes: Callable[[str], Route | None] | None = None,
+        observe: Callable[[str, int, grpc.StatusCode, float | None], None] | None = None,
     ) -> None:
         self.registry = registry
         self.engine = engine
@@ -86,6 +88,8 @@ class Generations:
         self.audit = audit or AuditSink(None)
         # The versions a repository model serves now (ModelVersions.route; None: no repository).
         self.routes = routes or (lambda _model: None)
+        # Each answered call's version, status and TTFT, for the rollback guard (canary_guard.py).
+        self.observe = observe
 
     def model(self, name: str, principal: Principal | None) -> ServedModel:
         # Checked before existence, so a token cannot probe which other models exist.
@@ -169,6 +173,7 @@ class Generations:
         check: Callable[[], GeneratePlan],
         *,
         on_prepared: Callable[[pipeline.Prepared], None] | None = None,
+        on_version: Callable[[int], None] | None = None,
     ) -> AsyncIterator[pipeline.Delta]:
         """Yield the deltas of one generation (the last has finish reason and usage).
 
@@ -210,6 +215,8 @@ class Generations:
                 out.version = route.version_for(who)
                 if pinned := route.engine_version(who):
                     engine = VersionedEngine(self.engine, pinned)
+                if on_version is not None:  # the front door says which version answered
+                    on_version(out.version)
             if on_prepared is not None:
                 on_prepared(prepared)
             with tracing.generation_span(
@@ -220,6 +227,8 @@ class Generations:
                 top_p=plan.sampling.top_p,
             ) as span:
                 first = True
+                if out.version is not None:
+                    span.set_attribute("autoglm.model_version", out.version)
                 run = text_pipeline.generate_text if model.returns_text else pipeline.generate
                 generation = run(prepared, engine, timeout=call.timeout)
                 # One pass per delta — per coalesced message, not per token: metrics are
@@ -230,6 +239,7 @@ class Generations:
                         if n:
                             if first:
                                 tracing.first_token(span, timestamp_ns=_wall_ns(delta.first_at))
+                                out.ttft = time.monotonic() - started
                                 first = False
                             obs.tokens(n, first_at=delta.first_at, at=delta.last_at)
                         if out.completion is not None:
@@ -264,6 +274,8 @@ class Generations:
                 ticket.release(end.prompt_tokens + end.completion_tokens if final else None)
             usage = out.last or pipeline.Delta("")
             obs.finish(out.code, usage.prompt_tokens, usage.completion_tokens)
+            if out.version is not None and out.plan is not None and self.observe is not None:
+                self.observe(out.plan.model, out.version, out.code, out.ttft)
             self._record(out, call, started, trace_id, facts)
 
     def _refuse_if_unaudited(self) -> None:
@@ -320,6 +332,7 @@ class Generations:
             completion="".join(out.completion) if out.completion is not None else None,
             peer=facts.peer if facts else None,
             reason=(facts.reason if facts else None) or out.reason,
+            model_version=out.version,
             **principal_fields(call.principal),
         )
         self.audit.submit(record)

@@ -24,6 +24,9 @@ from autoglm.server.telemetry import tracing
 from autoglm.v1 import text_generation_pb2 as pb
 from autoglm.v1 import text_generation_pb2_grpc as pb_grpc
 
+# The trailer naming the model version that answered a generation (a canary's or the stable one).
+VERSION_TRAILER = "x-autoglm-model-version"
+
 
 class TextGenerationService(pb_grpc.TextGenerationServicer):
     def __init__(self, generations: Generations) -> None:
@@ -81,8 +84,13 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext, rpc: str
     ) -> AsyncIterator[tuple[str, pipeline.Delta]]:
         trace_id = tracing.current_trace_id()
-        if trace_id:
-            context.set_trailing_metadata((("x-trace-id", trace_id),))
+        trailers: tuple[tuple[str, str], ...] = (("x-trace-id", trace_id),) if trace_id else ()
+        if trailers:
+            context.set_trailing_metadata(trailers)
+
+        def on_version(version: int) -> None:  # which model version answered (canary.py)
+            context.set_trailing_metadata((*trailers, (VERSION_TRAILER, str(version))))
+
         call = Call(
             api="grpc",
             rpc=rpc,
@@ -100,7 +108,8 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
             return plan
 
         try:
-            async with aclosing(self.generations.generate(call, check)) as deltas:
+            generation = self.generations.generate(call, check, on_version=on_version)
+            async with aclosing(generation) as deltas:
                 async for delta in deltas:
                     yield rid, delta
         except Exception as exc:

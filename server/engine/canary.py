@@ -34,6 +34,9 @@ class Route:
     stable: int
     canary: int | None = None
     weight: int = 0  # percent of principals on the canary; 0 without one
+    # Name the stable version even without a canary: an ended canary is still unloading, and
+    # Triton's policy would send requests that name no version to it (the highest loaded).
+    explicit: bool = False
 
     def version_for(self, principal: str) -> int:
         """The version that answers `principal`."""
@@ -45,7 +48,7 @@ class Route:
         """The ModelInferRequest `model_version` to send: "" without a canary (Triton's policy
         picks the one loaded version, as before canaries existed, so a plain switch keeps
         working as model_versions.py describes); the chosen version while both are loaded."""
-        if self.canary is None:
+        if self.canary is None and not self.explicit:
             return ""
         return str(self.version_for(principal))
 

@@ -17,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from grpc_health.v1 import health, health_pb2
 
+from autoglm.server.engine.canary import Route
 from autoglm.server.engine.client import EngineClient, EngineRequest, EngineSampling
 from autoglm.server.engine.text_request import TextEngineRequest
 from autoglm.server.errors import DeadlineExceeded, EngineFailure, EngineUnavailable
@@ -77,8 +79,13 @@ class EngineHealth:
         services: tuple[str, ...],
         interval_s: float,
         probe_timeout_s: float,
+        routes: Callable[[str], Route | None] | None = None,
     ) -> None:
         self.engine = engine
+        # While a canary runs (or an ended one unloads), probes name the stable version:
+        # without a version Triton picks the highest loaded one, and a failing canary would
+        # eject the endpoint for everyone (the rollback guard judges it: canary_guard.py).
+        self.routes = routes or (lambda _name: None)
         self.registry = registry
         self.servicer = servicer
         self.metrics = metrics
@@ -128,9 +135,11 @@ class EngineHealth:
             if self._recent_tokens(model):
                 continue
             try:
-                await self.engine.probe(
-                    endpoint, probe_request(model), timeout=self.probe_timeout_s
-                )
+                request = probe_request(model)
+                route = self.routes(model.spec.name)
+                if route is not None and (route.canary is not None or route.explicit):
+                    request = replace(request, model_version=str(route.stable))
+                await self.engine.probe(endpoint, request, timeout=self.probe_timeout_s)
             except DeadlineExceeded:
                 return Verdict(
                     endpoint,

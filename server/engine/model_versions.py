@@ -52,6 +52,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from autoglm.build_engine import manifest as mf
+from autoglm.build_engine.canary_fit import plan_canary
 from autoglm.build_engine.skus import get_sku
 from autoglm.build_engine.switch_plan import (
     GIB,
@@ -229,6 +230,10 @@ class ModelVersions:
         self.loaded: dict[str, LoadedVersion] = {}
         # Per model: the canary loaded beside the stable version, and its weight (percent).
         self.canaries: dict[str, tuple[LoadedVersion, int]] = {}
+        # Per model: an ended canary's version while Triton still holds it (route() then names
+        # the stable version explicitly); background tasks that clear it once it is gone.
+        self.leaving: dict[str, int] = {}
+        self._watchers: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()  # one load/switch at a time (Triton loads one by one anyway)
 
     def plan(self, overrides: Sequence[Override] | None = None) -> list[Decision]:
@@ -248,7 +253,7 @@ class ModelVersions:
             return None
         canary = self.canaries.get(model)
         if canary is None:
-            return Route(model, stable.version)
+            return Route(model, stable.version, explicit=model in self.leaving)
         return Route(model, stable.version, canary[0].version, canary[1])
 
     def routes(self) -> dict[str, Route]:
@@ -346,6 +351,19 @@ class ModelVersions:
                 model, record.version, f"{candidate.label} refused as a canary: {exc}"
             ) from None
         base = Candidate(model, stable.version, stable.path, stable.manifest)
+        # Both executors stay loaded while the canary runs: they must fit together on the GPUs.
+        try:
+            fit = await asyncio.to_thread(
+                lambda: plan_canary(
+                    self._footprint(base), self._footprint(candidate), self.switch_policy
+                )
+            )
+        except (ValueError, OSError) as exc:
+            raise VersionRefused(
+                model, record.version, f"{candidate.label}: cannot plan the canary's fit: {exc}"
+            ) from None
+        if not fit.fits:
+            raise VersionRefused(model, record.version, f"{candidate.label}: {fit.reason}")
         config = await asyncio.to_thread(canary_config_json, base, candidate, self.repo / model)
         started = time.monotonic()
         try:
@@ -376,7 +394,10 @@ class ModelVersions:
     async def _end_canary(self, model: str) -> None:
         """Load the stable version alone: Triton unloads the canary once its requests end."""
         stable = self.loaded[model]
+        # No principal goes to the canary from now on, and every request names the stable
+        # version until Triton has unloaded the canary (Route.explicit).
         canary, _ = self.canaries.pop(model)
+        self.leaving[model] = canary.version
         c = Candidate(model, stable.version, stable.path, stable.manifest)
         try:
             await self.engine.load_model(
@@ -384,11 +405,35 @@ class ModelVersions:
             )
         except ModelControlError as exc:
             self.canaries[model] = (canary, 0)  # still loaded; no principal routed to it
+            self.leaving.pop(model, None)
             raise VersionRefused(
                 model, canary.version, f"{model}: ending canary {canary.version} failed: {exc}"
             ) from None
         log.info("%s: canary version %d ended; version %d alone", model, canary.version,
                  stable.version)  # fmt: skip
+        watcher = asyncio.create_task(self._forget_when_gone(model, canary.version))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+
+    async def _forget_when_gone(self, model: str, version: int) -> None:
+        """Clear `leaving` once Triton has unloaded `version` (its last request finished), or
+        after ten drain timeouts (named explicitly, the stable version serves either way)."""
+        deadline = time.monotonic() + 10 * self.switch_policy.drain_timeout_s
+        try:
+            while time.monotonic() < deadline:
+                index = await self.engine.repository_index()
+                state = next(
+                    (e.state for e in index if e.name == model and e.version == str(version)),
+                    None,
+                )
+                if state not in ("READY", "UNLOADING"):
+                    break
+                await asyncio.sleep(0.5)
+        except ModelControlError as exc:
+            log.warning("%s: could not watch version %d unload: %s", model, version, exc)
+        finally:
+            if self.leaving.get(model) == version:
+                del self.leaving[model]
 
     async def _apply(self, decision: Decision, *, fallback: bool = True) -> LoadedVersion:
         model = decision.model

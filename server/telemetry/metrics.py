@@ -259,6 +259,19 @@ class FacadeMetrics:
             "renew, probe.",
             ["operation"], registry=r,
         )  # fmt: skip
+        # Per model version (a canary's and the stable one's; only versions a route serves, so
+        # the label stays bounded: engine/canary.py). The per-model families above keep their
+        # labels, so dashboards and alerts on them are unchanged.
+        self.version_requests = Counter(
+            "autoglm_model_version_requests",
+            "Generations answered by each served model version, by gRPC status code.",
+            ["model", "version", "code"], registry=r,
+        )  # fmt: skip
+        self.version_ttft = Histogram(
+            "autoglm_model_version_time_to_first_token_seconds",
+            "Time from request start to the first generated token, per served model version.",
+            ["model", "version"], buckets=TTFT_BUCKETS, registry=r,
+        )  # fmt: skip
         self._children: dict[str, _ModelChildren] = {}
         self._req_cache: dict[tuple[str, str, str, str], Counter] = {}
         self._dur_cache: dict[tuple[str, str, str], Histogram] = {}
@@ -290,6 +303,15 @@ class FacadeMetrics:
         if child is None:
             child = self._dur_cache[key] = self.duration.labels(model, api, rpc)
         return child
+
+    def version_outcome(
+        self, model: str, version: int, code: Enum | str, ttft: float | None
+    ) -> None:
+        """One generation answered by `version` of `model` (a route's version: bounded)."""
+        name = code.name if isinstance(code, Enum) else code
+        self.version_requests.labels(model, str(version), name).inc()
+        if ttft is not None:
+            self.version_ttft.labels(model, str(version)).observe(ttft)
 
     # --- per request -------------------------------------------------------------------------
 

@@ -9,17 +9,23 @@ stable one), loaded by model_versions.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from autoglm.build_engine import manifest as mf
 from autoglm.build_engine.install import install
 from autoglm.build_engine.plan import BuildPlan
+from autoglm.build_engine.switch_plan import GIB, Footprint
 from autoglm.build_engine.version_plan import (
     Canary,
+    Candidate,
     Override,
     promote_canary,
     remove_canary,
@@ -28,12 +34,17 @@ from autoglm.build_engine.version_plan import (
 )
 from autoglm.server.devstack.links import dev_engine_link
 from autoglm.server.devstack.triton_process import TritonOptions, TritonProcess
-from autoglm.server.engine.canary import Route
+from autoglm.server.engine.canary import Route, bucket
+from autoglm.server.engine.canary_guard import GuardSettings
 from autoglm.server.engine.client import EngineClient, EngineRequest, EngineSampling
 from autoglm.server.engine.link import EngineLink
 from autoglm.server.engine.model_versions import ModelVersions
+from autoglm.server.settings import Settings
+from autoglm.triton_models.cpu_engine.versions import TEST_ONLY_FAIL
+from autoglm.v1 import text_generation_pb2 as pb
+from autoglm.v1 import text_generation_pb2_grpc as pb_grpc
 
-from .conftest import engine_metric
+from .conftest import FacadeThread, engine_metric
 
 pytestmark = pytest.mark.integration
 
@@ -93,6 +104,11 @@ async def versions(plan: BuildPlan, engine: EngineClient) -> ModelVersions:
     mv = ModelVersions(plan.model_repo, engine, hardware=mf.Hardware())  # CPU host
     assert (await mv.select_and_load())[MODEL].version == 1
     return mv
+
+
+def served(route: Route | None) -> tuple[int, int | None] | None:
+    """(stable, canary) of a route (an ended canary may still be unloading: Route.explicit)."""
+    return None if route is None else (route.stable, route.canary)
 
 
 def states(index: list) -> dict[str, str]:  # type: ignore[type-arg]
@@ -167,7 +183,7 @@ async def test_both_versions_serve_and_a_rollback_lets_streams_finish(
     stream, n = await long_stream_on(engine, versions, "2")
     assert remove_canary(plan.model_repo, MODEL) is not None
     await versions.select_and_load()
-    assert versions.route(MODEL) == Route(MODEL, 1)
+    assert served(versions.route(MODEL)) == (1, None)
     assert not stream.done(), "the stream ended before the rollback: size it longer"
     assert len(await stream) == n
     assert len(await generate(engine, 2)) == 2  # no version named: the stable one
@@ -191,3 +207,179 @@ async def test_promote_lets_streams_on_the_old_stable_finish(
     # Back to the stable version 1 for the module's other tests.
     write_pin(plan.model_repo, Override(MODEL, version=1))
     assert (await versions.select_and_load())[MODEL].version == 1
+
+
+def post(url: str, body: dict[str, object]) -> bytes:
+    req = urllib.request.Request(
+        url, json.dumps(body).encode(), {"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return resp.read()  # type: ignore[no-any-return]
+
+
+def test_facade_says_which_version_answered(
+    plan: BuildPlan, triton: TritonProcess, link: EngineLink, tmp_path: Path
+) -> None:
+    """Through `autoglm serve` (dev mode: every call is the principal "anonymous"): the gRPC
+    trailer, OpenAI's system_fingerprint in the body and every chunk, and the audit records
+    (the canary's start, each generation's model_version, the rollback on SIGHUP's reload)."""
+    assert plan.model_repo is not None
+    write_canary(plan.model_repo, Canary(MODEL, 2, 50))
+    expected = Route(MODEL, 1, 2, 50).version_for("anonymous")
+    settings = Settings(
+        audit_dir=tmp_path / "audit",
+        listen="127.0.0.1:0",
+        openai_listen="127.0.0.1:0",
+        triton_target=triton.grpc_target,
+        models=(),
+        model_repository=plan.model_repo,
+        engine_link=link,
+        insecure_dev=True,
+        metrics_listen=None,
+    )
+    facade = FacadeThread(settings)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{facade.port}") as channel:
+            stub = pb_grpc.TextGenerationStub(channel)
+            request = pb.GenerateRequest(
+                model=MODEL, prompt="Hello", sampling=pb.SamplingParams(max_tokens=1)
+            )
+            for _ in range(3):  # sticky: the same principal, the same version
+                _, call = stub.Generate.with_call(request, timeout=60)
+                trailers = dict(call.trailing_metadata() or ())
+                assert trailers["x-autoglm-model-version"] == str(expected)
+            responses = stub.GenerateStream(request, timeout=60)
+            list(responses)
+            assert dict(responses.trailing_metadata())["x-autoglm-model-version"] == str(expected)
+        url = f"http://127.0.0.1:{facade.running.openai_port}/v1/chat/completions"
+        chat = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+        body = json.loads(post(url, chat))
+        assert body["system_fingerprint"] == f"autoglm-{MODEL}-v{expected}"
+        events = [
+            json.loads(line[6:])
+            for line in post(url, chat | {"stream": True}).decode().splitlines()
+            if line.startswith("data: {")
+        ]
+        assert events and all(
+            e["system_fingerprint"] == f"autoglm-{MODEL}-v{expected}" for e in events
+        )
+        remove_canary(plan.model_repo, MODEL)
+        facade.run(facade.running.reload_versions())
+        assert facade.running.versions is not None
+        assert served(facade.running.versions.route(MODEL)) == (1, None)
+        facade.running.generations.audit.flush(timeout=10)
+    finally:
+        facade.stop()
+    records = [json.loads(r) for r in (tmp_path / "audit" / "audit.jsonl").read_text().splitlines()]
+    decisions = [(r["rpc"], r["target"]) for r in records if r["rpc"].startswith("model.")]
+    assert decisions == [
+        ("model.switch", f"{MODEL}:1"),
+        ("model.canary", f"{MODEL}:2"),
+        ("model.rollback", f"{MODEL}:2"),
+    ]
+    generations = [r for r in records if r["rpc"] in ("Generate", "GenerateStream")]
+    assert len(generations) == 4 and {r["model_version"] for r in generations} == {expected}
+
+
+def install_failing(plan: BuildPlan) -> int:
+    """A new version whose config turns on the CPU engine's test-only failure switch (its
+    manifest re-hashed, as an installer would have written it)."""
+    vdir = install(plan).version_dir
+    config = vdir / mf.VERSION_CONFIG
+    config.write_text(
+        config.read_text()
+        + f'parameters {{ key: "{TEST_ONLY_FAIL}" value: {{ string_value: "true" }} }}\n'
+    )
+    manifest = mf.read(vdir)
+    files = {**manifest.files, mf.VERSION_CONFIG: mf.sha256_file(config)}
+    mf.write(vdir, dataclasses.replace(manifest, files=files))
+    return int(vdir.name)
+
+
+def test_failing_canary_is_rolled_back_by_the_guard(
+    plan: BuildPlan, triton: TritonProcess, link: EngineLink, tmp_path: Path
+) -> None:
+    """A canary that fails every request: the guard ends it within a check of the
+    min_requests-th failure, removes its record and audits model.rollback with the figures."""
+    assert plan.model_repo is not None
+    bad = install_failing(plan)
+    assert bucket("anonymous") < 60  # dev mode's one principal lands on the canary
+    write_canary(plan.model_repo, Canary(MODEL, bad, 60))
+    settings = Settings(
+        audit_dir=tmp_path / "audit",
+        listen="127.0.0.1:0",
+        triton_target=triton.grpc_target,
+        models=(),
+        model_repository=plan.model_repo,
+        engine_link=link,
+        insecure_dev=True,
+        metrics_listen=None,
+        canary_guard=GuardSettings(window_s=120, min_requests=4, interval_s=0.2),
+    )
+    facade = FacadeThread(settings)
+    try:
+        versions = facade.running.versions
+        assert versions is not None and versions.route(MODEL) == Route(MODEL, 1, bad, 60)
+        with grpc.insecure_channel(f"127.0.0.1:{facade.port}") as channel:
+            stub = pb_grpc.TextGenerationStub(channel)
+            request = pb.GenerateRequest(
+                model=MODEL, prompt="Hello", sampling=pb.SamplingParams(max_tokens=1)
+            )
+            for _ in range(4):
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.Generate(request, timeout=60)
+                # INTERNAL from the engine; UNAVAILABLE once deep health, whose probe names no
+                # version (Triton's policy: the highest, here the canary), ejected the endpoint.
+                assert err.value.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE)
+            deadline = time.monotonic() + 60
+            while served(versions.route(MODEL)) != (1, None):
+                assert time.monotonic() < deadline, "the guard never rolled the canary back"
+                time.sleep(0.1)
+            assert not (plan.model_repo / MODEL / "canary.json").exists()
+            # The stable version alone again (once deep health has readmitted the endpoint).
+            while True:
+                try:
+                    _, call = stub.Generate.with_call(request, timeout=60)
+                    break
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+                    assert time.monotonic() < deadline, "the stable version never served again"
+                    time.sleep(0.1)
+            assert dict(call.trailing_metadata() or ())["x-autoglm-model-version"] == "1"
+        # The guard audits once the stable version is loaded alone (it may still be loading).
+        log = tmp_path / "audit" / "audit.jsonl"
+        while True:
+            facade.running.generations.audit.flush(timeout=10)
+            if '"model.rollback"' in log.read_text():
+                break
+            assert time.monotonic() < deadline, "no model.rollback record"
+            time.sleep(0.1)
+    finally:
+        facade.stop()
+    records = [json.loads(r) for r in log.read_text().splitlines()]
+    (rollback,) = [r for r in records if r["rpc"] == "model.rollback"]
+    assert rollback["target"] == f"{MODEL}:{bad}"
+    assert rollback["reason"].startswith("rollback guard: canary error rate 1.000 over 4 requests")
+
+
+def as_gpu_engine(candidate: Candidate) -> Footprint:
+    """TEST STAND-IN for a version's footprint: every (CPU) version looks like a 16 GiB
+    TensorRT-LLM engine on an 80 GiB GPU at kv_cache_free_gpu_mem_fraction 0.9."""
+    return Footprint("tensorrt_llm", 1, 16 * GIB, 0.9, 80 * GIB)
+
+
+async def test_canary_that_cannot_fit_on_the_gpu_is_refused(
+    plan: BuildPlan, engine: EngineClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert plan.model_repo is not None
+    write_canary(plan.model_repo, Canary(MODEL, 2, 10))
+    mv = ModelVersions(
+        plan.model_repo, engine, hardware=mf.Hardware(), footprint_for_tests=as_gpu_engine
+    )
+    try:
+        assert (await mv.select_and_load())[MODEL].version == 1
+        assert served(mv.route(MODEL)) == (1, None)  # the stable version serves alone
+        assert "does not fit beside the stable version" in caplog.text
+        assert "old version holds" in caplog.text
+    finally:
+        remove_canary(plan.model_repo, MODEL)

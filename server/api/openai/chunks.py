@@ -54,6 +54,9 @@ class StreamHeader:
     id: str
     created: int
     model: str
+    # Which model version answered ("autoglm-<model>-v<N>", as OpenAI's own field tells a
+    # backend configuration); None for a model not served from a repository.
+    system_fingerprint: str | None = None
 
 
 class _Chunks:
@@ -73,6 +76,11 @@ class _Chunks:
                 str(head.created).encode(),
                 b',"model":',
                 orjson.dumps(head.model),
+                *(
+                    (b',"system_fingerprint":', orjson.dumps(head.system_fingerprint))
+                    if head.system_fingerprint is not None
+                    else ()
+                ),
             )
         )
 
@@ -165,6 +173,11 @@ def _whole(
             "object": kind,
             "created": head.created,
             "model": head.model,
+            **(
+                {"system_fingerprint": head.system_fingerprint}
+                if head.system_fingerprint is not None
+                else {}
+            ),
             "choices": [{"index": 0, **choice}],
             "usage": usage(prompt_tokens, completion_tokens),
         }

@@ -123,7 +123,8 @@ async def serve(
         request_id=rid,
         model=model_names.metrics_model(req.model, generations.registry) if req else "",
     )
-    gen = generations.generate(call, check, on_prepared=prepared.append)
+    answered: list[int] = []  # the model version that answers (canary.py)
+    gen = generations.generate(call, check, on_prepared=prepared.append, on_version=answered.append)
     guard = DisconnectGuard(disconnected)
     try:
         first = await anext(gen)
@@ -140,7 +141,8 @@ async def serve(
         span.end(response.status_code)
         return response
     assert req is not None  # check() passed
-    head = chunks.StreamHeader(route.id_prefix + rid, int(time.time()), req.model)
+    fingerprint = f"autoglm-{prepared[0].plan.model}-v{answered[0]}" if answered else None
+    head = chunks.StreamHeader(route.id_prefix + rid, int(time.time()), req.model, fingerprint)
     tokens = _TokenText(prepared[0]) if prepared and _wants_logprobs(req) else None
     headers = {"x-request-id": rid}
     if req.stream:

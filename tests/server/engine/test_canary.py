@@ -93,3 +93,10 @@ def test_failure_switch_is_off_by_default() -> None:
     assert not fails_on_purpose({"parameters": {}}) and not fails_on_purpose({})
     off = {"parameters": {TEST_ONLY_FAIL: {"string_value": "false"}}}
     assert not fails_on_purpose(off)
+
+
+def test_an_ended_canary_still_unloading_keeps_the_stable_version_named() -> None:
+    """Triton sends requests that name no version to the highest loaded one: while an ended
+    canary unloads, that is the canary, so the stable version is named (Route.explicit)."""
+    leaving = Route("m", 1, explicit=True)
+    assert leaving.engine_version("anyone") == "1" and leaving.served() == (1,)

@@ -1,0 +1,36 @@
+"""A canary's GPU fit beside the stable version (build_engine/canary_fit.py)."""
+
+from __future__ import annotations
+
+from autoglm.build_engine.canary_fit import plan_canary
+from autoglm.build_engine.switch_plan import GIB, Footprint, SwitchPolicy
+
+NO_OVERHEAD = SwitchPolicy(runtime_overhead_bytes=0)
+
+
+def trt(weights_gib: float, memory_gib: int = 80, fraction: float = 0.9) -> Footprint:
+    return Footprint("tensorrt_llm", 1, int(weights_gib * GIB), fraction, memory_gib * GIB)
+
+
+def test_two_executors_at_the_default_fraction_are_refused_naming_the_figures() -> None:
+    fit = plan_canary(trt(16), trt(16), NO_OVERHEAD)
+    assert not fit.fits
+    assert "does not fit beside the stable version" in fit.reason
+    assert "old version holds 73.6 GiB" in fit.reason and "80.0 GiB" in fit.reason
+
+
+def test_small_fractions_fit_and_reduced_fractions_are_not_applied() -> None:
+    assert plan_canary(trt(1, fraction=0.05), trt(1, fraction=0.05), NO_OVERHEAD).fits
+    # A switch could load beside with a reduced fraction; a canary would shrink both: refused.
+    reduced = SwitchPolicy(runtime_overhead_bytes=0, reduced_min_ratio=0.01)
+    assert not plan_canary(trt(16, fraction=0.5), trt(16, fraction=0.5), reduced).fits
+
+
+def test_vllm_shares_must_add_up_and_cpu_always_fits() -> None:
+    def vllm(share: float) -> Footprint:
+        return Footprint("vllm", 1, 0, share, 80 * GIB)
+
+    assert plan_canary(vllm(0.45), vllm(0.45), NO_OVERHEAD).fits
+    fit = plan_canary(vllm(0.6), vllm(0.6), NO_OVERHEAD)
+    assert not fit.fits and "gpu_memory_utilization 0.6" in fit.reason
+    assert plan_canary(Footprint("cpu_reference"), Footprint("cpu_reference"), NO_OVERHEAD).fits
