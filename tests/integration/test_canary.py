@@ -14,6 +14,7 @@ import json
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -33,13 +34,15 @@ from autoglm.build_engine.version_plan import (
     write_pin,
 )
 from autoglm.server.devstack.links import dev_engine_link
+from autoglm.server.devstack.pki import DevPki
 from autoglm.server.devstack.triton_process import TritonOptions, TritonProcess
 from autoglm.server.engine.canary import Route, bucket
 from autoglm.server.engine.canary_guard import GuardSettings
 from autoglm.server.engine.client import EngineClient, EngineRequest, EngineSampling
 from autoglm.server.engine.link import EngineLink
 from autoglm.server.engine.model_versions import ModelVersions
-from autoglm.server.settings import Settings
+from autoglm.server.security.bearer_tokens import TokenStore
+from autoglm.server.settings import Settings, TlsSettings
 from autoglm.triton_models.cpu_engine.versions import TEST_ONLY_FAIL
 from autoglm.v1 import text_generation_pb2 as pb
 from autoglm.v1 import text_generation_pb2_grpc as pb_grpc
@@ -383,3 +386,53 @@ async def test_canary_that_cannot_fit_on_the_gpu_is_refused(
         assert "old version holds" in caplog.text
     finally:
         remove_canary(plan.model_repo, MODEL)
+
+
+@pytest.mark.timeout(900)
+def test_split_over_2000_principals_through_the_facade(
+    plan: BuildPlan, triton: TritonProcess, link: EngineLink, pki: DevPki, tmp_path: Path
+) -> None:
+    """2000 principals with a local token each, one request each (max_tokens=1) through the
+    TLS + token façade: the trailers put 10 % ± 3 points on the canary, and a principal's
+    second request gets the same version. Local tokens rather than a cheaper source: they are
+    what a tenant holds in production; 2000 TokenStore.create calls (a file rewrite each) take
+    ~55 s here, the requests about as long."""
+    assert plan.model_repo is not None
+    write_canary(plan.model_repo, Canary(MODEL, 2, 10))
+    store = TokenStore(tmp_path / "tokens.json")
+    tokens = [store.create(f"tenant-{i}", ["generate"])[0] for i in range(2000)]
+    settings = Settings(
+        listen="127.0.0.1:0",
+        triton_target=triton.grpc_target,
+        models=(),
+        model_repository=plan.model_repo,
+        engine_link=link,
+        tls=TlsSettings(cert=pki.server_cert, key=pki.server_key, client_ca=pki.ca_cert),
+        token_store=store.path,
+        metrics_listen=None,
+    )
+    facade = FacadeThread(settings)
+    creds = grpc.ssl_channel_credentials(
+        pki.ca_cert.read_bytes(), pki.client_key.read_bytes(), pki.client_cert.read_bytes()
+    )
+    request = pb.GenerateRequest(model=MODEL, prompt="Hi", sampling=pb.SamplingParams(max_tokens=1))
+    try:
+        with grpc.secure_channel(f"localhost:{facade.port}", creds) as channel:
+            stub = pb_grpc.TextGenerationStub(channel)
+
+            def version_for(token: str) -> str:
+                _, call = stub.Generate.with_call(
+                    request, timeout=120, metadata=(("authorization", f"Bearer {token}"),)
+                )
+                return dict(call.trailing_metadata() or ())["x-autoglm-model-version"]
+
+            with ThreadPoolExecutor(4) as pool:
+                answered = list(pool.map(version_for, tokens))
+                again = list(pool.map(version_for, tokens[:50]))
+    finally:
+        facade.stop()
+        remove_canary(plan.model_repo, MODEL)
+    share = 100 * answered.count("2") / len(answered)
+    print(f"canary share over 2000 principals at weight 10: {share:.2f} %")
+    assert set(answered) == {"1", "2"} and abs(share - 10) <= 3, share
+    assert again == answered[:50]  # sticky
