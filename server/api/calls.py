@@ -333,6 +333,7 @@ class Generations:
             peer=facts.peer if facts else None,
             reason=(facts.reason if facts else None) or out.reason,
             model_version=out.version,
+            adapter=(out.plan.adapter or None) if out.plan else None,
             **principal_fields(call.principal),
         )
         self.audit.submit(record)

@@ -88,6 +88,8 @@ class AuditRecord:
     completion: str | None = None
     # The model version that answered a generation (repository models; canary.py routes).
     model_version: int | None = None
+    # The LoRA adapter a generation ran with (a tenant's fine-tune on the shared base engine).
+    adapter: str | None = None
 
 
 _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(AuditRecord))
@@ -132,8 +134,9 @@ def _record_fields(record: AuditRecord, *, record_text: bool) -> dict[str, Any]:
     fields["duration_ms"] = round(float(record.duration_ms), 3)
     if record.token_id is not None:
         fields["token_id"] = _token_id_only(record.token_id)
-    if fields["model_version"] is None:  # only generations of repository models have one
-        del fields["model_version"]
+    for optional in ("model_version", "adapter"):  # only generations that have one
+        if fields[optional] is None:
+            del fields[optional]
     for key in ("prompt", "completion"):
         text = fields.pop(key)
         if record_text and text is not None:

@@ -10,6 +10,7 @@ its converted weights changed afterwards, so its sha256 no longer matches.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,6 +59,7 @@ def lora_facade(
     token_store: TokenStore,
     model_dir: Path,
     adapters_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Facade]:
     settings = Settings(
         listen="127.0.0.1:0",
@@ -70,6 +72,7 @@ def lora_facade(
         health_listen="127.0.0.1:0",
         openai_listen="127.0.0.1:0",
         adapters_dir=adapters_dir,
+        audit_dir=tmp_path_factory.mktemp("lora-audit"),
     )
     thread = FacadeThread(settings)
     try:
@@ -176,3 +179,16 @@ def test_openai_names_reach_the_same_adapter(
         with pytest.raises(openai.NotFoundError) as err:
             api.completions.create(model=f"{MODEL}:nope", prompt=PROMPT, **GREEDY)  # type: ignore[arg-type]
         assert err.value.body["param"] == "model"  # type: ignore[index]
+
+
+def test_the_audit_record_names_the_adapter(
+    lora_facade: Facade, pki: DevPki, tenant_tokens: dict[str, str]
+) -> None:
+    with Client(config(lora_facade, pki, tenant_tokens["tenant-b"])) as tenant:
+        tenant.generate(PROMPT, adapter="tenant-b", **GREEDY)  # type: ignore[arg-type]
+        tenant.generate(PROMPT, **GREEDY)  # type: ignore[arg-type]
+    assert lora_facade.settings.audit_dir is not None
+    lora_facade.thread.running.generations.audit.flush(timeout=10)
+    lines = (lora_facade.settings.audit_dir / "audit.jsonl").read_text().splitlines()
+    mine = [r for r in map(json.loads, lines) if r["principal"] == "tenant-b-svc"]
+    assert [r.get("adapter") for r in mine[-2:]] == ["tenant-b", None]
