@@ -159,6 +159,9 @@ def facades(
         "--limits-redis", redis_server.url,
         "--limits-redis-prefix", PREFIX,
         "--limits-replicas", str(FACADES),
+        # A loaded CI machine can take longer than the 0.5 s default to open a connection
+        # during a burst; that would count as the store failing (UNAVAILABLE, not counted).
+        "--limits-redis-timeout", "3",
         "--grace", "1",
         # The bursts hold streams open on the one CPU engine: a health probe queued behind them
         # must not mark the engine wedged (its calls would then be UNAVAILABLE, not counted).
