@@ -21,6 +21,7 @@ from typing import Any, TextIO
 from autoglm.client._client import Client
 from autoglm.client._config import ClientConfig
 from autoglm.client._exceptions import AutoGLMError, ConfigError, InvalidArgumentError
+from autoglm.client._models_table import TERMINAL_ADAPTERS_WIDTH, models_table
 from autoglm.client._requests import Image, MessageLike
 from autoglm.client._types import Completion, Delta
 
@@ -76,7 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = commands.add_parser("generate", parents=[prompt, connection], help="generate text")
     gen.add_argument(
-        "--adapter", default="", metavar="NAME", help="a LoRA adapter of the model (models --json)"
+        "--adapter",
+        default="",
+        metavar="NAME",
+        help="a LoRA adapter of the model (listed by `models`)",
     )
     gen.add_argument("--max-tokens", type=int, default=0, metavar="N", help="0 = server default")
     gen.add_argument("--temperature", type=float)
@@ -95,7 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-stream", action="store_true", help="wait for the whole completion (implied by --json)"
     )
 
-    models = commands.add_parser("models", parents=[connection], help="list the served models")
+    models = commands.add_parser(
+        "models",
+        parents=[connection],
+        help="list the served models and the LoRA adapters you may use",
+        description="One tab-separated line per model. ADAPTERS: the LoRA adapters of the model"
+        " this token may use (for generate --adapter), '-' for none; on a terminal a long list"
+        " is shortened to '+N more' (a pipe or --json gets them all).",
+    )
     models.add_argument("--json", action="store_true", help="print a JSON array")
 
     commands.add_parser(
@@ -188,13 +199,9 @@ def _models(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         _print_json([dataclasses.asdict(m) for m in models], sys.stdout)
         return 0
-    print("NAME\tENGINE\tCONTEXT\tMAX_OUTPUT\tDEFAULT_MAX\tCHAT\tIMAGES")
-    for m in models:
-        chat = "yes" if m.has_chat_template else "no"
-        print(
-            f"{m.name}\t{m.engine}\t{m.max_context_tokens}\t{m.max_output_tokens}\t"
-            f"{m.default_max_tokens}\t{chat}\t{m.max_images}"
-        )
+    # A person reads a terminal: a long adapter list is shortened there; a pipe gets them all.
+    width = TERMINAL_ADAPTERS_WIDTH if sys.stdout.isatty() else None
+    print("\n".join(models_table(models, adapters_width=width)))
     return 0
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -35,6 +36,7 @@ class StandInClient:
         self.stream: list[Delta | BaseException] = []
         self.stream_closed = False
         self.error: BaseException | None = None
+        self.models = [ModelInfo("smollm2", "cpu_reference", 2048, 512, 128, True)]
         self.closed = False
         StandInClient.instances.append(self)
         StandInClient.setup(self)
@@ -74,7 +76,7 @@ class StandInClient:
 
     def list_models(self) -> list[ModelInfo]:
         self._record("list_models")
-        return [ModelInfo("smollm2", "cpu_reference", 2048, 512, 128, True)]
+        return self.models
 
     def count_tokens(self, *args: Any, **kwargs: Any) -> TokenCount:
         self._record("count_tokens", *args, **kwargs)
@@ -197,9 +199,44 @@ def test_json_prints_the_whole_completion(capsys: pytest.CaptureFixture[str]) ->
 def test_models(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["models"]) == 0
     out, _ = capsys.readouterr()
-    assert "smollm2\tcpu_reference\t2048\t512\t128\tyes" in out
+    assert out.splitlines()[0].endswith("\tIMAGES\tADAPTERS")
+    assert out.splitlines()[1] == "smollm2\tcpu_reference\t2048\t512\t128\tyes\t0\t-"
     assert cli.main(["models", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)[0]["name"] == "smollm2"
+    [model] = json.loads(capsys.readouterr().out)
+    assert model["name"] == "smollm2" and model["adapters"] == []
+
+
+ADAPTERS = tuple(f"tenant-{i:02d}" for i in range(30))
+LORA_MODELS = [
+    ModelInfo("smollm2", "cpu_reference", 2048, 512, 128, True, adapters=("tenant-a", "tenant-b")),
+    ModelInfo("glm", "vllm", 8192, 1024, 256, True, 4, adapters=ADAPTERS),
+]
+
+
+def test_models_lists_adapters_in_table_and_json(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _script(monkeypatch, models=LORA_MODELS)
+    assert cli.main(["models"]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [row[-1] for row in rows[:2]] == ["ADAPTERS", "tenant-a,tenant-b"]
+    assert rows[2][-1].split(",") == list(ADAPTERS)  # through a pipe: every adapter
+    assert {len(row) for row in rows} == {8}
+    assert cli.main(["models", "--json"]) == 0
+    listed = {m["name"]: m["adapters"] for m in json.loads(capsys.readouterr().out)}
+    assert listed == {"smollm2": ["tenant-a", "tenant-b"], "glm": list(ADAPTERS)}
+
+
+def test_models_on_a_terminal_shortens_a_long_adapter_list(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _script(monkeypatch, models=LORA_MODELS)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # capsys's stdout is not a terminal
+    assert cli.main(["models"]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert rows[1][-1] == "tenant-a,tenant-b"  # short enough: unchanged
+    assert rows[2][-1].endswith(" more") and len(rows[2][-1]) <= 48
+    assert rows[2][-1].startswith("tenant-00,tenant-01,")
 
 
 def test_count_tokens(capsys: pytest.CaptureFixture[str]) -> None:
