@@ -35,8 +35,8 @@ def add_adapter_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
     p.add_argument(
         "--max-rank",
         type=int,
-        default=adapters.DEFAULT_MAX_RANK,
-        help="the engine's --max_lora_rank: a higher adapter rank is refused",
+        help="refuse a higher adapter rank (default: the base's TensorRT-LLM engines' recorded "
+        f"max_lora_rank, else {adapters.DEFAULT_MAX_RANK})",
     )
     p.set_defaults(func=cmd_adapter_add)
 

@@ -25,6 +25,15 @@ adapters has probability ~n^2 / 2^64, and `add` refuses one anyway). A counter w
 lock shared by every host and would give a re-added name with new weights a fresh id only if
 the counter file survived; a content id needs neither.
 
+A base whose installed versions include TensorRT-LLM engines (`<repository>/<base>/<N>/`,
+manifest.json) is also held to what each such engine was built for: its manifest's profile
+records trtllm-build's --max_lora_rank and --lora_target_modules (manifest.Profile), and
+`check_engines` refuses an adapter of a higher rank, one targeting a module the engine has no
+LoRA for, and any adapter for an engine built without LoRA. Every installed TensorRT-LLM version
+must accept it, not only the one served now: `autoglm build activate` (a pin, a canary, a
+rollback) can switch to any of them without the registry being consulted again. CPU reference
+versions keep the checks against the HF folder alone, with `max_rank` (default 64).
+
 `load_registry(root)` and `verify(adapter)` are what the façade reads adapters through:
 `verify` re-hashes every file and refuses an adapter whose bytes changed since `add`.
 """
@@ -44,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from autoglm.build_engine import manifest as mf
 from autoglm.triton_models import lora_contract as lc
 from autoglm.triton_models import lora_format
 
@@ -75,6 +85,19 @@ class BaseModel:
 
 
 @dataclass(frozen=True, slots=True)
+class EngineLora:
+    """What one installed TensorRT-LLM version of a base accepts, from its manifest's profile."""
+
+    version: int
+    max_lora_rank: int  # 0 = built without the LoRA plugin
+    target_modules: tuple[str, ...]  # TensorRT-LLM module names (attn_q, mlp_gate, ...)
+
+    @classmethod
+    def of(cls, version: int, profile: mf.Profile) -> EngineLora:
+        return cls(version, profile.max_lora_rank, profile.lora_target_modules)
+
+
+@dataclass(frozen=True, slots=True)
 class Adapter:
     """One registered adapter, as `load_registry` reads its manifest."""
 
@@ -103,14 +126,17 @@ def check(
     tensors: Mapping[str, tuple[tuple[int, ...], str]],
     base: BaseModel,
     *,
-    max_rank: int = DEFAULT_MAX_RANK,
+    max_rank: int | None = DEFAULT_MAX_RANK,
 ) -> tuple[int, tuple[str, ...], float]:
     """Check a PEFT adapter (its adapter_config.json, and each tensor's (shape, dtype name))
-    against its base; return (rank, target modules, scale). AdapterError names the field."""
+    against its base; return (rank, target modules, scale). AdapterError names the field.
+    `max_rank` None: no bound here (a TensorRT-LLM base's engines bound it: check_engines)."""
     if config.get("peft_type") != "LORA":
         raise AdapterError(f"peft_type: {config.get('peft_type')!r} is not LORA")
     rank = config.get("r")
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= max_rank:
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise AdapterError(f"r: {rank!r} must be an integer >= 1")
+    if max_rank is not None and rank > max_rank:
         raise AdapterError(f"r: {rank!r} must be an integer in [1, {max_rank}] (max_lora_rank)")
     alpha = config.get("lora_alpha", rank)
     if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not alpha > 0:
@@ -169,6 +195,37 @@ def check(
         raise AdapterError(f"{WEIGHTS_FILE}: holds no LoRA weights")
     scale = alpha / (rank**0.5) if config.get("use_rslora") else alpha / rank
     return rank, tuple(sorted(seen, key=lambda m: lc.MODULE_IDS[lc.HF_TO_TRTLLM[m]])), scale
+
+
+def check_engines(
+    rank: int, modules: tuple[str, ...], engines: tuple[EngineLora, ...], *, base: str = "the base"
+) -> None:
+    """Refuse an adapter (`check`'s rank and HF target modules) that one of its base's installed
+    TensorRT-LLM versions cannot serve; AdapterError names the field, the adapter's value and
+    the engine's. An engine built without the LoRA plugin has no LoRA layers to apply one; the
+    plugin's workspace and the backend's LoRA cache pages are sized for --max_lora_rank
+    (plan.py, install.lora_cache_sizes); a module outside --lora_target_modules has no LoRA
+    layer in the engine."""
+    for engine in engines:
+        where = f"{base} version {engine.version} (a TensorRT-LLM engine)"
+        if not engine.max_lora_rank:
+            raise AdapterError(
+                f"max_lora_rank: {where} was built without LoRA (max_lora_rank 0, no "
+                "lora_target_modules): it serves no adapter; build it with --max-lora-rank"
+            )
+        if rank > engine.max_lora_rank:
+            raise AdapterError(
+                f"r: the adapter's rank {rank} exceeds max_lora_rank {engine.max_lora_rank} "
+                f"of {where}"
+            )
+        missing = [m for m in modules if lc.HF_TO_TRTLLM[m] not in engine.target_modules]
+        if missing:
+            wanted = [f"{m} ({lc.HF_TO_TRTLLM[m]})" for m in missing]
+            raise AdapterError(
+                f"target_modules: the adapter's {', '.join(wanted)} "
+                f"{'is' if len(wanted) == 1 else 'are'} not among "
+                f"lora_target_modules {list(engine.target_modules)} of {where}"
+            )
 
 
 def task_id_of(weights: np.ndarray, config: np.ndarray) -> int:
@@ -294,6 +351,25 @@ def hf_dir_of(repository: Path, model: str) -> Path:
     return Path(found.group(1))
 
 
+def installed_profiles(repository: Path, model: str) -> list[tuple[int, mf.Profile]]:
+    """(version, profile) of each installed version of `model` in a Triton model repository,
+    oldest first. A version whose manifest cannot be read is left out: the façade refuses to
+    load it (its checksums are verified first), so it serves no adapter either."""
+    model_dir = repository / model
+    if not model_dir.is_dir():
+        return []
+    out: list[tuple[int, mf.Profile]] = []
+    # Triton's versions are the numeric folders (install.py stages in `.staging-*`).
+    for vdir in sorted(
+        (p for p in model_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
+    ):
+        try:
+            out.append((int(vdir.name), mf.read(vdir).profile))
+        except mf.ManifestError:
+            continue
+    return out
+
+
 def add(
     registry: Path,
     name: str,
@@ -301,16 +377,26 @@ def add(
     base: str,
     base_dir: Path,
     source: Path,
-    max_rank: int = DEFAULT_MAX_RANK,
+    max_rank: int | None = None,
 ) -> Adapter:
-    """Check, convert and register `source` as adapter `name` of served model `base`."""
+    """Check, convert and register `source` as adapter `name` of served model `base`.
+
+    The registry is `<model repository>/adapters`: the base's installed versions are read from
+    `registry.parent / base`. `max_rank` bounds the rank on top of what those versions accept;
+    None = DEFAULT_MAX_RANK, except for a base whose versions are all TensorRT-LLM engines,
+    whose recorded --max_lora_rank is the bound (`check_engines`)."""
     check_name(name)
     target = registry / name
     if target.exists():
         raise AdapterError(f"name: adapter {name!r} is already registered ({target})")
+    profiles = installed_profiles(registry.parent, base)
+    engines = tuple(EngineLora.of(v, p) for v, p in profiles if p.engine_kind == "tensorrt_llm")
+    if max_rank is None and (not engines or len(engines) < len(profiles)):
+        max_rank = DEFAULT_MAX_RANK  # a CPU reference / vLLM version, or none: today's bound
     config, arrays, dtypes = _read_adapter(source)
     shapes = {k: (tuple(v.shape), dtypes[k]) for k, v in arrays.items()}
     rank, modules, scale = check(config, shapes, read_base(base_dir), max_rank=max_rank)
+    check_engines(rank, modules, engines, base=base)
     try:
         pairs = lora_format.peft_modules(arrays)  # e.g. a lora_A without its lora_B
     except ValueError as exc:

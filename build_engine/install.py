@@ -10,7 +10,9 @@ version. Each version carries its manifest.json (checksums verified before and a
 - every version also keeps its own rendered config (`triton_config.pbtxt`, manifest.VERSION_CONFIG,
   checksummed): the serving side loads an older version with it as Triton's config override.
 - GPU SKUs: the `tensorrt_llm` model (`TensorRTLLMConfig(...).render`) pointing at the version
-  directory, which holds the engine files (config.json + rank<N>.engine) and manifest.json.
+  directory, which holds the engine files (config.json + rank<N>.engine) and manifest.json. An
+  engine built with LoRA gets the backend's LoRA cache sized for its --max_lora_rank
+  (`lora_cache_sizes`); its manifest's profile records the rank and target modules.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ TOKENIZER_FILES: tuple[str, ...] = (
     "chat_template.jinja",
     "generation_config.json",
 )
+
+# PeftCacheConfig::kDefaultOptimalAdapterSize, the backend's lora_cache_optimal_adapter_size
+# default (docs/model_config.md "LoRA cache"; TensorRTLLMConfig's default).
+OPTIMAL_ADAPTER_SIZE = 8
 
 
 class InstallError(RuntimeError):
@@ -94,6 +100,33 @@ def install(
     return Installed(model_root, version, final, mf.verify(final))
 
 
+def lora_cache_sizes(plan: BuildPlan) -> dict[str, int]:
+    """The backend's LoRA cache sizes for the plan's engine; {} when built without LoRA (the
+    template's defaults, so such a version's config stays byte for byte what it was).
+
+    Both sizes are adapter ranks, not bytes nor rank x layers: the backend's docs
+    (triton-inference-server/tensorrtllm_backend docs/model_config.md, "LoRA cache") say
+    `lora_cache_max_adapter_size` sets the minimum cache page, which must fit "a single module,
+    single layer adapter_size maxAdapterSize row of weights", and PeftCacheManager multiplies
+    it by the modules' widths and the layers itself (NVIDIA/TensorRT-LLM
+    cpp/tensorrt_llm/batch_manager/peftCacheManager.cpp, getPageManagerConfig: maxLoraSize =
+    maxAdapterSize x sum(in + out) x layers; minNumSlots = maxAdapterSize x max module width /
+    page width; the newest stored commit, 0cedd9a0400c01cc94e01ea59d87bc6a81890cb7). A module
+    row of a higher rank than a page holds does not fit its page (cpp/tensorrt_llm/runtime/
+    loraCache.cpp, determineNumPages, commit 063e02f73410f2f9172a581ca5e3f41d0d3dab8e), so the
+    maximum is the engine's --max_lora_rank (that newest PeftCacheManager also clamps both sizes
+    down to the engine's rank, never up). The optimal size (a page holds one whole adapter of
+    that rank) stays the backend's default 8, capped at the maximum (TensorRTLLMConfig.validate
+    needs optimal <= max).
+    """
+    if not plan.max_lora_rank:
+        return {}
+    return {
+        "lora_cache_max_adapter_size": plan.max_lora_rank,
+        "lora_cache_optimal_adapter_size": min(OPTIMAL_ADAPTER_SIZE, plan.max_lora_rank),
+    }
+
+
 def _stage_gpu(plan: BuildPlan, staging: Path, final: Path) -> tuple[str, mf.Manifest]:
     engine_dir = plan.engine_dir
     if not list(engine_dir.glob("rank*.engine")) or not (engine_dir / "config.json").is_file():
@@ -116,6 +149,7 @@ def _stage_gpu(plan: BuildPlan, staging: Path, final: Path) -> tuple[str, mf.Man
         model_name=plan.model_name,
         triton_max_batch_size=plan.max_batch,
         gpu_device_ids=tuple(range(plan.world_size)),
+        **lora_cache_sizes(plan),
     ).render(staging / "render")
     # This version's own config (manifest.VERSION_CONFIG), checksummed with the engine files.
     shutil.copyfile(rendered, version / mf.VERSION_CONFIG)

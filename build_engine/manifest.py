@@ -21,6 +21,7 @@ from pathlib import Path
 from autoglm.build_engine.gpus import Detector, GpuInfo, detect_gpus
 from autoglm.build_engine.plan import BuildPlan
 from autoglm.build_engine.skus import get_sku
+from autoglm.triton_models import lora_contract as lc
 
 MANIFEST = "manifest.json"
 # The Triton config rendered for this version, kept next to its files (and in its checksums):
@@ -70,10 +71,21 @@ class Profile:
     # (see `engine_kind`), and then left out of the dict and the id: every manifest written
     # before this field existed keeps its profile id.
     engine: str | None = None
+    # What LoRA adapters a TensorRT-LLM engine accepts: trtllm-build's --max_lora_rank and
+    # --lora_target_modules (BuildPlan; 0 / () = built without the LoRA plugin). Left out of the
+    # dict and the id when 0 / (), like `engine`: a build without LoRA keeps its profile id and
+    # manifest byte for byte, and two engines differing only in LoRA get different ids. The
+    # adapter registry refuses adapters these do not cover (adapters.check_engines). The id stays
+    # a bare hex hash (no "-lora<rank>" tag): `--profile MODEL=ID` overrides take [A-Za-z0-9]+.
+    max_lora_rank: int = 0
+    lora_target_modules: tuple[str, ...] = ()
 
     @classmethod
     def from_plan(cls, plan: BuildPlan) -> Profile:
         sku = get_sku(plan.sku)
+        # One canonical order (LoraManager's module ids): the same modules listed in another
+        # order build the same engine and must give the same id.
+        modules = sorted(plan.lora_target_modules, key=lambda m: lc.MODULE_IDS.get(m, 99))
         return cls(
             model=plan.model_dir.name,
             sku=sku.name,
@@ -87,13 +99,39 @@ class Profile:
             max_seq_len=plan.max_seq_len,
             max_num_tokens=plan.max_num_tokens,
             profile=plan.profile,
+            max_lora_rank=plan.max_lora_rank,
+            lora_target_modules=tuple(modules),
         )
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
         if data["engine"] is None:
             del data["engine"]
+        if not self.max_lora_rank and not self.lora_target_modules:
+            del data["max_lora_rank"], data["lora_target_modules"]
+        else:
+            data["lora_target_modules"] = list(self.lora_target_modules)
         return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> Profile:
+        """The inverse of `to_dict` (JSON has no tuples); TypeError on unknown/missing keys."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"profile: {data!r} is not an object")
+        fields = dict(data)
+        modules = fields.get("lora_target_modules", ())
+        if not isinstance(modules, list | tuple) or not all(isinstance(m, str) for m in modules):
+            raise TypeError(f"lora_target_modules: {modules!r} must be a list of module names")
+        fields["lora_target_modules"] = tuple(modules)
+        rank = fields.get("max_lora_rank", 0)
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+            raise TypeError(f"max_lora_rank: {rank!r} must be an integer >= 0")
+        return cls(**fields)  # type: ignore[arg-type]
+
+    @property
+    def has_lora(self) -> bool:
+        """Built with the LoRA plugin (a TensorRT-LLM engine that accepts adapters)."""
+        return self.max_lora_rank > 0
 
     @property
     def id(self) -> str:
@@ -151,7 +189,7 @@ class Manifest:
                     f"{source}: schema_version {data['schema_version']!r}, "
                     f"expected {SCHEMA_VERSION}"
                 )
-            profile = Profile(**data["profile"])  # type: ignore[arg-type]
+            profile = Profile.from_dict(data["profile"])  # type: ignore[arg-type]
             manifest = cls(
                 profile=profile,
                 files=dict(data["files"]),  # type: ignore[call-overload]

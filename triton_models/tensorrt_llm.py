@@ -91,8 +91,9 @@ class TensorRTLLMConfig:
     logits_datatype: str = "TYPE_FP32"
     encoder_input_features_data_type: str = "TYPE_FP16"
     prompt_embedding_table_data_type: str = "TYPE_FP16"
-    # LoRA cache (getPeftCacheConfigFromParams); the backend's defaults. max_adapter_size must be
-    # at least the engine's --max_lora_rank (build_engine/plan.py).
+    # LoRA cache (getPeftCacheConfigFromParams); the backend's defaults. The two sizes are ranks
+    # (adapter_size); max_adapter_size must be at least the engine's --max_lora_rank
+    # (build_engine/plan.py): install sets both from it (install.lora_cache_sizes).
     lora_cache_optimal_adapter_size: int = 8
     lora_cache_max_adapter_size: int = 64
     lora_cache_gpu_memory_fraction: float = 0.05
