@@ -1,13 +1,14 @@
 """Can a canary run beside the stable version on the same GPUs? A pure decision.
 
 A canary keeps both executors loaded for as long as it runs, so there is no "unload first" to
-fall back on: it fits only when `switch_plan.plan_switch` (the stable version as the loaded one,
-the canary as the new one: the same per-GPU arithmetic of weights from the manifest's engine
-files, the SKU's or the detected GPU's memory, TensorRT-LLM's kv_cache_free_gpu_mem_fraction of
-the memory left free, vLLM's gpu_memory_utilization of the total) says LOAD_BESIDE. Otherwise
-the canary is refused with the plan's figures. A reduced KV fraction (REDUCED_FRACTION) is not
-applied to a canary: Triton gives both versions one config, so the fraction would shrink the
-stable version's KV cache too at its next load.
+fall back on: it fits when `switch_plan.plan_switch` (the stable version as the loaded one, the
+canary as the new one: the same per-GPU arithmetic of weights from the manifest's engine files,
+the SKU's or the detected GPU's memory, TensorRT-LLM's kv_cache_free_gpu_mem_fraction of the
+memory left free, vLLM's gpu_memory_utilization of the total) says LOAD_BESIDE, or, when the
+operator allows reduced fractions (`SwitchPolicy.reduced_min_ratio`), REDUCED_FRACTION: the
+canary is then loaded with the planned kv_cache_free_gpu_mem_fraction. That fraction is the
+canary's own: it runs as its own Triton model with its own config (model_versions.py), so the
+stable executor's KV cache is untouched. Otherwise the canary is refused with the plan's figures.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from autoglm.build_engine.switch_plan import Footprint, Mode, SwitchPolicy, plan
 class CanaryFit:
     fits: bool
     reason: str
+    # The canary's kv_cache_free_gpu_mem_fraction when reduced to fit; None: its config's own.
+    fraction: float | None = None
 
 
 def plan_canary(stable: Footprint, canary: Footprint, policy: SwitchPolicy) -> CanaryFit:
@@ -28,4 +31,6 @@ def plan_canary(stable: Footprint, canary: Footprint, policy: SwitchPolicy) -> C
     plan = plan_switch(stable, canary, policy)
     if plan.mode is Mode.LOAD_BESIDE:
         return CanaryFit(True, plan.reason)
+    if plan.mode is Mode.REDUCED_FRACTION:
+        return CanaryFit(True, plan.reason, plan.fraction)
     return CanaryFit(False, f"the canary does not fit beside the stable version: {plan.reason}")

@@ -17,7 +17,8 @@ A model may also run a *canary* beside the version it serves: `<repo>/<model>/ca
 (`{"version": N, "weight": W}`, W in 1..99 percent of the principals), written by
 `autoglm build activate MODEL --canary N --weight W`, removed by `--rollback` (the stable version
 alone again) or by `--promote` (which pins N: the canary becomes the only version). It is read
-with the pins, at start-up and on every reload (SIGHUP); model_versions.py loads both versions.
+with the pins, at start-up and on every reload (SIGHUP); model_versions.py loads the canary as
+its own Triton model beside the stable one (`write_canary_alias`).
 
 Only `scan_repository` / `scan_roots` / `read_pins` / `write_pin` / the canary functions touch
 the disk (they read
@@ -120,7 +121,7 @@ def scan_repository(repo: Path) -> list[Candidate]:
     """Every version directory of every model in a Triton model repository."""
     out: list[Candidate] = []
     for model_dir in sorted(p for p in repo.iterdir() if p.is_dir()):
-        if model_dir.name.startswith("."):
+        if model_dir.name.startswith(".") or is_canary_alias(model_dir):
             continue
         out += [_candidate(model_dir.name, int(v.name), v) for v in _versions(model_dir)]
     return out
@@ -263,6 +264,50 @@ def promote_canary(repo: Path, model: str) -> Canary:
     write_pin(repo, Override(model, version=current.version))
     (repo / model / CANARY).unlink()
     return current
+
+
+# A running canary is its own Triton model: `<repo>/<model>__canary/` whose one version
+# directory is a relative link to `../<model>/<N>` (so the same files, checksums and engine path,
+# whatever path the repository is mounted at), marked by ALIAS_MARK so that scans skip it.
+# Why a second model rather than a second version of the same one: Triton gives all the
+# versions of a model one config, and the tensorrt_llm backend reads one `gpt_model_path` (and
+# one kv_cache_free_gpu_mem_fraction) per config, so two engines cannot be two versions of one
+# Triton model (server/engine/model_versions.py).
+CANARY_SUFFIX = "__canary"
+ALIAS_MARK = "canary-of.json"
+
+
+def canary_alias(model: str) -> str:
+    """The Triton model name a canary of `model` is served under."""
+    return f"{model}{CANARY_SUFFIX}"
+
+
+def is_canary_alias(model_dir: Path) -> bool:
+    return (model_dir / ALIAS_MARK).is_file()
+
+
+def write_canary_alias(repo: Path, model: str, version: int) -> str:
+    """Make `<repo>/<model>__canary/<version>` link to the installed version (other links in
+    it removed); its Triton model name. OverrideError when the name is taken by a real model."""
+    alias = canary_alias(model)
+    target = repo / model / str(version)
+    if not target.is_dir():
+        raise OverrideError(f"canary: {model} has no installed version {version}")
+    root = repo / alias
+    if root.is_dir() and not is_canary_alias(root) and any(root.iterdir()):
+        raise OverrideError(f"canary: {root} exists and is not a canary alias: rename that model")
+    root.mkdir(exist_ok=True)
+    mark = root / ALIAS_MARK
+    tmp = mark.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"model": model, "version": version}) + "\n")
+    os.replace(tmp, mark)
+    for entry in root.iterdir():
+        if entry.name.isdigit() and entry.name != str(version) and entry.is_symlink():
+            entry.unlink()
+    link = root / str(version)
+    if not link.is_symlink():
+        link.symlink_to(Path("..") / model / str(version), target_is_directory=True)
+    return alias
 
 
 # ---- the decision (pure) -------------------------------------------------------------------

@@ -322,7 +322,6 @@ async def start_server(settings: Settings) -> RunningServer:
         services=("", SERVICE_NAME),
         interval_s=settings.health_interval_s,
         probe_timeout_s=settings.health_probe_timeout_s,
-        routes=versions.route if versions is not None else None,
     )
     watch = asyncio.create_task(deep_health.run())
     draining = asyncio.Event()
@@ -354,7 +353,12 @@ async def start_server(settings: Settings) -> RunningServer:
 
         guard = asyncio.create_task(
             run_guard(
-                versions.routes, window, settings.canary_guard, versions.rollback, rolled_back
+                versions.routes,
+                window,
+                settings.canary_guard,
+                versions.rollback,
+                rolled_back,
+                follow=versions.follow_records,
             )
         )
     return RunningServer(

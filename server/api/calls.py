@@ -213,8 +213,8 @@ class Generations:
             engine = self.engine
             if route is not None:
                 out.version = route.version_for(who)
-                if pinned := route.engine_version(who):
-                    engine = VersionedEngine(self.engine, pinned)
+                if (target := route.engine_target(who)) is not None:
+                    engine = VersionedEngine(self.engine, *target)
                 if on_version is not None:  # the front door says which version answered
                     on_version(out.version)
             if on_prepared is not None:

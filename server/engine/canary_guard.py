@@ -178,11 +178,15 @@ async def run_guard(
     settings: GuardSettings,
     rollback: Callable[[str, str], Awaitable[int | None]],
     on_rollback: Callable[[str, int, str], None],
+    follow: Callable[[], Awaitable[object]] | None = None,
 ) -> None:
-    """`check_once` every `interval_s` seconds until cancelled; a failed check is logged."""
+    """`check_once` every `interval_s` seconds until cancelled, after `follow` (routes catch up
+    with canaries ended elsewhere: ModelVersions.follow_records); a failed check is logged."""
     while True:
         await asyncio.sleep(settings.interval_s)
         try:
+            if follow is not None:
+                await follow()
             for model, version, reason in await check_once(routes, window, settings, rollback):
                 on_rollback(model, version, reason)
         except Exception:

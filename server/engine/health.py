@@ -17,12 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from grpc_health.v1 import health, health_pb2
 
-from autoglm.server.engine.canary import Route
 from autoglm.server.engine.client import EngineClient, EngineRequest, EngineSampling
 from autoglm.server.engine.text_request import TextEngineRequest
 from autoglm.server.errors import DeadlineExceeded, EngineFailure, EngineUnavailable
@@ -79,13 +77,8 @@ class EngineHealth:
         services: tuple[str, ...],
         interval_s: float,
         probe_timeout_s: float,
-        routes: Callable[[str], Route | None] | None = None,
     ) -> None:
         self.engine = engine
-        # While a canary runs (or an ended one unloads), probes name the stable version:
-        # without a version Triton picks the highest loaded one, and a failing canary would
-        # eject the endpoint for everyone (the rollback guard judges it: canary_guard.py).
-        self.routes = routes or (lambda _name: None)
         self.registry = registry
         self.servicer = servicer
         self.metrics = metrics
@@ -135,10 +128,10 @@ class EngineHealth:
             if self._recent_tokens(model):
                 continue
             try:
+                # A running canary is its own Triton model (model_versions.py): the probe
+                # reaches the stable version, and a failing canary, judged by the rollback
+                # guard (canary_guard.py), never ejects the endpoint for everyone.
                 request = probe_request(model)
-                route = self.routes(model.spec.name)
-                if route is not None and (route.canary is not None or route.explicit):
-                    request = replace(request, model_version=str(route.stable))
                 await self.engine.probe(endpoint, request, timeout=self.probe_timeout_s)
             except DeadlineExceeded:
                 return Verdict(

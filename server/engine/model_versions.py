@@ -27,15 +27,18 @@ then fails to load, the old one is loaded again before VersionRefused is raised.
 logged either way; CPU engines keep loading beside.
 
 Canaries (version_plan.py `Canary`, server/engine/canary.py routes the calls): after the stable
-version of a model is in place, a canary recorded for it is loaded *with* it, as one load whose
-policy is `specific { versions: [stable, canary] }`. A Triton model has one config for all its
-versions, so the stable version's config is the base and each `parameters` entry that differs in
-the canary's own config is added as `KEY@v<canary>` (the CPU engine's model.py reads its own
-version's entries first: triton_models/cpu_engine/versions.py). Backends that cannot read such
-per-version entries (tensorrt_llm's gpt_model_path, for one) are refused a canary whose
-parameters differ, naming the keys. Ending a canary is a load of the stable version alone: Triton
-unloads the canary once its in-flight requests have finished; promoting it is a plain switch to
-the (already loaded) canary version.
+version of a model is in place, a canary recorded for it is loaded as its own Triton model,
+`<model>__canary` (version_plan.py `write_canary_alias`: a directory whose one version links to
+the installed one), with the canary version's own config. Not as a second version of the same
+model: Triton gives a model one config for all its versions, and the tensorrt_llm backend reads
+one `gpt_model_path` and one `kv_cache_free_gpu_mem_fraction` per config. As its own model the
+canary keeps its engine path, its instance count and, when canary_fit.py reduces it to fit
+beside the stable executor, its own KV fraction; the stable model keeps exactly one version, so
+requests and health probes that name no version reach it. Ending a canary is an unload of that
+model: Triton refuses new requests for it and lets in-flight ones finish (no principal is
+routed to it any more). Promoting it is a plain switch of the model to the canary's version,
+then the canary model's unload; on a GPU the canary is unloaded first, since its memory is not
+in the switch's plan.
 """
 
 from __future__ import annotations
@@ -67,12 +70,15 @@ from autoglm.build_engine.version_plan import (
     Candidate,
     Decision,
     Override,
+    OverrideError,
+    canary_alias,
     merge_overrides,
     plan_loads,
     read_canaries,
     read_pins,
     remove_canary,
     scan_repository,
+    write_canary_alias,
 )
 from autoglm.server.engine.canary import Route
 from autoglm.server.engine.client import EngineClient, ModelControlError
@@ -121,51 +127,21 @@ def version_config(candidate: Candidate, model_root: Path) -> model_config_pb2.M
 
 
 def triton_config_json(
-    candidate: Candidate, model_root: Path, *, kv_fraction: float | None = None
+    candidate: Candidate,
+    model_root: Path,
+    *,
+    kv_fraction: float | None = None,
+    name: str | None = None,
 ) -> str:
     """The config override: this version's config with a policy of exactly this version
-    (and, for a REDUCED_FRACTION switch, the planned kv_cache_free_gpu_mem_fraction)."""
+    (and, for a REDUCED_FRACTION switch, the planned kv_cache_free_gpu_mem_fraction), for the
+    Triton model `name` (default: the version's own model; a canary's alias)."""
     config = version_config(candidate, model_root)
-    config.name = candidate.model
+    config.name = name or candidate.model
     config.version_policy.specific.versions[:] = [candidate.version]
     if kv_fraction is not None:
         config.parameters[KV_FRACTION].string_value = repr(float(kv_fraction))
     return json_format.MessageToJson(config, preserving_proto_field_name=True, indent=None)
-
-
-def per_version_key(key: str, version: int) -> str:
-    """The name of a parameter that applies to one version only (cpu_engine/versions.py)."""
-    return f"{key}@v{version}"
-
-
-def canary_config_json(stable: Candidate, canary: Candidate, model_root: Path) -> str:
-    """One config serving both versions: the stable one's, a policy of both, and the canary's
-    differing `parameters` as per-version entries (VersionRefused when the backend cannot read
-    them)."""
-    assert stable.version is not None and canary.version is not None
-    base = version_config(stable, model_root)
-    own = version_config(canary, model_root)
-    keys = sorted(set(base.parameters) | set(own.parameters))
-    differ = [
-        k
-        for k in keys
-        if (base.parameters[k].string_value if k in base.parameters else None)
-        != (own.parameters[k].string_value if k in own.parameters else None)
-    ]
-    if differ and base.backend != "python":
-        raise VersionRefused(
-            canary.model,
-            canary.version,
-            f"{canary.label} cannot run as a canary beside version {stable.version}: backend "
-            f"{base.backend or base.platform!r} has one config for all versions and their "
-            f"parameters differ ({', '.join(differ)})",
-        )
-    for k in differ:
-        value = own.parameters[k].string_value if k in own.parameters else ""
-        base.parameters[per_version_key(k, canary.version)].string_value = value
-    base.name = stable.model
-    base.version_policy.specific.versions[:] = sorted({stable.version, canary.version})
-    return json_format.MessageToJson(base, preserving_proto_field_name=True, indent=None)
 
 
 def gpu_memory_bytes(profile: mf.Profile, hardware: mf.Hardware) -> int:
@@ -228,12 +204,9 @@ class ModelVersions:
         self.switch_policy.validate()
         self.footprint_for_tests = footprint_for_tests
         self.loaded: dict[str, LoadedVersion] = {}
-        # Per model: the canary loaded beside the stable version, and its weight (percent).
+        # Per model: the canary loaded beside the stable version (as the Triton model
+        # canary_alias(model)), and its weight (percent).
         self.canaries: dict[str, tuple[LoadedVersion, int]] = {}
-        # Per model: an ended canary's version while Triton still holds it (route() then names
-        # the stable version explicitly); background tasks that clear it once it is gone.
-        self.leaving: dict[str, int] = {}
-        self._watchers: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()  # one load/switch at a time (Triton loads one by one anyway)
 
     def plan(self, overrides: Sequence[Override] | None = None) -> list[Decision]:
@@ -253,8 +226,8 @@ class ModelVersions:
             return None
         canary = self.canaries.get(model)
         if canary is None:
-            return Route(model, stable.version, explicit=model in self.leaving)
-        return Route(model, stable.version, canary[0].version, canary[1])
+            return Route(model, stable.version)
+        return Route(model, stable.version, canary[0].version, canary[1], canary_alias(model))
 
     def routes(self) -> dict[str, Route]:
         return {m: r for m in self.loaded if (r := self.route(m)) is not None}
@@ -271,6 +244,38 @@ class ModelVersions:
             log.warning("%s: canary version %d rolled back: %s", model, canary[0].version, reason)
             await self._end_canary(model)
             return canary[0].version
+
+    async def follow_records(self) -> list[tuple[str, int]]:
+        """End the canaries this process serves whose record is gone or names another version:
+        another façade process's rollback guard, or an operator's `--rollback` without a
+        SIGHUP to this process. The rollback guard calls it every check, so every process's
+        routes follow the repository within one check interval (a principal routed meanwhile
+        to a canary another process unloaded gets UNAVAILABLE). The ended (model, version)s."""
+        if not self.canaries:
+            return []
+        ended: list[tuple[str, int]] = []
+        async with self._lock:
+            try:
+                records = await asyncio.to_thread(read_canaries, self.repo)
+            except OverrideError as exc:
+                log.error("canary records unreadable, canaries unchanged: %s", exc)
+                return []
+            for model, (canary, _) in sorted(self.canaries.items()):
+                record = records.get(model)
+                if record is not None and record.version == canary.version:
+                    continue
+                log.warning(
+                    "%s: canary version %d no longer recorded in %s: ending it here",
+                    model,
+                    canary.version,
+                    self.repo / model,
+                )
+                try:
+                    await self._end_canary(model)
+                except VersionRefused as exc:
+                    log.error("%s", exc)
+                ended.append((model, canary.version))
+        return ended
 
     async def select_and_load(self) -> dict[str, LoadedVersion]:
         """Start-up and reload: the best verified version of every model, loaded.
@@ -317,25 +322,24 @@ class ModelVersions:
         """Load, re-weight or end `model`'s canary so that it matches `record`."""
         stable = self.loaded[model]
         current = self.canaries.get(model)
+        alias = canary_alias(model)
         if record is None or record.version == stable.version:
             if record is not None:
                 log.warning(
                     "%s: canary version %d is the stable one: ignored", model, record.version
                 )
-            if current is not None:
-                if current[0].version == stable.version:
-                    del self.canaries[model]  # promoted: the switch made it the only version
-                else:
-                    await self._end_canary(model)
+            if current is not None:  # ended, or promoted (the switch made it the stable one)
+                await self._end_canary(model)
             return
         if (
             current is not None
             and current[0].version == record.version
-            and await self.engine.model_ready(model, version=str(record.version))
-            and await self.engine.model_ready(model, version=str(stable.version))
+            and await self.engine.model_ready(alias, version=str(record.version))
         ):
             self.canaries[model] = (current[0], record.weight)
             return
+        if current is not None:  # another version: nobody routed to it while it is replaced
+            del self.canaries[model]
         candidate = next(
             (c for c in await asyncio.to_thread(scan_repository, self.repo)
              if c.model == model and c.version == record.version),
@@ -364,76 +368,85 @@ class ModelVersions:
             ) from None
         if not fit.fits:
             raise VersionRefused(model, record.version, f"{candidate.label}: {fit.reason}")
-        config = await asyncio.to_thread(canary_config_json, base, candidate, self.repo / model)
+        try:
+            await asyncio.to_thread(write_canary_alias, self.repo, model, record.version)
+        except (OverrideError, OSError) as exc:
+            raise VersionRefused(
+                model, record.version, f"{candidate.label}: cannot make its canary model: {exc}"
+            ) from None
+        config = triton_config_json(
+            candidate, self.repo / model, kv_fraction=fit.fraction, name=alias
+        )
         started = time.monotonic()
         try:
-            await self.engine.load_model(model, config_json=config)
+            await self.engine.load_model(alias, config_json=config)
         except ModelControlError as exc:
             raise VersionRefused(
                 model, record.version, f"{candidate.label} refused by Triton as a canary: {exc}"
             ) from None
-        for version in (stable.version, record.version):
-            if not await self.engine.model_ready(model, version=str(version), timeout=10):
-                raise VersionRefused(
-                    model, record.version, f"{model} version {version}: loaded but not READY"
-                )
+        if not await self.engine.model_ready(alias, version=str(record.version), timeout=10):
+            raise VersionRefused(
+                model, record.version, f"{alias} version {record.version}: loaded but not READY"
+            )
         seconds = time.monotonic() - started
         loaded = LoadedVersion(
             model, record.version, manifest.profile_id, candidate.path, manifest, seconds
         )
         self.canaries[model] = (loaded, record.weight)
         log.info(
-            "%s: canary version %d for %d%% of principals beside version %d (loaded in %.1f s)",
+            "%s: canary version %d (Triton model %s) for %d%% of principals beside version %d"
+            " (loaded in %.1f s; %s)",
             model,
             record.version,
+            alias,
             record.weight,
             stable.version,
             seconds,
+            fit.reason,
         )
 
-    async def _end_canary(self, model: str) -> None:
-        """Load the stable version alone: Triton unloads the canary once its requests end."""
-        stable = self.loaded[model]
-        # No principal goes to the canary from now on, and every request names the stable
-        # version until Triton has unloaded the canary (Route.explicit).
+    async def _end_canary(self, model: str, *, wait: bool = False) -> None:
+        """Unload `model`'s canary model: no principal is routed to it from now on, and Triton
+        lets its in-flight requests finish. With `wait`, until Triton has freed it (at most
+        the drain timeout)."""
         canary, _ = self.canaries.pop(model)
-        self.leaving[model] = canary.version
-        c = Candidate(model, stable.version, stable.path, stable.manifest)
+        alias = canary_alias(model)
         try:
-            await self.engine.load_model(
-                model, config_json=triton_config_json(c, self.repo / model)
-            )
+            await self.engine.unload_model(alias, timeout=self.switch_policy.drain_timeout_s)
         except ModelControlError as exc:
-            self.canaries[model] = (canary, 0)  # still loaded; no principal routed to it
-            self.leaving.pop(model, None)
-            raise VersionRefused(
-                model, canary.version, f"{model}: ending canary {canary.version} failed: {exc}"
-            ) from None
+            if exc.code is None or exc.code.name != "DEADLINE_EXCEEDED":
+                raise VersionRefused(
+                    model, canary.version, f"{model}: unloading canary {alias} failed: {exc}"
+                ) from None
         log.info("%s: canary version %d ended; version %d alone", model, canary.version,
-                 stable.version)  # fmt: skip
-        watcher = asyncio.create_task(self._forget_when_gone(model, canary.version))
-        self._watchers.add(watcher)
-        watcher.add_done_callback(self._watchers.discard)
+                 self.loaded[model].version)  # fmt: skip
+        if wait:
+            await self._wait_unloaded(alias, canary.version)
 
-    async def _forget_when_gone(self, model: str, version: int) -> None:
-        """Clear `leaving` once Triton has unloaded `version` (its last request finished), or
-        after ten drain timeouts (named explicitly, the stable version serves either way)."""
-        deadline = time.monotonic() + 10 * self.switch_policy.drain_timeout_s
-        try:
-            while time.monotonic() < deadline:
-                index = await self.engine.repository_index()
-                state = next(
-                    (e.state for e in index if e.name == model and e.version == str(version)),
-                    None,
+    async def _wait_unloaded(self, name: str, version: int) -> None:
+        """Wait until Triton has unloaded `name` version `version` (its last request done), at
+        most the drain timeout (then logged: the caller goes on)."""
+        timeout = self.switch_policy.drain_timeout_s
+        started = time.monotonic()
+        while True:
+            index = await self.engine.repository_index()
+            state = next(
+                (e.state for e in index if e.name == name and e.version == str(version)), None
+            )
+            waited = time.monotonic() - started
+            if state not in ("READY", "UNLOADING"):
+                log.info("%s version %d drained and unloaded in %.1f s", name, version, waited)
+                return
+            if waited >= timeout:
+                log.warning(
+                    "%s version %d still %s after the %.0f s drain timeout; going on",
+                    name,
+                    version,
+                    state,
+                    timeout,
                 )
-                if state not in ("READY", "UNLOADING"):
-                    break
-                await asyncio.sleep(0.5)
-        except ModelControlError as exc:
-            log.warning("%s: could not watch version %d unload: %s", model, version, exc)
-        finally:
-            if self.leaving.get(model) == version:
-                del self.leaving[model]
+                return
+            await asyncio.sleep(0.2)
 
     async def _apply(self, decision: Decision, *, fallback: bool = True) -> LoadedVersion:
         model = decision.model
@@ -466,6 +479,11 @@ class ModelVersions:
             and await self.engine.model_ready(c.model, version=str(c.version))
         ):
             return current  # already serving: nothing to do
+        if c.model in self.canaries and await asyncio.to_thread(self._canary_on_gpu, c.model):
+            # The canary's GPU memory is not in the switch's plan: end it first (its record
+            # stays; the next reload loads it again beside the new version if it still fits).
+            log.info("%s: ending the canary before switching to version %d", c.model, c.version)
+            await self._end_canary(c.model, wait=True)
         try:
             plan = await asyncio.to_thread(self._plan_switch, current, c)
         except (ValueError, OSError) as exc:  # e.g. an unknown engine kind, a missing file
@@ -491,6 +509,12 @@ class ModelVersions:
             return self.footprint_for_tests(c)
         return version_footprint(c, self.repo / c.model, self.hardware)
 
+    def _canary_on_gpu(self, model: str) -> bool:
+        canary = self.canaries[model][0]
+        return self._footprint(
+            Candidate(model, canary.version, canary.path, canary.manifest)
+        ).on_gpu
+
     def _plan_switch(self, current: LoadedVersion | None, c: Candidate) -> SwitchPlan:
         old = None
         if current is not None:
@@ -505,10 +529,10 @@ class ModelVersions:
         Triton refuses new requests for the model from the unload on and lets the in-flight
         ones complete; the version leaves UNLOADING when the last one has (its memory freed).
         """
-        timeout = self.switch_policy.drain_timeout_s
-        started = time.monotonic()
         try:
-            await self.engine.unload_model(current.model, timeout=timeout)
+            await self.engine.unload_model(
+                current.model, timeout=self.switch_policy.drain_timeout_s
+            )
         except ModelControlError as exc:
             if exc.code is None or exc.code.name != "DEADLINE_EXCEEDED":
                 raise VersionRefused(
@@ -516,26 +540,7 @@ class ModelVersions:
                     current.version,
                     f"{_label(current)} could not be unloaded to make room: {exc}",
                 ) from None
-        version = str(current.version)
-        while True:
-            index = await self.engine.repository_index()
-            state = next(
-                (e.state for e in index if e.name == current.model and e.version == version),
-                None,
-            )
-            waited = time.monotonic() - started
-            if state not in ("READY", "UNLOADING"):
-                log.info("%s drained and unloaded in %.1f s", _label(current), waited)
-                return
-            if waited >= timeout:
-                log.warning(
-                    "%s still %s after the %.0f s drain timeout; loading the new version anyway",
-                    _label(current),
-                    state,
-                    timeout,
-                )
-                return
-            await asyncio.sleep(0.2)
+        await self._wait_unloaded(current.model, current.version)
 
     async def _restore(self, current: LoadedVersion, failure: VersionRefused) -> None:
         """The new version failed after the old one was unloaded: load the old one again."""

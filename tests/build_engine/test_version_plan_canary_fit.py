@@ -19,10 +19,19 @@ def test_two_executors_at_the_default_fraction_are_refused_naming_the_figures() 
     assert "old version holds 73.6 GiB" in fit.reason and "80.0 GiB" in fit.reason
 
 
-def test_small_fractions_fit_and_reduced_fractions_are_not_applied() -> None:
-    assert plan_canary(trt(1, fraction=0.05), trt(1, fraction=0.05), NO_OVERHEAD).fits
-    # A switch could load beside with a reduced fraction; a canary would shrink both: refused.
-    reduced = SwitchPolicy(runtime_overhead_bytes=0, reduced_min_ratio=0.01)
+def test_small_fractions_fit_and_a_reduced_fraction_is_the_canarys_own() -> None:
+    fit = plan_canary(trt(1, fraction=0.05), trt(1, fraction=0.05), NO_OVERHEAD)
+    assert fit.fits and fit.fraction is None  # the canary's config keeps its own fraction
+    # Stable at 0.3 holds 16 + 0.3 x 64 = 35.2 GiB; the canary at 0.9 would get 45 % of its
+    # alone KV cache beside it: refused by default, loaded with a reduced fraction if allowed.
+    stable, canary = trt(16, fraction=0.3), trt(16)
+    assert not plan_canary(stable, canary, NO_OVERHEAD).fits
+    reduced = SwitchPolicy(runtime_overhead_bytes=0, reduced_min_ratio=0.3)
+    fit = plan_canary(stable, canary, reduced)
+    # 28.8 GiB free beside after its weights, less the 6.4 GiB it leaves free alone: 22.4 GiB.
+    assert fit.fits and fit.fraction is not None and abs(fit.fraction - 22.4 / 28.8) < 1e-9
+    assert "kv_cache_free_gpu_mem_fraction 0.778" in fit.reason
+    # Not even a reduced fraction leaves room at 0.5 each: refused with the figures.
     assert not plan_canary(trt(16, fraction=0.5), trt(16, fraction=0.5), reduced).fits
 
 

@@ -1,5 +1,6 @@
-"""Canary releases against a real Triton (its own, explicit mode): two versions of one model
-loaded at once, requests routed per version, a canary ended or promoted with streams in flight.
+"""Canary releases against a real Triton (its own, explicit mode): a canary version loaded as
+its own Triton model (`<model>__canary`) beside the stable version, requests routed per version,
+a canary ended or promoted with streams in flight.
 
 Like test_model_versions.py: a module-scoped tritonserver with its own repository installed by
 the cpu-SKU installer from the real SmolLM2 folder (versions 1 and 2, version 1 pinned as the
@@ -28,6 +29,7 @@ from autoglm.build_engine.version_plan import (
     Canary,
     Candidate,
     Override,
+    canary_alias,
     promote_canary,
     remove_canary,
     write_canary,
@@ -52,6 +54,7 @@ from .conftest import FacadeThread, engine_metric
 pytestmark = pytest.mark.integration
 
 MODEL = "smollm2-canary"
+ALIAS = canary_alias(MODEL)  # the canary's own Triton model
 GREEDY = EngineSampling(temperature=0.0, runtime_top_k=1, runtime_top_p=1.0, seed=1,
                         repetition_penalty=1.0)  # fmt: skip
 NO_END = -1  # no end token: every stream runs to its full length
@@ -110,12 +113,12 @@ async def versions(plan: BuildPlan, engine: EngineClient) -> ModelVersions:
 
 
 def served(route: Route | None) -> tuple[int, int | None] | None:
-    """(stable, canary) of a route (an ended canary may still be unloading: Route.explicit)."""
+    """(stable, canary) of a route."""
     return None if route is None else (route.stable, route.canary)
 
 
-def states(index: list) -> dict[str, str]:  # type: ignore[type-arg]
-    return {e.version: e.state for e in index if e.name == MODEL}
+def states(index: list, model: str = MODEL) -> dict[str, str]:  # type: ignore[type-arg]
+    return {e.version: e.state for e in index if e.name == model}
 
 
 async def generate(
@@ -124,9 +127,10 @@ async def generate(
     version: str = "",
     sink: list[int] | None = None,
     started: asyncio.Event | None = None,
+    model: str = MODEL,
 ) -> list[int]:
     out = sink if sink is not None else []
-    request = EngineRequest(MODEL, f"c-{time.monotonic_ns()}", [1, 2, 3, 4, 5], tokens, NO_END, 2,
+    request = EngineRequest(model, f"c-{time.monotonic_ns()}", [1, 2, 3, 4, 5], tokens, NO_END, 2,
                             GREEDY, model_version=version)  # fmt: skip
     async for ids in engine.generate(request, timeout=400):
         out.extend(ids)
@@ -135,37 +139,42 @@ async def generate(
     return out
 
 
-async def wait_unloaded(engine: EngineClient, triton: TritonProcess, version: str) -> None:
+async def wait_unloaded(
+    engine: EngineClient, triton: TritonProcess, version: str, model: str = MODEL
+) -> None:
     deadline = time.monotonic() + 300
-    while states(await engine.repository_index()).get(version) not in ("UNAVAILABLE", None):
+    while states(await engine.repository_index(), model).get(version) not in (
+        "UNAVAILABLE",
+        None,
+    ):
         assert time.monotonic() < deadline, f"version {version} never unloaded:\n" + (
             triton.log_tail(60)
         )
         await asyncio.sleep(0.2)
 
 
-def successes(triton: TritonProcess, version: str) -> float:
-    return engine_metric(triton, "nv_inference_request_success", model=MODEL, version=version)
+def successes(triton: TritonProcess, version: str, model: str = MODEL) -> float:
+    return engine_metric(triton, "nv_inference_request_success", model=model, version=version)
 
 
 async def start_canary(versions: ModelVersions, plan: BuildPlan, weight: int) -> None:
     assert plan.model_repo is not None
     write_canary(plan.model_repo, Canary(MODEL, 2, weight))
     await versions.select_and_load()
-    assert versions.route(MODEL) == Route(MODEL, 1, 2, weight)
+    assert versions.route(MODEL) == Route(MODEL, 1, 2, weight, ALIAS)
 
 
 async def long_stream_on(
-    engine: EngineClient, versions: ModelVersions, version: str
+    engine: EngineClient, versions: ModelVersions, version: str, model: str = MODEL
 ) -> tuple[asyncio.Task[list[int]], int]:
     """A stream on `version` sized to outlast a load (from the rate measured now)."""
     t0 = time.monotonic()
-    await generate(engine, 10, version)
+    await generate(engine, 10, version, model=model)
     rate = 10 / (time.monotonic() - t0)
     n = min(1000, int(rate * 3 * max(3.0, versions.loaded[MODEL].load_seconds)) + 40)
     tokens: list[int] = []
     started = asyncio.Event()
-    task = asyncio.create_task(generate(engine, n, version, tokens, started))
+    task = asyncio.create_task(generate(engine, n, version, tokens, started, model))
     await asyncio.wait_for(started.wait(), 60)
     return task, n
 
@@ -175,23 +184,44 @@ async def test_both_versions_serve_and_a_rollback_lets_streams_finish(
 ) -> None:
     assert plan.model_repo is not None
     await start_canary(versions, plan, 50)
-    assert states(await engine.repository_index()) == {"1": "READY", "2": "READY"}
-    # Each request runs on the version it names (Triton counts successes per version).
-    before = successes(triton, "1"), successes(triton, "2")
-    assert len(await generate(engine, 2, "1")) == 2
-    assert len(await generate(engine, 2, "2")) == 2
-    assert len(await generate(engine, 2, "2")) == 2
-    assert (successes(triton, "1"), successes(triton, "2")) == (before[0] + 1, before[1] + 2)
+    index = await engine.repository_index()
+    assert states(index) == {"1": "READY"} and states(index, ALIAS) == {"2": "READY"}
+    # Each request runs where it is sent (Triton counts successes per model and version); a
+    # request naming no model version reaches the stable one, the model's only version.
+    before = successes(triton, "1"), successes(triton, "2", ALIAS)
+    assert len(await generate(engine, 2)) == 2
+    assert len(await generate(engine, 2, "2", model=ALIAS)) == 2
+    assert len(await generate(engine, 2, "2", model=ALIAS)) == 2
+    after = successes(triton, "1"), successes(triton, "2", ALIAS)
+    assert after == (before[0] + 1, before[1] + 2)
     # The canary ends while a stream runs on it: the stream completes, then it unloads.
-    stream, n = await long_stream_on(engine, versions, "2")
+    stream, n = await long_stream_on(engine, versions, "2", ALIAS)
     assert remove_canary(plan.model_repo, MODEL) is not None
     await versions.select_and_load()
     assert served(versions.route(MODEL)) == (1, None)
     assert not stream.done(), "the stream ended before the rollback: size it longer"
     assert len(await stream) == n
     assert len(await generate(engine, 2)) == 2  # no version named: the stable one
-    await wait_unloaded(engine, triton, "2")
+    await wait_unloaded(engine, triton, "2", ALIAS)
     assert states(await engine.repository_index())["1"] == "READY"
+
+
+async def test_a_rollback_by_another_process_is_followed(
+    versions: ModelVersions, engine: EngineClient, plan: BuildPlan
+) -> None:
+    """Two façade processes (two ModelVersions on one Triton): one process's rollback guard
+    ends the canary; the other's routes follow at its next guard check (follow_records)."""
+    assert plan.model_repo is not None
+    await start_canary(versions, plan, 30)
+    other = ModelVersions(plan.model_repo, engine, hardware=mf.Hardware())
+    await other.select_and_load()  # finds both loaded: nothing to load, the same routes
+    assert other.route(MODEL) == Route(MODEL, 1, 2, 30, ALIAS)
+    assert await other.follow_records() == []  # the record is still there
+    assert await versions.rollback(MODEL, "test") == 2
+    assert served(versions.route(MODEL)) == (1, None)
+    assert await other.follow_records() == [(MODEL, 2)]
+    assert served(other.route(MODEL)) == (1, None)
+    assert len(await generate(engine, 2)) == 2
 
 
 async def test_promote_lets_streams_on_the_old_stable_finish(
@@ -200,13 +230,16 @@ async def test_promote_lets_streams_on_the_old_stable_finish(
     assert plan.model_repo is not None
     await start_canary(versions, plan, 10)
     stream, n = await long_stream_on(engine, versions, "1")
+    canary_stream, canary_n = await long_stream_on(engine, versions, "2", ALIAS)
     promote_canary(plan.model_repo, MODEL)
     await versions.select_and_load()
     assert versions.route(MODEL) == Route(MODEL, 2)
     assert not stream.done(), "the stream ended before the promotion: size it longer"
-    assert len(await stream) == n
+    # Streams on the old stable version and on the canary model both finish whole.
+    assert len(await stream) == n and len(await canary_stream) == canary_n
     assert len(await generate(engine, 2, "2")) == 2
     await wait_unloaded(engine, triton, "1")
+    await wait_unloaded(engine, triton, "2", ALIAS)
     # Back to the stable version 1 for the module's other tests.
     write_pin(plan.model_repo, Override(MODEL, version=1))
     assert (await versions.select_and_load())[MODEL].version == 1
@@ -322,7 +355,7 @@ def test_failing_canary_is_rolled_back_by_the_guard(
     facade = FacadeThread(settings)
     try:
         versions = facade.running.versions
-        assert versions is not None and versions.route(MODEL) == Route(MODEL, 1, bad, 60)
+        assert versions is not None and versions.route(MODEL) == Route(MODEL, 1, bad, 60, ALIAS)
         with grpc.insecure_channel(f"127.0.0.1:{facade.port}") as channel:
             stub = pb_grpc.TextGenerationStub(channel)
             request = pb.GenerateRequest(
@@ -331,25 +364,18 @@ def test_failing_canary_is_rolled_back_by_the_guard(
             for _ in range(4):
                 with pytest.raises(grpc.RpcError) as err:
                     stub.Generate(request, timeout=60)
-                # INTERNAL from the engine; UNAVAILABLE once deep health, whose probe names no
-                # version (Triton's policy: the highest, here the canary), ejected the endpoint.
-                assert err.value.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE)
+                # INTERNAL from the canary's engine. Deep health probes the stable model, so
+                # the failing canary never ejects the endpoint (that would be UNAVAILABLE).
+                assert err.value.code() == grpc.StatusCode.INTERNAL, err.value
             deadline = time.monotonic() + 60
             while served(versions.route(MODEL)) != (1, None):
                 assert time.monotonic() < deadline, "the guard never rolled the canary back"
                 time.sleep(0.1)
             assert not (plan.model_repo / MODEL / "canary.json").exists()
-            # The stable version alone again (once deep health has readmitted the endpoint).
-            while True:
-                try:
-                    _, call = stub.Generate.with_call(request, timeout=60)
-                    break
-                except grpc.RpcError as exc:
-                    assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
-                    assert time.monotonic() < deadline, "the stable version never served again"
-                    time.sleep(0.1)
+            # The stable version answers at once: it served throughout.
+            _, call = stub.Generate.with_call(request, timeout=60)
             assert dict(call.trailing_metadata() or ())["x-autoglm-model-version"] == "1"
-        # The guard audits once the stable version is loaded alone (it may still be loading).
+        # The guard audits once the canary's model is unloaded (it may still be unloading).
         log = tmp_path / "audit" / "audit.jsonl"
         while True:
             facade.running.generations.audit.flush(timeout=10)

@@ -1,9 +1,10 @@
 """Per-version parameters of one Triton model config, and the test-only failure switch.
 
-Triton gives a model one config for all its loaded versions. While a canary runs, the façade
-loads the stable and the canary version with one config (server/engine/model_versions.py
-`canary_config_json`): the stable version's parameters, plus `KEY@v<N>` for each parameter whose
-value differs in version N's own config. `for_version` gives one version its own view.
+Triton gives a model one config for all its loaded versions. A config may carry `KEY@v<N>`
+entries: version N's own value of KEY when one Triton model serves several versions whose
+parameters differ; `for_version` gives one version its own view (a config without such entries
+is returned as it is). The façade's canaries do not need them: a canary runs as its own Triton
+model with its own config (server/engine/model_versions.py).
 
 `TEST_ONLY_FAIL` is a switch for tests only (tests/integration/test_canary*.py): a version whose
 config sets it to "true" answers every request with an error, so that the rollback guard can be
