@@ -25,8 +25,12 @@ import io
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from autoglm.build_engine.manifest import Profile
 
 WEIGHTS_FILE = "model.lora_weights.npy"
 CONFIG_FILE = "model.lora_config.npy"
@@ -47,6 +51,8 @@ class ServedAdapter:
     config_file: Path
     # file -> the sha256 recorded at `add`; a file listed here is checked on every read
     sha256: Mapping[Path, str] = field(default_factory=dict)
+    rank: int = 0  # the adapter's r, as registered
+    target_modules: tuple[str, ...] = ()  # its Hugging Face module names, as registered
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(lora_weights [n, m] float16, lora_config [n, 3] int32), read now; AdapterError when
@@ -67,6 +73,29 @@ class ServedAdapter:
             raise AdapterError(f"adapter {self.name}: {path.name}: {exc}") from None
         # hf_lora_convert.py saves a batch of one; the request adds its own batch dim.
         return array[0] if array.ndim == 3 and array.shape[0] == 1 else array
+
+
+def engine_refusal(adapter: ServedAdapter, version: int, profile: Profile) -> str | None:
+    """Why `version` of the adapter's base (its manifest's profile) cannot apply `adapter`, or
+    None. A TensorRT-LLM engine applies only what it was built for (no LoRA plugin, a rank
+    above --max_lora_rank, a module outside --lora_target_modules: build_engine/adapters.py
+    `check_engines`, which `adapter add` ran against the versions installed then; a version
+    installed or made a canary later is checked here). The CPU engine applies any adapter of
+    its base (PEFT)."""
+    from autoglm.build_engine import adapters as registry
+
+    if profile.engine_kind != "tensorrt_llm":
+        return None
+    try:
+        registry.check_engines(
+            adapter.rank,
+            adapter.target_modules,
+            (registry.EngineLora.of(version, profile),),
+            base=adapter.base,
+        )
+    except registry.AdapterError as exc:
+        return f"adapter {adapter.name}: {exc}"
+    return None
 
 
 def check_arrays(adapter: ServedAdapter) -> None:
@@ -150,6 +179,8 @@ def load_adapters(root: Path) -> tuple[list[ServedAdapter], list[str]]:
                 weights_file=files[0],
                 config_file=files[1],
                 sha256={f: entry.sha256[k] for f, k in zip(files, keys, strict=True)},
+                rank=entry.rank,
+                target_modules=entry.target_modules,
             )
             check_arrays(adapter)
         except ValueError as exc:  # registry.AdapterError, AdapterError

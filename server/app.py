@@ -8,7 +8,7 @@ import contextlib
 import dataclasses
 import logging
 import signal
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from autoglm.build_engine import manifest as mf
 from autoglm.build_engine.adapters import ADAPTERS_DIR
 from autoglm.build_engine.version_plan import parse_override
-from autoglm.server.adapters import AdapterSet, load_adapters
+from autoglm.server.adapters import AdapterSet, ServedAdapter, engine_refusal, load_adapters
 from autoglm.server.api.calls import Generations
 from autoglm.server.api.openai.http_server import RunningHttp, start_http
 from autoglm.server.api.openai.routes import FrontDoor
@@ -197,6 +197,17 @@ def _adapters(settings: Settings, models: list[ServedModel]) -> AdapterSet:
     return AdapterSet(served)
 
 
+def _adapter_refusal(versions: ModelVersions) -> Callable[[ServedAdapter, str, int], str | None]:
+    """Why the served `version` of a model cannot apply an adapter (its manifest's profile:
+    adapters.engine_refusal), or None."""
+
+    def refusal(adapter: ServedAdapter, model: str, version: int) -> str | None:
+        profile = versions.profile(model, version)
+        return None if profile is None else engine_refusal(adapter, version, profile)
+
+    return refusal
+
+
 async def start_server(settings: Settings) -> RunningServer:
     """Start the façade; returns once it listens (the bound port is in the result)."""
     settings.validate()
@@ -270,6 +281,7 @@ async def start_server(settings: Settings) -> RunningServer:
         audit=audit,
         routes=versions.route if versions is not None else None,
         observe=observe_version,
+        adapter_refusal=_adapter_refusal(versions) if versions is not None else None,
     )
     if versions is not None:
         for name, lv in sorted(versions.loaded.items()):

@@ -58,6 +58,13 @@ class NotFound(ServiceError):
     code = grpc.StatusCode.NOT_FOUND
 
 
+class FailedPrecondition(ServiceError):
+    """The request is well-formed but the system is not in a state to serve it (e.g. the model
+    version that answers this caller was built without what the request needs)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class Unauthenticated(ServiceError):
     code = grpc.StatusCode.UNAUTHENTICATED
 

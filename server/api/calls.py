@@ -80,6 +80,7 @@ class Generations:
         audit: AuditSink | None = None,
         routes: Callable[[str], Route | None] | None = None,
         observe: Callable[[str, int, grpc.StatusCode, float | None], None] | None = None,
+        adapter_refusal: Callable[[ServedAdapter, str, int], str | None] | None = None,
     ) -> None:
         self.registry = registry
         self.engine = engine
@@ -90,6 +91,8 @@ class Generations:
         self.routes = routes or (lambda _model: None)
         # Each answered call's version, status and TTFT, for the rollback guard (canary_guard.py).
         self.observe = observe
+        # Why the version that answers cannot apply an adapter (adapters.engine_refusal), or None.
+        self.adapter_refusal = adapter_refusal
 
     def model(self, name: str, principal: Principal | None) -> ServedModel:
         # Checked before existence, so a token cannot probe which other models exist.
@@ -201,22 +204,29 @@ class Generations:
             adapter = self.adapter(plan.adapter, model, principal)
             images = await pipeline.check_request_images(plan, model)
             out.prepared = prepared = pipeline.prepare(plan, model, images, adapter)
+            # The version that answers this principal: sticky while a canary runs (canary.py).
+            # Chosen before admission, so that a request that version cannot serve spends no
+            # quota.
+            route = self.routes(plan.model)
+            who = principal.name if principal else ANONYMOUS
+            version = route.version_for(who) if route is not None else None
+            if version is not None and adapter is not None and self.adapter_refusal is not None:
+                why = self.adapter_refusal(adapter, plan.model, version)
+                if why is not None:
+                    raise errors.FailedPrecondition(why, field="adapter")
             ticket = await self.admission.admit(
                 principal.name if principal else ANONYMOUS,
                 principal.limits if principal else None,
                 prepared.max_new_tokens,
                 len(prepared.prompt_ids),
             )
-            # The version that answers this principal: sticky while a canary runs (canary.py).
-            route = self.routes(plan.model)
-            who = principal.name if principal else ANONYMOUS
             engine = self.engine
-            if route is not None:
-                out.version = route.version_for(who)
+            if route is not None and version is not None:
+                out.version = version
                 if (target := route.engine_target(who)) is not None:
                     engine = VersionedEngine(self.engine, *target)
                 if on_version is not None:  # the front door says which version answered
-                    on_version(out.version)
+                    on_version(version)
             if on_prepared is not None:
                 on_prepared(prepared)
             with tracing.generation_span(

@@ -229,6 +229,17 @@ class ModelVersions:
             return Route(model, stable.version)
         return Route(model, stable.version, canary[0].version, canary[1], canary_alias(model))
 
+    def profile(self, model: str, version: int) -> mf.Profile | None:
+        """The build profile of `model` `version` when this process serves it (stable or
+        canary)."""
+        stable = self.loaded.get(model)
+        if stable is not None and stable.version == version:
+            return stable.manifest.profile
+        canary = self.canaries.get(model)
+        if canary is not None and canary[0].version == version:
+            return canary[0].manifest.profile
+        return None
+
     def routes(self) -> dict[str, Route]:
         return {m: r for m in self.loaded if (r := self.route(m)) is not None}
 

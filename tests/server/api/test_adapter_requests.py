@@ -7,6 +7,7 @@ with principals as the auth layer makes them. The real engine: tests/integration
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,14 +17,28 @@ import numpy as np
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from autoglm.server.adapters import AdapterError, AdapterSet, ServedAdapter, check_arrays
-from autoglm.server.api.calls import Generations
+from autoglm.build_engine import manifest as mf
+from autoglm.server.adapters import (
+    AdapterError,
+    AdapterSet,
+    ServedAdapter,
+    check_arrays,
+    engine_refusal,
+)
+from autoglm.server.api.calls import Call, Generations
 from autoglm.server.api.openai import model_names, protocol
 from autoglm.server.api.service import TextGenerationService
 from autoglm.server.api.validation import validate_generate
+from autoglm.server.engine.canary import Route
 from autoglm.server.engine.client import EngineRequest
 from autoglm.server.engine.lora import LoraTasks
-from autoglm.server.errors import InvalidArgument, NotFound, PermissionDenied
+from autoglm.server.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    status_for,
+)
 from autoglm.server.generation.relay import Push
 from autoglm.server.models import ModelRegistry, ModelSpec, load_model
 from autoglm.server.security.auth import Principal
@@ -248,3 +263,79 @@ def test_openai_names_cannot_probe_other_tenants_adapters(registry: ModelRegistr
 
 def test_openai_errors_about_the_adapter_name_model() -> None:
     assert protocol.param_name("adapter", prompt_field="messages") == "model"
+
+
+# ---- the version that answers must be able to apply the adapter -----------------------------
+
+
+def engine_profile(kind: str, rank: int = 0, modules: tuple[str, ...] = ()) -> mf.Profile:
+    """A manifest profile: a TensorRT-LLM engine's (built with LoRA of `rank` on `modules`, or
+    without) or the CPU engine's."""
+    return mf.Profile(
+        model="SmolLM2-135M-Instruct", sku="h100-sxm" if kind == "tensorrt_llm" else "cpu",
+        compute_capability="9.0" if kind == "tensorrt_llm" else "cpu", precision="fp16",
+        kv_cache_dtype="auto", tp=1, pp=1, max_batch=8, max_input_len=1024, max_seq_len=2048,
+        max_num_tokens=4096, profile="latency", max_lora_rank=rank, lora_target_modules=modules,
+    )  # fmt: skip
+
+
+def test_engine_refusal_holds_an_adapter_to_the_engines_build(tmp_path: Path) -> None:
+    adapter = dataclasses.replace(
+        write_adapter(tmp_path, "a", "m", 11), rank=8, target_modules=("q_proj", "v_proj")
+    )
+    assert engine_refusal(adapter, 3, engine_profile("cpu_reference")) is None
+    lora = engine_profile("tensorrt_llm", 16, ("attn_q", "attn_v"))
+    assert lora.engine_kind == "tensorrt_llm" and engine_refusal(adapter, 3, lora) is None
+    assert engine_refusal(adapter, 3, engine_profile("tensorrt_llm")) == (
+        "adapter a: max_lora_rank: m version 3 (a TensorRT-LLM engine) was built without LoRA"
+        " (max_lora_rank 0, no lora_target_modules): it serves no adapter; build it with"
+        " --max-lora-rank"
+    )
+    narrow = engine_profile("tensorrt_llm", 4, ("attn_q", "attn_v"))
+    assert "rank 8 exceeds max_lora_rank 4 of m version 3" in (
+        engine_refusal(adapter, 3, narrow) or ""
+    )
+    q_only = engine_profile("tensorrt_llm", 16, ("attn_q",))
+    assert "v_proj (attn_v) is not among lora_target_modules ['attn_q']" in (
+        engine_refusal(adapter, 3, q_only) or ""
+    )
+
+
+async def test_a_version_that_cannot_apply_the_adapter_refuses_before_admission(
+    registry: ModelRegistry,
+) -> None:
+    """The façade asks which version answers (a canary's route) and whether it can apply the
+    adapter: FAILED_PRECONDITION naming `adapter`, nothing sent, no quota spent."""
+    engine = Engine()
+    refused_on = {4}  # the canary version, say, was built without LoRA
+
+    def refusal(adapter: ServedAdapter, model: str, version: int) -> str | None:
+        return (
+            f"adapter {adapter.name}: {model} version {version}" if version in refused_on else None
+        )
+
+    generations = Generations(
+        registry,
+        engine,  # type: ignore[arg-type]
+        metrics=FacadeMetrics(registry.names(), process_metrics=False),
+        admission=Admission(LimitSettings(requests_per_minute=1)),
+        routes=lambda model: Route(model, 3, 4, 99, f"{model}__canary"),
+        adapter_refusal=refusal,
+    )
+    try:
+        call = Call(model="m", rpc="Generate", api="grpc", principal=None, request_id="r1")
+        plan = validate_generate(pb.GenerateRequest(model="m", prompt="hi", adapter="a"))
+        with pytest.raises(FailedPrecondition) as err:
+            async for _ in generations.generate(call, lambda: plan):
+                pass
+        assert err.value.field == "adapter" and err.value.message == "adapter a: m version 4"
+        assert status_for(err.value, request_id="r1").code == grpc.StatusCode.FAILED_PRECONDITION
+        assert engine.requests == []
+        # The one request a minute was not spent: the version that can apply it answers.
+        refused_on.clear()
+        deltas = [d async for d in generations.generate(call, lambda: plan)]
+        assert deltas and len(engine.requests) == 1
+        (request,) = engine.requests
+        assert (request.triton_model, request.model_version) == ("m__canary", "4")
+    finally:
+        generations.close()
