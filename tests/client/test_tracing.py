@@ -69,6 +69,14 @@ def _traceparent(metadata: tuple[tuple[str, str], ...]) -> tuple[str, str]:
     return match.group(1), match.group(2)
 
 
+@pytest.fixture
+def no_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client's tracer as it is in an application without the SDK (the no-op one), whatever
+    global provider an earlier test in this process installed (server tests do)."""
+    monkeypatch.setattr(_tracing, "_tracer", trace.NoOpTracer())
+
+
+@pytest.mark.usefixtures("no_sdk")
 def test_without_an_sdk_nothing_is_added() -> None:
     client, stub = _client(["only"])
     with client:
@@ -77,6 +85,7 @@ def test_without_an_sdk_nothing_is_added() -> None:
     assert completion.trace_id == TRACE_ID  # the server's trailer, traced client or not
 
 
+@pytest.mark.usefixtures("no_sdk")
 def test_caller_context_is_propagated_without_an_sdk() -> None:
     # An application that forwards a trace without recording (no SDK) still gets it through.
     parent = trace.NonRecordingSpan(
