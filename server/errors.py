@@ -203,9 +203,11 @@ def http_error_for(
     openai_code = _OPENAI_CODES.get(code)
     if isinstance(exc, RequestTooLarge):
         status, kind, openai_code = 413, "invalid_request_error", "request_too_large"
-    elif isinstance(exc, ResourceExhausted) and exc.retry_after_s is not None:
-        # Retry-After takes whole seconds (RFC 9110 §10.2.3): round up, never 0.
-        headers["retry-after"] = str(max(1, math.ceil(exc.retry_after_s)))
+    elif (after := getattr(exc, "retry_after_s", None)) is not None and status in (429, 503):
+        # A limit (429) or a store that usually comes back (503: shared_limits.LimitsUnavailable)
+        # says when to try again, as its RetryInfo does on gRPC. Retry-After takes whole seconds
+        # (RFC 9110 §10.2.3, for 429 and 503 alike): round up, never 0.
+        headers["retry-after"] = str(max(1, math.ceil(after)))
     elif code == grpc.StatusCode.UNAUTHENTICATED:
         headers["www-authenticate"] = "Bearer"
     error: dict[str, object] = {

@@ -18,6 +18,7 @@ from autoglm.server.errors import (
     Unauthenticated,
     http_error_for,
 )
+from autoglm.server.security.shared_limits import LimitsUnavailable
 
 RID = "req-7"
 
@@ -70,6 +71,15 @@ def test_not_found_names_the_model_field() -> None:
 def test_retry_after_is_whole_seconds_rounded_up(after: float, header: str) -> None:
     _, _, headers = http_error_for(ResourceExhausted("x", retry_after_s=after), request_id=RID)
     assert headers == {"retry-after": header}
+
+
+def test_an_unreachable_limits_store_says_when_to_retry() -> None:
+    exc = LimitsUnavailable("limits store unreachable", retry_after_s=1.5)
+    status, body, headers = http_error_for(exc, request_id=RID)
+    assert (status, headers) == (503, {"retry-after": "2"})
+    assert body["error"]["type"] == "service_unavailable"  # type: ignore[index]
+    # An engine that is down says nothing of when it comes back: no header.
+    assert http_error_for(EngineUnavailable("down"), request_id=RID)[2] == {}
 
 
 def test_too_large_is_413_not_429() -> None:
