@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -96,6 +96,19 @@ def engine_refusal(adapter: ServedAdapter, version: int, profile: Profile) -> st
     except registry.AdapterError as exc:
         return f"adapter {adapter.name}: {exc}"
     return None
+
+
+def unservable(
+    adapters: Iterable[ServedAdapter], served: Callable[[str], tuple[int, Profile] | None]
+) -> list[str]:
+    """Why each adapter the version its base serves now (`served(base)`: version and profile)
+    cannot apply, for the log at start and after a reload: their requests will be refused."""
+    out = []
+    for adapter in adapters:
+        now = served(adapter.base)
+        if now is not None and (why := engine_refusal(adapter, *now)) is not None:
+            out.append(why)
+    return out
 
 
 def check_arrays(adapter: ServedAdapter) -> None:

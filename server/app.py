@@ -19,7 +19,13 @@ from grpc_reflection.v1alpha import reflection
 from autoglm.build_engine import manifest as mf
 from autoglm.build_engine.adapters import ADAPTERS_DIR
 from autoglm.build_engine.version_plan import parse_override
-from autoglm.server.adapters import AdapterSet, ServedAdapter, engine_refusal, load_adapters
+from autoglm.server.adapters import (
+    AdapterSet,
+    ServedAdapter,
+    engine_refusal,
+    load_adapters,
+    unservable,
+)
 from autoglm.server.api.calls import Generations
 from autoglm.server.api.openai.http_server import RunningHttp, start_http
 from autoglm.server.api.openai.routes import FrontDoor
@@ -106,6 +112,7 @@ class RunningServer:
             if before.get(name) != lv.version:
                 self.generations.audit.model_switch(name, lv.version, before.get(name))
         audit_canaries(self.generations.audit, routes, self.versions.routes())
+        _log_unservable_adapters(self.registry, self.versions)
 
     @property
     def metrics_port(self) -> int | None:
@@ -197,6 +204,17 @@ def _adapters(settings: Settings, models: list[ServedModel]) -> AdapterSet:
     return AdapterSet(served)
 
 
+def _log_unservable_adapters(registry: ModelRegistry, versions: ModelVersions) -> None:
+    def served(base: str) -> tuple[int, mf.Profile] | None:
+        lv = versions.loaded.get(base)
+        return None if lv is None else (lv.version, lv.manifest.profile)
+
+    for why in unservable(registry.adapters, served):
+        log.error(
+            "%s: its requests are refused (FAILED_PRECONDITION) while this version serves", why
+        )
+
+
 def _adapter_refusal(versions: ModelVersions) -> Callable[[ServedAdapter, str, int], str | None]:
     """Why the served `version` of a model cannot apply an adapter (its manifest's profile:
     adapters.engine_refusal), or None."""
@@ -225,6 +243,8 @@ async def start_server(settings: Settings) -> RunningServer:
         for spec in (*settings.models, *specs)
     ]
     registry = ModelRegistry(models, await asyncio.to_thread(_adapters, settings, models))
+    if versions is not None:
+        _log_unservable_adapters(registry, versions)
     # Each served model must declare the tensors of the contract the façade will speak to it.
     try:
         await verify_contracts(engine, registry)

@@ -24,6 +24,7 @@ from autoglm.server.adapters import (
     ServedAdapter,
     check_arrays,
     engine_refusal,
+    unservable,
 )
 from autoglm.server.api.calls import Call, Generations
 from autoglm.server.api.openai import model_names, protocol
@@ -339,3 +340,18 @@ async def test_a_version_that_cannot_apply_the_adapter_refuses_before_admission(
         assert (request.triton_model, request.model_version) == ("m__canary", "4")
     finally:
         generations.close()
+
+
+def test_adapters_the_served_version_cannot_apply_are_named(tmp_path: Path) -> None:
+    """What the façade logs at start and after each reload (app.py)."""
+    a = dataclasses.replace(
+        write_adapter(tmp_path, "a", "m", 11), rank=8, target_modules=("q_proj",)
+    )
+    x = dataclasses.replace(write_adapter(tmp_path, "x", "other", 13), rank=8)
+    served = {"m": (2, engine_profile("tensorrt_llm")), "other": (1, engine_profile("cpu"))}
+    assert unservable([a, x], served.get) == [
+        "adapter a: max_lora_rank: m version 2 (a TensorRT-LLM engine) was built without LoRA"
+        " (max_lora_rank 0, no lora_target_modules): it serves no adapter; build it with"
+        " --max-lora-rank"
+    ]
+    assert unservable([a], {}.get) == []  # a base not served from the repository
