@@ -384,14 +384,15 @@ def cmd_list_profiles(args: argparse.Namespace, console: Console) -> int:
     overrides = [parse_override(o) for o in args.profile]
     decisions = plan_loads(scan_roots(args.roots), hardware, overrides)
     table = Table(title=f"profiles (this host: {hardware.describe()})")
-    for col in ("model", "version", "profile", "sku", "precision", "kv", "tp×pp", "status"):
+    columns = ("model", "version", "profile", "sku", "precision", "kv", "tp×pp", "lora", "status")
+    for col in columns:
         table.add_column(col, overflow="fold")
     for d in decisions:
         rows = [(d.chosen, "[green]selected[/]")] if d.chosen else []
         for c, status in [*rows, *d.rejected]:
             version = str(c.version) if c.version is not None else "-"
             if c.manifest is None:
-                table.add_row(d.model, version, "?", "", "", "", "", f"[red]{status}[/]")
+                table.add_row(d.model, version, "?", "", "", "", "", "", f"[red]{status}[/]")
                 continue
             p = c.manifest.profile
             table.add_row(
@@ -402,6 +403,7 @@ def cmd_list_profiles(args: argparse.Namespace, console: Console) -> int:
                 p.precision,
                 p.kv_cache_dtype,
                 f"{p.tp}×{p.pp}",
+                _lora_column(p),
                 status,
             )
     console.print(table)
@@ -409,6 +411,17 @@ def cmd_list_profiles(args: argparse.Namespace, console: Console) -> int:
         if d.error:
             console.print(f"[red]{d.error}[/]")
     return 0 if decisions and all(d.chosen for d in decisions) else 1
+
+
+def _lora_column(p: mf.Profile) -> str:
+    """What adapters a TensorRT-LLM engine takes ("r16 attn_q,attn_v"; "none": built without
+    LoRA); "any" for the CPU engine, which applies any adapter of its base (PEFT); "-" for
+    engines that take none (vLLM's and the vision-language ones)."""
+    if p.engine_kind != "tensorrt_llm":
+        return "any" if p.engine_kind == "cpu_reference" else "-"
+    if not p.max_lora_rank:
+        return "none"
+    return f"r{p.max_lora_rank} {','.join(p.lora_target_modules)}"
 
 
 def cmd_activate(args: argparse.Namespace, console: Console) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 from rich.console import Console
 
 from autoglm.build_engine import manifest as mf
-from autoglm.build_engine.cli import main
+from autoglm.build_engine.cli import _lora_column, main
 from autoglm.build_engine.install import InstallError, install
 from autoglm.build_engine.plan import BuildPlan
 from autoglm.build_engine.quality import QualityResult
@@ -199,3 +200,12 @@ def test_activate_pins_checks_and_unpins(model_dir: Path, tmp_path: Path) -> Non
 
     rc, text = run("activate", "smollm2", "--repository", str(repo), "--best")
     assert rc == 0 and "pin removed" in text and not pin.exists()
+
+
+def test_list_profiles_says_what_adapters_each_engine_takes(tmp_path: Path) -> None:
+    plan = gpu_plan(tmp_path)
+    assert _lora_column(mf.Profile.from_plan(plan)) == "none"  # built without LoRA
+    lora = dataclasses.replace(plan, max_lora_rank=16, lora_target_modules=("attn_v", "attn_q"))
+    assert _lora_column(mf.Profile.from_plan(lora)) == "r16 attn_q,attn_v"  # module-id order
+    cpu = dataclasses.replace(plan, sku="cpu", precision="fp32", kv_cache_dtype="auto")
+    assert _lora_column(mf.Profile.from_plan(cpu)) == "any"
