@@ -44,7 +44,7 @@ from autoglm.server.engine.contract_check import (
     verify_contracts,
 )
 from autoglm.server.engine.health import EngineHealth
-from autoglm.server.engine.model_versions import ModelVersions
+from autoglm.server.engine.model_versions import LoadedVersion, ModelVersions
 from autoglm.server.model_limits import EngineLimits
 from autoglm.server.models import ModelRegistry, ModelSpec, ServedModel, load_model
 from autoglm.server.security.auth import AuthInterceptor
@@ -110,9 +110,28 @@ class RunningServer:
         for name, lv in sorted(loaded.items()):
             log.info("model %s: serving version %d (profile %s)", name, lv.version, lv.profile_id)
             if before.get(name) != lv.version:
+                await self._serve_version(lv)
                 self.generations.audit.model_switch(name, lv.version, before.get(name))
         audit_canaries(self.generations.audit, routes, self.versions.routes())
         _log_unservable_adapters(self.registry, self.versions)
+
+    async def _serve_version(self, lv: LoadedVersion) -> None:
+        """Serve a switched-to version with its own tokenizer and built limits: the requests
+        that start from now on are prepared for it (calls in flight keep theirs)."""
+        old = self.registry.get(lv.model)
+        spec = _spec_of(lv)
+        if old is not None:
+            spec = dataclasses.replace(spec, image_limits=old.spec.image_limits)
+        try:
+            model = await asyncio.to_thread(load_model, spec)
+        except (OSError, ValueError) as exc:
+            log.error("model %s version %d: %s; requests are prepared as before", lv.model,
+                      lv.version, exc)  # fmt: skip
+            return
+        if old is not None and model.spec.engine != old.spec.engine:
+            log.warning("model %s: engine %s -> %s with version %d", lv.model, old.spec.engine,
+                        model.spec.engine, lv.version)  # fmt: skip
+        self.registry.replace(model)
 
     @property
     def metrics_port(self) -> int | None:
@@ -165,22 +184,25 @@ async def _load_repository(
     specs = []
     for name, lv in sorted(loaded.items()):
         log.info("model %s: version %d (profile %s)", name, lv.version, lv.profile_id)
-        profile = lv.manifest.profile
-        engine_kind = profile.engine_kind  # what the façade must speak: its manifest says
-        # What the engine was built for bounds the prompt and the context (model_limits.py).
-        built = EngineLimits(
-            profile.max_input_len, profile.max_seq_len, f"version {lv.version} manifest"
-        )
-        specs.append(
-            ModelSpec(
-                name=name,
-                triton_model=name,
-                tokenizer_dir=lv.path,
-                engine=engine_kind,
-                engine_limits=built,
-            )
-        )
+        specs.append(dataclasses.replace(_spec_of(lv), image_limits=settings.image_limits))
     return versions, specs
+
+
+def _spec_of(lv: LoadedVersion) -> ModelSpec:
+    """How the façade serves a loaded version: its tokenizer, the engine kind its manifest names
+    (what the façade must speak) and what the engine was built for, which bounds the prompt and
+    the context (model_limits.py)."""
+    profile = lv.manifest.profile
+    built = EngineLimits(
+        profile.max_input_len, profile.max_seq_len, f"version {lv.version} manifest"
+    )
+    return ModelSpec(
+        name=lv.model,
+        triton_model=lv.model,
+        tokenizer_dir=lv.path,
+        engine=profile.engine_kind,
+        engine_limits=built,
+    )
 
 
 def _adapters(settings: Settings, models: list[ServedModel]) -> AdapterSet:
@@ -240,8 +262,8 @@ async def start_server(settings: Settings) -> RunningServer:
     versions, specs = await _load_repository(settings, engine)
     models = [
         load_model(dataclasses.replace(spec, image_limits=settings.image_limits))
-        for spec in (*settings.models, *specs)
-    ]
+        for spec in settings.models
+    ] + [load_model(spec) for spec in specs]
     registry = ModelRegistry(models, await asyncio.to_thread(_adapters, settings, models))
     if versions is not None:
         _log_unservable_adapters(registry, versions)

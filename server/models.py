@@ -178,6 +178,12 @@ class ModelRegistry:
     def get(self, name: str) -> ServedModel | None:
         return self._models.get(name)
 
+    def replace(self, model: ServedModel) -> None:
+        """Serve `model` in place of the one of its name (a switched version: app.py)."""
+        if model.spec.name not in self._models:
+            raise KeyError(model.spec.name)
+        self._models[model.spec.name] = model
+
     def adapter(self, name: str) -> ServedAdapter | None:
         return self.adapters.get(name)
 

@@ -8,6 +8,7 @@ fresh engine link (mTLS + restricted-protocol secret): model_versions.py loads e
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import shutil
 import time
@@ -21,7 +22,7 @@ from autoglm.build_engine.install import Installed, install
 from autoglm.build_engine.plan import BuildPlan
 from autoglm.build_engine.switch_plan import GIB, Footprint
 from autoglm.build_engine.version_plan import Candidate, Override, remove_pin, write_pin
-from autoglm.client import Client, ClientConfig
+from autoglm.client import Client, ClientConfig, InvalidArgumentError
 from autoglm.server.devstack.links import dev_engine_link
 from autoglm.server.devstack.triton_process import TritonOptions, TritonProcess
 from autoglm.server.engine.client import (
@@ -314,11 +315,23 @@ def test_facade_serves_the_selected_version(
             assert out.completion_tokens == 2
         loaded = facade.running.versions.loaded[MODEL] if facade.running.versions else None
         assert loaded is not None and loaded.manifest.profile.sku == "cpu"
-        new = install(plan)  # a newer valid version: the reload switches to it
+        # A newer version built for shorter prompts (4 tokens), pinned: the reload switches to
+        # it, and the façade prepares requests for what that version was built for.
+        new = install(dataclasses.replace(plan, max_input_len=4))
+        write_pin(plan.model_repo, Override(MODEL, version=new.version))
         facade.run(facade.running.reload_versions())
+        with Client(cfg) as c:
+            with pytest.raises(InvalidArgumentError) as err:
+                c.generate("The capital of France is", model=MODEL, max_tokens=2)
+            assert "exceed the 4-token prompt limit" in str(err.value)
+            assert c.generate("Paris", model=MODEL, max_tokens=2).completion_tokens == 2
         # Back to the version the module's other tests expect Triton to serve.
+        remove_pin(plan.model_repo, MODEL)
         shutil.rmtree(new.version_dir)
         facade.run(facade.running.reload_versions())
+        with Client(cfg) as c:
+            out = c.generate("The capital of France is", model=MODEL, max_tokens=2)
+            assert out.completion_tokens == 2
         facade.running.generations.audit.flush(timeout=10)
     finally:
         facade.stop()
