@@ -365,6 +365,17 @@ class ModelVersions:
             raise VersionRefused(
                 model, record.version, f"{candidate.label} refused as a canary: {exc}"
             ) from None
+        if current is None and await self.engine.model_ready(alias, version=str(record.version)):
+            # Loaded by another façade process on this Triton (`--workers`), or by this one
+            # before a restart: served as it is (loading it again would reload the executor).
+            self.canaries[model] = (
+                LoadedVersion(model, record.version, manifest.profile_id, candidate.path,
+                              manifest, 0.0),
+                record.weight,
+            )  # fmt: skip
+            log.info("%s: canary version %d (Triton model %s, already loaded) for %d%% of"
+                     " principals", model, record.version, alias, record.weight)  # fmt: skip
+            return
         base = Candidate(model, stable.version, stable.path, stable.manifest)
         # Both executors stay loaded while the canary runs: they must fit together on the GPUs.
         try:
@@ -422,6 +433,7 @@ class ModelVersions:
         the drain timeout)."""
         canary, _ = self.canaries.pop(model)
         alias = canary_alias(model)
+        started = time.monotonic()
         try:
             await self.engine.unload_model(alias, timeout=self.switch_policy.drain_timeout_s)
         except ModelControlError as exc:
@@ -432,13 +444,12 @@ class ModelVersions:
         log.info("%s: canary version %d ended; version %d alone", model, canary.version,
                  self.loaded[model].version)  # fmt: skip
         if wait:
-            await self._wait_unloaded(alias, canary.version)
+            await self._wait_unloaded(alias, canary.version, started)
 
-    async def _wait_unloaded(self, name: str, version: int) -> None:
+    async def _wait_unloaded(self, name: str, version: int, started: float) -> None:
         """Wait until Triton has unloaded `name` version `version` (its last request done), at
-        most the drain timeout (then logged: the caller goes on)."""
+        most the drain timeout from `started` (then logged: the caller goes on)."""
         timeout = self.switch_policy.drain_timeout_s
-        started = time.monotonic()
         while True:
             index = await self.engine.repository_index()
             state = next(
@@ -540,6 +551,7 @@ class ModelVersions:
         Triton refuses new requests for the model from the unload on and lets the in-flight
         ones complete; the version leaves UNLOADING when the last one has (its memory freed).
         """
+        started = time.monotonic()
         try:
             await self.engine.unload_model(
                 current.model, timeout=self.switch_policy.drain_timeout_s
@@ -551,7 +563,7 @@ class ModelVersions:
                     current.version,
                     f"{_label(current)} could not be unloaded to make room: {exc}",
                 ) from None
-        await self._wait_unloaded(current.model, current.version)
+        await self._wait_unloaded(current.model, current.version, started)
 
     async def _restore(self, current: LoadedVersion, failure: VersionRefused) -> None:
         """The new version failed after the old one was unloaded: load the old one again."""
