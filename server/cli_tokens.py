@@ -140,7 +140,13 @@ def _token_list(args: argparse.Namespace) -> int:
 
 
 def _token_revoke(args: argparse.Namespace) -> int:
-    record = _store(args).revoke(args.token_id)
+    store = _store(args)
+    try:
+        record = store.revoke(args.token_id)
+    except KeyError:
+        raise ValueError(
+            f"token_id: no token {args.token_id!r} in {store.path} (see `autoglm token list`)"
+        ) from None
     _audit_admin(args, "token.revoke", f"token {record.id} for {record.principal}")
     print(f"revoked {record.id} ({record.principal})")
     return 0

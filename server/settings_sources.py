@@ -14,8 +14,8 @@ Forms by kind of flag:
 A repeated flag given on the command line replaces the environment's or the file's list
 (precedence, not concatenation).
 
-Pure apart from argparse: the caller (cli.py) reads the file and the environment and hands their
-contents in, and logs the warnings returned here.
+Pure apart from argparse: the caller (cli_serve.py) reads the file and the environment and hands
+their contents in, and logs the warnings returned here.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ _AUTH_CONTEXT_VERSIONS = {b"TLSv1.2": "1.2", b"TLSv1.3": "1.3"}
 # handshake is untouched. grpc reads the variable once, when the grpc module is first imported,
 # and for the whole process (its client channels too: the Triton link then needs TLS 1.3 as
 # well, which Triton's gRPC server speaks). `autoglm serve` therefore re-executes itself with it
-# set (cli.py); `TlsVersionInterceptor` refuses calls over an older protocol in any case.
+# set (cli_serve.py); `TlsVersionInterceptor` refuses calls over an older protocol in any case.
 GRPC_CIPHERS_ENV = "GRPC_SSL_CIPHER_SUITES"
 GRPC_TLS13_ONLY_CIPHERS = "PSK-AES128-CBC-SHA"
 

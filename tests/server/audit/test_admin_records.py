@@ -35,6 +35,19 @@ def test_create_and_revoke_are_recorded_without_the_token(
     assert result.ok and result.records == 2
 
 
+def test_revoking_an_unknown_token_is_a_clear_error_and_records_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, audit = tmp_path / "tokens.json", tmp_path / "audit"
+    args = ["--store", str(store), "--audit-dir", str(audit)]
+    assert main(["token", "create", "payments", "--scope", "generate", *args]) == 0
+    capsys.readouterr()
+    assert main(["token", "revoke", "nosuchid", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("autoglm: error: token_id: no token 'nosuchid' in ") and str(store) in err
+    assert [r["rpc"] for r in _records(audit)] == ["token.create"]
+
+
 def test_the_default_audit_folder_is_beside_the_token_store(tmp_path: Path) -> None:
     store = tmp_path / "state" / "tokens.json"
     assert main(["token", "create", "ops", "--scope", "models:read", "--store", str(store)]) == 0
