@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from autoglm.build_engine.install import TOKENIZER_FILES
+from autoglm.build_engine.manifest import Manifest
 from autoglm.build_engine.switch_plan import Footprint, Mode, SwitchPolicy, plan_switch
 
 
@@ -24,6 +26,32 @@ class CanaryFit:
     reason: str
     # The canary's kv_cache_free_gpu_mem_fraction when reduced to fit; None: its config's own.
     fraction: float | None = None
+
+
+def request_mismatch(stable: Manifest, canary: Manifest) -> str | None:
+    """Why requests prepared for the stable version would not suit the canary, or None.
+
+    The façade tokenizes and bounds a request once, with the stable version's tokenizer and
+    what the stable version was built for (server/app.py `_spec_of`), whichever version then
+    answers it: a canary with other tokenizer files would get ids of another vocabulary, and
+    one built for shorter prompts or contexts would fail requests the stable version serves
+    (the rollback guard would then judge the canary on the traffic it cannot take).
+    """
+    a, b = stable.profile, canary.profile
+    for name in ("max_input_len", "max_seq_len"):
+        mine, theirs = getattr(b, name), getattr(a, name)
+        if mine < theirs:
+            return (
+                f"{name}: the canary was built for {mine}, the stable version for {theirs}: "
+                "requests the stable version serves would fail on the canary"
+            )
+    differ = [n for n in TOKENIZER_FILES if stable.files.get(n) != canary.files.get(n)]
+    if differ:
+        return (
+            f"tokenizer: {', '.join(differ)} differ from the stable version's (requests are "
+            "tokenized once, by the stable version's tokenizer)"
+        )
+    return None
 
 
 def plan_canary(stable: Footprint, canary: Footprint, policy: SwitchPolicy) -> CanaryFit:

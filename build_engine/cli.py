@@ -23,6 +23,7 @@ from rich.table import Table
 from autoglm.build_engine import manifest as mf
 from autoglm.build_engine import plan as plan_mod
 from autoglm.build_engine.adapter_cli import add_adapter_commands
+from autoglm.build_engine.canary_fit import request_mismatch
 from autoglm.build_engine.checkpoint import CheckpointError
 from autoglm.build_engine.compile import CompileError, compile_engine
 from autoglm.build_engine.gpus import GpuDetectionError
@@ -50,6 +51,7 @@ from autoglm.build_engine.skus import (
 from autoglm.build_engine.texts import TextError
 from autoglm.build_engine.version_plan import (
     Canary,
+    Candidate,
     Override,
     OverrideError,
     merge_overrides,
@@ -484,21 +486,29 @@ def _activate_canary(args: argparse.Namespace, repo: Path, console: Console) -> 
         return
     canary = Canary(args.model, args.canary, args.weight)
     canary.validate()
-    # The serving side's own decision for that version on this host, before anything changes.
+    # The serving side's own decisions on this host, before anything changes: that version
+    # can be served, and requests prepared for the stable version suit it (canary_fit.py).
     candidates = scan_repository(repo)
-    decision = next(
-        (
-            d
-            for d in plan_loads(
-                candidates, mf.detect_hardware(), [Override(args.model, version=args.canary)]
-            )
-            if d.model == args.model
-        ),
-        None,
-    )
-    if decision is None or decision.chosen is None:
-        reason = decision.error if decision else f"no version of {args.model}"
+    hardware = mf.detect_hardware()
+
+    def chosen(overrides: list[Override]) -> tuple[Candidate | None, str]:
+        for d in plan_loads(candidates, hardware, overrides):
+            if d.model == args.model:
+                return d.chosen, d.error or ""
+        return None, f"no version of {args.model}"
+
+    version, reason = chosen([Override(args.model, version=args.canary)])
+    if version is None or version.manifest is None:
         raise OverrideError(f"--canary {args.canary} cannot be served here: {reason}")
+    stable, _ = chosen(merge_overrides([], read_pins(repo), candidates))
+    if stable is not None and stable.manifest is not None:
+        if stable.version == args.canary:
+            raise OverrideError(f"--canary {args.canary}: that is the version served now")
+        why = request_mismatch(stable.manifest, version.manifest)
+        if why is not None:
+            raise OverrideError(
+                f"--canary {args.canary} cannot run beside version {stable.version}: {why}"
+            )
     path = write_canary(repo, canary)
     console.print(
         f"{args.model}: version {args.canary} as a canary for {args.weight}% of principals → {path}"

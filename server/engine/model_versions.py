@@ -55,7 +55,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from autoglm.build_engine import manifest as mf
-from autoglm.build_engine.canary_fit import plan_canary
+from autoglm.build_engine.canary_fit import plan_canary, request_mismatch
 from autoglm.build_engine.skus import get_sku
 from autoglm.build_engine.switch_plan import (
     GIB,
@@ -365,6 +365,12 @@ class ModelVersions:
             raise VersionRefused(
                 model, record.version, f"{candidate.label} refused as a canary: {exc}"
             ) from None
+        if (why := request_mismatch(stable.manifest, manifest)) is not None:
+            raise VersionRefused(
+                model,
+                record.version,
+                f"{candidate.label} cannot run as a canary beside version {stable.version}: {why}",
+            )
         if current is None and await self.engine.model_ready(alias, version=str(record.version)):
             # Loaded by another façade process on this Triton (`--workers`), or by this one
             # before a restart: served as it is (loading it again would reload the executor).

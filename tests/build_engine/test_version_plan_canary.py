@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -97,8 +98,10 @@ def test_activate_canary_promote_rollback(model_dir: Path, tmp_path: Path) -> No
     )
     install(plan)
     install(plan)
+    install(dataclasses.replace(plan, max_input_len=4))  # version 3: built for short prompts
     record = repo / "smollm2" / "canary.json"
     base = ("activate", "smollm2", "--repository", str(repo))
+    assert run(*base, "--version", "1")[0] == 0  # the stable version, pinned
 
     rc, text = run(*base, "--canary", "2", "--weight", "10")
     assert rc == 0 and "version 2 as a canary for 10% of principals" in text, text
@@ -109,6 +112,12 @@ def test_activate_canary_promote_rollback(model_dir: Path, tmp_path: Path) -> No
         (("--version", "1", "--weight", "5"), "--weight: give it with --canary"),
         (("--canary", "2", "--weight", "0"), "weight must be an integer in 1..99"),
         (("--canary", "9", "--weight", "5"), "--canary 9 cannot be served here"),
+        (("--canary", "1", "--weight", "5"), "--canary 1: that is the version served now"),
+        (
+            ("--canary", "3", "--weight", "5"),
+            "--canary 3 cannot run beside version 1: max_input_len: the canary was built for 4,"
+            " the stable version for 1024",
+        ),
     ):
         rc, text = run(*base, *args)
         assert rc == 2 and message in text, (args, text)

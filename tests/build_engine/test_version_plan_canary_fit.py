@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from autoglm.build_engine.canary_fit import plan_canary
+from autoglm.build_engine import manifest as mf
+from autoglm.build_engine.canary_fit import plan_canary, request_mismatch
 from autoglm.build_engine.switch_plan import GIB, Footprint, SwitchPolicy
 
 NO_OVERHEAD = SwitchPolicy(runtime_overhead_bytes=0)
@@ -43,3 +44,24 @@ def test_vllm_shares_must_add_up_and_cpu_always_fits() -> None:
     fit = plan_canary(vllm(0.6), vllm(0.6), NO_OVERHEAD)
     assert not fit.fits and "gpu_memory_utilization 0.6" in fit.reason
     assert plan_canary(Footprint("cpu_reference"), Footprint("cpu_reference"), NO_OVERHEAD).fits
+
+
+def manifest(max_input_len: int = 1024, tokenizer: str = "aa") -> mf.Manifest:
+    profile = mf.Profile(
+        model="m", sku="h100-sxm", compute_capability="9.0", precision="fp8",
+        kv_cache_dtype="fp8", tp=1, pp=1, max_batch=8, max_input_len=max_input_len,
+        max_seq_len=2048, max_num_tokens=4096, profile="latency",
+    )  # fmt: skip
+    return mf.Manifest(profile, {"rank0.engine": "ee", "tokenizer.json": tokenizer})
+
+
+def test_requests_prepared_for_the_stable_version_must_suit_the_canary() -> None:
+    stable = manifest()
+    assert request_mismatch(stable, manifest()) is None
+    assert request_mismatch(stable, manifest(max_input_len=4096)) is None  # more room is fine
+    assert request_mismatch(stable, manifest(max_input_len=512)) == (
+        "max_input_len: the canary was built for 512, the stable version for 1024: requests the"
+        " stable version serves would fail on the canary"
+    )
+    why = request_mismatch(stable, manifest(tokenizer="bb"))
+    assert why is not None and why.startswith("tokenizer: tokenizer.json differ")
