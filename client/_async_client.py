@@ -28,6 +28,7 @@ from autoglm.client._requests import (
 )
 from autoglm.client._retry import Attempts
 from autoglm.client._tracing import RpcSpan, operation_for, trace_id_from
+from autoglm.client._trailers import model_version_from
 from autoglm.client._types import Completion, Delta, ModelInfo, TokenCount
 from autoglm.v1 import text_generation_pb2 as pb
 from autoglm.v1 import text_generation_pb2_grpc as pb_grpc
@@ -138,7 +139,11 @@ class AsyncClient:
 
         with RpcSpan("Generate", self._metadata, model=request.model, operation=operation) as rpc:
             response, trailing = await self._retrying(rpc, self._deadline(timeout), attempt)
-            completion = completion_from_response(response, trace_id=trace_id_from(trailing))
+            completion = completion_from_response(
+                response,
+                trace_id=trace_id_from(trailing),
+                model_version=model_version_from(trailing),
+            )
             rpc.succeeded(
                 response_id=completion.request_id,
                 finish_reason=completion.finish_reason,
@@ -246,9 +251,9 @@ class AsyncClient:
         ) as rpc:
             call, first = await self._open_stream(request, deadline, rpc)
             try:
-                # As in Client._stream: the last delta waits for the trailers (x-trace-id) and
-                # the span ends before the consumer sees it. A message has been received by
-                # now: errors are raised, never retried.
+                # As in Client._stream: the last delta waits for the trailers (x-trace-id,
+                # x-autoglm-model-version) and the span ends before the consumer sees it. A
+                # message has been received by now: errors are raised, never retried.
                 last: Delta | None = None
                 response = first
                 while response is not None:
@@ -263,7 +268,11 @@ class AsyncClient:
                 if last is not None:
                     with map_exceptions():
                         trailing = await call.trailing_metadata()
-                    last = replace(last, trace_id=trace_id_from(trailing))
+                    last = replace(
+                        last,
+                        trace_id=trace_id_from(trailing),
+                        model_version=model_version_from(trailing),
+                    )
                     rpc.succeeded(
                         response_id=last.request_id,
                         finish_reason=last.finish_reason,

@@ -28,6 +28,7 @@ from autoglm.client._requests import (
 )
 from autoglm.client._retry import Attempts
 from autoglm.client._tracing import RpcSpan, operation_for, trace_id_from
+from autoglm.client._trailers import model_version_from
 from autoglm.client._types import Completion, Delta, ModelInfo, TokenCount
 from autoglm.v1 import text_generation_pb2 as pb
 from autoglm.v1 import text_generation_pb2_grpc as pb_grpc
@@ -147,8 +148,11 @@ class Client:
 
         with RpcSpan("Generate", self._metadata, model=request.model, operation=operation) as rpc:
             response, future = self._retrying(rpc, self._deadline(timeout), attempt)
+            trailing = future.trailing_metadata()
             completion = completion_from_response(
-                response, trace_id=trace_id_from(future.trailing_metadata())
+                response,
+                trace_id=trace_id_from(trailing),
+                model_version=model_version_from(trailing),
             )
             rpc.succeeded(
                 response_id=completion.request_id,
@@ -251,8 +255,9 @@ class Client:
             call, first = self._open_stream(request, timeout, rpc)
             try:
                 # The last delta (the one with finish_reason) is held back until the stream
-                # ends, so that it can carry the `x-trace-id` trailer and the span is ended
-                # before the consumer sees it: a consumer that stops there leaks no span.
+                # ends, so that it can carry the trailers (`x-trace-id`, `x-autoglm-model-version`)
+                # and the span is ended before the consumer sees it: a consumer that stops there
+                # leaks no span.
                 # From here on a message has been received: errors are raised, never retried.
                 last: Delta | None = None
                 response = first
@@ -266,7 +271,12 @@ class Client:
                         last = delta
                     response = _next(call)
                 if last is not None:
-                    last = replace(last, trace_id=trace_id_from(call.trailing_metadata()))
+                    trailing = call.trailing_metadata()
+                    last = replace(
+                        last,
+                        trace_id=trace_id_from(trailing),
+                        model_version=model_version_from(trailing),
+                    )
                     rpc.succeeded(
                         response_id=last.request_id,
                         finish_reason=last.finish_reason,

@@ -215,7 +215,9 @@ def _finish_reason(value: int) -> str | None:
     return _FINISH_REASONS.get(value, "unspecified")  # a newer server's reason we don't know
 
 
-def completion_from_response(response: pb.GenerateResponse, trace_id: str = "") -> Completion:
+def completion_from_response(
+    response: pb.GenerateResponse, trace_id: str = "", model_version: int | None = None
+) -> Completion:
     return Completion(
         request_id=response.request_id,
         model=response.model,
@@ -226,6 +228,7 @@ def completion_from_response(response: pb.GenerateResponse, trace_id: str = "") 
         completion_tokens=response.usage.completion_tokens,
         trace_id=trace_id,
         logprobs=tuple(response.logprobs),
+        model_version=model_version,
     )
 
 

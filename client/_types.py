@@ -19,6 +19,10 @@ class Completion:
     from its `x-trace-id` trailer; '' when the server does not trace. Quote it to find the trace.
     logprobs: with `logprobs=True`, the log-probability of each of `token_ids`, in order (see
     the proto's SamplingParams.logprobs); () otherwise.
+    model_version: the version of the model that answered, from the server's
+    `x-autoglm-model-version` trailer: while a canary release runs, some callers are answered
+    by the canary's version (docs/build.md, "Canary releases"). None when the server does not
+    say (a model not served from a model repository) or sends a value that is not a version.
     """
 
     request_id: str
@@ -30,6 +34,7 @@ class Completion:
     completion_tokens: int
     trace_id: str = ""
     logprobs: tuple[float, ...] = ()
+    model_version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -37,8 +42,9 @@ class Delta:
     """One streamed piece (GenerateStream): the new text and the token ids that produced it.
 
     `text` may be empty while the server holds back an incomplete UTF-8 character or a possible
-    stop string. `finish_reason`, the usage counts and `trace_id` (see `Completion`) are set on
-    the last delta only. `logprobs`: as in `Completion`, one per id of this delta's `token_ids`.
+    stop string. `finish_reason`, the usage counts, `trace_id` and `model_version` (see
+    `Completion`) are set on the last delta only. `logprobs`: as in `Completion`, one per id of
+    this delta's `token_ids`.
     """
 
     request_id: str
@@ -49,6 +55,7 @@ class Delta:
     completion_tokens: int | None = None
     trace_id: str = ""
     logprobs: tuple[float, ...] = ()
+    model_version: int | None = None
 
 
 @dataclass(frozen=True)

@@ -132,8 +132,17 @@ def _print_json(value: Any, out: TextIO) -> None:
     out.write(json.dumps(value, ensure_ascii=False) + "\n")
 
 
-def _usage_line(finish_reason: str | None, prompt: int | None, completion: int | None) -> str:
-    return f"[finish_reason={finish_reason} prompt_tokens={prompt} completion_tokens={completion}]"
+def _usage_line(
+    finish_reason: str | None,
+    prompt: int | None,
+    completion: int | None,
+    model_version: int | None = None,
+) -> str:
+    line = f"finish_reason={finish_reason} prompt_tokens={prompt} completion_tokens={completion}"
+    # Only when the server said which version answered (a model served from a repository), so
+    # the line is unchanged for every other model.
+    version = "" if model_version is None else f" model_version={model_version}"
+    return f"[{line}{version}]"
 
 
 def _generate(client: Client, args: argparse.Namespace) -> int:
@@ -163,7 +172,12 @@ def _generate(client: Client, args: argparse.Namespace) -> int:
             return 0
         sys.stdout.write(completion.text)
         _end_text(completion.text)
-        last = (completion.finish_reason, completion.prompt_tokens, completion.completion_tokens)
+        last = (
+            completion.finish_reason,
+            completion.prompt_tokens,
+            completion.completion_tokens,
+            completion.model_version,
+        )
     else:
         text_end, last_delta = "", None
         try:
@@ -181,10 +195,10 @@ def _generate(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _last_usage(delta: Delta | None) -> tuple[str | None, int | None, int | None]:
+def _last_usage(delta: Delta | None) -> tuple[str | None, int | None, int | None, int | None]:
     if delta is None:
-        return None, None, None
-    return delta.finish_reason, delta.prompt_tokens, delta.completion_tokens
+        return None, None, None, None
+    return delta.finish_reason, delta.prompt_tokens, delta.completion_tokens, delta.model_version
 
 
 def _end_text(text: str) -> None:

@@ -36,6 +36,7 @@ class StandInClient:
         self.stream: list[Delta | BaseException] = []
         self.stream_closed = False
         self.error: BaseException | None = None
+        self.completion = Completion("r1", "smollm2", " Paris.", (1, 2), "stop", 6, 2)
         self.models = [ModelInfo("smollm2", "cpu_reference", 2048, 512, 128, True)]
         self.closed = False
         StandInClient.instances.append(self)
@@ -58,7 +59,7 @@ class StandInClient:
 
     def generate(self, *args: Any, **kwargs: Any) -> Completion:
         self._record("generate", *args, **kwargs)
-        return Completion("r1", "smollm2", " Paris.", (1, 2), "stop", 6, 2)
+        return self.completion
 
     def generate_stream(self, *args: Any, **kwargs: Any) -> Iterator[Delta]:
         self._record("generate_stream", *args, **kwargs)
@@ -193,7 +194,52 @@ def test_json_prints_the_whole_completion(capsys: pytest.CaptureFixture[str]) ->
         "completion_tokens": 2,
         "trace_id": "",  # the stand-in server does not trace
         "logprobs": [],  # not asked for (--logprobs)
+        "model_version": None,  # nor say which model version answered
     }
+
+
+# The version that answered (x-autoglm-model-version; a canary's while one runs).
+ANSWERED_BY_V2 = Completion("r1", "smollm2", " Paris.", (1, 2), "stop", 6, 2, model_version=2)
+
+
+def test_json_carries_the_model_version(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _script(monkeypatch, completion=ANSWERED_BY_V2)
+    assert cli.main(["generate", "Hi", "--json"]) == 0
+    out, _ = capsys.readouterr()
+    assert json.loads(out)["model_version"] == 2
+
+
+def test_usage_line_shows_the_model_version_when_the_server_says(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _script(monkeypatch, completion=ANSWERED_BY_V2)
+    assert cli.main(["generate", "Hi", "--no-stream"]) == 0
+    _, err = capsys.readouterr()
+    assert err == "[finish_reason=stop prompt_tokens=6 completion_tokens=2 model_version=2]\n"
+
+
+def test_stream_usage_line_shows_the_last_deltas_model_version(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    last = Delta("r1", "is.", (3,), "stop", 6, 3, model_version=7)
+    _script(monkeypatch, stream=[*STREAM[:-1], last])
+    assert cli.main(["generate", "Hi"]) == 0
+    out, err = capsys.readouterr()
+    assert out == " Paris."
+    assert err == "[finish_reason=stop prompt_tokens=6 completion_tokens=3 model_version=7]\n"
+
+
+@pytest.mark.parametrize("argv", [["generate", "Hi"], ["generate", "Hi", "--no-stream"]])
+def test_usage_line_unchanged_without_a_model_version(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _script(monkeypatch, stream=STREAM)
+    assert cli.main(argv) == 0
+    _, err = capsys.readouterr()
+    completion_tokens = 2 if "--no-stream" in argv else 3
+    assert err == f"[finish_reason=stop prompt_tokens=6 completion_tokens={completion_tokens}]\n"
 
 
 def test_models(capsys: pytest.CaptureFixture[str]) -> None:
