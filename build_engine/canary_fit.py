@@ -9,6 +9,9 @@ operator allows reduced fractions (`SwitchPolicy.reduced_min_ratio`), REDUCED_FR
 canary is then loaded with the planned kv_cache_free_gpu_mem_fraction. That fraction is the
 canary's own: it runs as its own Triton model with its own config (model_versions.py), so the
 stable executor's KV cache is untouched. Otherwise the canary is refused with the plan's figures.
+
+When the stable version and a recorded canary are both loaded at start-up, both fractions can be
+planned together (`share_kv`): the stable executor then leaves room for the canary's.
 """
 
 from __future__ import annotations
@@ -52,6 +55,60 @@ def request_mismatch(stable: Manifest, canary: Manifest) -> str | None:
             "tokenized once, by the stable version's tokenizer)"
         )
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class SharedFractions:
+    """kv_cache_free_gpu_mem_fraction of the stable executor (loaded first) and the canary's."""
+
+    stable: float
+    canary: float
+    reason: str
+
+
+def share_kv(
+    stable: Footprint, canary: Footprint, weight: int, policy: SwitchPolicy
+) -> SharedFractions | None:
+    """Each executor's KV fraction when a TensorRT-LLM stable version and its canary are loaded
+    together from the start (the stable one first), or None when that does not apply: not both
+    TensorRT-LLM on GPUs, reduced KV caches not accepted by the operator
+    (`SwitchPolicy.reduced_min_ratio` None), or the stable version's share would fall below
+    that ratio of the KV cache it gets alone.
+
+    Per GPU of M bytes, with each engine's weights and the runtime overhead taken first, the
+    `room` left holds both KV caches; the stable version's configured fraction of it is shared
+    (the rest stays free, as the fraction leaves it when an engine loads alone), the canary
+    getting its traffic weight's share. TensorRT-LLM takes the fraction of the memory free at
+    its own load, so the stable fraction is of M less its own weights and overhead, and the
+    canary's of what the stable executor and the canary's weights leave.
+    """
+    if stable.kind != "tensorrt_llm" or canary.kind != "tensorrt_llm":
+        return None
+    if policy.reduced_min_ratio is None:
+        return None
+    memory = min(stable.gpu_memory_bytes, canary.gpu_memory_bytes)
+    fixed_s = policy.runtime_overhead_bytes + stable.weights_bytes
+    fixed_c = policy.runtime_overhead_bytes + canary.weights_bytes
+    room = memory - fixed_s - fixed_c
+    if room <= 0:
+        return None
+    shared = stable.fraction * room
+    kv_canary = shared * weight / 100
+    kv_stable = shared - kv_canary
+    kv_alone = stable.fraction * (memory - fixed_s)
+    if kv_stable < policy.reduced_min_ratio * kv_alone:
+        return None
+    f_stable = kv_stable / (memory - fixed_s)
+    f_canary = kv_canary / (room - kv_stable)
+    gib = 1 << 30
+    return SharedFractions(
+        f_stable,
+        f_canary,
+        f"KV shared by weight {weight}%: stable {kv_stable / gib:.1f} GiB "
+        f"({kv_stable / kv_alone:.0%} of alone, kv_cache_free_gpu_mem_fraction {f_stable:.3f}), "
+        f"canary {kv_canary / gib:.1f} GiB (fraction {f_canary:.3f}) per GPU of "
+        f"{memory / gib:.1f} GiB",
+    )
 
 
 def plan_canary(stable: Footprint, canary: Footprint, policy: SwitchPolicy) -> CanaryFit:

@@ -350,11 +350,10 @@ class EngineClient:
             return False
         return bool(resp.ready)
 
-    async def model_tensors(
+    async def model_config(
         self, name: str, *, timeout: float = 5.0
-    ) -> tuple[dict[str, str], dict[str, str]]:
-        """The inputs and outputs Triton declares for model `name` (name → ModelConfig data
-        type name), from its ModelConfig (the served config, after any auto-complete)."""
+    ) -> model_config_pb2.ModelConfig:
+        """The config Triton serves model `name` with (after any auto-complete)."""
         try:
             resp = await self._routes.stub.ModelConfig(
                 service_pb2.ModelConfigRequest(name=name), timeout=timeout, metadata=self._metadata
@@ -363,8 +362,15 @@ class EngineClient:
             raise EngineUnavailable(
                 f"ModelConfig {name}: {exc.code().name}: {exc.details()}"
             ) from None
+        return resp.config
+
+    async def model_tensors(
+        self, name: str, *, timeout: float = 5.0
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """The inputs and outputs Triton declares for model `name` (name → ModelConfig data
+        type name), from its ModelConfig (the served config, after any auto-complete)."""
+        config = await self.model_config(name, timeout=timeout)
         types = model_config_pb2.DataType.Name
-        config = resp.config
         return (
             {t.name: types(t.data_type) for t in config.input},
             {t.name: types(t.data_type) for t in config.output},

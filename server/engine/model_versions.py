@@ -44,6 +44,7 @@ in the switch's plan.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
@@ -55,7 +56,13 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from autoglm.build_engine import manifest as mf
-from autoglm.build_engine.canary_fit import plan_canary, request_mismatch
+from autoglm.build_engine.canary_fit import (
+    CanaryFit,
+    SharedFractions,
+    plan_canary,
+    request_mismatch,
+    share_kv,
+)
 from autoglm.build_engine.skus import get_sku
 from autoglm.build_engine.switch_plan import (
     GIB,
@@ -105,6 +112,9 @@ class LoadedVersion:
     load_seconds: float  # 0.0 when it was already loaded
     # Better-ranked versions refused on the way (checksums, Triton's own load error).
     refused: tuple[str, ...] = ()
+    # The kv_cache_free_gpu_mem_fraction it was loaded with when planned (a reduced switch, a
+    # canary, a stable version sharing with its canary); None: its config's own.
+    kv_fraction: float | None = None
 
 
 KV_FRACTION = "kv_cache_free_gpu_mem_fraction"  # the tensorrt_llm config's parameter
@@ -207,6 +217,10 @@ class ModelVersions:
         # Per model: the canary loaded beside the stable version (as the Triton model
         # canary_alias(model)), and its weight (percent).
         self.canaries: dict[str, tuple[LoadedVersion, int]] = {}
+        # The canary records of the current select_and_load, and per model the KV split planned
+        # when its stable version was loaded with room left for the canary (share_kv).
+        self._records: dict[str, Canary] = {}
+        self._shared: dict[str, tuple[int, SharedFractions]] = {}
         self._lock = asyncio.Lock()  # one load/switch at a time (Triton loads one by one anyway)
 
     def plan(self, overrides: Sequence[Override] | None = None) -> list[Decision]:
@@ -298,6 +312,7 @@ class ModelVersions:
         async with self._lock:
             decisions = await asyncio.to_thread(self.plan)
             canaries = await asyncio.to_thread(read_canaries, self.repo)
+            self._records = canaries
             for decision in decisions:
                 try:
                     await self._apply(decision)
@@ -384,16 +399,25 @@ class ModelVersions:
             return
         base = Candidate(model, stable.version, stable.path, stable.manifest)
         # Both executors stay loaded while the canary runs: they must fit together on the GPUs.
-        try:
-            fit = await asyncio.to_thread(
-                lambda: plan_canary(
-                    self._footprint(base), self._footprint(candidate), self.switch_policy
+        shared = self._shared.get(model)
+        if shared is not None and shared[0] == record.version:
+            # The stable version was loaded leaving this canary its share (share_kv).
+            fit = CanaryFit(True, shared[1].reason, shared[1].canary)
+        else:
+            try:
+                fit = await asyncio.to_thread(
+                    lambda: plan_canary(
+                        self._footprint(base, stable.kv_fraction),
+                        self._footprint(candidate),
+                        self.switch_policy,
+                    )
                 )
-            )
-        except (ValueError, OSError) as exc:
-            raise VersionRefused(
-                model, record.version, f"{candidate.label}: cannot plan the canary's fit: {exc}"
-            ) from None
+            except (ValueError, OSError) as exc:
+                raise VersionRefused(
+                    model,
+                    record.version,
+                    f"{candidate.label}: cannot plan the canary's fit: {exc}",
+                ) from None
         if not fit.fits:
             raise VersionRefused(model, record.version, f"{candidate.label}: {fit.reason}")
         try:
@@ -418,7 +442,13 @@ class ModelVersions:
             )
         seconds = time.monotonic() - started
         loaded = LoadedVersion(
-            model, record.version, manifest.profile_id, candidate.path, manifest, seconds
+            model,
+            record.version,
+            manifest.profile_id,
+            candidate.path,
+            manifest,
+            seconds,
+            kv_fraction=fit.fraction,
         )
         self.canaries[model] = (loaded, record.weight)
         log.info(
@@ -522,20 +552,60 @@ class ModelVersions:
             log.info(
                 "%s -> version %d: %s (%s)", _label(current), c.version, plan.mode, plan.reason
             )
-        config = triton_config_json(c, self.repo / c.model, kv_fraction=plan.fraction)
+        fraction = plan.fraction
+        shared = await self._plan_shared(c) if current is None else None
+        if shared is not None:
+            fraction = shared[1].stable
+        config = triton_config_json(c, self.repo / c.model, kv_fraction=fraction)
         if plan.mode is not Mode.UNLOAD_FIRST or current is None:
-            return await self._load_config(c, manifest, config, refused, current)
+            loaded = await self._load_config(c, manifest, config, refused, current, fraction)
+            if shared is not None:
+                self._shared[c.model] = shared
+                log.info("%s: %s", c.label, shared[1].reason)
+            else:
+                self._shared.pop(c.model, None)
+            return loaded
         await self._drain(current)
+        self._shared.pop(c.model, None)
         try:
-            return await self._load_config(c, manifest, config, refused, current)
+            return await self._load_config(c, manifest, config, refused, current, fraction)
         except VersionRefused as exc:
             await self._restore(current, exc)
             raise  # _restore raises; this line only tells the type checker
 
-    def _footprint(self, c: Candidate) -> Footprint:
+    def _footprint(self, c: Candidate, kv_fraction: float | None = None) -> Footprint:
+        """What `c` takes per GPU; `kv_fraction`: the fraction it was loaded with, if planned."""
         if self.footprint_for_tests is not None:
-            return self.footprint_for_tests(c)
-        return version_footprint(c, self.repo / c.model, self.hardware)
+            footprint = self.footprint_for_tests(c)
+        else:
+            footprint = version_footprint(c, self.repo / c.model, self.hardware)
+        if kv_fraction is not None and footprint.kind == "tensorrt_llm":
+            footprint = dataclasses.replace(footprint, fraction=kv_fraction)
+        return footprint
+
+    async def _plan_shared(self, c: Candidate) -> tuple[int, SharedFractions] | None:
+        """When `c` loads first and a canary is recorded for its model: the KV split that leaves
+        the canary room (share_kv), or None (the canary is then planned on its own)."""
+        record = self._records.get(c.model)
+        if record is None or record.version == c.version:
+            return None
+        canary = next(
+            (x for x in await asyncio.to_thread(scan_repository, self.repo)
+             if x.model == c.model and x.version == record.version and x.manifest is not None),
+            None,
+        )  # fmt: skip
+        if canary is None:
+            return None
+        try:
+            shared = await asyncio.to_thread(
+                lambda: share_kv(
+                    self._footprint(c), self._footprint(canary), record.weight, self.switch_policy
+                )
+            )
+        except (ValueError, OSError) as exc:
+            log.warning("%s: KV not shared with canary %d: %s", c.label, record.version, exc)
+            return None
+        return None if shared is None else (record.version, shared)
 
     def _canary_on_gpu(self, model: str) -> bool:
         canary = self.canaries[model][0]
@@ -547,7 +617,8 @@ class ModelVersions:
         old = None
         if current is not None:
             old = self._footprint(
-                Candidate(current.model, current.version, current.path, current.manifest)
+                Candidate(current.model, current.version, current.path, current.manifest),
+                current.kv_fraction,
             )
         return plan_switch(old, self._footprint(c), self.switch_policy)
 
@@ -575,9 +646,8 @@ class ModelVersions:
         """The new version failed after the old one was unloaded: load the old one again."""
         c = Candidate(current.model, current.version, current.path, current.manifest)
         try:
-            await self.engine.load_model(
-                current.model, config_json=triton_config_json(c, self.repo / c.model)
-            )
+            config = triton_config_json(c, self.repo / c.model, kv_fraction=current.kv_fraction)
+            await self.engine.load_model(current.model, config_json=config)
             ready = await self.engine.model_ready(
                 current.model, version=str(current.version), timeout=10
             )
@@ -606,6 +676,7 @@ class ModelVersions:
         config: str,
         refused: tuple[str, ...],
         current: LoadedVersion | None,
+        kv_fraction: float | None = None,
     ) -> LoadedVersion:
         assert c.version is not None
         started = time.monotonic()
@@ -619,7 +690,7 @@ class ModelVersions:
         if not await self.engine.model_ready(c.model, version=str(c.version), timeout=10):
             raise VersionRefused(c.model, c.version, f"{c.label}: loaded but not READY")
         loaded = LoadedVersion(
-            c.model, c.version, manifest.profile_id, c.path, manifest, seconds, refused
+            c.model, c.version, manifest.profile_id, c.path, manifest, seconds, refused, kv_fraction
         )
         previous = f" (was version {current.version})" if current else ""
         log.info("%s %s loaded in %.1f s%s", c.label, manifest.profile_id, seconds, previous)

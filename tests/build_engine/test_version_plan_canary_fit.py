@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from autoglm.build_engine import manifest as mf
-from autoglm.build_engine.canary_fit import plan_canary, request_mismatch
+from autoglm.build_engine.canary_fit import plan_canary, request_mismatch, share_kv
 from autoglm.build_engine.switch_plan import GIB, Footprint, SwitchPolicy
 
 NO_OVERHEAD = SwitchPolicy(runtime_overhead_bytes=0)
@@ -65,3 +65,23 @@ def test_requests_prepared_for_the_stable_version_must_suit_the_canary() -> None
     )
     why = request_mismatch(stable, manifest(tokenizer="bb"))
     assert why is not None and why.startswith("tokenizer: tokenizer.json differ")
+
+
+def test_a_stable_version_loaded_first_can_leave_its_canary_a_share() -> None:
+    """80 GiB, two 16 GiB engines at 0.9, no overhead: 48 GiB of room, 0.9 of it (43.2 GiB)
+    shared by the canary's weight."""
+    allowed = SwitchPolicy(runtime_overhead_bytes=0, reduced_min_ratio=0.5)
+    shared = share_kv(trt(16), trt(16), 10, allowed)
+    assert shared is not None
+    kv_stable, kv_canary = 0.9 * 48 * 0.9, 0.9 * 48 * 0.1  # GiB
+    assert abs(shared.stable - kv_stable / 64) < 1e-9  # of the 64 GiB free at its load
+    assert abs(shared.canary - kv_canary / (48 - kv_stable)) < 1e-9  # of what is left then
+    # As plan_switch reckons it: the canary's KV beside the stable executor is its share.
+    assert "stable 38.9 GiB (68% of alone" in shared.reason and "canary 4.3 GiB" in shared.reason
+    # Not without the operator's consent to reduced caches, not below the accepted ratio, not
+    # for other engines.
+    assert share_kv(trt(16), trt(16), 10, NO_OVERHEAD) is None
+    assert share_kv(trt(16), trt(16), 40, allowed) is None  # the stable keeps 41 % < 50 %
+    vllm = Footprint("vllm", 1, 0, 0.45, 80 * GIB)
+    assert share_kv(vllm, vllm, 10, allowed) is None
+    assert share_kv(trt(40), trt(41), 10, allowed) is None  # no room left for any KV

@@ -22,9 +22,10 @@ import grpc
 import pytest
 
 from autoglm.build_engine import manifest as mf
+from autoglm.build_engine.canary_fit import share_kv
 from autoglm.build_engine.install import install
 from autoglm.build_engine.plan import BuildPlan
-from autoglm.build_engine.switch_plan import GIB, Footprint
+from autoglm.build_engine.switch_plan import GIB, Footprint, SwitchPolicy
 from autoglm.build_engine.version_plan import (
     Canary,
     Candidate,
@@ -42,7 +43,7 @@ from autoglm.server.engine.canary import Route, bucket
 from autoglm.server.engine.canary_guard import GuardSettings
 from autoglm.server.engine.client import EngineClient, EngineRequest, EngineSampling
 from autoglm.server.engine.link import EngineLink
-from autoglm.server.engine.model_versions import ModelVersions
+from autoglm.server.engine.model_versions import KV_FRACTION, ModelVersions
 from autoglm.server.security.bearer_tokens import TokenStore
 from autoglm.server.settings import Settings, TlsSettings
 from autoglm.triton_models.cpu_engine.versions import TEST_ONLY_FAIL
@@ -412,6 +413,38 @@ async def test_canary_that_cannot_fit_on_the_gpu_is_refused(
         assert "old version holds" in caplog.text
     finally:
         remove_canary(plan.model_repo, MODEL)
+
+
+async def test_a_stable_version_loaded_with_its_canary_leaves_it_a_kv_share(
+    plan: BuildPlan, engine: EngineClient
+) -> None:
+    """With a canary recorded at start-up and reduced KV caches accepted, the stable version is
+    loaded leaving the canary its weight's share (canary_fit.share_kv): each Triton model's
+    config carries its own kv_cache_free_gpu_mem_fraction (versions look like 16 GiB
+    TensorRT-LLM engines on an 80 GiB GPU; the CPU engine ignores the parameter)."""
+    assert plan.model_repo is not None
+    write_canary(plan.model_repo, Canary(MODEL, 2, 10))
+    policy = SwitchPolicy(reduced_min_ratio=0.5)
+    mv = ModelVersions(
+        plan.model_repo,
+        engine,
+        hardware=mf.Hardware(),
+        switch_policy=policy,
+        footprint_for_tests=as_gpu_engine,
+    )
+    try:
+        assert (await mv.select_and_load())[MODEL].version == 1
+        assert mv.route(MODEL) == Route(MODEL, 1, 2, 10, ALIAS)
+        shared = share_kv(as_gpu_engine(None), as_gpu_engine(None), 10, policy)  # type: ignore[arg-type]
+        assert shared is not None
+        for name, want in ((MODEL, shared.stable), (ALIAS, shared.canary)):
+            config = await engine.model_config(name)
+            assert float(config.parameters[KV_FRACTION].string_value) == pytest.approx(want)
+        assert mv.loaded[MODEL].kv_fraction == pytest.approx(shared.stable)
+    finally:
+        remove_canary(plan.model_repo, MODEL)
+        await mv.select_and_load()  # the canary model unloaded
+    assert served(mv.route(MODEL)) == (1, None)
 
 
 @pytest.mark.timeout(900)

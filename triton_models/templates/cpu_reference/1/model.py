@@ -54,7 +54,7 @@ from autoglm.triton_models.refusal import Refusal
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        # This version's own parameters when a canary shares the config (cpu_engine/versions.py).
+        # This version's own parameters, if the config has per-version ones (versions.py).
         config = for_version(json.loads(args["model_config"]), args["model_version"])
         if not pb_utils.using_decoupled_model_transaction_policy(config):
             raise pb_utils.TritonModelException("the CPU reference engine must be decoupled")
