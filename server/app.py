@@ -179,6 +179,7 @@ async def _load_repository(
         engine,
         hardware=hardware,
         overrides=[parse_override(o) for o in settings.profile_overrides],
+        switch_policy=settings.switch_policy,
     )
     loaded = await versions.select_and_load()
     specs = []

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from autoglm.build_engine.switch_plan import GIB, SwitchPolicy
 from autoglm.server import settings_sources
 from autoglm.server.engine.canary_guard import GuardSettings
 from autoglm.server.settings import (
@@ -181,6 +182,7 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_listen=args.metrics_listen or None,
         health_listen=args.health_listen,
         health_interval_s=args.health_interval,
+        switch_policy=switch_policy(args),
         canary_guard=GuardSettings(
             window_s=args.canary_window,
             min_requests=args.canary_min_requests,
@@ -240,6 +242,15 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         tracing.shutdown_tracing()
     return 0
+
+
+def switch_policy(args: argparse.Namespace) -> SwitchPolicy:
+    """How versions and canaries share the GPUs, from the serve flags (validated by Settings)."""
+    return SwitchPolicy(
+        reduced_min_ratio=args.reduced_kv_min_ratio,
+        runtime_overhead_bytes=round(args.gpu_runtime_overhead_gib * GIB),
+        drain_timeout_s=args.switch_drain_timeout,
+    )
 
 
 def _shared_limits(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -398,6 +409,31 @@ def _add_model_flags(serve: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         help="pin a profile: PROFILE_ID, MODEL=PROFILE_ID or MODEL@VERSION (repeatable)",
+    )
+    # How versions share the GPUs (build_engine/switch_plan.py SwitchPolicy).
+    policy = SwitchPolicy()
+    serve.add_argument(
+        "--gpu-runtime-overhead-gib",
+        type=float,
+        default=policy.runtime_overhead_bytes / GIB,
+        help="GPU memory per GPU an engine holds beside its weights and KV cache (CUDA context,"
+        " activations), in the plans of version switches and canaries; an estimate: set the"
+        " figure measured on your GPUs",
+    )
+    serve.add_argument(
+        "--reduced-kv-min-ratio",
+        type=float,
+        default=policy.reduced_min_ratio,
+        help="accept a smaller KV cache (at least this share of the one loaded alone, 0..1) to"
+        " switch versions without a gap or to run a canary beside the stable version on the"
+        " same GPUs; unset: never (a switch unloads first, a canary that does not fit is"
+        " refused)",
+    )
+    serve.add_argument(
+        "--switch-drain-timeout",
+        type=float,
+        default=policy.drain_timeout_s,
+        help="seconds a switch that must unload first waits for streams on the old version",
     )
 
 

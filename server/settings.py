@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autoglm.build_engine.switch_plan import SwitchPolicy
 from autoglm.server.engine.canary_guard import GuardSettings
 from autoglm.server.engine.link import EngineLink
 from autoglm.server.engine.replicas import TargetError, parse_target, unix_socket_path
@@ -65,6 +66,14 @@ DEFAULT_OPENAI_MAX_BODY_BYTES = 32 << 20
 DEFAULT_GRPC_MAX_RECEIVE_BYTES = 32 << 20
 EVENT_LOOPS = ("asyncio", "uvloop")
 TLS_MIN_VERSION_CHOICES = ("1.3", "1.2")
+
+
+# SwitchPolicy's fields by the settings (serve flags) that set them (cli_serve.py).
+_SWITCH_POLICY_SETTINGS = {
+    "reduced_min_ratio": "reduced_kv_min_ratio",
+    "runtime_overhead_bytes": "gpu_runtime_overhead_gib",
+    "drain_timeout_s": "switch_drain_timeout",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +167,8 @@ class Settings:
     health_probe_timeout_s: float = 5.0
     # The canary rollback guard's window, margins and period (engine/canary_guard.py).
     canary_guard: GuardSettings = field(default_factory=GuardSettings)
+    # How versions and canaries share the GPUs (build_engine/switch_plan.py).
+    switch_policy: SwitchPolicy = field(default_factory=SwitchPolicy)
     # TLS name to check Triton's certificate against when the target lists addresses (replicas);
     # None = the target's host name.
     triton_tls_name: str | None = None
@@ -198,6 +209,12 @@ class Settings:
             self.canary_guard.validate()
         except ValueError as exc:
             raise SettingsError(str(exc)) from None
+        try:
+            self.switch_policy.validate()
+        except ValueError as exc:  # named as the serve flag / setting that set it
+            field_name, _, rest = str(exc).partition(":")
+            name = _SWITCH_POLICY_SETTINGS.get(field_name, field_name)
+            raise SettingsError(f"{name}:{rest}") from None
         self._validate_images()
         self._validate_openai()
         self._validate_audit()

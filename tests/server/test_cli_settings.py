@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from autoglm.server import cli, settings_sources
+from autoglm.build_engine.switch_plan import GIB, SwitchPolicy
+from autoglm.server import cli, cli_serve, settings_sources
 from autoglm.server.settings import Settings
 from autoglm.server.telemetry import logs
 
@@ -277,3 +278,18 @@ def test_every_flag_help_states_its_default() -> None:
 
 def test_settings_has_no_catch_all_field() -> None:
     assert "extra" not in Settings.__dataclass_fields__
+
+
+def test_gpu_sharing_flags_become_the_switch_policy(capsys: pytest.CaptureFixture[str]) -> None:
+    base = ("--insecure-dev", "--model", "m=m:/d")
+    args = serve_parser().parse_args([*base, "--reduced-kv-min-ratio", "0.5",
+                                      "--gpu-runtime-overhead-gib", "3",
+                                      "--switch-drain-timeout", "60"])  # fmt: skip
+    assert cli_serve.switch_policy(args) == SwitchPolicy(0.9, 0.5, 3 * GIB, 60.0)
+    assert cli_serve.switch_policy(serve_parser().parse_args(list(base))) == SwitchPolicy()
+    # Refusals name the setting as the operator wrote it.
+    for flag, value, message in (
+        ("--reduced-kv-min-ratio", "1.5", "reduced_kv_min_ratio: 1.5 must be in (0, 1]"),
+        ("--switch-drain-timeout", "0", "switch_drain_timeout: 0.0 must be > 0"),
+    ):
+        assert run(capsys, *base, flag, value) == (2, "", f"autoglm: error: {message}\n")
