@@ -43,7 +43,8 @@ from autoglm.server.engine.canary import Route, bucket
 from autoglm.server.engine.canary_guard import GuardSettings
 from autoglm.server.engine.client import EngineClient, EngineRequest, EngineSampling
 from autoglm.server.engine.link import EngineLink
-from autoglm.server.engine.model_versions import KV_FRACTION, ModelVersions
+from autoglm.server.engine.model_versions import ModelVersions
+from autoglm.server.engine.version_config import KV_FRACTION
 from autoglm.server.security.bearer_tokens import TokenStore
 from autoglm.server.settings import Settings, TlsSettings
 from autoglm.triton_models.cpu_engine.versions import TEST_ONLY_FAIL

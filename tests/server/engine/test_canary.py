@@ -22,7 +22,7 @@ from autoglm.build_engine.version_plan import (
 from autoglm.server.engine.canary import Route, VersionedEngine, bucket
 from autoglm.server.engine.client import EngineRequest, EngineSampling
 from autoglm.server.engine.lora import LoraTasks
-from autoglm.server.engine.model_versions import triton_config_json
+from autoglm.server.engine.version_config import triton_config_json
 from autoglm.triton_models.cpu_engine.versions import TEST_ONLY_FAIL, fails_on_purpose, for_version
 
 PRINCIPALS = [f"tenant-{i}" for i in range(2000)]

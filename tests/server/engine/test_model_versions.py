@@ -22,7 +22,8 @@ from autoglm.build_engine.version_plan import (
     scan_roots,
 )
 from autoglm.server.engine.client import ModelControlError
-from autoglm.server.engine.model_versions import ModelVersions, VersionRefused, triton_config_json
+from autoglm.server.engine.model_versions import ModelVersions, VersionRefused
+from autoglm.server.engine.version_config import triton_config_json
 
 H100 = GpuInfo("NVIDIA H100 80GB HBM3", (9, 0), 81559)
 A100 = GpuInfo("NVIDIA A100-SXM4-80GB", (8, 0), 81920)

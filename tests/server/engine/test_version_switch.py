@@ -17,8 +17,9 @@ from autoglm.build_engine.manifest import Hardware, Manifest, Profile
 from autoglm.build_engine.switch_plan import GIB, Footprint, SwitchPolicy
 from autoglm.build_engine.version_plan import Candidate, scan_repository
 from autoglm.server.engine.client import ModelControlError, RepositoryEntry, parse_stream_response
-from autoglm.server.engine.model_versions import ModelVersions, VersionRefused, version_footprint
+from autoglm.server.engine.model_versions import ModelVersions, VersionRefused
 from autoglm.server.engine.text_request import parse_text_response
+from autoglm.server.engine.version_config import version_footprint
 from autoglm.server.errors import EngineFailure, EngineUnavailable
 
 KEY = "kv_cache_free_gpu_mem_fraction"
