@@ -38,7 +38,7 @@ from autoglm.build_engine.version_plan import (
 )
 from autoglm.server.devstack.links import dev_engine_link
 from autoglm.server.devstack.pki import DevPki
-from autoglm.server.devstack.triton_process import TritonOptions, TritonProcess
+from autoglm.server.devstack.triton_process import TritonProcess
 from autoglm.server.engine.canary import Route, bucket
 from autoglm.server.engine.canary_guard import GuardSettings
 from autoglm.server.engine.client import EngineClient, EngineRequest, EngineSampling
@@ -50,6 +50,7 @@ from autoglm.server.settings import Settings, TlsSettings
 from autoglm.triton_models.cpu_engine.versions import TEST_ONLY_FAIL
 from autoglm.v1 import text_generation_pb2 as pb
 from autoglm.v1 import text_generation_pb2_grpc as pb_grpc
+from tests.support.repository import cpu_plan, linked_engine, repository_triton
 
 from .conftest import FacadeThread, engine_metric
 
@@ -64,15 +65,7 @@ NO_END = -1  # no end token: every stream runs to its full length
 
 @pytest.fixture(scope="module")
 def plan(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> BuildPlan:
-    base = tmp_path_factory.mktemp("canary")
-    return BuildPlan(
-        model_dir=model_dir,
-        sku="cpu",
-        precision="fp32",
-        output_dir=base / "build",
-        model_repo=base / "model_repository",
-        model_name=MODEL,
-    )
+    return cpu_plan(tmp_path_factory.mktemp("canary"), model_dir, MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -86,24 +79,14 @@ def triton(plan: BuildPlan, link: EngineLink) -> Iterator[TritonProcess]:
     install(plan)  # version 1: the stable one (pinned)
     install(plan)  # version 2: the canary
     write_pin(plan.model_repo, Override(MODEL, version=1))
-    proc = TritonProcess(
-        TritonOptions(model_repository=plan.model_repo, models=(), exit_timeout_s=5, link=link)
-    )
-    proc.start()
-    yield proc
-    proc.stop()
+    with repository_triton(plan.model_repo, link) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")
 async def engine(triton: TritonProcess, link: EngineLink) -> AsyncIterator[EngineClient]:
-    client = EngineClient(
-        triton.grpc_target,
-        credentials=link.channel_credentials(),
-        metadata=link.metadata(),
-        ssl_context=link.ssl_context(),
-    )
-    yield client
-    await client.close()
+    async with linked_engine(triton, link) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,11 @@ from pathlib import Path
 import pytest
 
 from autoglm.build_engine.install import install
-from autoglm.build_engine.plan import BuildPlan
 from autoglm.client import AsyncClient, Client, ClientConfig
 from autoglm.server.devstack.links import dev_engine_link
-from autoglm.server.devstack.triton_process import TritonOptions, TritonProcess
 from autoglm.server.engine.link import EngineLink
 from autoglm.server.settings import Settings
+from tests.support.repository import cpu_plan, repository_triton
 
 from .conftest import FacadeThread
 
@@ -32,15 +31,7 @@ MODEL = "smollm2-client-version"
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
-    base = tmp_path_factory.mktemp("client-version")
-    plan = BuildPlan(
-        model_dir=model_dir,
-        sku="cpu",
-        precision="fp32",
-        output_dir=base / "build",
-        model_repo=base / "model_repository",
-        model_name=MODEL,
-    )
+    plan = cpu_plan(tmp_path_factory.mktemp("client-version"), model_dir, MODEL)
     assert plan.model_repo is not None
     assert [install(plan).version for _ in range(2)] == [1, 2]
     return plan.model_repo
@@ -56,11 +47,7 @@ def endpoint(
     repo: Path, link: EngineLink, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """The façade's endpoint; it selects, verifies and loads the newest version itself."""
-    triton = TritonProcess(
-        TritonOptions(model_repository=repo, models=(), exit_timeout_s=5, link=link)
-    )
-    triton.start()
-    try:
+    with repository_triton(repo, link) as triton:
         settings = Settings(
             audit_dir=tmp_path_factory.mktemp("client-version-audit"),
             listen="127.0.0.1:0",
@@ -78,8 +65,6 @@ def endpoint(
             yield f"127.0.0.1:{thread.port}"
         finally:
             thread.stop()
-    finally:
-        triton.stop()
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from autoglm.build_engine.switch_plan import GIB, Footprint
 from autoglm.build_engine.version_plan import Candidate, Override, remove_pin, write_pin
 from autoglm.client import Client, ClientConfig, InvalidArgumentError
 from autoglm.server.devstack.links import dev_engine_link
-from autoglm.server.devstack.triton_process import TritonOptions, TritonProcess
+from autoglm.server.devstack.triton_process import TritonProcess
 from autoglm.server.engine.client import (
     EngineClient,
     EngineRequest,
@@ -36,6 +36,7 @@ from autoglm.server.engine.link import EngineLink
 from autoglm.server.engine.model_versions import ModelVersions, VersionRefused
 from autoglm.server.errors import EngineUnavailable
 from autoglm.server.settings import Settings
+from tests.support.repository import cpu_plan, linked_engine, repository_triton
 
 from .conftest import FacadeThread, engine_metric
 
@@ -49,15 +50,7 @@ NO_END = -1  # no end token: every stream runs to its full length (greedy would 
 
 @pytest.fixture(scope="module")
 def plan(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> BuildPlan:
-    base = tmp_path_factory.mktemp("versions")
-    return BuildPlan(
-        model_dir=model_dir,
-        sku="cpu",
-        precision="fp32",
-        output_dir=base / "build",
-        model_repo=base / "model_repository",
-        model_name=MODEL,
-    )
+    return cpu_plan(tmp_path_factory.mktemp("versions"), model_dir, MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -69,24 +62,14 @@ def link(tmp_path_factory: pytest.TempPathFactory) -> EngineLink:
 def triton(plan: BuildPlan, link: EngineLink) -> Iterator[TritonProcess]:
     install(plan)  # version 1
     assert plan.model_repo is not None
-    proc = TritonProcess(
-        TritonOptions(model_repository=plan.model_repo, models=(), exit_timeout_s=5, link=link)
-    )
-    proc.start()
-    yield proc
-    proc.stop()
+    with repository_triton(plan.model_repo, link) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")
 async def engine(triton: TritonProcess, link: EngineLink) -> AsyncIterator[EngineClient]:
-    client = EngineClient(
-        triton.grpc_target,
-        credentials=link.channel_credentials(),
-        metadata=link.metadata(),
-        ssl_context=link.ssl_context(),
-    )
-    yield client
-    await client.close()
+    async with linked_engine(triton, link) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
