@@ -24,6 +24,7 @@ from autoglm.build_engine import manifest as mf
 from autoglm.build_engine import plan as plan_mod
 from autoglm.build_engine.adapter_cli import add_adapter_commands
 from autoglm.build_engine.canary_fit import request_mismatch
+from autoglm.build_engine.canary_records import Canary, promote_canary, remove_canary, write_canary
 from autoglm.build_engine.checkpoint import CheckpointError
 from autoglm.build_engine.compile import CompileError, compile_engine
 from autoglm.build_engine.gpus import GpuDetectionError
@@ -50,20 +51,16 @@ from autoglm.build_engine.skus import (
 )
 from autoglm.build_engine.texts import TextError
 from autoglm.build_engine.version_plan import (
-    Canary,
     Candidate,
     Override,
     OverrideError,
     merge_overrides,
     parse_override,
     plan_loads,
-    promote_canary,
     read_pins,
-    remove_canary,
     remove_pin,
     scan_repository,
     scan_roots,
-    write_canary,
     write_pin,
 )
 from autoglm.build_engine.vllm_profile import PRECISIONS as VLLM_PRECISIONS

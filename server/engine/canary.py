@@ -1,6 +1,6 @@
 """Which version of a model answers a principal while a canary runs: a pure, sticky choice.
 
-A canary (build_engine/version_plan.py `Canary`) serves `weight` percent of the principals
+A canary (build_engine/canary_records.py `Canary`) serves `weight` percent of the principals
 beside the stable version. The choice hashes the principal's name (sha256, the first 8 bytes
 as an integer, mod 100): the same principal always lands in the same bucket, so one
 conversation never switches versions halfway, and with a uniform hash the share of principals
@@ -32,7 +32,7 @@ class Route:
 
     The stable version is the model's one loaded version (requests name neither model nor
     version beyond the model's own Triton name); the canary runs as its own Triton model,
-    `canary_model` (build_engine/version_plan.py `canary_alias`), and requests routed to it
+    `canary_model` (build_engine/canary_records.py `canary_alias`), and requests routed to it
     name that model and its version."""
 
     model: str

@@ -26,9 +26,9 @@ UNAVAILABLE for an unloaded model, engine/client.py), which clients retry. If th
 then fails to load, the old one is loaded again before VersionRefused is raised. The decision is
 logged either way; CPU engines keep loading beside.
 
-Canaries (version_plan.py `Canary`, server/engine/canary.py routes the calls): after the stable
+Canaries (canary_records.py `Canary`, server/engine/canary.py routes the calls): after the stable
 version of a model is in place, a canary recorded for it is loaded as its own Triton model,
-`<model>__canary` (version_plan.py `write_canary_alias`: a directory whose one version links to
+`<model>__canary` (canary_records.py `write_canary_alias`: a directory whose one version links to
 the installed one), with the canary version's own config. Not as a second version of the same
 model: Triton gives a model one config for all its versions, and the tensorrt_llm backend reads
 one `gpt_model_path` and one `kv_cache_free_gpu_mem_fraction` per config. As its own model the
@@ -59,6 +59,13 @@ from autoglm.build_engine.canary_fit import (
     request_mismatch,
     share_kv,
 )
+from autoglm.build_engine.canary_records import (
+    Canary,
+    canary_alias,
+    read_canaries,
+    remove_canary,
+    write_canary_alias,
+)
 from autoglm.build_engine.switch_plan import (
     Footprint,
     Mode,
@@ -67,19 +74,14 @@ from autoglm.build_engine.switch_plan import (
     plan_switch,
 )
 from autoglm.build_engine.version_plan import (
-    Canary,
     Candidate,
     Decision,
     Override,
     OverrideError,
-    canary_alias,
     merge_overrides,
     plan_loads,
-    read_canaries,
     read_pins,
-    remove_canary,
     scan_repository,
-    write_canary_alias,
 )
 from autoglm.server.engine.canary import Route
 from autoglm.server.engine.client import EngineClient, ModelControlError

@@ -10,18 +10,17 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from autoglm.build_engine.cli import main
-from autoglm.build_engine.install import install
-from autoglm.build_engine.plan import BuildPlan
-from autoglm.build_engine.version_plan import (
+from autoglm.build_engine.canary_records import (
     Canary,
-    OverrideError,
     promote_canary,
     read_canaries,
-    read_pins,
     remove_canary,
     write_canary,
 )
+from autoglm.build_engine.cli import main
+from autoglm.build_engine.install import install
+from autoglm.build_engine.plan import BuildPlan
+from autoglm.build_engine.version_plan import OverrideError, read_pins
 
 
 def run(*argv: str) -> tuple[int, str]:

@@ -23,19 +23,17 @@ import pytest
 
 from autoglm.build_engine import manifest as mf
 from autoglm.build_engine.canary_fit import share_kv
-from autoglm.build_engine.install import install
-from autoglm.build_engine.plan import BuildPlan
-from autoglm.build_engine.switch_plan import GIB, Footprint, SwitchPolicy
-from autoglm.build_engine.version_plan import (
+from autoglm.build_engine.canary_records import (
     Canary,
-    Candidate,
-    Override,
     canary_alias,
     promote_canary,
     remove_canary,
     write_canary,
-    write_pin,
 )
+from autoglm.build_engine.install import install
+from autoglm.build_engine.plan import BuildPlan
+from autoglm.build_engine.switch_plan import GIB, Footprint, SwitchPolicy
+from autoglm.build_engine.version_plan import Candidate, Override, write_pin
 from autoglm.server.devstack.links import dev_engine_link
 from autoglm.server.devstack.pki import DevPki
 from autoglm.server.devstack.triton_process import TritonProcess

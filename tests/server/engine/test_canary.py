@@ -12,13 +12,8 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 
 from autoglm.build_engine import manifest as mf
-from autoglm.build_engine.version_plan import (
-    Candidate,
-    OverrideError,
-    canary_alias,
-    scan_repository,
-    write_canary_alias,
-)
+from autoglm.build_engine.canary_records import canary_alias, write_canary_alias
+from autoglm.build_engine.version_plan import Candidate, OverrideError, scan_repository
 from autoglm.server.engine.canary import Route, VersionedEngine, bucket
 from autoglm.server.engine.client import EngineRequest, EngineSampling
 from autoglm.server.engine.lora import LoraTasks
